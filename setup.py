@@ -1,0 +1,4 @@
+"""Packaging lives in setup.cfg; this stub lets older pips install in editable mode."""
+from setuptools import setup
+
+setup()

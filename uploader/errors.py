@@ -1,0 +1,42 @@
+"""The service's exceptions: one base class and a short hierarchy.
+
+Errors never cross a process boundary as live objects: a worker turns them into a
+reason string (``str(exc)``) and, where it matters, a class name.
+"""
+
+
+class UploaderError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(UploaderError):
+    """The configuration file or environment is invalid; the message names the key."""
+
+
+class FetchError(UploaderError):
+    """The source URL could not be fetched as an image; the message is the URL's failure reason."""
+
+
+class HostError(UploaderError):
+    """The image host refused or failed an upload; the message is the host's reason."""
+
+
+class RetryableHostError(HostError):
+    """A transient host failure (429, 5xx, over capacity, network) worth trying again.
+
+    ``retry_after`` is the number of seconds the host asked us to wait, when it said so.
+    ``pool_wide`` is true when the whole pool should pause (a rate limit), not only this upload.
+    """
+
+    def __init__(self, reason, *, retry_after=None, pool_wide=False):
+        super().__init__(reason)
+        self.retry_after = retry_after
+        self.pool_wide = pool_wide
+
+
+class PermanentHostError(HostError):
+    """The host rejected this file for good (type, size, corrupt): retrying cannot help."""
+
+
+class AuthRejectedError(HostError):
+    """The host rejected our credentials (401/403 on the token or client id)."""
