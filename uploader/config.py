@@ -1,0 +1,331 @@
+"""Configuration: one YAML file loaded once into frozen dataclasses, then passed down.
+
+The dataclasses below are the schema: each field carries its default and, in its
+metadata, its constraint. One generic walker checks every key against them, so a new
+setting is one line and every error names its dotted key. Only this module reads the
+settings file and the environment; the rest of the package receives plain values.
+"""
+import dataclasses
+import difflib
+import ipaddress
+import math
+import os
+import re
+from dataclasses import dataclass, field, fields
+from typing import get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
+
+import yaml
+
+from .errors import ConfigError
+
+
+def _is_http_url(value):
+    parts = urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+_HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.IGNORECASE)
+
+
+def _is_host_pattern(value):
+    """A hostname, ``*.suffix`` (any subdomain), an IP address or a CIDR network."""
+    try:
+        ipaddress.ip_network(value)
+        return True
+    except ValueError:
+        pass
+    labels = value[2:].split(".") if value.startswith("*.") else value.split(".")
+    return (len(value) <= 253 and not labels[-1].isdigit()
+            and all(_HOST_LABEL.match(label) for label in labels))
+
+
+# A check is (predicate, what the value should be); the description goes into errors.
+POSITIVE_INT = (lambda v: v >= 1, "a positive integer")
+NON_NEGATIVE_INT = (lambda v: v >= 0, "a non-negative integer")
+PORT = (lambda v: 0 <= v <= 65535, "a port number from 0 to 65535")
+POSITIVE = (lambda v: v > 0, "a positive number")
+NON_NEGATIVE = (lambda v: v >= 0, "a non-negative number")
+NON_EMPTY = (bool, "a non-empty string")
+HTTP_URL = (_is_http_url, "an http(s) URL")
+OPTIONAL_URL = (lambda v: v == "" or _is_http_url(v), 'an http(s) URL or ""')
+HOST_PATTERN = (_is_host_pattern, "a hostname, *.suffix, IP address or CIDR network")
+
+
+def _one_of(*choices):
+    return (lambda v: v in choices, "one of " + ", ".join(choices))
+
+
+def _opt(default, check=None, *, secret=False, normalize=None):
+    """A setting: its default, its check, whether to hide it, how to normalise it."""
+    return field(default=default, metadata={"check": check, "secret": secret, "normalize": normalize})
+
+
+def _section(cls):
+    """A nested section whose defaults are its own class's."""
+    return field(default_factory=cls)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """The HTTP API: where it listens and how much one request may ask."""
+
+    host: str = _opt("0.0.0.0", NON_EMPTY)
+    port: int = _opt(8000, PORT)
+    max_urls_per_job: int = _opt(1000, POSITIVE_INT)
+    max_body_bytes: int = _opt(1048576, POSITIVE_INT)
+    public_url: str = _opt("", OPTIONAL_URL)
+
+    @property
+    def base_url(self):
+        """Where links to locally hosted images point."""
+        return self.public_url.rstrip("/") or f"http://localhost:{self.port}"
+
+
+@dataclass(frozen=True)
+class WorkersConfig:
+    """The pool of worker processes and how long they get to finish on shutdown."""
+
+    processes: int = _opt(4, POSITIVE_INT)
+    uploads_per_process: int = _opt(8, POSITIVE_INT)
+    shutdown_grace_seconds: float = _opt(10.0, NON_NEGATIVE)
+
+
+@dataclass(frozen=True)
+class RateLimitConfig:
+    """One token bucket shared by all workers; ``uploads_per_second`` 0 means unlimited."""
+
+    uploads_per_second: float = _opt(1.0, NON_NEGATIVE)
+    burst: int = _opt(5, POSITIVE_INT)
+
+
+@dataclass(frozen=True)
+class ReserveConfig:
+    """Credits kept back from Imgur's reported budgets, so we stop before Imgur stops us."""
+
+    user: int = _opt(10, NON_NEGATIVE_INT)
+    client: int = _opt(100, NON_NEGATIVE_INT)
+    post: int = _opt(5, NON_NEGATIVE_INT)
+
+
+@dataclass(frozen=True)
+class BackoffConfig:
+    """Exponential backoff between attempts at a retryable upload."""
+
+    base_seconds: float = _opt(1.0, POSITIVE)
+    max_seconds: float = _opt(60.0, POSITIVE)
+
+
+@dataclass(frozen=True)
+class ImgurConfig:
+    """The Imgur API, its credentials (secrets) and how hard we may push it."""
+
+    api_url: str = _opt("https://api.imgur.com", HTTP_URL)
+    access_token: str = _opt("", secret=True)
+    client_id: str = _opt("", secret=True)
+    client_secret: str = _opt("", secret=True)
+    refresh_token: str = _opt("", secret=True)
+    timeout_seconds: float = _opt(30.0, POSITIVE)
+    rate_limit: RateLimitConfig = _section(RateLimitConfig)
+    reserve: ReserveConfig = _section(ReserveConfig)
+    max_attempts: int = _opt(5, POSITIVE_INT)
+    backoff: BackoffConfig = _section(BackoffConfig)
+    dedup: bool = _opt(True)
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    """The local image store, used when there is no Imgur credential."""
+
+    directory: str = _opt("data/images", NON_EMPTY)
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    """Limits on downloading source images; host lists take names, ``*.suffix`` or CIDRs."""
+
+    timeout_seconds: float = _opt(15.0, POSITIVE)
+    max_bytes: int = _opt(20971520, POSITIVE_INT)
+    max_redirects: int = _opt(5, NON_NEGATIVE_INT)
+    allow_private_networks: bool = _opt(False)
+    allowed_hosts: tuple[str, ...] = _opt((), HOST_PATTERN, normalize=str.lower)
+    denied_hosts: tuple[str, ...] = _opt((), HOST_PATTERN, normalize=str.lower)
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    """The SQLite file holding jobs and results across restarts."""
+
+    path: str = _opt("data/uploader.sqlite3", NON_EMPTY)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Log level and line format."""
+
+    level: str = _opt("INFO", _one_of("DEBUG", "INFO", "WARNING", "ERROR"), normalize=str.upper)
+    format: str = _opt("text", _one_of("text", "json"))
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration; build it with ``load_config`` or ``config_from_dict``."""
+
+    server: ServerConfig = _section(ServerConfig)
+    workers: WorkersConfig = _section(WorkersConfig)
+    image_host: str = _opt("auto", _one_of("auto", "imgur", "local"))
+    imgur: ImgurConfig = _section(ImgurConfig)
+    local: LocalConfig = _section(LocalConfig)
+    fetch: FetchConfig = _section(FetchConfig)
+    storage: StorageConfig = _section(StorageConfig)
+    logging: LoggingConfig = _section(LoggingConfig)
+
+    @property
+    def resolved_image_host(self):
+        """``imgur`` or ``local``: ``auto`` picks Imgur when there is a credential to use."""
+        if self.image_host != "auto":
+            return self.image_host
+        return "imgur" if self.imgur.access_token or self.imgur.client_id else "local"
+
+    def validate(self):
+        """Check rules that span several keys (each key alone was checked on load)."""
+        if self.image_host == "imgur" and not (self.imgur.access_token or self.imgur.client_id):
+            raise ConfigError("image_host: 'imgur' needs imgur.access_token or imgur.client_id"
+                              " (or env ACCESS_TOKEN / IMGUR_CLIENT_ID)")
+        if self.imgur.backoff.max_seconds < self.imgur.backoff.base_seconds:
+            raise ConfigError("imgur.backoff.max_seconds: must be >= imgur.backoff.base_seconds")
+
+    def redacted(self):
+        """The whole configuration as plain nested dicts, secrets shown as ``***``."""
+        return _as_dict(self)
+
+
+# Environment variables that override a key when set to a non-empty value.
+ENV_OVERRIDES = {
+    "ACCESS_TOKEN": "imgur.access_token",
+    "IMGUR_CLIENT_ID": "imgur.client_id",
+    "IMGUR_CLIENT_SECRET": "imgur.client_secret",
+    "IMGUR_REFRESH_TOKEN": "imgur.refresh_token",
+    "PORT": "server.port",
+}
+
+
+def load_config(path=None, *, environ=None):
+    """Read ``path`` (None: built-in defaults only), apply the environment, validate."""
+    if path is None:
+        return config_from_dict({}, environ=environ, source="<defaults>")
+    source = os.fspath(path)
+    try:
+        with open(source, encoding="utf-8") as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: file not found") from None
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or exc
+        raise ConfigError(f"{source}: invalid YAML{where}: {problem}") from None
+    return config_from_dict(data, environ=environ, source=source)
+
+
+def config_from_dict(data, *, environ=None, source="<dict>"):
+    """Build a Config from nested dicts as ``yaml.safe_load`` returns them; same checks."""
+    if data is not None and not isinstance(data, dict):
+        kind = type(data).__name__
+        raise ConfigError(f"{source}: top level must be a mapping of sections, got {kind}")
+    config = _build(Config, data, source, "")
+    environ = os.environ if environ is None else environ
+    for var, dotted in ENV_OVERRIDES.items():
+        raw = environ.get(var, "").strip()
+        if raw:
+            config = _override(config, dotted.split("."), raw, f"environment variable {var}")
+    try:
+        config.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return config
+
+
+_INVALID = object()
+
+
+def _build(cls, data, source, prefix):
+    """Make ``cls`` from a mapping: unknown keys rejected, missing keys defaulted."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {prefix[:-1]}: expected a mapping, got {data!r}")
+    names = [f.name for f in fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+            raise ConfigError(f"{source}: unknown key '{prefix}{key}'{hint}")
+    hints = get_type_hints(cls)
+    values = {}
+    for f in fields(cls):
+        if f.name in data:
+            dotted = prefix + f.name
+            if dataclasses.is_dataclass(hints[f.name]):
+                values[f.name] = _build(hints[f.name], data[f.name], source, dotted + ".")
+            else:
+                label = f"{source}: {dotted}"
+                values[f.name] = _coerce(hints[f.name], data[f.name], label, f.metadata)
+    return cls(**values)
+
+
+def _coerce(tp, value, label, meta):
+    """``value`` as type ``tp`` if it passes the field's check; else raise naming ``label``."""
+    check = meta.get("check")
+    if get_origin(tp) is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{label}: expected a list of strings, got {value!r}")
+        item_type = get_args(tp)[0]
+        return tuple(_coerce(item_type, item, f"{label}[{i}]", meta) for i, item in enumerate(value))
+    typed = _typed(tp, value)
+    if typed is not _INVALID and meta.get("normalize"):
+        typed = meta["normalize"](typed)
+    if typed is _INVALID or (check and not check[0](typed)):
+        wanted = check[1] if check else _TYPE_NAMES[tp]
+        shown = f"a value of type {type(value).__name__}" if meta.get("secret") else repr(value)
+        raise ConfigError(f"{label}: expected {wanted}, got {shown}")
+    return typed
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _typed(tp, value):
+    if isinstance(value, bool) or tp is bool:
+        return value if isinstance(value, bool) and tp is bool else _INVALID
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if tp is float and isinstance(value, (int, float)) and math.isfinite(value):
+        return float(value)
+    return value if isinstance(value, tp) else _INVALID
+
+
+def _override(obj, path, raw, label):
+    """Set the key at ``path`` to the environment string ``raw``, checked like a file value."""
+    name, rest = path[0], path[1:]
+    if rest:
+        return dataclasses.replace(obj, **{name: _override(getattr(obj, name), rest, raw, label)})
+    tp, meta = get_type_hints(type(obj))[name], obj.__dataclass_fields__[name].metadata
+    value = int(raw) if tp is int and re.fullmatch(r"[+-]?\d+", raw) else raw
+    return dataclasses.replace(obj, **{name: _coerce(tp, value, label, meta)})
+
+
+def _as_dict(obj):
+    out = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            value = _as_dict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        elif f.metadata.get("secret") and value:
+            value = "***"
+        out[f.name] = value
+    return out
