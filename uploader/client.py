@@ -1,0 +1,193 @@
+"""Command-line client of a running service: submit URLs, watch the job, print the links.
+
+    bin/upload [--server URL] [--interval S] [--timeout S] URL... | -f FILE
+
+It talks to the service only over its public HTTP API (submit, then poll the job), so
+it works the same against a local process or a container. Exit codes: 0 every URL
+uploaded, 1 some failed, 2 nothing to report (bad usage, service unreachable or
+refusing, or --timeout reached).
+"""
+import argparse
+import os
+import sys
+import time
+
+import requests
+
+try:
+    from tqdm import tqdm
+except ImportError:  # optional: plain progress lines without it
+    tqdm = None
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
+REQUEST_TIMEOUT = 30.0  # seconds for one HTTP request to the service
+DEFAULT_SERVER = "http://localhost:8000"
+
+
+class ClientError(Exception):
+    """Why the client cannot go on; printed as one line, exit code 2."""
+
+
+def read_url_file(path, stdin=None):
+    """URLs from ``path`` (``-`` = stdin), one per line; blank lines and ``#`` comments skipped."""
+    if path == "-":
+        lines = (stdin or sys.stdin).read().splitlines()
+    else:
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = f.read().splitlines()
+        except OSError as exc:
+            raise ClientError(f"cannot read {path}: {exc.strerror or exc}") from None
+    return [line.strip() for line in lines if line.strip() and not line.strip().startswith("#")]
+
+
+def _error_text(response):
+    """The service's ``error`` field, or the start of whatever it sent instead."""
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        error = None
+    if isinstance(error, dict):
+        error = error.get("message") or error
+    return str(error) if error else (response.text.strip()[:200] or response.reason)
+
+
+def submit(session, server, urls):
+    """POST the URLs; return the new job's id."""
+    response = session.post(f"{server}/v1/images/upload", json={"urls": urls},
+                            timeout=REQUEST_TIMEOUT)
+    if response.status_code != 202:
+        raise ClientError(f"service refused the job ({response.status_code}): {_error_text(response)}")
+    try:
+        return response.json()["jobId"]
+    except (ValueError, KeyError, TypeError):
+        raise ClientError(f"service answered 202 without a jobId: {response.text[:200]!r}") from None
+
+
+def fetch_job(session, server, job_id):
+    """GET the job's current state."""
+    response = session.get(f"{server}/v1/images/upload/{job_id}", timeout=REQUEST_TIMEOUT)
+    if response.status_code != 200:
+        raise ClientError(f"cannot read job {job_id} ({response.status_code}): {_error_text(response)}")
+    try:
+        return response.json()
+    except ValueError:
+        raise ClientError(f"job {job_id}: the service sent invalid JSON") from None
+
+
+class _Progress:
+    """A tqdm bar on stderr, or plain ``done/total`` lines when tqdm is not installed."""
+
+    def __init__(self, total, job_id):
+        self.done, self.total = 0, total
+        self.bar = tqdm(total=total, unit="url", desc=f"job {job_id}", file=sys.stderr) if tqdm else None
+
+    def update(self, done):
+        if done != self.done:
+            if self.bar is not None:
+                self.bar.update(done - self.done)
+            else:
+                print(f"{done}/{self.total} done", file=sys.stderr, flush=True)
+            self.done = done
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def wait(session, server, job_id, total, *, interval, timeout=None):
+    """Poll until the job is complete, showing progress; return the final job."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    progress = _Progress(total, job_id)
+    try:
+        while True:
+            job = fetch_job(session, server, job_id)
+            uploaded = job.get("uploaded") or {}
+            progress.update(len(uploaded.get("complete", ())) + len(uploaded.get("failed", ())))
+            if job.get("status") == "complete":
+                return job
+            if deadline is not None and time.monotonic() + interval > deadline:
+                raise ClientError(f"timed out after {timeout:g}s; job {job_id} goes on in the service")
+            time.sleep(interval)
+    finally:
+        progress.close()
+
+
+def report(job):
+    """The final table, one line per URL, and whether every URL was uploaded."""
+    lines, all_ok = [], True
+    for item in job.get("urls") or []:
+        if item.get("state") == "complete" and item.get("link"):
+            lines.append(f"OK    {item.get('url')}  ->  {item['link']}")
+        else:
+            all_ok = False
+            reason = item.get("reason") or f"not uploaded ({item.get('state')})"
+            lines.append(f"FAIL  {item.get('url')}  :  {reason}")
+    if not job.get("urls"):  # a service without per-URL detail: report what it has
+        uploaded = job.get("uploaded") or {}
+        lines += [f"OK    {link}" for link in uploaded.get("complete", ())]
+        lines += [f"FAIL  {url}  :  failed" for url in uploaded.get("failed", ())]
+        all_ok = not uploaded.get("failed")
+    return lines, all_ok
+
+
+def _seconds(text):
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="upload", description="Re-host images through a running image-service.")
+    parser.add_argument("urls", nargs="*", metavar="URL", help="image URLs to upload")
+    parser.add_argument("-f", "--file", help="read URLs from FILE, one per line ('-' = stdin)")
+    parser.add_argument("--server", metavar="URL",
+                        default=os.environ.get("UPLOADER_URL") or DEFAULT_SERVER,
+                        help=f"service base URL (default: $UPLOADER_URL or {DEFAULT_SERVER})")
+    parser.add_argument("--interval", metavar="SECONDS", type=_seconds, default=0.5,
+                        help="seconds between polls of the job (default: %(default)s)")
+    parser.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=None,
+                        help="give up waiting after this many seconds (default: wait)")
+    args = parser.parse_args(argv)
+    if bool(args.urls) == bool(args.file):
+        parser.error("give either URLs or -f FILE")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    server = args.server.rstrip("/")
+    job_id = None
+    try:
+        urls = read_url_file(args.file) if args.file else args.urls
+        if not urls:
+            raise ClientError(f"no URLs in {args.file}")
+        with requests.Session() as session:
+            job_id = submit(session, server, urls)
+            job = wait(session, server, job_id, len(urls), interval=args.interval,
+                       timeout=args.timeout)
+    except ClientError as exc:
+        print(f"upload: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except requests.RequestException as exc:
+        doing = f"while waiting for job {job_id}" if job_id else "to submit the job"
+        why = "is the service running?" if isinstance(exc, requests.ConnectionError) else exc
+        print(f"upload: error: cannot reach {server} {doing}: {why}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        if job_id:
+            print(f"\nupload: interrupted; job {job_id} goes on in the service", file=sys.stderr)
+        return 130
+    lines, all_ok = report(job)
+    for line in lines:
+        print(line)
+    return EXIT_OK if all_ok else EXIT_SOME_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
