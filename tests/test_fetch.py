@@ -1,0 +1,567 @@
+"""The fetcher downloads images safely: SSRF refusals, limits, redirects, content checks.
+
+Everything runs on loopback. An autouse guard fails any test in which the fetcher
+tries to connect anywhere but 127.0.0.0/8 or ::1, and records the connections it
+makes, so a refusal test can prove that no connection happened at all.
+"""
+
+import concurrent.futures
+import contextlib
+import ipaddress
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+
+import pytest
+
+from uploader.errors import FetchError
+from uploader.fakes.image_source import ImageSource, make_image
+from uploader.fetch import Fetched, Fetcher, format_size
+
+# A self-signed certificate for image.test and 127.0.0.1, valid 2000-2999 (test use only).
+CERT = """-----BEGIN CERTIFICATE-----
+MIIBXjCCAQSgAwIBAgIUJYVIGWGUrHflKEkFIckI/YRTCTcwCgYIKoZIzj0EAwIw
+FTETMBEGA1UEAwwKaW1hZ2UudGVzdDAgFw0wMDAxMDEwMDAwMDBaGA8yOTk5MTIz
+MTAwMDAwMFowFTETMBEGA1UEAwwKaW1hZ2UudGVzdDBZMBMGByqGSM49AgEGCCqG
+SM49AwEHA0IABC1zQivXtw7CFT6JSkp/6rA5DvUNB2J2GyY8sWCFuext97teZzpm
+qS1RAfGjx44psQ7VdWcgVVP+ncBlQ1paeYijMDAuMA8GA1UdEwEB/wQFMAMBAf8w
+GwYDVR0RBBQwEoIKaW1hZ2UudGVzdIcEfwAAATAKBggqhkjOPQQDAgNIADBFAiA2
+/26WXf7PAhdx+NUX0T6/jM68P7IQuzmeTKXenFxNOgIhAJOOnK55f07a3cYWLxnM
+MdGG8X25Cq2N+Ct2fXnAWzRA
+-----END CERTIFICATE-----
+"""
+KEY = """-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgmVCgVpevcsdEWWGr
+W4UvSZwsRNnoyWca46t8/fN1aiGhRANCAAQtc0Ir17cOwhU+iUpKf+qwOQ71DQdi
+dhsmPLFghbnsbfe7Xmc6ZqktUQHxo8eOKbEO1XVnIFVT/p3AZUNaWnmI
+-----END PRIVATE KEY-----
+"""
+LOCAL = ["127.0.0.1/32"]
+
+
+@pytest.fixture(autouse=True)
+def connections(monkeypatch):
+    """Every (address, port) the code under test connects to; non-loopback fails the test."""
+    made = []
+    real = socket.create_connection
+
+    def guarded(address, *args, **kwargs):
+        host = address[0]
+        if not ipaddress.ip_address(host.split("%")[0]).is_loopback:
+            pytest.fail(f"attempted a connection to non-loopback {address}")
+        made.append((host, address[1]))
+        return real(address, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "create_connection", guarded)
+    return made
+
+
+@pytest.fixture
+def source():
+    with ImageSource() as running:
+        yield running
+
+
+@pytest.fixture
+def other_source():
+    """A second server on 127.0.0.2: the "internal" target of SSRF tests."""
+    with ImageSource(host="127.0.0.2") as running:
+        yield running
+
+
+def fetcher(**kwargs):
+    kwargs.setdefault("timeout_seconds", 2)
+    return Fetcher(**kwargs)
+
+
+def resolver_for(mapping, calls=None):
+    """A resolver answering from ``mapping`` (name -> list, or callable for changing answers)."""
+    def resolve(host, port):
+        if calls is not None:
+            calls.append(host)
+        answer = mapping.get(host)
+        if answer is None:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return answer() if callable(answer) else list(answer)
+    return resolve
+
+
+@contextlib.contextmanager
+def raw_server(handle, host="127.0.0.1", port=0):
+    """A one-connection-at-a-time TCP server running ``handle(conn)`` in a thread."""
+    listener = socket.create_server((host, port))
+    stop = threading.Event()
+
+    def loop():
+        listener.settimeout(0.05)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except (TimeoutError, OSError):
+                continue
+            with conn:
+                try:
+                    handle(conn, stop)
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=2)
+        listener.close()
+
+
+# --- downloads that work ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("ext, mime", [("png", "image/png"), ("jpg", "image/jpeg"), ("gif", "image/gif"),
+                                       ("tiff", "image/tiff"), ("bmp", "image/bmp")])
+def test_downloads_each_accepted_format(source, ext, mime):
+    url = source.url_for(f"/img/cat.{ext}")
+    result = fetcher(allowed_hosts=LOCAL).fetch(url)
+    assert result == Fetched(data=make_image(ext, "cat"), mime=mime, ext=ext if ext != "jpeg" else "jpg",
+                             final_url=url)
+
+
+def test_content_is_judged_by_bytes_not_headers(source):
+    source.add("/photo.jpg", make_image("gif", "g"), content_type="text/html")
+    result = fetcher(allow_private_networks=True).fetch(source.url_for("/photo.jpg"))
+    assert (result.mime, result.ext) == ("image/gif", "gif")
+
+
+def test_webp_is_refused_unless_accepted(source):
+    url = source.url_for("/img/w.webp")
+    with pytest.raises(FetchError, match=r"^unsupported image format: WebP \(image/webp\)$"):
+        fetcher(allow_private_networks=True).fetch(url)
+    accepting = fetcher(allow_private_networks=True, accepted_mimes={"image/webp"})
+    assert accepting.fetch(url).mime == "image/webp"
+
+
+def test_sends_host_header_and_user_agent_to_the_pinned_address():
+    seen = {}
+
+    def handle(conn, stop):
+        request = conn.recv(65536).decode("latin-1")
+        seen.update(line.split(": ", 1) for line in request.split("\r\n")[1:] if ": " in line)
+        seen["line"] = request.split("\r\n")[0]
+        body = make_image("png")
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    with raw_server(handle) as port:
+        f = fetcher(allowed_hosts=LOCAL, resolver=resolver_for({"images.test": ["127.0.0.1"]}),
+                    user_agent="test-agent/1")
+        f.fetch(f"http://Images.Test:{port}/a%20b/c d.png?x=1&y=two words#frag")
+    assert seen["Host"] == f"images.test:{port}"
+    assert seen["User-Agent"] == "test-agent/1"
+    assert seen["Accept-Encoding"] == "identity"
+    assert seen["line"] == "GET /a%20b/c%20d.png?x=1&y=two%20words HTTP/1.1"
+
+
+def test_ipv6_literal_host():
+    with ImageSource(host="::1") as v6:
+        result = fetcher(allow_private_networks=True).fetch(v6.url_for("/img/six.png"))
+        assert result.final_url == f"http://[::1]:{v6.port}/img/six.png"
+        assert result.data == make_image("png", "six")
+
+
+def test_concurrent_fetches_share_one_fetcher(source):
+    f = fetcher(allowed_hosts=LOCAL)
+    names = [f"n{i}" for i in range(16)]
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda n: f.fetch(source.url_for(f"/img/{n}.png")), names))
+    assert [r.data for r in results] == [make_image("png", n) for n in names]
+
+
+def test_progress_is_reported_every_64_kib(source):
+    calls = []
+    size = 300_000
+    result = fetcher(allowed_hosts=LOCAL).fetch(source.url_for(f"/sized/{size}.jpg"),
+                                                on_progress=lambda got, total: calls.append((got, total)))
+    assert len(result.data) == size and result.mime == "image/jpeg"
+    assert calls[-1] == (size, size)
+    assert all(total == size for _, total in calls)
+    steps = [b - a for (a, _), (b, _) in zip([(0, 0)] + calls, calls)]
+    assert all(step >= 64 * 1024 for step in steps[:-1])
+    assert len(calls) <= size // (64 * 1024) + 1
+
+
+# --- SSRF: refused before any connection ------------------------------------------------------
+
+@pytest.mark.parametrize("host, reason", [
+    ("127.0.0.1", "refused: 127.0.0.1 is a loopback address"),
+    ("2130706433", "refused: 2130706433 is 127.0.0.1, a loopback address"),
+    ("0x7f.1", "refused: 0x7f.1 is 127.0.0.1, a loopback address"),
+    ("0x7f000001", "refused: 0x7f000001 is 127.0.0.1, a loopback address"),
+    ("017700000001", "refused: 017700000001 is 127.0.0.1, a loopback address"),
+    ("0177.0.0.1", "refused: 0177.0.0.1 is 127.0.0.1, a loopback address"),
+    ("127.1", "refused: 127.1 is 127.0.0.1, a loopback address"),
+    ("127.0.0.1.", "refused: 127.0.0.1. is 127.0.0.1, a loopback address"),
+    ("\uff11\uff12\uff17.\uff10.\uff10.\uff11", "refused: .* is 127.0.0.1, a loopback address"),
+    ("0", "refused: 0 is 0.0.0.0, an unspecified address"),
+    ("0.0.0.0", "refused: 0.0.0.0 is an unspecified address"),
+    ("[::1]", "refused: ::1 is a loopback address"),
+    ("[::]", "refused: :: is an unspecified address"),
+    ("[::ffff:127.0.0.1]", r"loopback address \(IPv4-mapped 127.0.0.1\)"),
+    ("[::ffff:7f00:1]", r"loopback address \(IPv4-mapped 127.0.0.1\)"),
+    ("[::127.0.0.1]", r"loopback address \(IPv4-compatible 127.0.0.1\)"),
+    ("[64:ff9b::7f00:1]", r"loopback address \(NAT64 127.0.0.1\)"),
+    ("[2002:7f00:1::1]", r"loopback address \(6to4 127.0.0.1\)"),
+    ("10.0.0.1", "refused: 10.0.0.1 is a private address"),
+    ("172.16.5.4", "refused: 172.16.5.4 is a private address"),
+    ("192.168.0.1", "refused: 192.168.0.1 is a private address"),
+    ("169.254.169.254", "refused: 169.254.169.254 is a link-local address"),
+    ("100.64.0.1", "refused: 100.64.0.1 is a carrier-grade NAT address"),
+    ("224.0.0.251", "refused: 224.0.0.251 is a multicast address"),
+    ("255.255.255.255", "refused: 255.255.255.255 is a broadcast address"),
+    ("240.0.0.1", "refused: 240.0.0.1 is a reserved address"),
+    ("192.0.2.10", "refused: 192.0.2.10 is a documentation address"),
+    ("198.18.0.1", "refused: 198.18.0.1 is a benchmarking address"),
+    ("[fe80::1]", "refused: fe80::1 is a link-local address"),
+    ("[fd00::1]", "refused: fd00::1 is a unique-local address"),
+    ("[fec0::1]", "refused: fec0::1 is a site-local address"),
+    ("[2001:db8::1]", "refused: 2001:db8::1 is a documentation address"),
+    ("[ff02::1]", "refused: ff02::1 is a multicast address"),
+    ("[fe80::1%25lo]", "refused: IPv6 zone ids are not allowed"),
+    ("256.1.1.1", "invalid IPv4 address '256.1.1.1'"),
+])
+def test_refuses_special_address_literals(source, connections, host, reason):
+    with pytest.raises(FetchError, match=reason):
+        fetcher().fetch(f"http://{host}:{source.port}/img/secret.png")
+    assert connections == []
+    assert source.requests == []
+
+
+@pytest.mark.parametrize("answers, reason", [
+    (["169.254.169.254"], "refused: host evil.test resolves to 169.254.169.254, a link-local address"),
+    (["127.0.0.1"], "refused: host evil.test resolves to 127.0.0.1, a loopback address"),
+    (["10.1.2.3"], "refused: host evil.test resolves to 10.1.2.3, a private address"),
+    (["::1"], "refused: host evil.test resolves to ::1, a loopback address"),
+    (["::ffff:7f00:1"],
+     r"refused: host evil.test resolves to ::ffff:7f00:1, a loopback address \(IPv4-mapped 127.0.0.1\)"),
+    (["fd12::1"], "refused: host evil.test resolves to fd12::1, a unique-local address"),
+    (["0.0.0.0"], "refused: host evil.test resolves to 0.0.0.0, an unspecified address"),
+])
+def test_refuses_names_resolving_to_special_addresses(source, connections, answers, reason):
+    f = fetcher(resolver=resolver_for({"evil.test": answers}))
+    with pytest.raises(FetchError, match=f"^{reason}$"):
+        f.fetch(f"http://evil.test:{source.port}/img/secret.png")
+    assert connections == [] and source.requests == []
+
+
+def test_default_resolver_refuses_localhost(source, connections):
+    with pytest.raises(FetchError, match="refused: host localhost resolves to (127.0.0.1|::1), a loopback"):
+        fetcher().fetch(f"http://localhost:{source.port}/img/a.png")
+    assert connections == [] and source.requests == []
+
+
+def test_one_bad_address_among_several_refuses_the_host(source, connections):
+    f = fetcher(allowed_hosts=LOCAL, resolver=resolver_for({"mixed.test": ["127.0.0.1", "10.0.0.7"]}))
+    with pytest.raises(FetchError, match="refused: host mixed.test resolves to 10.0.0.7, a private address"):
+        f.fetch(f"http://mixed.test:{source.port}/img/a.png")
+    assert connections == [] and source.requests == []
+
+
+@pytest.mark.parametrize("target_host, reason", [
+    ("internal.test", "refused: host internal.test resolves to 127.0.0.2, a loopback address"),
+    ("127.0.0.2", "refused: 127.0.0.2 is a loopback address"),
+    ("0x7f000002", "refused: 0x7f000002 is 127.0.0.2, a loopback address"),
+    ("[::ffff:127.0.0.2]", r"loopback address \(IPv4-mapped 127.0.0.2\)"),
+])
+def test_redirect_to_a_refused_host_is_refused(source, other_source, connections, target_host, reason):
+    inner = f"http://{target_host}:{other_source.port}/img/secret.png"
+    start = source.url_for("/redirect-to?url=" + urllib.parse.quote(inner, safe=""))
+    f = fetcher(allowed_hosts=LOCAL, resolver=resolver_for({"internal.test": ["127.0.0.2"]}))
+    with pytest.raises(FetchError, match=reason):
+        f.fetch(start)
+    assert connections == [("127.0.0.1", source.port)]
+    assert other_source.requests == []
+    assert len(source.requests) == 1
+
+
+def test_redirect_to_an_allowed_host_is_followed(source, other_source):
+    inner = f"http://internal.test:{other_source.port}/img/ok.png"
+    start = source.url_for("/redirect-to?url=" + urllib.parse.quote(inner, safe=""))
+    f = fetcher(allowed_hosts=LOCAL + ["internal.test"],
+                resolver=resolver_for({"internal.test": ["127.0.0.2"]}))
+    result = f.fetch(start)
+    assert result.final_url == inner and result.data == make_image("png", "ok")
+    assert other_source.paths == ["/img/ok.png"]
+
+
+@pytest.fixture
+def rebinding_pair(source, monkeypatch):
+    """DNS that answers 127.0.0.1 (allowed) first and 127.0.0.2 (refused) afterwards.
+
+    A bare listener on 127.0.0.2 with the same port stands for the internal service.
+    The system resolver is also made to answer 127.0.0.2, so any code path that looked
+    the name up again (instead of using the checked address) would land there.
+    """
+    internal = socket.create_server(("127.0.0.2", source.port))
+    calls = []
+    answers = iter([["127.0.0.1"]])
+    resolve = resolver_for({"rebind.test": lambda: next(answers, ["127.0.0.2"])}, calls)
+    real_getaddrinfo = socket.getaddrinfo
+
+    def rebound_getaddrinfo(host, *args, **kwargs):
+        return real_getaddrinfo("127.0.0.2" if host == "rebind.test" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebound_getaddrinfo)
+    yield resolve, calls, internal
+    internal.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        internal.accept()  # nothing ever connected to the internal address
+    internal.close()
+
+
+def test_dns_rebinding_cannot_switch_the_connected_address(source, rebinding_pair, connections):
+    resolve, calls, _ = rebinding_pair
+    url = f"http://rebind.test:{source.port}/img/r.png"
+    result = fetcher(allowed_hosts=LOCAL, resolver=resolve).fetch(url)
+    assert result.data == make_image("png", "r")
+    assert calls == ["rebind.test"]  # resolved once; the connection used that answer
+    assert connections == [("127.0.0.1", source.port)]
+
+
+def test_dns_rebinding_is_checked_again_at_each_redirect_hop(source, rebinding_pair, connections):
+    resolve, calls, _ = rebinding_pair
+    port = source.port
+    start = f"http://rebind.test:{port}/redirect-to?url=" + urllib.parse.quote(
+        f"http://rebind.test:{port}/img/secret.png", safe="")
+    with pytest.raises(FetchError, match="^refused: host rebind.test resolves to 127.0.0.2, a loopback"):
+        fetcher(allowed_hosts=LOCAL, resolver=resolve).fetch(start)
+    assert calls == ["rebind.test", "rebind.test"]
+    assert connections == [("127.0.0.1", port)]
+    assert len(source.requests) == 1 and source.paths[0].startswith("/redirect-to?url=")
+
+
+# --- operator lists ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("denied, url_host, reason", [
+    (["127.0.0.1"], "127.0.0.1", "refused: 127.0.0.1 is denied by configuration"),
+    (["127.0.0.0/8"], "img.test",
+     "refused: host img.test resolves to 127.0.0.1, which is denied by configuration"),
+    (["img.test"], "img.test", "refused: host img.test is denied by configuration"),
+    (["*.test"], "img.test", "refused: host img.test is denied by configuration"),
+])
+def test_denied_hosts_win_over_allow_private_networks(source, connections, denied, url_host, reason):
+    f = fetcher(allow_private_networks=True, allowed_hosts=["img.test"], denied_hosts=denied,
+                resolver=resolver_for({"img.test": ["127.0.0.1"]}))
+    with pytest.raises(FetchError, match=f"^{reason}$"):
+        f.fetch(f"http://{url_host}:{source.port}/img/a.png")
+    assert connections == [] and source.requests == []
+
+
+@pytest.mark.parametrize("allowed", [["img.test"], ["*.test"], ["127.0.0.1"], ["127.0.0.0/8"]])
+def test_allowed_hosts_reach_private_addresses(source, allowed):
+    f = fetcher(allowed_hosts=allowed, resolver=resolver_for({"img.test": ["127.0.0.1"]}))
+    assert f.fetch(f"http://img.test:{source.port}/img/a.png").mime == "image/png"
+
+
+# --- failures of the source -------------------------------------------------------------------
+
+@pytest.mark.parametrize("path, reason", [
+    ("/html", "^not an image: looks like HTML$"),
+    ("/lying.jpg", "^not an image: looks like HTML$"),
+    ("/status/404", "^HTTP 404 from source$"),
+    ("/status/403", "^HTTP 403 from source$"),
+    ("/status/500", "^HTTP 500 from source$"),
+    ("/status/204", "^HTTP 204 from source$"),
+    ("/truncated.jpg", "^truncated: got 100 of 2000 bytes$"),
+    ("/loop", r"^too many redirects \(more than 5\)$"),
+    ("/redirect/6", r"^too many redirects \(more than 5\)$"),
+    ("/status/302", "^HTTP 302 from source without a Location header$"),
+    ("/redirect-to?url=ftp%3A%2F%2Fexample.com%2Fa.png", "^unsupported URL scheme 'ftp'$"),
+    ("/redirect-to?url=file%3A%2F%2F%2Fetc%2Fpasswd", "^unsupported URL scheme 'file'$"),
+])
+def test_source_failures_have_precise_reasons(source, path, reason):
+    with pytest.raises(FetchError, match=reason):
+        fetcher(allowed_hosts=LOCAL).fetch(source.url_for(path))
+
+
+def test_custom_bodies_are_described(source):
+    source.add("/data.json", b'{"error": "gone"}', content_type="image/png")
+    source.add("/empty.png", b"", content_type="image/png")
+    f = fetcher(allowed_hosts=LOCAL)
+    with pytest.raises(FetchError, match="^not an image: looks like JSON$"):
+        f.fetch(source.url_for("/data.json"))
+    with pytest.raises(FetchError, match="^not an image: the source sent an empty body$"):
+        f.fetch(source.url_for("/empty.png"))
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_follows_redirects_with_relative_locations(source, status):
+    start = source.url_for(f"/redirect-to?status={status}&url=%2Fimg%2Frel.png")
+    result = fetcher(allowed_hosts=LOCAL).fetch(start)
+    assert result.final_url == source.url_for("/img/rel.png")
+
+
+def test_redirect_limit_is_configurable(source):
+    assert fetcher(allowed_hosts=LOCAL).fetch(source.url_for("/redirect/5")).final_url.endswith("/redirect/0")
+    with pytest.raises(FetchError, match=r"too many redirects \(more than 0\)"):
+        fetcher(allowed_hosts=LOCAL, max_redirects=0).fetch(source.url_for("/redirect/1"))
+    assert len(source.requests) == 6 + 1
+
+
+@pytest.mark.parametrize("url, reason", [
+    ("ftp://example.com/a.png", "^unsupported URL scheme 'ftp'$"),
+    ("file:///etc/passwd", "^unsupported URL scheme 'file'$"),
+    ("gopher://127.0.0.1:70/_x", "^unsupported URL scheme 'gopher'$"),
+    ("data:image/png;base64,AAAA", "^unsupported URL scheme 'data'$"),
+    ("example.com/a.png", "^invalid URL: no scheme$"),
+    ("http:///a.png", "^invalid URL: no host name$"),
+    ("http://example.com:99999/", "^invalid URL"),
+    ("http://exa mple.com/", "^invalid host name"),
+])
+def test_refuses_bad_urls(connections, url, reason):
+    with pytest.raises(FetchError, match=reason):
+        fetcher().fetch(url)
+    assert connections == []
+
+
+def test_unresolvable_host(connections):
+    f = fetcher(resolver=resolver_for({"empty.test": []}))
+    with pytest.raises(FetchError, match="^could not resolve host 'x.invalid'$"):
+        f.fetch("http://x.invalid/a.png")
+    with pytest.raises(FetchError, match="^could not resolve host 'empty.test'$"):
+        f.fetch("http://empty.test/a.png")
+    assert connections == []
+
+
+PNG = make_image("png", "raw")
+
+
+@pytest.mark.parametrize("answer, reason", [
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n40\r\n" + PNG[:10],
+     "^truncated: the chunked body ended after 10 bytes$"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "^truncated: the chunked body ended"),
+    (b"garbage\r\n\r\n", "^bad HTTP response from source: BadStatusLine"),
+    (b"", "^connection closed by source before it answered$"),
+])
+def test_broken_responses(answer, reason):
+    def handle(conn, stop):
+        conn.recv(65536)
+        conn.sendall(answer)
+
+    with raw_server(handle) as port:
+        with pytest.raises(FetchError, match=reason):
+            fetcher(allow_private_networks=True).fetch(f"http://127.0.0.1:{port}/a.png")
+
+
+@pytest.mark.parametrize("answer", [
+    b"HTTP/1.0 200 OK\r\n\r\n" + PNG,  # length given by closing the connection
+    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(PNG), PNG),
+])
+def test_bodies_without_content_length(answer):
+    def handle(conn, stop):
+        conn.recv(65536)
+        conn.sendall(answer)
+
+    calls = []
+    with raw_server(handle) as port:
+        result = fetcher(allow_private_networks=True).fetch(
+            f"http://127.0.0.1:{port}/a.png", on_progress=lambda got, total: calls.append((got, total)))
+    assert result.data == PNG
+    assert calls == [(len(PNG), None)]
+
+
+def test_connection_refused():
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        port = probe.getsockname()[1]
+    with pytest.raises(FetchError, match=f"^connection refused by 127.0.0.1:{port}$"):
+        fetcher(allow_private_networks=True).fetch(f"http://127.0.0.1:{port}/a.png")
+
+
+# --- size and time limits ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", ["/huge", "/huge-chunked", "/sized/2000000.jpg"])
+def test_refuses_bodies_over_the_cap_without_reading_them(source, path):
+    started = time.monotonic()
+    with pytest.raises(FetchError, match=r"^too large: over 1 MB$"):
+        fetcher(allowed_hosts=LOCAL, max_bytes=1024 * 1024).fetch(source.url_for(path))
+    assert time.monotonic() - started < 3
+
+
+def test_cap_is_exact(source):
+    size = len(make_image("png", "cap"))
+    url = source.url_for("/img/cap.png")
+    assert len(fetcher(allowed_hosts=LOCAL, max_bytes=size).fetch(url).data) == size
+    with pytest.raises(FetchError, match=f"^too large: over {size - 1} bytes$"):
+        fetcher(allowed_hosts=LOCAL, max_bytes=size - 1).fetch(url)
+
+
+@pytest.mark.parametrize("n, text", [(100, "100 bytes"), (10 * 1024, "10 KB"), (20 * 1024 ** 2, "20 MB"),
+                                     (int(1.5 * 1024 ** 2), "1.5 MB"), (3 * 1024 ** 3, "3 GB")])
+def test_sizes_read_humanly(n, text):
+    assert format_size(n) == text
+
+
+def test_trickling_body_is_cut_at_the_deadline(source):
+    started = time.monotonic()
+    with pytest.raises(FetchError, match=r"^timed out after 0.5 s$"):
+        fetcher(allowed_hosts=LOCAL, timeout_seconds=0.5).fetch(source.url_for("/slow/0.05"))
+    assert 0.4 < time.monotonic() - started < 2  # the whole trickle would take about 5 s
+
+
+def test_slow_answer_times_out(source):
+    source.latency = 2
+    started = time.monotonic()
+    with pytest.raises(FetchError, match=r"^timed out after 0.3 s$"):
+        fetcher(allowed_hosts=LOCAL, timeout_seconds=0.3).fetch(source.url_for("/img/a.png"))
+    assert time.monotonic() - started < 1.5
+
+
+def test_trickling_headers_are_cut_at_the_deadline():
+    """No single read waits long here; only the whole-download deadline can stop it."""
+    def handle(conn, stop):
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+        while not stop.wait(0.02):
+            conn.sendall(b"a")
+
+    with raw_server(handle) as port:
+        started = time.monotonic()
+        with pytest.raises(FetchError, match=r"^timed out after 0.5 s$"):
+            fetcher(allow_private_networks=True, timeout_seconds=0.5).fetch(f"http://127.0.0.1:{port}/")
+        assert time.monotonic() - started < 2
+
+
+# --- https: certificate checked against the name, connection to the checked address -----------
+
+@pytest.fixture
+def tls_source(tmp_path):
+    (tmp_path / "cert.pem").write_text(CERT)
+    (tmp_path / "key.pem").write_text(KEY)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    server_names = []
+    context.sni_callback = lambda sslsock, name, ctx: server_names.append(name)
+    with ImageSource(ssl_context=context) as running:
+        running.server_names = server_names
+        running.ca_file = str(tmp_path / "cert.pem")
+        yield running
+
+
+def test_https_verifies_the_certificate_against_the_original_name(tls_source):
+    f = fetcher(allowed_hosts=LOCAL, ca_certs=tls_source.ca_file,
+                resolver=resolver_for({"image.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]}))
+    result = f.fetch(f"https://image.test:{tls_source.port}/img/s.png")
+    assert result.data == make_image("png", "s")
+    assert tls_source.server_names == ["image.test"]
+    with pytest.raises(FetchError, match="^TLS certificate of other.test not valid: .*mismatch"):
+        f.fetch(f"https://other.test:{tls_source.port}/img/s.png")
+
+
+def test_https_to_an_ip_literal_checks_the_ip_in_the_certificate(tls_source):
+    f = fetcher(allowed_hosts=LOCAL, ca_certs=tls_source.ca_file)
+    assert f.fetch(tls_source.url_for("/img/ip.png")).data == make_image("png", "ip")
+
+
+def test_https_refuses_an_untrusted_certificate(tls_source):
+    f = fetcher(allowed_hosts=LOCAL, resolver=resolver_for({"image.test": ["127.0.0.1"]}))
+    with pytest.raises(FetchError, match="^TLS certificate of image.test not valid: self.signed"):
+        f.fetch(f"https://image.test:{tls_source.port}/img/s.png")

@@ -1,0 +1,352 @@
+"""A local web server full of images and traps, standing in for the sites clients link to.
+
+Tests and benchmarks point the fetcher at it instead of the internet. It runs a
+stdlib ``ThreadingHTTPServer`` in a background thread and records every request it
+answers, so an SSRF test can prove that a refused URL never reached it.
+
+Routes: ``/img/<name>.<ext>`` (png jpg gif tiff bmp webp; bytes differ per name),
+``/sized/<n>.jpg`` (a valid JPEG of exactly n bytes, streamed), ``/html``,
+``/lying.jpg`` (HTML labelled image/jpeg), ``/status/<code>``, ``/redirect/<n>``,
+``/redirect-to?url=<u>[&status=30x]``, ``/loop``, ``/slow/<seconds-per-byte>``,
+``/huge`` (announces 10 GB), ``/huge-chunked`` (endless chunked body),
+``/truncated.jpg`` (promises 2000 bytes, sends 100), plus routes added with ``add``.
+"""
+
+import collections
+import http.server
+import logging
+import re
+import socket
+import struct
+import threading
+import time
+import urllib.parse
+import zlib
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPES = {"png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "gif": "image/gif",
+                 "tiff": "image/tiff", "tif": "image/tiff", "bmp": "image/bmp", "webp": "image/webp"}
+STREAM_LIMIT_BYTES = 200 * 1024 * 1024
+STREAM_LIMIT_SECONDS = 60.0
+_ZEROS = bytes(65536)
+_HTML = b"<!DOCTYPE html>\n<html><head><title>Not an image</title></head><body>Hello</body></html>\n"
+
+Request = collections.namedtuple("Request", "path time")
+Request.__doc__ = "One request answered: its path with query, and when (``time.monotonic()``)."
+
+
+# --- tiny valid images ---------------------------------------------------------------------
+
+def make_image(fmt, tag=""):
+    """Return a valid 1x1 image in ``fmt``; ``tag`` is embedded as metadata so bytes differ."""
+    fmt = fmt.lower()
+    text = tag.encode("utf-8")
+    makers = {"png": _png, "jpg": _jpeg, "jpeg": _jpeg, "gif": _gif, "tiff": _tiff, "tif": _tiff,
+              "bmp": _bmp, "webp": _webp}
+    if fmt not in makers:
+        raise ValueError(f"unknown image format {fmt!r}")
+    return makers[fmt](text)
+
+
+def _png_chunk(kind, payload):
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _png(text):
+    ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)  # 1x1, 8-bit greyscale
+    comment = _png_chunk(b"tEXt", b"Comment\0" + text) if text else b""
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + comment
+            + _png_chunk(b"IDAT", zlib.compress(b"\0\x80")) + _png_chunk(b"IEND", b""))
+
+
+def _jpeg_segment(marker, payload):
+    return b"\xff" + bytes([marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def _jpeg(text):
+    """Baseline 1x1 greyscale: one-code Huffman tables, a single DC-0 + EOB block."""
+    huffman_one_code = bytes([1] + [0] * 15) + b"\0"
+    return b"".join([
+        b"\xff\xd8",
+        _jpeg_segment(0xE0, b"JFIF\0\x01\x01\0\0\x01\0\x01\0\0"),
+        _jpeg_segment(0xFE, text) if text else b"",
+        _jpeg_segment(0xDB, b"\0" + b"\x01" * 64),
+        _jpeg_segment(0xC0, b"\x08\0\x01\0\x01\x01\x01\x11\0"),
+        _jpeg_segment(0xC4, b"\x00" + huffman_one_code),
+        _jpeg_segment(0xC4, b"\x10" + huffman_one_code),
+        _jpeg_segment(0xDA, b"\x01\x01\0\0\x3f\0"),
+        b"\x3f",  # DC category 0 ("0"), EOB ("0"), padded with ones
+        b"\xff\xd9",
+    ])
+
+
+def _gif(text):
+    comment = b""
+    if text:
+        blocks = b"".join(bytes([len(text[i:i + 255])]) + text[i:i + 255] for i in range(0, len(text), 255))
+        comment = b"!\xfe" + blocks + b"\0"
+    return (b"GIF89a\x01\0\x01\0\x80\0\0" + b"\0\0\0\xff\xff\xff" + comment
+            + b",\0\0\0\0\x01\0\x01\0\0" + b"\x02\x02\x44\x01\0" + b";")
+
+
+def _tiff(text):
+    description = text + b"\0"
+    entries = [(256, 3, 1, 1), (257, 3, 1, 1), (258, 3, 1, 8), (259, 3, 1, 1), (262, 3, 1, 1),
+               (270, 2, len(description), None), (273, 4, 1, None), (277, 3, 1, 1),
+               (278, 3, 1, 1), (279, 4, 1, 1)]
+    ifd_size = 2 + 12 * len(entries) + 4
+    description_at = 8 + ifd_size
+    pixel_at = description_at + len(description) + (len(description) % 2)
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, count, value in entries:
+        if tag == 270:
+            value = description_at if len(description) > 4 else None
+        if tag == 273:
+            value = pixel_at
+        if value is None:  # short ASCII stored in the entry itself
+            ifd += struct.pack("<HHI", tag, kind, count) + description.ljust(4, b"\0")
+        elif kind == 3:
+            ifd += struct.pack("<HHIHH", tag, kind, count, value, 0)
+        else:
+            ifd += struct.pack("<HHII", tag, kind, count, value)
+    ifd += b"\0\0\0\0"
+    extra = (description if len(description) > 4 else b"").ljust(pixel_at - description_at, b"\0")
+    return b"II*\0" + struct.pack("<I", 8) + ifd + extra + b"\x80"
+
+
+def _bmp(text):
+    offset = 14 + 40 + len(text)  # the tag sits in the gap before the pixels
+    pixels = b"\x80\x80\x80\0"  # one BGR pixel, row padded to 4 bytes
+    size = offset + len(pixels)
+    info = struct.pack("<IiiHHIIiiII", 40, 1, 1, 1, 24, 0, len(pixels), 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", size, 0, 0, offset) + info + text + pixels
+
+
+def _webp_chunk(kind, payload):
+    return kind + struct.pack("<I", len(payload)) + payload + (b"\0" if len(payload) % 2 else b"")
+
+
+def _webp(text):
+    """Lossless 1x1 (Google's feature-test image), extended format with an XMP chunk for the tag."""
+    vp8l = _webp_chunk(b"VP8L", bytes.fromhex("2f00000010071011118888fe07"))
+    if text:
+        body = _webp_chunk(b"VP8X", b"\x04" + b"\0" * 9) + vp8l + _webp_chunk(b"XMP ", text)
+    else:
+        body = vp8l
+    return b"RIFF" + struct.pack("<I", 4 + len(body)) + b"WEBP" + body
+
+
+def sized_jpeg_parts(nbytes, tag="sized"):
+    """Yield a valid JPEG of exactly ``nbytes`` (padding is comment segments) in <=64 KiB parts."""
+    core = make_image("jpg", tag)
+    fill = nbytes - len(core)
+    if fill < 4:  # too small for a comment segment: trailing zeros (or a cut) instead
+        yield (core + bytes(max(fill, 0)))[:nbytes]
+        return
+    yield core[:2]
+    while fill > 0:
+        size = min(fill, 65537)
+        if 0 < fill - size < 4:
+            size -= 4
+        yield b"\xff\xfe" + struct.pack(">H", size - 2)
+        yield memoryview(_ZEROS)[:size - 4]
+        fill -= size
+    yield core[2:]
+
+
+# --- the server ----------------------------------------------------------------------------
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 128  # benchmarks open many connections at once
+
+    def handle_error(self, request, client_address):
+        log.debug("image source: error answering %s", client_address, exc_info=True)
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    source = None  # set on a per-server subclass
+
+    def do_GET(self):
+        try:
+            self.source._answer(self)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def log_message(self, fmt, *args):
+        log.debug("image source: " + fmt, *args)
+
+
+class ImageSource:
+    """A local HTTP(S) server of images and misbehaving routes; see the module docstring.
+
+    ``latency`` (seconds) delays every answer. ``requests`` lists what was asked, in order.
+    """
+
+    def __init__(self, host="127.0.0.1", port=0, *, ssl_context=None):
+        self.host, self.port, self.ssl_context = host, port, ssl_context
+        self.latency = 0.0
+        self._routes = {}
+        self._log = []
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._server = self._thread = None
+
+    def start(self):
+        self._stopping.clear()
+        handler = type("Handler", (_Handler,), {"source": self})
+        server_class = type("Server", (_Server,), {
+            "address_family": socket.AF_INET6 if ":" in self.host else socket.AF_INET})
+        self._server = server_class((self.host, self.port), handler)
+        if self.ssl_context is not None:
+            # The handshake then happens on the first read, in the request's thread.
+            self._server.socket = self.ssl_context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01},
+                                        name=f"image-source-{self.port}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join(timeout=5)
+            self._server = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    @property
+    def url(self):
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.ssl_context else 'http'}://{host}:{self.port}"
+
+    def url_for(self, path):
+        return self.url + ("" if path.startswith("/") else "/") + path
+
+    @property
+    def requests(self):
+        with self._lock:
+            return list(self._log)
+
+    @property
+    def paths(self):
+        return [request.path for request in self.requests]
+
+    def clear(self):
+        with self._lock:
+            self._log.clear()
+
+    def add(self, path, body, content_type="image/png", status=200, headers=None):
+        """Serve ``body`` at ``path`` (exact, query included or not) before any built-in route."""
+        self._routes[path] = (status, body, content_type, dict(headers or {}))
+
+    # --- answering
+
+    def _answer(self, h):
+        with self._lock:
+            self._log.append(Request(h.path, time.monotonic()))
+        if self.latency:
+            self._stopping.wait(self.latency)
+        parts = urllib.parse.urlsplit(h.path)
+        path, query = parts.path, urllib.parse.parse_qs(parts.query)
+        route = self._routes.get(h.path) or self._routes.get(path)
+        if route:
+            status, body, content_type, headers = route
+            return self._send(h, status, body, content_type, headers)
+        if match := re.fullmatch(r"/img/([^/]+)\.([a-z]+)", path):
+            name, ext = match.groups()
+            if ext in CONTENT_TYPES:
+                return self._send(h, 200, make_image(ext, name), CONTENT_TYPES[ext])
+        if match := re.fullmatch(r"/sized/(\d+)\.jpg", path):
+            size = int(match.group(1))
+            return self._stream(h, sized_jpeg_parts(size, path), "image/jpeg", length=size)
+        if path in ("/html", "/lying.jpg"):
+            content_type = "text/html; charset=utf-8" if path == "/html" else "image/jpeg"
+            return self._send(h, 200, _HTML, content_type)
+        if match := re.fullmatch(r"/status/(\d{3})", path):
+            return self._send(h, int(match.group(1)), f"status {match.group(1)}\n".encode(), "text/plain")
+        if match := re.fullmatch(r"/redirect/(\d+)", path):
+            hops = int(match.group(1))
+            if hops == 0:
+                return self._send(h, 200, make_image("png", "redirected"), "image/png")
+            return self._redirect(h, f"/redirect/{hops - 1}")
+        if path == "/redirect-to" and "url" in query:
+            return self._redirect(h, query["url"][0], int(query.get("status", ["302"])[0]))
+        if path == "/loop":
+            return self._redirect(h, "/loop")
+        if match := re.fullmatch(r"/slow/([\d.]+)", path):
+            return self._trickle(h, make_image("png", "slow"), float(match.group(1)))
+        if path == "/huge":
+            header = make_image("jpg", "huge")[:-2]
+            return self._stream(h, self._endless(header), "image/jpeg", length=10 * 1024 ** 3)
+        if path == "/huge-chunked":
+            return self._stream(h, self._endless(make_image("jpg", "huge")[:-2]), "image/jpeg")
+        if path == "/truncated.jpg":
+            body = b"".join(sized_jpeg_parts(2000, "truncated"))[:100]
+            h.close_connection = True
+            return self._send(h, 200, body, "image/jpeg", {"Content-Length": "2000"})
+        return self._send(h, 404, b"not found\n", "text/plain")
+
+    def _send(self, h, status, body, content_type, headers=None):
+        headers = dict(headers or {})
+        h.send_response(status)
+        h.send_header("Content-Type", content_type)
+        no_body = status in (204, 304) or status < 200
+        if not no_body:
+            h.send_header("Content-Length", headers.pop("Content-Length", str(len(body))))
+        for name, value in headers.items():
+            h.send_header(name, value)
+        h.end_headers()
+        if not no_body:
+            h.wfile.write(body)
+
+    def _redirect(self, h, location, status=302):
+        self._send(h, status, b"", "text/plain", {"Location": location})
+
+    def _trickle(self, h, body, seconds_per_byte):
+        h.send_response(200)
+        h.send_header("Content-Type", "image/png")
+        h.send_header("Content-Length", str(len(body)))
+        h.end_headers()
+        h.wfile.flush()
+        for i in range(len(body)):
+            if self._stopping.wait(seconds_per_byte):
+                return
+            h.wfile.write(body[i:i + 1])
+
+    def _endless(self, header):
+        yield header
+        while True:
+            yield _ZEROS
+
+    def _stream(self, h, parts, content_type, length=None):
+        """Send ``parts`` (chunked if no length) until done, the client leaves, or the limits."""
+        h.send_response(200)
+        h.send_header("Content-Type", content_type)
+        if length is None:
+            h.send_header("Transfer-Encoding", "chunked")
+        else:
+            h.send_header("Content-Length", str(length))
+        h.end_headers()
+        started, sent = time.monotonic(), 0
+        for part in parts:
+            if self._stopping.is_set() or sent > STREAM_LIMIT_BYTES \
+                    or time.monotonic() - started > STREAM_LIMIT_SECONDS:
+                h.close_connection = True
+                return
+            h.wfile.write(b"%x\r\n%s\r\n" % (len(part), part) if length is None else part)
+            sent += len(part)
+        if length is None:
+            h.wfile.write(b"0\r\n\r\n")
+        if length is not None and sent < length:
+            h.close_connection = True

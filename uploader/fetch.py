@@ -1,0 +1,357 @@
+"""Safe download of a client-named image URL.
+
+Every hop goes: parse URL -> check host name -> resolve ONCE -> check every address
+-> connect to a checked address (never to the name, so DNS cannot change its answer
+in between) -> send the original Host header, and for https verify the certificate
+against the original name (SNI) -> follow a redirect by starting over.
+
+The body streams under a byte cap and one deadline for the whole download: a
+watchdog timer shuts the socket when the deadline passes, so a server trickling a
+byte at a time is cut off even though no single read times out. The bytes are then
+judged by their magic number, never by Content-Type or extension.
+
+Plain ``http.client`` on a socket we opened ourselves keeps the pinning obvious: no
+library between us and the wire resolves names or follows redirects on our behalf.
+"""
+
+import dataclasses
+import functools
+import http.client
+import ipaddress
+import logging
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+
+from . import imagetype
+from .errors import FetchError
+from .netpolicy import AddressPolicy, normalize_host, parse_ip_literal
+
+log = logging.getLogger(__name__)
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+PROGRESS_STEP = 64 * 1024
+_CHUNK = 64 * 1024
+_SAFE_URL_CHARS = "!#$%&'()*+,/:;=?@[]~"
+# What a misbehaving server or network can make http.client, ssl and sockets raise.
+_WIRE_ERRORS = (OSError, http.client.HTTPException, ValueError)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fetched:
+    """A downloaded image: its bytes, sniffed type and the URL it finally came from."""
+
+    data: bytes
+    mime: str
+    ext: str
+    final_url: str
+
+
+def default_resolver(host, port):
+    """Resolve ``host`` with the system resolver; return its addresses, duplicates removed."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+def format_size(n):
+    """Human size with binary units: 20971520 -> '20 MB'."""
+    for unit, scale in (("GB", 1024 ** 3), ("MB", 1024 ** 2), ("KB", 1024)):
+        if n >= scale:
+            return f"{round(n / scale, 1):g} {unit}"
+    return f"{n} bytes"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Target:
+    """One hop's URL, parsed and checked."""
+
+    url: str
+    scheme: str
+    host: str  # normalised: lower-case ASCII name or canonical IP
+    spelled: str  # as the URL wrote it, for refusal messages
+    port: int
+    host_header: str
+    path: str
+
+
+class _Guard:
+    """One download's deadline: shuts the current socket down when time is up."""
+
+    def __init__(self, timeout):
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.expired = False
+        self._sock = None
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(timeout, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def remaining(self):
+        """Seconds left for one blocking step (never more than the per-step timeout)."""
+        left = self.deadline - time.monotonic()
+        if left <= 0 or self.expired:
+            raise self.error()
+        return min(left, self.timeout)
+
+    def error(self):
+        return FetchError(f"timed out after {self.timeout:g} s")
+
+    def attach(self, sock):
+        with self._lock:
+            self._sock = sock
+            if self.expired:
+                _shutdown(sock)
+
+    def _expire(self):
+        with self._lock:
+            self.expired = True
+            if self._sock is not None:
+                _shutdown(self._sock)
+
+    def close(self):
+        self._timer.cancel()
+
+
+def _shutdown(sock):
+    """Wake any thread blocked on ``sock``; the plain-socket call leaves TLS state alone."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+class Fetcher:
+    """Downloads images from URLs without ever reaching a refused network address.
+
+    Thread-safe: a fetch keeps its state in locals; the instance holds configuration only.
+    """
+
+    def __init__(self, *, timeout_seconds=15.0, max_bytes=20 * 1024 * 1024, max_redirects=5,
+                 allow_private_networks=False, allowed_hosts=(), denied_hosts=(),
+                 accepted_mimes=imagetype.ACCEPTED_BY_IMGUR, resolver=None,
+                 user_agent="image-service/0.1", ca_certs=None):
+        self.timeout_seconds = float(timeout_seconds)
+        self.max_bytes = int(max_bytes)
+        self.max_redirects = int(max_redirects)
+        self.policy = AddressPolicy(allow_private_networks, allowed_hosts, denied_hosts)
+        self.accepted_mimes = frozenset(accepted_mimes)
+        self.resolver = resolver or default_resolver
+        self.user_agent = user_agent
+        self.ca_certs = ca_certs
+        self._accept = ",".join(sorted(self.accepted_mimes)) + ",*/*;q=0.1"
+
+    def fetch(self, url, *, on_progress=None):
+        """Download ``url`` and return a ``Fetched`` image, or raise ``FetchError`` with the reason."""
+        guard = _Guard(self.timeout_seconds)
+        try:
+            for _hop in range(self.max_redirects + 1):
+                target = self._target(url)
+                addresses = self._addresses(target)
+                conn, response, sock = self._request(target, addresses, guard)
+                try:
+                    if response.status in REDIRECT_STATUSES:
+                        url = self._next_url(target, response)
+                        continue
+                    if response.status != 200:
+                        raise FetchError(f"HTTP {response.status} from source")
+                    data = self._read_body(response, sock, guard, on_progress)
+                finally:
+                    response.close()
+                    conn.close()
+                    sock.close()
+                return self._judge(data, target.url)
+            raise FetchError(f"too many redirects (more than {self.max_redirects})")
+        finally:
+            guard.close()
+
+    def _target(self, url):
+        """Parse and check one hop's URL; refuses bad schemes, hosts and denied names."""
+        try:
+            parts = urllib.parse.urlsplit(url.strip())
+            port = parts.port
+        except ValueError as exc:
+            raise FetchError(f"invalid URL: {exc}") from None
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https"):
+            raise FetchError(f"unsupported URL scheme '{scheme}'" if scheme else "invalid URL: no scheme")
+        if parts.hostname is None:
+            raise FetchError("invalid URL: no host name")
+        host = normalize_host(parts.hostname)
+        self.policy.check_host(host)
+        default_port = 443 if scheme == "https" else 80
+        port = default_port if port is None else port
+        if port == 0:
+            raise FetchError("invalid URL: port 0")
+        shown = f"[{host}]" if ":" in host else host
+        host_header = shown if port == default_port else f"{shown}:{port}"
+        path = urllib.parse.quote(parts.path or "/", safe=_SAFE_URL_CHARS)
+        if parts.query:
+            path += "?" + urllib.parse.quote(parts.query, safe=_SAFE_URL_CHARS)
+        return _Target(url, scheme, host, parts.hostname, port, host_header, path)
+
+    def _addresses(self, target):
+        """Resolve the host once and check every answer: one bad address refuses the host."""
+        literal = parse_ip_literal(target.host)
+        if literal is not None:
+            answers = [literal]
+        else:
+            try:
+                answers = [ipaddress.ip_address(a) for a in self.resolver(target.host, target.port)]
+            except (OSError, UnicodeError, ValueError) as exc:
+                log.debug("resolving %s failed: %s", target.host, exc)
+                raise FetchError(f"could not resolve host '{target.host}'") from None
+            if not answers:
+                raise FetchError(f"could not resolve host '{target.host}'")
+        for ip in answers:
+            self.policy.check_address(ip, target.spelled)
+        return answers
+
+    def _request(self, target, addresses, guard):
+        """Connect to the first checked address that answers and send the GET."""
+        sock = self._connect(target, addresses, guard)
+        conn = http.client.HTTPConnection(target.host, target.port)  # never connects: we give it a socket
+        conn.sock = sock
+        try:
+            conn.putrequest("GET", target.path, skip_host=True, skip_accept_encoding=True)
+            for name, value in (("Host", target.host_header), ("User-Agent", self.user_agent),
+                                ("Accept", self._accept), ("Accept-Encoding", "identity"),
+                                ("Connection", "close")):
+                conn.putheader(name, value)
+            conn.endheaders()
+            sock.settimeout(guard.remaining())
+            return conn, conn.getresponse(), sock
+        except (FetchError, *_WIRE_ERRORS) as exc:
+            conn.close()
+            sock.close()
+            raise _translate(exc, guard, target) from None
+
+    def _connect(self, target, addresses, guard):
+        last_error = None
+        for ip in addresses:
+            where = f"[{ip}]:{target.port}" if ip.version == 6 else f"{ip}:{target.port}"
+            log.debug("connecting to %s for %s", where, target.url)
+            try:
+                sock = socket.create_connection((str(ip), target.port), timeout=guard.remaining())
+            except ConnectionRefusedError:
+                last_error = FetchError(f"connection refused by {where}")
+                continue
+            except TimeoutError:
+                last_error = guard.error()
+                continue
+            except OSError as exc:
+                last_error = FetchError(f"could not connect to {where}: {exc.strerror or exc}")
+                continue
+            guard.attach(sock)
+            if target.scheme == "http":
+                return sock
+            tls = None
+            try:
+                tls = _tls_context(self.ca_certs).wrap_socket(
+                    sock, server_hostname=target.host, do_handshake_on_connect=False)
+                guard.attach(tls)  # wrapping detached ``sock``; watch the TLS socket instead
+                tls.settimeout(guard.remaining())
+                tls.do_handshake()
+                return tls
+            except (FetchError, *_WIRE_ERRORS) as exc:
+                (tls or sock).close()
+                raise _translate(exc, guard, target) from None
+        raise last_error
+
+    def _next_url(self, target, response):
+        location = response.getheader("Location")
+        if not location:
+            raise FetchError(f"HTTP {response.status} from source without a Location header")
+        try:
+            location = location.encode("latin-1").decode("utf-8")  # http.client decodes as latin-1
+        except UnicodeError:
+            pass
+        log.debug("%s redirects to %s", target.url, location)
+        return urllib.parse.urljoin(target.url, location)
+
+    def _read_body(self, response, sock, guard, on_progress):
+        """Stream the body under the byte cap and the deadline; fail early on a non-image."""
+        total = response.length
+        if total is not None and total > self.max_bytes:
+            raise FetchError(f"too large: over {format_size(self.max_bytes)}")
+        data = bytearray()
+        reported = 0
+        sniffed = False
+        try:
+            while True:
+                sock.settimeout(guard.remaining())
+                chunk = response.read1(min(_CHUNK, self.max_bytes + 1 - len(data)))
+                if guard.expired:
+                    raise guard.error()
+                if not chunk:
+                    break
+                data += chunk
+                if len(data) > self.max_bytes:
+                    raise FetchError(f"too large: over {format_size(self.max_bytes)}")
+                if not sniffed and len(data) >= imagetype.SNIFF_BYTES:
+                    self._judge(data, None)
+                    sniffed = True
+                if on_progress is not None and len(data) - reported >= PROGRESS_STEP:
+                    reported = len(data)
+                    on_progress(reported, total)
+        except http.client.IncompleteRead:
+            if guard.expired:
+                raise guard.error() from None
+            raise FetchError(f"truncated: the chunked body ended after {len(data)} bytes") from None
+        except _WIRE_ERRORS as exc:
+            raise _translate(exc, guard, None) from None
+        if total is not None and len(data) < total:
+            raise FetchError(f"truncated: got {len(data)} of {total} bytes")
+        if on_progress is not None and reported != len(data):
+            on_progress(len(data), total)
+        return bytes(data)
+
+    def _judge(self, data, final_url):
+        """Check the bytes are an accepted image; with a URL, return the ``Fetched``."""
+        if not data:
+            raise FetchError("not an image: the source sent an empty body")
+        kind = imagetype.sniff(data)
+        if kind is None:
+            raise FetchError(f"not an image: looks like {imagetype.describe(data)}")
+        if kind.mime not in self.accepted_mimes:
+            raise FetchError(f"unsupported image format: {imagetype.name(kind)} ({kind.mime})")
+        if final_url is None:
+            return None
+        return Fetched(data=bytes(data), mime=kind.mime, ext=kind.ext, final_url=final_url)
+
+
+def _translate(exc, guard, target):
+    """Turn a network or protocol exception into a FetchError with a human reason."""
+    if isinstance(exc, FetchError):
+        return exc
+    if guard.expired or isinstance(exc, TimeoutError):
+        return guard.error()
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return FetchError(f"TLS certificate of {target.host} not valid: {exc.verify_message}")
+    if isinstance(exc, ssl.SSLError):
+        return FetchError(f"TLS handshake with {target.host} failed: {exc.reason or exc}")
+    if isinstance(exc, http.client.RemoteDisconnected):
+        return FetchError("connection closed by source before it answered")
+    if isinstance(exc, ConnectionResetError):
+        return FetchError("connection reset by source")
+    if isinstance(exc, OSError):
+        return FetchError(f"network error: {exc.strerror or exc}")
+    return FetchError(f"bad HTTP response from source: {type(exc).__name__}: {exc}")
+
+
+@functools.lru_cache(maxsize=None)
+def _tls_context(ca_certs):
+    """A verifying client context, built once per CA file (loading the bundle takes ~30 ms).
+
+    Without ``ca_certs`` it trusts the bundle ``requests`` uses (certifi) when present, so
+    https behaves the same on every machine, else the system store.
+    """
+    if ca_certs is None:
+        try:
+            import certifi
+            ca_certs = certifi.where()
+        except ImportError:
+            pass
+    return ssl.create_default_context(cafile=ca_certs)
