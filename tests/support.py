@@ -1,0 +1,145 @@
+"""Helpers for tests that run the real service (``python -m uploader.cli``) as a subprocess."""
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+STARTED = re.compile(r"Starting Server on (http://\S+)")
+
+
+def write_config(directory: Path, **sections) -> Path:
+    """A config file for a test: fast, loopback-friendly defaults plus ``sections``."""
+    config = {
+        "server": {"host": "127.0.0.1", "port": 0},
+        "workers": {"processes": 2, "uploads_per_process": 4, "shutdown_grace_seconds": 5},
+        "image_host": "local",
+        "imgur": {"rate_limit": {"uploads_per_second": 0, "burst": 1},
+                  "backoff": {"base_seconds": 0.05, "max_seconds": 0.2}},
+        "fetch": {"allow_private_networks": True, "timeout_seconds": 5},
+        "storage": {"path": str(directory / "store.sqlite3")},
+        "local": {"directory": str(directory / "images")},
+        "logging": {"level": "INFO"},
+    }
+    for name, value in sections.items():
+        if isinstance(value, dict) and isinstance(config.get(name), dict):
+            config[name] = {**config[name], **value}
+        else:
+            config[name] = value
+    path = directory / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class ServiceProcess:
+    """The service in its own process group; ``stop()``/``kill()`` and cleanup of every child."""
+
+    def __init__(self, config_path: Path, *, command=None, env=None, log_path=None):
+        self.config_path = config_path
+        self.command = command or [sys.executable, "-m", "uploader.cli", "--config", str(config_path)]
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = log_path or config_path.with_suffix(".log")
+        self.url = None
+        self.proc = None
+
+    def start(self, timeout: float = 30.0) -> "ServiceProcess":
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.command, stdout=subprocess.PIPE, stderr=self.log, cwd=REPO, env=self.env,
+            start_new_session=True,
+        )
+        found = threading.Event()
+
+        def read_stdout():
+            for raw in self.proc.stdout:
+                line = raw.decode(errors="replace")
+                match = STARTED.search(line)
+                if match and not found.is_set():
+                    self.url = match.group(1)
+                    found.set()
+
+        threading.Thread(target=read_stdout, daemon=True).start()
+        if not found.wait(timeout):
+            self.kill()
+            raise AssertionError(f"service did not start; log:\n{self.read_log()}")
+        return self
+
+    def read_log(self) -> str:
+        return Path(self.log_path).read_text(errors="replace")
+
+    def children(self):
+        """Pids of every live process in the service's process group (zombies do not count)."""
+        if self.proc is None:
+            return []
+        out = subprocess.run(["ps", "-eo", "pid=,pgid=,stat="], capture_output=True, text=True).stdout
+        return [int(pid) for pid, pgid, stat in (line.split() for line in out.splitlines())
+                if int(pgid) == self.proc.pid and not stat.startswith("Z")]
+
+    def signal(self, signum) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.cleanup()
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group, as a power cut or OOM killer would."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+        self.cleanup()
+
+    def cleanup(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        if self.proc.poll() is None:
+            self.proc.wait(10)
+        self.log.close()
+
+    # -- API helpers -----------------------------------------------------------
+    def post_job(self, urls) -> str:
+        answer = requests.post(f"{self.url}/v1/images/upload", json={"urls": urls}, timeout=10)
+        assert answer.status_code == 202, answer.text
+        return answer.json()["jobId"]
+
+    def job(self, job_id) -> dict:
+        answer = requests.get(f"{self.url}/v1/images/upload/{job_id}", timeout=10)
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    def wait_job(self, job_id, timeout: float = 30.0, on_poll=None) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.job(job_id)
+            if on_poll:
+                on_poll(job)
+            if job["status"] == "complete":
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job not complete after {timeout} s: {json.dumps(job)[:2000]}")
+            time.sleep(0.05)
+
+    def links(self) -> list:
+        answer = requests.get(f"{self.url}/v1/images", timeout=30)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["uploaded"]

@@ -1,0 +1,35 @@
+"""The job model: timestamps and the status rules."""
+import pytest
+
+from uploader import jobs
+
+
+def test_timestamp_is_utc_with_milliseconds_and_z():
+    assert jobs.format_timestamp(0) == "1970-01-01T00:00:00.000Z"
+    assert jobs.format_timestamp(1495556889.1239) == "2017-05-23T16:28:09.123Z"
+    assert jobs.format_timestamp(None) is None
+
+
+@pytest.mark.parametrize("states, status", [
+    ([jobs.QUEUED, jobs.QUEUED], jobs.JOB_PENDING),
+    ([jobs.QUEUED, jobs.IN_FLIGHT], jobs.JOB_IN_PROGRESS),
+    ([jobs.COMPLETE, jobs.QUEUED], jobs.JOB_IN_PROGRESS),
+    ([jobs.COMPLETE, jobs.FAILED], jobs.JOB_COMPLETE),
+    ([jobs.FAILED], jobs.JOB_COMPLETE),
+])
+def test_job_status_follows_url_states(states, status):
+    assert jobs.job_status(states) == status
+
+
+@pytest.mark.parametrize("old, new, allowed", [
+    (jobs.QUEUED, jobs.IN_FLIGHT, True),
+    (jobs.IN_FLIGHT, jobs.COMPLETE, True),
+    (jobs.IN_FLIGHT, jobs.FAILED, True),
+    (jobs.IN_FLIGHT, jobs.QUEUED, True),
+    (jobs.QUEUED, jobs.COMPLETE, False),
+    (jobs.COMPLETE, jobs.FAILED, False),
+    (jobs.FAILED, jobs.QUEUED, False),
+    (jobs.COMPLETE, jobs.IN_FLIGHT, False),
+])
+def test_url_transitions(old, new, allowed):
+    assert jobs.can_move(old, new) is allowed

@@ -1,0 +1,149 @@
+"""The real service (front end, manager, worker processes) against local fakes over HTTP."""
+import sqlite3
+
+import pytest
+import requests
+
+from uploader.fakes.image_source import make_image
+
+
+def count_jobs(service) -> int:
+    path = service.config_path.parent / "store.sqlite3"
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+
+
+def test_mixed_job_ends_with_exact_links_and_failures(start_service, image_source):
+    service = start_service()
+    good = [image_source.url_for(f"/img/mixed-{n}.{ext}") for n, ext in
+            enumerate(["png", "jpg", "gif", "tiff", "bmp"])]
+    missing = image_source.url_for("/status/404")
+    html = image_source.url_for("/html")
+    urls = good + [missing, html, good[0]]  # the repeat is stripped
+    job_id = service.post_job(urls)
+
+    statuses = []
+    job = service.wait_job(job_id, on_poll=lambda j: statuses.append(j["status"]))
+
+    order = ["pending", "in-progress", "complete"]
+    assert [order.index(s) for s in statuses] == sorted(order.index(s) for s in statuses)
+    assert job["id"] == job_id and job["finished"] is not None
+    assert set(job) == {"id", "created", "finished", "status", "uploaded", "urls"}
+    assert job["uploaded"]["pending"] == []
+    assert job["uploaded"]["failed"] == [missing, html]
+    assert len(job["uploaded"]["complete"]) == len(good)
+    by_url = {entry["url"]: entry for entry in job["urls"]}
+    assert list(by_url) == good + [missing, html]
+    assert "404" in by_url[missing]["reason"]
+    assert "HTML" in by_url[html]["reason"]
+    for n, (url, ext) in enumerate(zip(good, ["png", "jpg", "gif", "tiff", "bmp"])):
+        link = by_url[url]["link"]
+        assert link.endswith("." + ("jpeg" if ext == "jpg" else ext)) or link.endswith("." + ext)
+        served = requests.get(link, timeout=5)
+        assert served.status_code == 200
+        assert served.content == make_image(ext, f"mixed-{n}")
+    assert sorted(service.links()) == sorted(job["uploaded"]["complete"])  # upload order differs
+
+
+def test_uploads_to_imgur_when_a_token_is_configured(start_service, image_source, fake_imgur):
+    service = start_service(image_host="imgur", imgur={
+        "api_url": fake_imgur.url, "access_token": "test-token",
+        "rate_limit": {"uploads_per_second": 0, "burst": 1},
+        "backoff": {"base_seconds": 0.05, "max_seconds": 0.2}})
+    urls = [image_source.url_for(f"/img/imgur-{n}.png") for n in range(6)]
+    job = service.wait_job(service.post_job(urls))
+    links = job["uploaded"]["complete"]
+    assert len(links) == 6 and job["uploaded"]["failed"] == []
+    assert sorted(fake_imgur.image_bytes(link) for link in links) == sorted(
+        make_image("png", f"imgur-{n}") for n in range(6))
+    assert sorted(service.links()) == sorted(links)
+
+
+def test_imgur_file_error_becomes_the_urls_reason(start_service, image_source, fake_imgur):
+    service = start_service(image_host="imgur", imgur={
+        "api_url": fake_imgur.url, "access_token": "test-token",
+        "rate_limit": {"uploads_per_second": 0, "burst": 1}})
+    fake_imgur.fail_next(1, status=400, body="We don't support that file type!")
+    job = service.wait_job(service.post_job([image_source.url_for("/img/refused.png")]))
+    (entry,) = job["urls"]
+    assert entry["state"] == "failed"
+    assert "We don't support that file type!" in entry["reason"]
+
+
+def test_jobs_and_links_survive_a_restart(start_service, image_source, tmp_path):
+    first = start_service()
+    job_id = first.post_job([image_source.url_for("/img/keep.png")])
+    before = first.wait_job(job_id)
+    assert first.stop() == 0
+    second = start_service(config_path=first.config_path)
+    assert second.job(job_id) == before
+    assert second.links() == before["uploaded"]["complete"]
+
+
+BAD_BODIES = [
+    ("not json", 400, "not valid JSON"),
+    ('["https://a.example/x.png"]', 400, "JSON object"),
+    ("{}", 400, "urls"),
+    ('{"urls": "https://a.example/x.png"}', 400, "list"),
+    ('{"urls": []}', 400, "empty"),
+    ('{"urls": [1]}', 400, "urls[0]"),
+    ('{"urls": ["ftp://a.example/x.png"]}', 400, "urls[0]"),
+    ('{"urls": ["https://a.example/1.png", "https://a.example/2.png", '
+     '"https://a.example/3.png", "https://a.example/4.png"]}', 413, "at most 3"),
+    ('{"urls": ["https://a.example/' + "x" * 600 + '.png"]}', 413, "limit"),
+]
+
+
+@pytest.fixture
+def small_service(start_service):
+    return start_service(server={"host": "127.0.0.1", "port": 0, "max_urls_per_job": 3,
+                                 "max_body_bytes": 512})
+
+
+@pytest.mark.parametrize("raw, status, fragment", BAD_BODIES)
+def test_bad_requests_get_a_json_error_and_create_no_job(small_service, raw, status, fragment):
+    answer = requests.post(f"{small_service.url}/v1/images/upload", data=raw,
+                           headers={"Content-Type": "application/json"}, timeout=5)
+    assert answer.status_code == status
+    assert fragment in answer.json()["error"]
+    assert count_jobs(small_service) == 0
+
+
+def test_chunked_body_over_the_limit_is_refused(small_service):
+    def chunks():
+        for _ in range(20):
+            yield b'{"urls": ["' + b"x" * 100
+
+    answer = requests.post(f"{small_service.url}/v1/images/upload", data=chunks(), timeout=5)
+    assert answer.status_code == 413
+    assert "limit" in answer.json()["error"]
+    assert count_jobs(small_service) == 0
+
+
+def test_accepted_job_answers_202_with_location(small_service):
+    answer = requests.post(f"{small_service.url}/v1/images/upload",
+                           json={"urls": ["https://a.example/x.png"]}, timeout=5)
+    assert answer.status_code == 202
+    job_id = answer.json()["jobId"]
+    assert answer.headers["Location"] == f"/v1/images/upload/{job_id}"
+    assert count_jobs(small_service) == 1
+
+
+@pytest.mark.parametrize("method, path", [
+    ("GET", "/v1/images/upload"), ("PUT", "/v1/images/upload"), ("DELETE", "/v1/images"),
+    ("POST", "/v1/images"), ("POST", "/v1/images/upload/6f1c8b8e-3f9c-4c1e-9a55-0b7b1c1d2e3f"),
+])
+def test_other_methods_answer_405_json(small_service, method, path):
+    answer = requests.request(method, small_service.url + path, timeout=5)
+    assert answer.status_code == 405
+    assert method in answer.json()["error"]
+
+
+@pytest.mark.parametrize("path", [
+    "/v1/images/upload/6f1c8b8e-3f9c-4c1e-9a55-0b7b1c1d2e3f", "/v1/images/upload/not-a-uuid",
+    "/nowhere", "/i/missing.png",
+])
+def test_unknown_things_answer_404_json(small_service, path):
+    answer = requests.get(small_service.url + path, timeout=5)
+    assert answer.status_code == 404
+    assert answer.json()["error"]

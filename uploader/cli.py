@@ -1,0 +1,81 @@
+"""``bin/serve``: load the configuration, start the service, stop it cleanly on a signal.
+
+Exit codes: 0 after a clean stop, 2 for a bad configuration, 3 when the worker
+machinery broke and a supervisor should restart the service.
+"""
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+
+from .config import load_config
+from .errors import ConfigError
+from .logs import setup_logging
+from .service import Service
+
+log = logging.getLogger("uploader")
+
+EXIT_BAD_CONFIG = 2
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="bin/serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=os.environ.get("UPLOADER_CONFIG"),
+                        help="YAML configuration file (default: env UPLOADER_CONFIG, "
+                             "else the built-in defaults of config/default.yaml)")
+    parser.add_argument("--check-config", action="store_true",
+                        help="validate the configuration, print it with secrets hidden, and exit")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return EXIT_BAD_CONFIG
+    if args.check_config:
+        print(json.dumps(config.redacted(), indent=2))
+        print(f"configuration OK ({args.config or 'built-in defaults'})", file=sys.stderr)
+        return 0
+    setup_logging(config.logging.level, config.logging.format)
+    return asyncio.run(serve(config))
+
+
+async def serve(config) -> int:
+    service = Service(config)
+    service.start()
+    describe_host(service.config)
+    loop = asyncio.get_running_loop()
+    signals = []
+
+    def on_signal(signum):
+        signals.append(signum)
+        log.info("received %s", signal.Signals(signum).name)
+        service.stop(immediate=len(signals) > 1)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    shown_host = "localhost" if config.server.host in ("0.0.0.0", "::") else config.server.host
+    print(f"Starting Server on http://{shown_host}:{service.port}", flush=True)
+    code = await service.stopped
+    log.info("stopped (exit code %d)", code)
+    return code
+
+
+def describe_host(config) -> None:
+    if config.resolved_image_host == "imgur":
+        auth = "access token" if config.imgur.access_token else "client id"
+        log.info("image host: Imgur at %s (%s)", config.imgur.api_url, auth)
+    else:
+        log.info("image host: local, files in %s served at %s/i/ - set ACCESS_TOKEN or "
+                 "IMGUR_CLIENT_ID (or imgur.* in the config) to upload to Imgur instead",
+                 config.local.directory, config.server.base_url)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

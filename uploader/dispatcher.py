@@ -1,0 +1,250 @@
+"""The dispatcher: one thread that owns the store's writes and the pool's work.
+
+    POST handler --submit--> events --+
+    result reader -----------------> events --> dispatcher thread --> store (one commit a batch)
+    worker watchers (via results) --> events          |
+                                                      +--> pool.send(worker, task)
+
+It is an actor: everything reaches it as an event on one in-process queue, and it alone
+decides what is in flight where. Each turn drains every waiting event, applies them and
+refills free worker slots in ONE transaction, commits, and only then answers the
+submitters and sends the new tasks, so nothing is visible or in flight before it is
+durable. A worker's death hands its in-flight URLs back (or fails those that used every
+attempt); a stop drains in-flight work within a grace period and hands back the rest.
+"""
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, replace
+from typing import Dict, List, Optional, Sequence
+
+from . import jobs
+from .jobs import Attempt, Result, Task, WorkerExited
+from .pool import ManagerLost
+
+log = logging.getLogger(__name__)
+
+BATCH_LIMIT = 500  # events applied in one transaction
+
+
+@dataclass
+class _Submit:
+    job_id: str
+    urls: Sequence[str]
+    future: Future
+
+
+@dataclass
+class _Stop:
+    grace: float
+    immediate: bool
+
+
+@dataclass
+class _Respawn:
+    worker: int
+
+
+class Dispatcher:
+    """Assigns queued URLs to free worker slots and records what comes back."""
+
+    def __init__(self, *, writer, pool, config, on_fatal=None):
+        self.writer = writer
+        self.pool = pool
+        self.slots = config.workers.uploads_per_process
+        self.max_attempts = config.imgur.max_attempts
+        self.on_fatal = on_fatal or (lambda reason: None)
+        self.events: "queue.Queue[object]" = queue.Queue()
+        self.assigned: Dict[int, Dict[int, Task]] = {}
+        self.quick_deaths: Dict[int, int] = {}
+        self.stopping: Optional[float] = None  # deadline of the graceful stop
+        self.stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="dispatcher", daemon=True)
+
+    # -- called from other threads ---------------------------------------------
+    def start(self) -> None:
+        self.recover()
+        self._thread.start()
+        self.post(None)  # first turn: dispatch whatever is queued
+
+    def recover(self) -> None:
+        """Queue again what a previous run left in flight: nothing is in flight before we start."""
+        with self.writer.transaction():
+            handed_back = self.writer.hand_back_in_flight()
+        if handed_back:
+            log.info("handed back %d URLs left in flight by the previous run", handed_back)
+        self.assigned = {index: {} for index in self.pool.workers}
+
+    def post(self, event) -> None:
+        """Thread-safe: queue an event for the dispatcher."""
+        self.events.put(event)
+
+    def submit(self, job_id: str, urls: Sequence[str]) -> Future:
+        """Create a job; the future resolves once it is committed."""
+        future: Future = Future()
+        self.post(_Submit(job_id, urls, future))
+        return future
+
+    def stop(self, grace: float, immediate: bool = False) -> None:
+        self.post(_Stop(grace, immediate))
+
+    def in_flight(self) -> int:
+        return sum(len(tasks) for tasks in self.assigned.values())
+
+    # -- the actor -------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            while not self.stopped.is_set():
+                batch = self._next_batch()
+                self._turn(batch)
+        except Exception:
+            log.exception("dispatcher failed")
+            self._finish(fatal="dispatcher failed; see the traceback above")
+
+    def _next_batch(self) -> List[object]:
+        timeout = None if self.stopping is None else max(0.0, self.stopping - time.monotonic())
+        try:
+            batch = [self.events.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        while len(batch) < BATCH_LIMIT:
+            try:
+                batch.append(self.events.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _turn(self, batch: List[object]) -> None:
+        submitted: List[Future] = []
+        sends: List[tuple] = []
+        lost: Optional[str] = None
+        try:
+            with self.writer.transaction():
+                for event in batch:
+                    if isinstance(event, _Submit):
+                        self.writer.create_job(event.job_id, event.urls, jobs.now())
+                        submitted.append(event.future)
+                    elif isinstance(event, Result):
+                        self._on_result(event)
+                    elif isinstance(event, Attempt):
+                        self._on_attempt(event)
+                    elif isinstance(event, WorkerExited):
+                        self._on_worker_exited(event)
+                    elif isinstance(event, _Respawn):
+                        self._respawn(event.worker)
+                    elif isinstance(event, _Stop):
+                        self._on_stop(event)
+                    elif isinstance(event, ManagerLost):
+                        lost = event.reason
+                if lost is None and self.stopping is None:
+                    sends = self._fill_slots()
+        except Exception as exc:
+            for future in submitted:
+                future.set_exception(exc)
+            raise
+        for future in submitted:
+            future.set_result(None)
+        if lost is not None:
+            self._finish(fatal=f"multiprocessing manager lost ({lost})")
+            return
+        for index, task in sends:
+            self.pool.send(index, task)
+        if self.stopping is not None and (self.in_flight() == 0 or time.monotonic() >= self.stopping):
+            self._finish()
+
+    def _fill_slots(self) -> List[tuple]:
+        """Mark queued URLs in flight for every free slot; returns (worker, task) to send."""
+        free = {i: self.slots - len(tasks) for i, tasks in self.assigned.items()
+                if i in self.pool.workers and self.pool.workers[i].process.is_alive()}
+        tasks = self.writer.take_queued(sum(free.values()), max_attempts=self.max_attempts,
+                                        when=jobs.now())
+        sends = []
+        for task in tasks:
+            index = max(free, key=free.get)  # least loaded worker first
+            free[index] -= 1
+            self.assigned[index][task.url_id] = task
+            sends.append((index, task))
+        return sends
+
+    def _on_result(self, result: Result) -> None:
+        self.assigned.get(result.worker, {}).pop(result.url_id, None)
+        recorded = self.writer.finish(
+            result.url_id, result.state, attempts=result.attempts, link=result.link,
+            reason=result.reason, sha256=result.sha256, reused=result.reused, when=jobs.now(),
+        )
+        if not recorded:
+            log.info("ignored a second result for URL #%d (%s)", result.url_id, result.state)
+
+    def _on_attempt(self, event: Attempt) -> None:
+        tasks = self.assigned.get(event.worker, {})
+        if event.url_id in tasks:
+            tasks[event.url_id] = replace(tasks[event.url_id], attempt=event.attempt)
+        self.writer.set_attempts(event.url_id, event.attempt)
+
+    def _on_worker_exited(self, event: WorkerExited) -> None:
+        handle = self.pool.workers.get(event.worker)
+        if handle is None or handle.generation != event.generation:
+            return
+        orphans = self.assigned[event.worker]
+        self.assigned[event.worker] = {}
+        if self.stopping is None:
+            log.error("worker %d died (exit code %s) with %d URLs in flight",
+                      event.worker, event.exitcode, len(orphans))
+        for task in orphans.values():
+            if self.stopping is None and task.attempt >= self.max_attempts:
+                reason = (f"worker died while uploading (exit code {event.exitcode}) "
+                          f"on attempt {task.attempt} of {self.max_attempts}")
+                self.writer.finish(task.url_id, jobs.FAILED, attempts=task.attempt,
+                                   reason=reason, when=jobs.now())
+            else:
+                self.writer.requeue(task.url_id)
+        if self.stopping is None:
+            self._schedule_respawn(event.worker, handle)
+
+    def _schedule_respawn(self, index: int, handle) -> None:
+        """Respawn at once, unless this worker keeps dying young (then back off, up to 30 s)."""
+        lived = time.monotonic() - handle.started
+        self.quick_deaths[index] = self.quick_deaths.get(index, 0) + 1 if lived < 2.0 else 0
+        delay = 0.0 if self.quick_deaths[index] < 3 else min(30.0, 0.5 * 2 ** self.quick_deaths[index])
+        if delay == 0:
+            self._respawn(index)
+        else:
+            log.error("worker %d keeps dying; next start in %.0f s", index, delay)
+            timer = threading.Timer(delay, self.post, args=(_Respawn(index),))
+            timer.daemon = True
+            timer.start()
+
+    def _respawn(self, index: int) -> None:
+        if self.stopping is None:
+            self.pool.spawn(index)
+            self.assigned[index] = {}
+
+    def _on_stop(self, event: _Stop) -> None:
+        if self.stopping is None:
+            log.info("stopping: %d URLs in flight, up to %.1f s to finish them",
+                     self.in_flight(), event.grace)
+            self.stopping = time.monotonic() + event.grace
+            self.pool.ask_workers_to_stop()
+        if event.immediate:
+            self.stopping = time.monotonic()
+
+    def _finish(self, fatal: Optional[str] = None) -> None:
+        """Hand back whatever is still in flight, commit, stop the processes."""
+        leftover = [task for tasks in self.assigned.values() for task in tasks.values()]
+        try:
+            with self.writer.transaction():
+                for task in leftover:
+                    self.writer.requeue(task.url_id, refund=True)  # we cut it short, not the URL
+        except Exception:
+            log.exception("could not hand back %d in-flight URLs", len(leftover))
+        if leftover:
+            log.info("handed back %d unfinished URLs; they resume on the next start", len(leftover))
+        for tasks in self.assigned.values():
+            tasks.clear()
+        self.pool.terminate()
+        self.stopped.set()
+        if fatal:
+            log.error("%s; exiting so a supervisor can restart the service", fatal)
+            self.on_fatal(fatal)

@@ -1,0 +1,108 @@
+"""The job model: URL states, job status rules, and the small records that cross processes.
+
+A job is a list of distinct URLs. Each URL moves through
+
+    queued -> in_flight -> complete | failed
+                 |
+                 +-> queued   (handed back: worker died, service stopped)
+
+and the job's status follows from its URLs: ``pending`` until the first URL is
+dispatched, ``in-progress`` until every URL is final, then ``complete``. Status never
+moves backwards and ``finished`` is set once.
+"""
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Optional
+
+QUEUED = "queued"
+IN_FLIGHT = "in_flight"
+COMPLETE = "complete"
+FAILED = "failed"
+FINAL_STATES = frozenset({COMPLETE, FAILED})
+
+# Every legal move of a URL; anything else is a bug.
+TRANSITIONS = {
+    QUEUED: frozenset({IN_FLIGHT}),
+    IN_FLIGHT: frozenset({QUEUED, COMPLETE, FAILED}),
+    COMPLETE: frozenset(),
+    FAILED: frozenset(),
+}
+
+JOB_PENDING = "pending"
+JOB_IN_PROGRESS = "in-progress"
+JOB_COMPLETE = "complete"
+JOB_STATUS_ORDER = (JOB_PENDING, JOB_IN_PROGRESS, JOB_COMPLETE)
+
+
+def can_move(old: str, new: str) -> bool:
+    """True when a URL may go from state ``old`` to ``new``."""
+    return new in TRANSITIONS[old]
+
+
+def job_status(states) -> str:
+    """The status a job has when its URLs are in ``states``."""
+    states = list(states)
+    if states and all(s in FINAL_STATES for s in states):
+        return JOB_COMPLETE
+    if any(s != QUEUED for s in states):
+        return JOB_IN_PROGRESS
+    return JOB_PENDING
+
+
+def format_timestamp(epoch_seconds: Optional[float]) -> Optional[str]:
+    """UTC ``YYYY-MM-DDTHH:mm:ss.sssZ``, the seed's timestamp format."""
+    if epoch_seconds is None:
+        return None
+    moment = datetime.fromtimestamp(epoch_seconds, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def now() -> float:
+    """Wall-clock seconds; one place to read the clock for stored timestamps."""
+    return time.time()
+
+
+@dataclass(frozen=True)
+class Task:
+    """One URL handed to a worker: small and picklable."""
+
+    url_id: int
+    job_id: str
+    url: str
+    attempt: int  # 1 for the first try; counts every try, including ones a crash cut short
+
+
+@dataclass(frozen=True)
+class Result:
+    """What a worker reports back about one URL."""
+
+    url_id: int
+    worker: int
+    generation: int
+    state: str  # COMPLETE or FAILED
+    attempts: int
+    link: Optional[str] = None
+    reason: Optional[str] = None
+    sha256: Optional[str] = None
+    reused: bool = False
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """A worker is about to try a URL again (so a crash mid-retry still counts it)."""
+
+    url_id: int
+    worker: int
+    generation: int
+    attempt: int
+
+
+@dataclass(frozen=True)
+class WorkerExited:
+    """A worker process ended; sent through the result queue after its last results."""
+
+    worker: int
+    generation: int
+    exitcode: Optional[int]

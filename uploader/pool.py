@@ -1,0 +1,169 @@
+"""The worker pool: a ``multiprocess`` manager, one inbox per worker, one shared result queue.
+
+    dispatcher --send(i, task)--> inbox[i] --> worker process i (N slot threads)
+                                                   |
+    dispatcher <--on_event-- reader thread <-- results queue (shared)
+                                   ^
+    watcher thread per worker -----+ puts WorkerExited after the process ends
+
+Because a watcher puts ``WorkerExited`` on the same FIFO queue as the worker's own
+results, the dispatcher always sees a dead worker's last results before its death, and
+can hand back exactly the URLs that were still in flight. The manager also hosts the
+pool-wide ``TokenBucket``. Processes are spawned (not forked): the front end has threads.
+"""
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict
+
+import multiprocess
+from multiprocess.managers import SyncManager
+
+from . import worker
+from .jobs import WorkerExited
+from .ratelimit import TokenBucket
+
+log = logging.getLogger(__name__)
+
+
+class PoolManager(SyncManager):
+    """The manager process: queues and the shared rate limiter live here."""
+
+
+PoolManager.register("TokenBucket", TokenBucket)
+
+
+@dataclass(frozen=True)
+class ManagerLost:
+    """The manager process died or its queues broke: nothing can be dispatched any more."""
+
+    reason: str
+
+
+@dataclass
+class WorkerHandle:
+    index: int
+    generation: int
+    process: object
+    inbox: object
+    started: float = field(default_factory=time.monotonic)
+
+
+class WorkerPool:
+    """Starts, feeds, watches and stops the worker processes."""
+
+    def __init__(self, config, on_event: Callable[[object], None]):
+        self.config = config
+        self.on_event = on_event
+        self.ctx = multiprocess.get_context("spawn")
+        self.workers: Dict[int, WorkerHandle] = {}
+        self._generation = 0
+        self._closing = False
+
+    # -- start -----------------------------------------------------------------
+    def start(self) -> None:
+        self.manager = PoolManager(ctx=self.ctx)
+        self.manager.start(initializer=_manager_init, initargs=(os.getpid(),))
+        self.results = self.manager.Queue()
+        rate = self.config.imgur.rate_limit
+        self.limiter = self.manager.TokenBucket(rate.uploads_per_second, rate.burst)
+        for index in range(self.config.workers.processes):
+            self.spawn(index)
+        threading.Thread(target=self._read_results, name="result-reader", daemon=True).start()
+        threading.Thread(target=self._watch_manager, name="manager-watch", daemon=True).start()
+
+    def spawn(self, index: int) -> WorkerHandle:
+        """Start worker ``index`` (again) with a fresh inbox, so no stale task reaches it."""
+        self._generation += 1
+        inbox = self.manager.Queue()
+        process = self.ctx.Process(
+            target=worker.run,
+            args=(index, self._generation, inbox, self.results, self.config, self.limiter),
+            name=f"uploader-worker-{index}",
+            daemon=True,
+        )
+        process.start()
+        handle = WorkerHandle(index, self._generation, process, inbox)
+        self.workers[index] = handle
+        threading.Thread(target=self._watch_worker, args=(handle,),
+                         name=f"watch-worker-{index}", daemon=True).start()
+        log.info("started worker %d (pid %d, generation %d)", index, process.pid, handle.generation)
+        return handle
+
+    # -- use -------------------------------------------------------------------
+    def send(self, index: int, task) -> None:
+        self.workers[index].inbox.put(task)
+
+    def alive(self) -> int:
+        return sum(1 for h in self.workers.values() if h.process.is_alive())
+
+    def pids(self):
+        return [h.process.pid for h in self.workers.values()]
+
+    # -- stop ------------------------------------------------------------------
+    def ask_workers_to_stop(self) -> None:
+        """Each slot finishes its current URL, then its thread ends on ``None``."""
+        for handle in self.workers.values():
+            for _ in range(self.config.workers.uploads_per_process):
+                try:
+                    handle.inbox.put(None)
+                except Exception:  # the manager may be gone; terminate() still works
+                    break
+
+    def terminate(self, timeout: float = 2.0) -> None:
+        """Stop every process now (workers first, then the manager)."""
+        self._closing = True
+        for handle in self.workers.values():
+            if handle.process.is_alive():
+                handle.process.terminate()
+        deadline = time.monotonic() + timeout
+        for handle in self.workers.values():
+            handle.process.join(max(0.0, deadline - time.monotonic()))
+            if handle.process.is_alive():
+                handle.process.kill()
+                handle.process.join(1.0)
+        try:
+            self.results.put(None)  # ends the reader thread
+        except Exception:
+            pass
+        try:
+            self.manager.shutdown()
+        except Exception:
+            log.debug("manager shutdown failed", exc_info=True)
+
+    # -- threads ---------------------------------------------------------------
+    def _read_results(self) -> None:
+        while True:
+            try:
+                item = self.results.get()
+            except Exception as exc:  # EOFError, BrokenPipeError, ConnectionError...
+                if not self._closing:
+                    self.on_event(ManagerLost(f"result queue failed: {type(exc).__name__}: {exc}"))
+                return
+            if item is None:
+                return
+            self.on_event(item)
+
+    def _watch_worker(self, handle: WorkerHandle) -> None:
+        handle.process.join()
+        if self._closing:
+            return
+        try:
+            self.results.put(WorkerExited(handle.index, handle.generation, handle.process.exitcode))
+        except Exception as exc:
+            self.on_event(ManagerLost(f"cannot report worker exit: {type(exc).__name__}: {exc}"))
+
+    def _watch_manager(self) -> None:
+        process = self.manager._process
+        process.join()
+        if not self._closing:
+            self.on_event(ManagerLost(f"manager process exited with code {process.exitcode}"))
+
+
+def _manager_init(parent_pid: int) -> None:
+    """In the manager process: leave Ctrl-C to the front end, and die with it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker.exit_with_parent(parent_pid)

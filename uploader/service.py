@@ -1,0 +1,78 @@
+"""The assembled service: store, worker pool, dispatcher and HTTP server, started and stopped together."""
+import asyncio
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+import tornado.httpserver
+import tornado.netutil
+
+from .app import make_app
+from .dispatcher import Dispatcher
+from .pool import WorkerPool
+from .store import StoreReader, open_store
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_MANAGER_LOST = 3
+
+
+class Service:
+    """One running instance; ``start()`` then await ``stopped``."""
+
+    def __init__(self, config):
+        self.config = config
+        self.stopping = False
+        self.exit_code = EXIT_OK
+        self.port = None
+
+    def start(self) -> None:
+        """Open the store, start the processes, listen. Call from the event loop's thread."""
+        loop = asyncio.get_running_loop()
+        self.stopped = loop.create_future()
+        sockets = tornado.netutil.bind_sockets(self.config.server.port, self.config.server.host)
+        self.port = sockets[0].getsockname()[1]
+        self.config = with_actual_port(self.config, self.port)
+        os.makedirs(self.config.local.directory, exist_ok=True)
+        self.writer = open_store(self.config.storage.path)
+        self.reader = StoreReader(self.config.storage.path)
+        self.readers = ThreadPoolExecutor(4, thread_name_prefix="store-read")
+        self.pool = WorkerPool(self.config, on_event=lambda event: self.dispatcher.post(event))
+        self.dispatcher = Dispatcher(writer=self.writer, pool=self.pool, config=self.config,
+                                     on_fatal=self._on_fatal)
+        self.pool.start()
+        self.dispatcher.start()
+        self.http = tornado.httpserver.HTTPServer(make_app(self))
+        self.http.add_sockets(sockets)
+
+        def when_stopped():
+            self.dispatcher.stopped.wait()
+            loop.call_soon_threadsafe(self._finish)
+
+        loop.run_in_executor(None, when_stopped)
+
+    def stop(self, *, immediate: bool = False) -> None:
+        """First call: refuse new jobs and drain within the grace period. Second: stop now."""
+        if not self.stopping:
+            log.info("stop requested; no new jobs are accepted")
+        self.stopping = True
+        self.dispatcher.stop(self.config.workers.shutdown_grace_seconds, immediate=immediate)
+
+    def _on_fatal(self, reason: str) -> None:
+        self.exit_code = EXIT_MANAGER_LOST
+        self.stopping = True
+
+    def _finish(self) -> None:
+        self.http.stop()
+        self.readers.shutdown(wait=False)
+        if not self.stopped.done():
+            self.stopped.set_result(self.exit_code)
+
+
+def with_actual_port(config, port: int):
+    """Links of the local host must name the port really bound (``port: 0`` binds any free one)."""
+    if config.server.public_url or config.server.port == port:
+        return config
+    return replace(config, server=replace(config.server, port=port))
