@@ -89,6 +89,7 @@ class WorkersConfig:
     processes: int = _opt(4, POSITIVE_INT)
     uploads_per_process: int = _opt(8, POSITIVE_INT)
     shutdown_grace_seconds: float = _opt(10.0, NON_NEGATIVE)
+    exit_on_url_containing: str = _opt("")
 
 
 @dataclass(frozen=True)

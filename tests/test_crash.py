@@ -1,0 +1,146 @@
+"""Nothing lost: worker deaths, front-end deaths and graceful stops, with real processes and signals."""
+import os
+import signal
+import time
+
+import requests
+
+from .support import ServiceProcess, write_config
+
+
+def worker_pids(service):
+    return requests.get(f"{service.url}/healthz", timeout=5).json()["workers"]["pids"]
+
+
+def wait_until(predicate, timeout=20.0, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")
+
+
+def slow_urls(image_source, prefix, count):
+    image_source.latency = 0.15  # every fetch takes a while, so work is in flight when we strike
+    return [image_source.url_for(f"/img/{prefix}-{n}.png") for n in range(count)]
+
+
+def test_killed_worker_is_replaced_and_its_urls_complete(start_service, image_source):
+    service = start_service()
+    urls = slow_urls(image_source, "kill", 40)
+    job_id = service.post_job(urls)
+    wait_until(lambda: service.job(job_id)["status"] == "in-progress")
+    victim = worker_pids(service)[0]
+    os.kill(victim, signal.SIGKILL)
+
+    job = service.wait_job(job_id)
+    assert job["uploaded"]["failed"] == []
+    assert len(job["uploaded"]["complete"]) == len(urls)
+    assert any(entry["attempts"] >= 2 for entry in job["urls"]), "no URL was handed back"
+    pids = wait_until(lambda: (p := worker_pids(service)) and victim not in p and len(p) == 2 and p)
+    assert victim not in pids
+    assert requests.get(f"{service.url}/healthz", timeout=5).status_code == 200
+
+
+def test_poison_url_fails_after_max_attempts_and_the_rest_complete(start_service, image_source):
+    service = start_service(workers={"processes": 2, "uploads_per_process": 2,
+                                     "exit_on_url_containing": "poison"},
+                            imgur={"max_attempts": 3})
+    good = [image_source.url_for(f"/img/ok-{n}.png") for n in range(10)]
+    poison = image_source.url_for("/img/poison.png")
+    job = service.wait_job(service.post_job(good[:5] + [poison] + good[5:]), timeout=60)
+
+    assert job["uploaded"]["failed"] == [poison]
+    assert len(job["uploaded"]["complete"]) == 10
+    (entry,) = [e for e in job["urls"] if e["url"] == poison]
+    assert entry["attempts"] == 3
+    assert "worker died while uploading" in entry["reason"]
+    assert "attempt 3 of 3" in entry["reason"]
+    wait_until(lambda: requests.get(f"{service.url}/healthz", timeout=5).status_code == 200)
+
+
+def test_kill_whole_service_then_restart_loses_nothing(tmp_path, image_source, fake_imgur):
+    config = write_config(tmp_path, image_host="imgur", imgur={
+        "api_url": fake_imgur.url, "access_token": "test-token",
+        "rate_limit": {"uploads_per_second": 0, "burst": 1}})
+    urls = slow_urls(image_source, "power-cut", 60)
+    first = ServiceProcess(config).start()
+    try:
+        job_id = first.post_job(urls)
+        wait_until(lambda: len(first.job(job_id)["uploaded"]["complete"]) >= 5)
+    finally:
+        first.kill()  # SIGKILL to the process group: front end, manager and workers
+    wait_until(lambda: first.children() == [], timeout=5)
+
+    second = ServiceProcess(config).start()
+    try:
+        job = second.wait_job(job_id, timeout=60)
+    finally:
+        second.stop()
+    assert job["uploaded"]["failed"] == [] and job["uploaded"]["pending"] == []
+    assert len(job["uploaded"]["complete"]) == len(urls)
+    in_flight_capacity = 2 * 4
+    assert len(urls) <= len(fake_imgur.uploads) <= len(urls) + in_flight_capacity
+
+
+def test_sigterm_mid_job_exits_zero_without_orphans_and_restart_completes(tmp_path, image_source):
+    config = write_config(tmp_path, workers={"processes": 2, "uploads_per_process": 4,
+                                             "shutdown_grace_seconds": 2})
+    urls = slow_urls(image_source, "term", 80)
+    first = ServiceProcess(config).start()
+    job_id = first.post_job(urls)
+    wait_until(lambda: first.job(job_id)["status"] == "in-progress")
+    group = first.children()
+    assert len(group) >= 4  # front end, manager, two workers
+
+    refused = {}
+
+    def try_submit_while_stopping():
+        answer = requests.post(f"{first.url}/v1/images/upload",
+                               json={"urls": [urls[0]]}, timeout=5)
+        refused["status"], refused["headers"] = answer.status_code, answer.headers
+        refused["body"] = answer.json()
+
+    started = time.monotonic()
+    first.signal(signal.SIGTERM)
+    try:
+        wait_until(lambda: try_submit_while_stopping() or refused.get("status") != 202, timeout=5)
+    except requests.ConnectionError:
+        refused["status"] = "closed"
+    code = first.wait(15)
+    elapsed = time.monotonic() - started
+    assert code == 0 and elapsed < 15
+    # Children end with the front end (the last may take a moment to see its pipe close).
+    try:
+        wait_until(lambda: not [pid for pid in group if _alive(pid)], timeout=3)
+    except AssertionError:
+        raise AssertionError(f"orphans left: {[_cmdline(p) for p in group if _alive(p)]}")
+    finally:
+        first.cleanup()
+    if refused["status"] != "closed":
+        assert refused["status"] == 503 and "Retry-After" in refused["headers"]
+        assert "shutting down" in refused["body"]["error"]
+
+    second = ServiceProcess(config).start()
+    try:
+        job = second.wait_job(job_id, timeout=60)
+    finally:
+        second.stop()
+    assert len(job["uploaded"]["complete"]) == len(urls)
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); it is gone as far as the service goes.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split(")")[-1].split()[0] != "Z"
+
+
+def _cmdline(pid) -> str:
+    with open(f"/proc/{pid}/cmdline", "rb") as f:
+        return f.read().replace(b"\0", b" ").decode(errors="replace")
