@@ -47,6 +47,9 @@ class StubPool:
     def spawn(self, index):
         self.workers[index] = _Handle(index, next(self.generations))
 
+    def release_claims(self, index, generation):
+        pass
+
     def ask_workers_to_stop(self):
         pass
 

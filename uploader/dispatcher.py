@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence
 
 from . import jobs
-from .jobs import Attempt, Result, Task, WorkerExited
+from .jobs import Attempt, Result, Task, Waiting, WorkerExited
 from .pool import ManagerLost
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class Dispatcher:
         self.pool = pool
         self.slots = config.workers.uploads_per_process
         self.max_attempts = config.imgur.max_attempts
+        self.host = config.resolved_image_host
         self.on_fatal = on_fatal or (lambda reason: None)
         self.events: "queue.Queue[object]" = queue.Queue()
         self.assigned: Dict[int, Dict[int, Task]] = {}
@@ -130,6 +131,8 @@ class Dispatcher:
                         self._on_result(event)
                     elif isinstance(event, Attempt):
                         self._on_attempt(event)
+                    elif isinstance(event, Waiting):
+                        self.writer.set_waiting(event.url_id, event.until, event.reason)
                     elif isinstance(event, WorkerExited):
                         self._on_worker_exited(event)
                     elif isinstance(event, _Respawn):
@@ -172,7 +175,8 @@ class Dispatcher:
         self.assigned.get(result.worker, {}).pop(result.url_id, None)
         recorded = self.writer.finish(
             result.url_id, result.state, attempts=result.attempts, link=result.link,
-            reason=result.reason, sha256=result.sha256, reused=result.reused, when=jobs.now(),
+            reason=result.reason, sha256=result.sha256, reused=result.reused, host=self.host,
+            when=jobs.now(),
         )
         if not recorded:
             log.info("ignored a second result for URL #%d (%s)", result.url_id, result.state)
@@ -189,6 +193,7 @@ class Dispatcher:
             return
         orphans = self.assigned[event.worker]
         self.assigned[event.worker] = {}
+        self.pool.release_claims(event.worker, event.generation)
         if self.stopping is None:
             log.error("worker %d died (exit code %s) with %d URLs in flight",
                       event.worker, event.exitcode, len(orphans))

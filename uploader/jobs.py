@@ -100,6 +100,15 @@ class Attempt:
 
 
 @dataclass(frozen=True)
+class Waiting:
+    """A URL waits for the image host's limits until ``until`` (epoch seconds); None: no more."""
+
+    url_id: int
+    until: Optional[float]
+    reason: Optional[str] = None
+
+
+@dataclass(frozen=True)
 class WorkerExited:
     """A worker process ended; sent through the result queue after its last results."""
 

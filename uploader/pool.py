@@ -8,8 +8,10 @@
 
 Because a watcher puts ``WorkerExited`` on the same FIFO queue as the worker's own
 results, the dispatcher always sees a dead worker's last results before its death, and
-can hand back exactly the URLs that were still in flight. The manager also hosts the
-pool-wide ``TokenBucket``. Processes are spawned (not forked): the front end has threads.
+can hand back exactly the URLs that were still in flight. The manager also hosts what
+the workers share (``Shared``): the upload gate (rate limit, pauses, Imgur's budgets),
+the Imgur credential (refreshed once for all) and the dedup index. Processes are
+spawned, not forked: the front end has threads.
 """
 import logging
 import os
@@ -23,17 +25,30 @@ import multiprocess
 from multiprocess.managers import SyncManager
 
 from . import worker
+from .credentials import Credentials
+from .dedup import DedupIndex
 from .jobs import WorkerExited
-from .ratelimit import TokenBucket
+from .ratelimit import UploadGate
 
 log = logging.getLogger(__name__)
 
 
 class PoolManager(SyncManager):
-    """The manager process: queues and the shared rate limiter live here."""
+    """The manager process: queues and the objects every worker shares live here."""
 
 
-PoolManager.register("TokenBucket", TokenBucket)
+PoolManager.register("UploadGate", UploadGate)
+PoolManager.register("Credentials", Credentials)
+PoolManager.register("DedupIndex", DedupIndex)
+
+
+@dataclass(frozen=True)
+class Shared:
+    """Proxies to the manager's shared objects, handed to every worker (None: not in use)."""
+
+    gate: object = None
+    credentials: object = None
+    dedup: object = None
 
 
 @dataclass(frozen=True)
@@ -68,8 +83,7 @@ class WorkerPool:
         self.manager = PoolManager(ctx=self.ctx)
         self.manager.start(initializer=_manager_init, initargs=(os.getpid(),))
         self.results = self.manager.Queue()
-        rate = self.config.imgur.rate_limit
-        self.limiter = self.manager.TokenBucket(rate.uploads_per_second, rate.burst)
+        self.shared = self._make_shared()
         for index in range(self.config.workers.processes):
             self.spawn(index)
         threading.Thread(target=self._read_results, name="result-reader", daemon=True).start()
@@ -81,7 +95,7 @@ class WorkerPool:
         inbox = self.manager.Queue()
         process = self.ctx.Process(
             target=worker.run,
-            args=(index, self._generation, inbox, self.results, self.config, self.limiter),
+            args=(index, self._generation, inbox, self.results, self.config, self.shared),
             name=f"uploader-worker-{index}",
             daemon=True,
         )
@@ -93,9 +107,31 @@ class WorkerPool:
         log.info("started worker %d (pid %d, generation %d)", index, process.pid, handle.generation)
         return handle
 
+    def _make_shared(self) -> Shared:
+        config, imgur = self.config, self.config.imgur
+        gate = credentials = dedup = None
+        if config.resolved_image_host == "imgur":
+            reserve = {"user": imgur.reserve.user, "client": imgur.reserve.client,
+                       "post": imgur.reserve.post}
+            gate = self.manager.UploadGate(imgur.rate_limit.uploads_per_second,
+                                           imgur.rate_limit.burst, reserve)
+            credentials = self.manager.Credentials(
+                api_url=imgur.api_url, access_token=imgur.access_token, client_id=imgur.client_id,
+                client_secret=imgur.client_secret, refresh_token=imgur.refresh_token,
+                timeout_seconds=imgur.timeout_seconds)
+        if imgur.dedup:
+            dedup = self.manager.DedupIndex(os.path.abspath(config.storage.path),
+                                            config.resolved_image_host)
+        return Shared(gate=gate, credentials=credentials, dedup=dedup)
+
     # -- use -------------------------------------------------------------------
     def send(self, index: int, task) -> None:
         self.workers[index].inbox.put(task)
+
+    def release_claims(self, index: int, generation: int) -> None:
+        """A worker ended: uploads it had claimed in the dedup index are free to take."""
+        if self.shared.dedup is not None:
+            self.shared.dedup.release_owner(index, generation)
 
     def alive(self) -> int:
         return sum(1 for h in self.workers.values() if h.process.is_alive())

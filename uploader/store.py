@@ -30,7 +30,9 @@ CREATE TABLE IF NOT EXISTS urls (
     link     TEXT,
     reason   TEXT,
     sha256   TEXT,
-    reused   INTEGER NOT NULL DEFAULT 0
+    reused   INTEGER NOT NULL DEFAULT 0,
+    waiting_until  REAL,
+    waiting_reason TEXT
 );
 CREATE INDEX IF NOT EXISTS urls_by_job ON urls(job_id, id);
 CREATE INDEX IF NOT EXISTS urls_queued ON urls(id) WHERE state = 'queued';
@@ -38,9 +40,10 @@ CREATE TABLE IF NOT EXISTS links (
     id      INTEGER PRIMARY KEY,
     link    TEXT NOT NULL UNIQUE,
     sha256  TEXT,
+    host    TEXT,
     created REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS links_by_sha ON links(sha256);
+CREATE INDEX IF NOT EXISTS links_by_sha ON links(sha256, host);
 """
 
 
@@ -85,7 +88,8 @@ class StoreWriter:
     def hand_back_in_flight(self) -> int:
         """At start-up: URLs left in flight by a dead process are queued again."""
         cursor = self.conn.execute(
-            "UPDATE urls SET state = ? WHERE state = ?", (jobs.QUEUED, jobs.IN_FLIGHT)
+            "UPDATE urls SET state = ?, waiting_until = NULL, waiting_reason = NULL WHERE state = ?",
+            (jobs.QUEUED, jobs.IN_FLIGHT)
         )
         return cursor.rowcount
 
@@ -131,13 +135,20 @@ class StoreWriter:
         ``refund`` gives it back when we interrupted it ourselves (a stop).
         """
         self.conn.execute(
-            "UPDATE urls SET state = ?, attempts = attempts - ? WHERE id = ? AND state = ?",
+            "UPDATE urls SET state = ?, attempts = attempts - ?, waiting_until = NULL,"
+            " waiting_reason = NULL WHERE id = ? AND state = ?",
             (jobs.QUEUED, int(refund), url_id, jobs.IN_FLIGHT),
         )
 
+    def set_waiting(self, url_id: int, until: Optional[float], reason: Optional[str]) -> None:
+        """Note (or clear, with None) that a URL waits for the host's limits until a moment."""
+        self.conn.execute(
+            "UPDATE urls SET waiting_until = ?, waiting_reason = ? WHERE id = ? AND state = ?",
+            (until, reason, url_id, jobs.IN_FLIGHT))
+
     def finish(self, url_id: int, state: str, *, attempts: int, link: Optional[str] = None,
                reason: Optional[str] = None, sha256: Optional[str] = None,
-               reused: bool = False, when: float) -> bool:
+               reused: bool = False, host: Optional[str] = None, when: float) -> bool:
         """Record a URL's final state. Returns False (and changes nothing) if it was final already."""
         row = self.conn.execute("SELECT job_id, state FROM urls WHERE id = ?", (url_id,)).fetchone()
         if row is None or row[1] in jobs.FINAL_STATES:
@@ -145,13 +156,13 @@ class StoreWriter:
         job_id = row[0]
         self.conn.execute(
             "UPDATE urls SET state = ?, attempts = MAX(attempts, ?), link = ?, reason = ?,"
-            " sha256 = ?, reused = ? WHERE id = ?",
+            " sha256 = ?, reused = ?, waiting_until = NULL, waiting_reason = NULL WHERE id = ?",
             (state, attempts, link, reason, sha256, int(reused), url_id),
         )
         if state == jobs.COMPLETE and link:
             self.conn.execute(
-                "INSERT OR IGNORE INTO links (link, sha256, created) VALUES (?, ?, ?)",
-                (link, sha256, when),
+                "INSERT OR IGNORE INTO links (link, sha256, host, created) VALUES (?, ?, ?, ?)",
+                (link, sha256, host, when),
             )
         self.conn.execute(
             "UPDATE jobs SET remaining = remaining - 1,"
@@ -200,7 +211,8 @@ class StoreReader:
             if job is None:
                 return None
             rows = conn.execute(
-                "SELECT url, state, link, reason, attempts, reused FROM urls"
+                "SELECT url, state, link, reason, attempts, reused, waiting_until, waiting_reason"
+                " FROM urls"
                 " WHERE job_id = ? ORDER BY id",
                 (job_id,),
             ).fetchall()
@@ -225,10 +237,11 @@ class StoreReader:
 
 
 def render_job(job: tuple, rows: Iterable[tuple]) -> dict:
-    """The job body: the seed's keys plus ``urls``, each URL's state, link or reason and attempts."""
+    """The job body: the seed's keys plus ``urls``: each URL's state, link or reason, attempts,
+    whether its link was reused from identical bytes, and what it is waiting for, if anything."""
     job_id, created, finished, status = job
     pending, complete, failed, details = [], [], [], []
-    for url, state, link, reason, attempts, reused in rows:
+    for url, state, link, reason, attempts, reused, waiting_until, waiting_reason in rows:
         if state == jobs.COMPLETE:
             complete.append(link)
         elif state == jobs.FAILED:
@@ -238,6 +251,8 @@ def render_job(job: tuple, rows: Iterable[tuple]) -> dict:
         details.append({
             "url": url, "state": state, "link": link, "reason": reason,
             "attempts": attempts, "reused": bool(reused),
+            "waiting": None if waiting_until is None else {
+                "until": jobs.format_timestamp(waiting_until), "reason": waiting_reason},
         })
     return {
         "id": job_id,

@@ -5,6 +5,10 @@ it starts, and runs ``workers.uploads_per_process`` slot threads that each take 
 from the worker's own inbox queue, handle it, and put a ``Result`` on the shared result
 queue. ``None`` in the inbox stops one slot. Only small records cross the process
 boundary; errors travel as their message.
+
+Per URL: fetch (safe, capped) -> SHA-256 -> dedup claim (reuse an existing link, or
+own the upload) -> wait at the pool's gate -> upload -> on a transient error, back off
+and try again up to ``imgur.max_attempts``; on a refused token, refresh once for the pool.
 """
 import hashlib
 import logging
@@ -18,20 +22,24 @@ import time
 from urllib.parse import urlsplit
 
 from . import jobs
-from .errors import FetchError, HostError, RetryableHostError
+from .errors import AuthRejectedError, FetchError, HostError, RetryableHostError
 from .fetch import Fetcher
 from .hosts.local import LocalHost
 from .logs import setup_logging
 
 log = logging.getLogger(__name__)
 
+DEDUP_POLL_SECONDS = 0.1
+GATE_POLL_SECONDS = 5.0  # re-ask the gate at least this often during a long pause
+WAIT_WORTH_NOTING = 1.0  # waits longer than this are shown in the job body
 
-def run(index, generation, inbox, results, config, limiter):
+
+def run(index, generation, inbox, results, config, shared):
     """Process entry point (a top-level function, so it can be spawned)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the front end decides when we stop
     setup_logging(config.logging.level, config.logging.format)
     exit_with_parent(os.getppid())
-    worker = Worker(index, generation, config, results, limiter)
+    worker = Worker(index, generation, config, results, shared)
     slots = [
         threading.Thread(target=worker.serve, args=(inbox,), name=f"slot-{n}")
         for n in range(config.workers.uploads_per_process)
@@ -71,12 +79,14 @@ def build_fetcher(config) -> Fetcher:
 class Worker:
     """Handles tasks; shared by the slot threads of one process."""
 
-    def __init__(self, index, generation, config, results, limiter):
+    def __init__(self, index, generation, config, results, shared):
         self.index = index
         self.generation = generation
         self.config = config
         self.results = results
-        self.limiter = limiter if config.resolved_image_host == "imgur" else None
+        self.gate = shared.gate
+        self.credentials = shared.credentials
+        self.dedup = shared.dedup
         self.fetcher = build_fetcher(config)
         self.host = build_host(config)
 
@@ -98,9 +108,22 @@ class Worker:
         try:
             fetched = self.fetcher.fetch(task.url)
             digest = hashlib.sha256(fetched.data).hexdigest()
-            filename = upload_name(fetched.final_url, fetched.ext)
-            uploaded, attempts = self._upload(task, fetched.data, filename, fetched.mime)
+            reused = self._claim(digest, task)
+            if reused:
+                log.info("job %s: %s has the same bytes as %s; reused", task.job_id, task.url, reused)
+                return self._result(task, jobs.COMPLETE, started, attempts=attempts, link=reused,
+                                    sha256=digest, reused=True)
+            try:
+                filename = upload_name(fetched.final_url, fetched.ext)
+                uploaded, attempts = self._upload(task, fetched.data, filename, fetched.mime)
+            except BaseException:
+                if self.dedup is not None:
+                    self.dedup.release(digest)
+                raise
+            if self.dedup is not None:
+                self.dedup.publish(digest, uploaded.link)
         except (FetchError, HostError) as exc:
+            attempts = getattr(exc, "attempts", attempts)
             log.info("job %s: %s failed: %s", task.job_id, task.url, exc)
             return self._result(task, jobs.FAILED, started, attempts=attempts, reason=str(exc))
         except Exception as exc:  # a bug must not kill the slot or lose the URL
@@ -111,29 +134,84 @@ class Worker:
         return self._result(task, jobs.COMPLETE, started, attempts=attempts,
                             link=uploaded.link, sha256=digest)
 
+    def _claim(self, digest: str, task):
+        """The link these bytes already have, or None once this slot owns their upload."""
+        if self.dedup is None:
+            return None
+        owner = (self.index, self.generation, threading.get_ident())
+        while True:
+            decision, link = self.dedup.claim(digest, owner)
+            if decision == "reuse":
+                return link
+            if decision == "upload":
+                return None
+            time.sleep(DEDUP_POLL_SECONDS)  # the same bytes are being uploaded by another slot
+
     def _upload(self, task, data, filename, mime):
         """Upload with retries of transient host errors; returns (Uploaded, attempts used)."""
         attempt = task.attempt
+        refreshed = False
         while True:
-            self._wait_for_turn()
+            self._wait_at_gate(task)
+            version = self._use_current_token()
             try:
-                return self.host.upload(data, filename=filename, mime=mime), attempt
-            except RetryableHostError as exc:
-                if attempt >= self.config.imgur.max_attempts:
+                uploaded = self.host.upload(data, filename=filename, mime=mime)
+            except HostError as exc:
+                self._observe(getattr(exc, "rate", None))
+                exc.attempts = attempt
+                if isinstance(exc, AuthRejectedError) and self.credentials is not None:
+                    if refreshed:
+                        raise
+                    refreshed = True
+                    self.credentials.refresh(version, str(exc))  # once for the whole pool
+                    continue
+                if not isinstance(exc, RetryableHostError) or attempt >= self.config.imgur.max_attempts:
                     raise
                 delay = self._backoff(attempt, exc.retry_after)
-                if exc.pool_wide and self.limiter is not None:
-                    self.limiter.pause(delay)
                 log.info("job %s: %s: %s; retrying in %.1f s", task.job_id, task.url, exc, delay)
-                time.sleep(delay)
+                if exc.pool_wide and self.gate is not None:
+                    self.gate.pause(delay, f"Imgur asked us to slow down: {exc}")
+                else:
+                    time.sleep(delay)
                 attempt += 1
                 self.results.put(jobs.Attempt(task.url_id, self.index, self.generation, attempt))
+                continue
+            self._observe(uploaded.rate)
+            return uploaded, attempt
 
-    def _wait_for_turn(self) -> None:
-        if self.limiter is not None:
-            delay = self.limiter.reserve()
-            if delay > 0:
-                time.sleep(delay)
+    def _use_current_token(self):
+        """Point the host at the pool's current token; fail at once if Imgur refused it for good."""
+        if self.credentials is None:
+            return None
+        token, version, rejected = self.credentials.current()
+        if rejected:
+            raise AuthRejectedError(rejected)
+        if token:
+            self.host.access_token = token
+        return version
+
+    def _wait_at_gate(self, task) -> None:
+        """Wait for the pool's gate; a long wait is shown in the job body with its reason."""
+        if self.gate is None:
+            return
+        noted = False
+        while True:
+            granted, when, why = self.gate.reserve()
+            delay = when - time.monotonic()
+            if granted:
+                if noted:
+                    self.results.put(jobs.Waiting(task.url_id, None))
+                if delay > 0:
+                    time.sleep(delay)
+                return
+            if delay > WAIT_WORTH_NOTING and not noted:
+                self.results.put(jobs.Waiting(task.url_id, time.time() + delay, why))
+                noted = True
+            time.sleep(min(max(delay, 0.0), GATE_POLL_SECONDS))
+
+    def _observe(self, rate) -> None:
+        if self.gate is not None:
+            self.gate.observe(None if rate is None else vars(rate))
 
     def _backoff(self, attempt: int, retry_after) -> float:
         """Exponential backoff with full jitter; the host's own Retry-After wins when given."""

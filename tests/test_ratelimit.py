@@ -1,0 +1,75 @@
+"""The pool's upload gate, in-process: pace, pauses, Imgur's budgets and the probe."""
+import time
+
+import pytest
+
+from uploader.ratelimit import UploadGate
+
+
+def report(**budgets):
+    return {f"{name}_{field}": value for name, (remaining, reset) in budgets.items()
+            for field, value in (("remaining", remaining), ("reset", reset))}
+
+
+def test_rate_and_burst_are_shared_by_every_caller():
+    gate = UploadGate(rate=10, burst=2)
+    waits = []
+    for _ in range(5):
+        asked = time.monotonic()
+        granted, when, why = gate.reserve()
+        assert granted and why == ""
+        waits.append(max(0.0, when - asked))
+        gate.observe(None)
+    assert waits[:2] == pytest.approx([0.0, 0.0], abs=0.01)
+    assert waits[2:] == pytest.approx([0.1, 0.2, 0.3], abs=0.02)
+
+
+def test_first_upload_is_a_probe_then_budgets_decide():
+    gate = UploadGate(rate=0, burst=1, reserve={"user": 10})
+    assert gate.reserve()[0]
+    granted, wait, why = gate.reserve()
+    assert not granted and why == ""  # wait for the probe's answer
+    gate.observe(report(user=(50, 30)))
+    grants = 0
+    while gate.reserve()[0]:
+        grants += 1
+    assert grants == 4  # 50 - 4 * 10 = 10 is the reserve; the fifth would dip into it
+
+
+def test_budget_at_reserve_holds_every_upload_until_its_reset():
+    gate = UploadGate(rate=0, burst=1, reserve={"client": 100})
+    assert gate.reserve()[0]
+    gate.observe(report(client=(105, 0.3)))
+    granted, when, why = gate.reserve()
+    assert not granted and 0.2 < when - time.monotonic() <= 0.3
+    assert "client budget is down to its reserve of 100" in why
+    time.sleep(when - time.monotonic())
+    assert gate.reserve()[0]  # reset: one probe goes
+    assert not gate.reserve()[0]
+
+
+def test_pause_holds_everyone_and_is_never_shortened():
+    gate = UploadGate(rate=0, burst=1)
+    gate.pause(0.5, "Imgur asked us to slow down")
+    gate.pause(0.1, "shorter")
+    granted, when, why = gate.reserve()
+    assert not granted and 0.4 < when - time.monotonic() <= 0.5
+    assert why == "Imgur asked us to slow down"
+
+
+def test_a_host_without_budget_headers_is_not_serialised():
+    gate = UploadGate(rate=0, burst=1)
+    assert gate.reserve()[0]
+    gate.observe(None)
+    assert all(gate.reserve()[0] for _ in range(10))
+
+
+def test_a_stale_report_arriving_late_does_not_raise_the_estimate():
+    gate = UploadGate(rate=0, burst=1, reserve={"user": 10})
+    assert gate.reserve()[0]
+    gate.observe(report(user=(50, 30)))
+    while gate.reserve()[0]:
+        pass
+    gate.observe(report(user=(20, 30)))  # answers come back out of order
+    gate.observe(report(user=(40, 30)))
+    assert not gate.reserve()[0]  # 20 - 2 in flight * 10 - 10 < reserve
