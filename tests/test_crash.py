@@ -144,3 +144,26 @@ def _alive(pid) -> bool:
 def _cmdline(pid) -> str:
     with open(f"/proc/{pid}/cmdline", "rb") as f:
         return f.read().replace(b"\0", b" ").decode(errors="replace")
+
+
+def test_manager_death_exits_non_zero_and_a_restart_resumes(tmp_path, image_source):
+    config = write_config(tmp_path)
+    urls = slow_urls(image_source, "manager", 30)
+    first = ServiceProcess(config).start()
+    try:
+        job_id = first.post_job(urls)
+        wait_until(lambda: first.job(job_id)["status"] == "in-progress")
+        manager = requests.get(f"{first.url}/healthz", timeout=5).json()["manager"]["pid"]
+        os.kill(manager, signal.SIGKILL)
+        assert first.wait(15) == 3
+        assert "multiprocessing manager lost" in first.read_log()
+        wait_until(lambda: first.children() == [], timeout=5)
+    finally:
+        first.cleanup()
+
+    second = ServiceProcess(config).start()
+    try:
+        job = second.wait_job(job_id, timeout=60)
+    finally:
+        second.stop()
+    assert len(job["uploaded"]["complete"]) == len(urls)

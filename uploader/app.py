@@ -146,10 +146,13 @@ class HealthHandler(BaseHandler):
         alive = self.service.pool.alive()
         if alive < expected:
             problems.append(f"{expected - alive} of {expected} worker processes are down")
+        if not self.service.pool.manager_alive():
+            problems.append("the multiprocessing manager is down")
         if self.service.stopping:
             problems.append("shutting down")
         body = {"status": "ok" if not problems else "unhealthy",
-                "workers": {"alive": alive, "expected": expected, "pids": self.service.pool.pids()}}
+                "workers": {"alive": alive, "expected": expected, "pids": self.service.pool.pids()},
+                "manager": {"pid": self.service.pool.manager_pid()}}
         if problems:
             body["problems"] = problems
         self.write_json(200 if not problems else 503, body)

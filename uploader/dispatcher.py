@@ -249,7 +249,7 @@ class Dispatcher:
         for tasks in self.assigned.values():
             tasks.clear()
         self.pool.terminate()
-        self.stopped.set()
         if fatal:
             log.error("%s; exiting so a supervisor can restart the service", fatal)
             self.on_fatal(fatal)
+        self.stopped.set()

@@ -139,6 +139,12 @@ class WorkerPool:
     def pids(self):
         return [h.process.pid for h in self.workers.values()]
 
+    def manager_pid(self):
+        return self.manager._process.pid
+
+    def manager_alive(self) -> bool:
+        return self.manager._process.is_alive()
+
     # -- stop ------------------------------------------------------------------
     def ask_workers_to_stop(self) -> None:
         """Each slot finishes its current URL, then its thread ends on ``None``."""
