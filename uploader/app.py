@@ -13,6 +13,7 @@ import uuid
 import tornado.web
 
 from .hosts.local import NAME_PATTERN
+from .metrics import CONTENT_TYPE_LATEST
 from .submission import SubmissionError, parse_submission
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,19 @@ class ApiError(tornado.web.HTTPError):
 class JsonErrors:
     """Mixin: every error, including Tornado's own 404/405, answers JSON."""
 
+    def decode_argument(self, value, name=None):
+        """A path argument that is not UTF-8 names nothing here: 404, not Tornado's bare 400."""
+        try:
+            return super().decode_argument(value, name)
+        except tornado.web.HTTPError:
+            raise ApiError(404, f"no such resource: {self.request.path}") from None
+
+    def allowed_methods(self):
+        """The methods this handler implements, for the ``Allow`` header of a 405."""
+        return [method for method in self.SUPPORTED_METHODS
+                if getattr(type(self), method.lower(), None)
+                is not getattr(tornado.web.RequestHandler, method.lower(), None)]
+
     def write_error(self, status_code, **kwargs):
         exc = kwargs.get("exc_info", (None, None, None))[1]
         if isinstance(exc, ApiError):
@@ -40,6 +54,7 @@ class JsonErrors:
                 self.set_header(name, value)
         elif status_code == 405:
             message = f"method {self.request.method} is not allowed on {self.request.path}"
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         elif status_code == 404:
             message = f"no such resource: {self.request.path}"
         elif status_code >= 500:
@@ -70,7 +85,8 @@ class UploadHandler(BaseHandler):
 
     def prepare(self):
         if self.request.method != "POST":
-            return
+            # Refuse now: the body of a PUT/PATCH/DELETE would otherwise reach data_received.
+            raise tornado.web.HTTPError(405)
         if self.service.stopping:
             raise ApiError(503, "the service is shutting down; retry shortly",
                            headers={"Retry-After": "5"})
@@ -111,7 +127,8 @@ class JobHandler(BaseHandler):
             uuid.UUID(job_id)
         except ValueError:
             raise ApiError(404, f"no job with id {job_id!r}") from None
-        job = await self.in_reader(self.service.reader.job, job_id)
+        progress = dict(self.service.dispatcher.progress)
+        job = await self.in_reader(self.service.reader.job, job_id, progress)
         if job is None:
             raise ApiError(404, f"no job with id {job_id!r}")
         self.write_json(200, job)
@@ -143,9 +160,10 @@ class HealthHandler(BaseHandler):
         if not await self.in_reader(self.service.reader.writable):
             problems.append("store is not writable")
         expected = self.service.config.workers.processes
-        alive = self.service.pool.alive()
+        alive = self.service.dispatcher.ready_workers()
         if alive < expected:
-            problems.append(f"{expected - alive} of {expected} worker processes are down")
+            problems.append(f"{expected - alive} of {expected} worker processes are down "
+                            "or still starting")
         if not self.service.pool.manager_alive():
             problems.append("the multiprocessing manager is down")
         if self.service.stopping:
@@ -161,10 +179,22 @@ class HealthHandler(BaseHandler):
 class LocalImageHandler(JsonErrors, tornado.web.StaticFileHandler):
     """GET /i/<name>: images stored by the ``local`` host, with the right content type."""
 
-    def validate_absolute_path(self, root, absolute_path):
-        if not NAME_PATTERN.match(os.path.basename(absolute_path)):
+    def parse_url_path(self, url_path):
+        # Only names the local host makes: no directories, no way out of the image directory.
+        if not NAME_PATTERN.match(url_path):
             raise ApiError(404, f"no such image: {self.request.path}")
-        return super().validate_absolute_path(root, absolute_path)
+        return url_path
+
+
+class MetricsHandler(BaseHandler):
+    """GET /metrics: Prometheus text format."""
+
+    async def get(self):
+        queued = await self.in_reader(self.service.reader.queued_count)
+        body = self.service.metrics.render(queued=queued,
+                                           in_flight=self.service.dispatcher.in_flight())
+        self.set_header("Content-Type", CONTENT_TYPE_LATEST)
+        self.finish(body)
 
 
 class OpenApiHandler(BaseHandler):
@@ -191,6 +221,7 @@ def make_app(service) -> tornado.web.Application:
             (r"/v1/images/upload/([^/]+)", JobHandler, args),
             (r"/v1/images", ImagesHandler, args),
             (r"/healthz", HealthHandler, args),
+            (r"/metrics", MetricsHandler, args),
             (r"/openapi.json", OpenApiHandler, args),
             (r"/i/(.+)", LocalImageHandler, {"path": os.path.abspath(service.config.local.directory)}),
         ],

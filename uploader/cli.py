@@ -60,6 +60,7 @@ async def serve(config) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    await service.workers_ready()
     shown_host = "localhost" if config.server.host in ("0.0.0.0", "::") else config.server.host
     print(f"Starting Server on http://{shown_host}:{service.port}", flush=True)
     code = await service.stopped

@@ -21,7 +21,9 @@ from dataclasses import dataclass, replace
 from typing import Dict, List, Optional, Sequence
 
 from . import jobs
-from .jobs import Attempt, Result, Task, Waiting, WorkerExited
+from .jobs import Attempt, Progress, Ready, Result, Task, Waiting, WorkerExited
+from .errors import PoolBroken
+from .metrics import Metrics
 from .pool import ManagerLost
 
 log = logging.getLogger(__name__)
@@ -50,9 +52,10 @@ class _Respawn:
 class Dispatcher:
     """Assigns queued URLs to free worker slots and records what comes back."""
 
-    def __init__(self, *, writer, pool, config, on_fatal=None):
+    def __init__(self, *, writer, pool, config, metrics=None, on_fatal=None):
         self.writer = writer
         self.pool = pool
+        self.metrics = metrics or Metrics()
         self.slots = config.workers.uploads_per_process
         self.max_attempts = config.imgur.max_attempts
         self.host = config.resolved_image_host
@@ -62,6 +65,8 @@ class Dispatcher:
         self.quick_deaths: Dict[int, int] = {}
         self.stopping: Optional[float] = None  # deadline of the graceful stop
         self.stopped = threading.Event()
+        self.progress: Dict[int, tuple] = {}  # url id -> (bytes received, total), in memory only
+        self.ready: Dict[int, int] = {}  # worker -> generation that said it is ready
         self._thread = threading.Thread(target=self._run, name="dispatcher", daemon=True)
 
     # -- called from other threads ---------------------------------------------
@@ -73,9 +78,13 @@ class Dispatcher:
     def recover(self) -> None:
         """Queue again what a previous run left in flight: nothing is in flight before we start."""
         with self.writer.transaction():
-            handed_back = self.writer.hand_back_in_flight()
+            handed_back, failed = self.writer.hand_back_in_flight(
+                max_attempts=self.max_attempts, when=jobs.now())
         if handed_back:
             log.info("handed back %d URLs left in flight by the previous run", handed_back)
+        for url_id, job_id, url, attempts, reason in failed:
+            log_outcome(job_id, url, jobs.FAILED, reason=reason, attempts=attempts)
+            self.metrics.urls_finished.labels("failed", "service_died").inc()
         self.assigned = {index: {} for index in self.pool.workers}
 
     def post(self, event) -> None:
@@ -92,7 +101,12 @@ class Dispatcher:
         self.post(_Stop(grace, immediate))
 
     def in_flight(self) -> int:
-        return sum(len(tasks) for tasks in self.assigned.values())
+        return sum(len(tasks) for tasks in list(self.assigned.values()))
+
+    def ready_workers(self) -> int:
+        """Worker processes alive and past their start-up (their slots take tasks)."""
+        return sum(1 for index, handle in list(self.pool.workers.items())
+                   if handle.process.is_alive() and self.ready.get(index) == handle.generation)
 
     # -- the actor -------------------------------------------------------------
     def _run(self) -> None:
@@ -100,6 +114,8 @@ class Dispatcher:
             while not self.stopped.is_set():
                 batch = self._next_batch()
                 self._turn(batch)
+        except PoolBroken as exc:
+            self._finish(fatal=f"multiprocessing manager lost ({exc})")
         except Exception:
             log.exception("dispatcher failed")
             self._finish(fatal="dispatcher failed; see the traceback above")
@@ -118,21 +134,33 @@ class Dispatcher:
         return batch
 
     def _turn(self, batch: List[object]) -> None:
-        submitted: List[Future] = []
+        submitted: List[_Submit] = []
+        finished: List[tuple] = []
         sends: List[tuple] = []
         lost: Optional[str] = None
         try:
             with self.writer.transaction():
                 for event in batch:
                     if isinstance(event, _Submit):
-                        self.writer.create_job(event.job_id, event.urls, jobs.now())
-                        submitted.append(event.future)
+                        try:
+                            self.writer.create_job(event.job_id, event.urls, jobs.now())
+                        except Exception as exc:  # one bad job must not stop the service
+                            log.exception("could not store job %s", event.job_id)
+                            event.future.set_exception(exc)
+                            continue
+                        submitted.append(event)
                     elif isinstance(event, Result):
                         self._on_result(event)
                     elif isinstance(event, Attempt):
                         self._on_attempt(event)
                     elif isinstance(event, Waiting):
                         self.writer.set_waiting(event.url_id, event.until, event.reason)
+                        if event.until is not None:
+                            self.metrics.waiting()
+                    elif isinstance(event, Progress):
+                        self.progress[event.url_id] = (event.received, event.total)
+                    elif isinstance(event, Ready):
+                        self.ready[event.worker] = event.generation
                     elif isinstance(event, WorkerExited):
                         self._on_worker_exited(event)
                     elif isinstance(event, _Respawn):
@@ -144,11 +172,12 @@ class Dispatcher:
                 if lost is None and self.stopping is None:
                     sends = self._fill_slots()
         except Exception as exc:
-            for future in submitted:
-                future.set_exception(exc)
+            for event in submitted:
+                event.future.set_exception(exc)
             raise
-        for future in submitted:
-            future.set_result(None)
+        for event in submitted:  # committed: now the job exists for everyone
+            self.metrics.job_submitted(len(event.urls))
+            event.future.set_result(None)
         if lost is not None:
             self._finish(fatal=f"multiprocessing manager lost ({lost})")
             return
@@ -161,8 +190,7 @@ class Dispatcher:
         """Mark queued URLs in flight for every free slot; returns (worker, task) to send."""
         free = {i: self.slots - len(tasks) for i, tasks in self.assigned.items()
                 if i in self.pool.workers and self.pool.workers[i].process.is_alive()}
-        tasks = self.writer.take_queued(sum(free.values()), max_attempts=self.max_attempts,
-                                        when=jobs.now())
+        tasks = self.writer.take_queued(sum(free.values()))
         sends = []
         for task in tasks:
             index = max(free, key=free.get)  # least loaded worker first
@@ -172,7 +200,8 @@ class Dispatcher:
         return sends
 
     def _on_result(self, result: Result) -> None:
-        self.assigned.get(result.worker, {}).pop(result.url_id, None)
+        task = self.assigned.get(result.worker, {}).pop(result.url_id, None)
+        self.progress.pop(result.url_id, None)
         recorded = self.writer.finish(
             result.url_id, result.state, attempts=result.attempts, link=result.link,
             reason=result.reason, sha256=result.sha256, reused=result.reused, host=self.host,
@@ -180,6 +209,12 @@ class Dispatcher:
         )
         if not recorded:
             log.info("ignored a second result for URL #%d (%s)", result.url_id, result.state)
+            return
+        self.metrics.result(result)
+        if task is not None:
+            log_outcome(task.job_id, task.url, result.state, link=result.link,
+                        reason=result.reason, attempts=result.attempts, seconds=result.seconds,
+                        reused=result.reused)
 
     def _on_attempt(self, event: Attempt) -> None:
         tasks = self.assigned.get(event.worker, {})
@@ -197,12 +232,17 @@ class Dispatcher:
         if self.stopping is None:
             log.error("worker %d died (exit code %s) with %d URLs in flight",
                       event.worker, event.exitcode, len(orphans))
+            self.metrics.worker_died()
         for task in orphans.values():
+            self.progress.pop(task.url_id, None)
             if self.stopping is None and task.attempt >= self.max_attempts:
                 reason = (f"worker died while uploading (exit code {event.exitcode}) "
                           f"on attempt {task.attempt} of {self.max_attempts}")
                 self.writer.finish(task.url_id, jobs.FAILED, attempts=task.attempt,
                                    reason=reason, when=jobs.now())
+                self.metrics.urls_finished.labels("failed", "worker_died").inc()
+                log_outcome(task.job_id, task.url, jobs.FAILED, reason=reason,
+                            attempts=task.attempt)
             else:
                 self.writer.requeue(task.url_id)
         if self.stopping is None:
@@ -253,3 +293,14 @@ class Dispatcher:
             log.error("%s; exiting so a supervisor can restart the service", fatal)
             self.on_fatal(fatal)
         self.stopped.set()
+
+
+def log_outcome(job_id, url, state, *, link=None, reason=None, attempts=0, seconds=None,
+                reused=False) -> None:
+    """The one log line per URL outcome (fields also go to JSON logs as keys)."""
+    outcome = "reused" if reused else state
+    detail = link if state == jobs.COMPLETE else reason
+    took = f" in {seconds:.2f} s" if seconds is not None else ""
+    log.info("job %s: %s %s: %s (attempts %d%s)", job_id, url, outcome, detail, attempts, took,
+             extra={"job_id": job_id, "url": url, "outcome": outcome, "link": link,
+                    "reason": reason, "attempts": attempts, "duration": seconds})

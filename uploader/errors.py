@@ -40,3 +40,39 @@ class PermanentHostError(HostError):
 
 class AuthRejectedError(HostError):
     """The host rejected our credentials (401/403 on the token or client id)."""
+
+
+class PoolBroken(UploaderError):
+    """The multiprocessing manager is gone: no task can be sent, no worker started."""
+
+
+# Failure classes: a small, stable vocabulary for metrics and logs (the reason has the detail).
+_FETCH_CLASSES = (
+    ("refused:", "refused"),
+    ("too large", "too_large"),
+    ("timed out", "timeout"),
+    ("not an image", "not_an_image"),
+    ("unsupported image format", "not_an_image"),
+    ("HTTP ", "source_http_error"),
+    ("truncated", "source_broken"),
+    ("invalid", "invalid_url"),
+    ("unsupported URL scheme", "invalid_url"),
+    ("too many redirects", "too_many_redirects"),
+)
+
+
+def failure_class(exc: BaseException) -> str:
+    """The class of a URL's failure, e.g. ``refused``, ``timeout``, ``host_rejected``."""
+    if isinstance(exc, FetchError):
+        text = str(exc)
+        for prefix, name in _FETCH_CLASSES:
+            if text.startswith(prefix):
+                return name
+        return "source_unreachable"
+    if isinstance(exc, AuthRejectedError):
+        return "auth_rejected"
+    if isinstance(exc, PermanentHostError):
+        return "host_rejected"
+    if isinstance(exc, HostError):
+        return "host_unavailable"
+    return "internal"

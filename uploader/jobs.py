@@ -86,7 +86,13 @@ class Result:
     reason: Optional[str] = None
     sha256: Optional[str] = None
     reused: bool = False
-    seconds: float = 0.0
+    failure_class: Optional[str] = None  # errors.failure_class of a failure
+    seconds: float = 0.0  # the whole handling, fetch to answer
+    fetch_seconds: Optional[float] = None
+    upload_seconds: Optional[float] = None
+    fetched_bytes: int = 0
+    uploaded_bytes: int = 0
+    rate: Optional[dict] = None  # Imgur's budgets from the last answer, for metrics
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,23 @@ class Waiting:
     url_id: int
     until: Optional[float]
     reason: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Bytes of a URL's image fetched so far (``total`` None when the source did not say)."""
+
+    url_id: int
+    received: int
+    total: Optional[int]
+
+
+@dataclass(frozen=True)
+class Ready:
+    """A worker process has built its sessions and its slots are taking tasks."""
+
+    worker: int
+    generation: int
 
 
 @dataclass(frozen=True)

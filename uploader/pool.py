@@ -27,6 +27,7 @@ from multiprocess.managers import SyncManager
 from . import worker
 from .credentials import Credentials
 from .dedup import DedupIndex
+from .errors import PoolBroken
 from .jobs import WorkerExited
 from .ratelimit import UploadGate
 
@@ -92,7 +93,10 @@ class WorkerPool:
     def spawn(self, index: int) -> WorkerHandle:
         """Start worker ``index`` (again) with a fresh inbox, so no stale task reaches it."""
         self._generation += 1
-        inbox = self.manager.Queue()
+        try:
+            inbox = self.manager.Queue()
+        except (OSError, EOFError) as exc:
+            raise PoolBroken(f"cannot start worker {index}: {type(exc).__name__}: {exc}") from exc
         process = self.ctx.Process(
             target=worker.run,
             args=(index, self._generation, inbox, self.results, self.config, self.shared),
@@ -126,7 +130,10 @@ class WorkerPool:
 
     # -- use -------------------------------------------------------------------
     def send(self, index: int, task) -> None:
-        self.workers[index].inbox.put(task)
+        try:
+            self.workers[index].inbox.put(task)
+        except (OSError, EOFError) as exc:  # the manager's connection broke
+            raise PoolBroken(f"cannot send to worker {index}: {type(exc).__name__}: {exc}") from exc
 
     def release_claims(self, index: int, generation: int) -> None:
         """A worker ended: uploads it had claimed in the dedup index are free to take."""

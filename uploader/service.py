@@ -10,6 +10,7 @@ import tornado.netutil
 
 from .app import make_app
 from .dispatcher import Dispatcher
+from .metrics import Metrics
 from .pool import WorkerPool
 from .store import StoreReader, open_store
 
@@ -40,8 +41,9 @@ class Service:
         self.reader = StoreReader(self.config.storage.path)
         self.readers = ThreadPoolExecutor(4, thread_name_prefix="store-read")
         self.pool = WorkerPool(self.config, on_event=lambda event: self.dispatcher.post(event))
+        self.metrics = Metrics()
         self.dispatcher = Dispatcher(writer=self.writer, pool=self.pool, config=self.config,
-                                     on_fatal=self._on_fatal)
+                                     metrics=self.metrics, on_fatal=self._on_fatal)
         self.pool.start()
         self.dispatcher.start()
         self.http = tornado.httpserver.HTTPServer(make_app(self))
@@ -52,6 +54,17 @@ class Service:
             loop.call_soon_threadsafe(self._finish)
 
         loop.run_in_executor(None, when_stopped)
+
+    async def workers_ready(self, timeout: float = 30.0) -> bool:
+        """Wait until every worker has built its sessions (so the first job starts at once)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.dispatcher.ready_workers() < self.config.workers.processes:
+            if asyncio.get_running_loop().time() > deadline or self.stopped.done():
+                log.warning("only %d of %d workers are ready after %.0f s; serving anyway",
+                            self.dispatcher.ready_workers(), self.config.workers.processes, timeout)
+                return False
+            await asyncio.sleep(0.02)
+        return True
 
     def stop(self, *, immediate: bool = False) -> None:
         """First call: refuse new jobs and drain within the grace period. Second: stop now."""

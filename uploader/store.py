@@ -8,7 +8,7 @@ committed before anyone can see it: the API only ever answers from committed row
 import os
 import sqlite3
 import threading
-from typing import Iterable, List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 from . import jobs
 from .jobs import Task
@@ -76,42 +76,52 @@ class StoreWriter:
         return _Transaction(self.conn)
 
     def create_job(self, job_id: str, urls: Sequence[str], created: float) -> None:
-        self.conn.execute(
-            "INSERT INTO jobs (id, created, status, remaining) VALUES (?, ?, ?, ?)",
-            (job_id, created, jobs.JOB_PENDING, len(urls)),
-        )
-        self.conn.executemany(
-            "INSERT INTO urls (job_id, url, state) VALUES (?, ?, ?)",
-            ((job_id, url, jobs.QUEUED) for url in urls),
-        )
+        """Insert a job and its URLs; all or nothing, without spoiling the rest of the batch."""
+        self.conn.execute("SAVEPOINT create_job")
+        try:
+            self.conn.execute(
+                "INSERT INTO jobs (id, created, status, remaining) VALUES (?, ?, ?, ?)",
+                (job_id, created, jobs.JOB_PENDING, len(urls)),
+            )
+            self.conn.executemany(
+                "INSERT INTO urls (job_id, url, state) VALUES (?, ?, ?)",
+                ((job_id, url, jobs.QUEUED) for url in urls),
+            )
+        except BaseException:
+            self.conn.execute("ROLLBACK TO create_job")
+            raise
+        finally:
+            self.conn.execute("RELEASE create_job")
 
-    def hand_back_in_flight(self) -> int:
-        """At start-up: URLs left in flight by a dead process are queued again."""
+    def hand_back_in_flight(self, *, max_attempts: int, when: float) -> Tuple[int, List[tuple]]:
+        """At start-up: URLs a dead process left in flight are queued again.
+
+        One that already used every attempt (each cut short by a crash) fails instead, so
+        a URL that kills the whole service cannot loop forever. Returns (how many were
+        queued again, [(url id, job id, url, attempts, reason)] of those that failed).
+        """
+        rows = self.conn.execute(
+            "SELECT id, job_id, url, attempts FROM urls WHERE state = ? AND attempts >= ?",
+            (jobs.IN_FLIGHT, max_attempts)).fetchall()
+        failed = []
+        for url_id, job_id, url, attempts in rows:
+            reason = f"the service died while uploading, on each of {attempts} attempts"
+            self.finish(url_id, jobs.FAILED, attempts=attempts, reason=reason, when=when)
+            failed.append((url_id, job_id, url, attempts, reason))
         cursor = self.conn.execute(
             "UPDATE urls SET state = ?, waiting_until = NULL, waiting_reason = NULL WHERE state = ?",
-            (jobs.QUEUED, jobs.IN_FLIGHT)
-        )
-        return cursor.rowcount
+            (jobs.QUEUED, jobs.IN_FLIGHT))
+        return cursor.rowcount, failed
 
-    def take_queued(self, limit: int, *, max_attempts: int, when: float) -> List[Task]:
-        """Mark up to ``limit`` queued URLs in flight, oldest first, and return them as tasks.
-
-        A queued URL that already used every attempt (each one cut short by a crash) is
-        failed here instead, so a URL that kills the service can never loop forever.
-        """
+    def take_queued(self, limit: int) -> List[Task]:
+        """Mark up to ``limit`` queued URLs in flight, oldest first, and return them as tasks."""
         if limit <= 0:
             return []
         rows = self.conn.execute(
             "SELECT id, job_id, url, attempts FROM urls WHERE state = ? ORDER BY id LIMIT ?",
             (jobs.QUEUED, limit),
         ).fetchall()
-        tasks = []
-        for url_id, job_id, url, attempts in rows:
-            if attempts >= max_attempts:
-                self.finish(url_id, jobs.FAILED, attempts=attempts, when=when,
-                            reason=f"the service died while uploading, on each of {attempts} attempts")
-            else:
-                tasks.append(Task(url_id=url_id, job_id=job_id, url=url, attempt=attempts + 1))
+        tasks = [Task(url_id=r[0], job_id=r[1], url=r[2], attempt=r[3] + 1) for r in rows]
         self.conn.executemany(
             "UPDATE urls SET state = ?, attempts = ? WHERE id = ?",
             ((jobs.IN_FLIGHT, t.attempt, t.url_id) for t in tasks),
@@ -200,8 +210,11 @@ class StoreReader:
             conn = self._local.conn = connect(self.path)
         return conn
 
-    def job(self, job_id: str) -> Optional[dict]:
-        """The job as the API shows it, or None if there is no such job."""
+    def job(self, job_id: str, progress: Optional[dict] = None) -> Optional[dict]:
+        """The job as the API shows it, or None if there is no such job.
+
+        ``progress`` maps URL ids to (bytes fetched, total) for URLs in flight; it lives in
+        the dispatcher's memory, not in the store."""
         conn = self._conn()
         conn.execute("BEGIN")  # one snapshot, so the job row and its URLs agree
         try:
@@ -211,20 +224,24 @@ class StoreReader:
             if job is None:
                 return None
             rows = conn.execute(
-                "SELECT url, state, link, reason, attempts, reused, waiting_until, waiting_reason"
-                " FROM urls"
+                "SELECT id, url, state, link, reason, attempts, reused, waiting_until,"
+                " waiting_reason FROM urls"
                 " WHERE job_id = ? ORDER BY id",
                 (job_id,),
             ).fetchall()
         finally:
             conn.execute("COMMIT")
-        return render_job(job, rows)
+        return render_job(job, rows, progress or {})
 
     def links_after(self, after_id: int, limit: int) -> List[tuple]:
         """A page of (id, link) in upload order, for streaming the full listing."""
         return self._conn().execute(
             "SELECT id, link FROM links WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit)
         ).fetchall()
+
+    def queued_count(self) -> int:
+        """URLs waiting for a worker slot (uses the partial index of queued URLs)."""
+        return self._conn().execute("SELECT COUNT(*) FROM urls WHERE state = 'queued'").fetchone()[0]
 
     def writable(self) -> bool:
         """True when the store accepts a write (for health checks)."""
@@ -236,12 +253,13 @@ class StoreReader:
             return False
 
 
-def render_job(job: tuple, rows: Iterable[tuple]) -> dict:
+def render_job(job: tuple, rows: Iterable[tuple], progress: dict) -> dict:
     """The job body: the seed's keys plus ``urls``: each URL's state, link or reason, attempts,
-    whether its link was reused from identical bytes, and what it is waiting for, if anything."""
+    whether its link was reused from identical bytes, what it is waiting for, if anything,
+    and how much of its image has been fetched while it is in flight."""
     job_id, created, finished, status = job
     pending, complete, failed, details = [], [], [], []
-    for url, state, link, reason, attempts, reused, waiting_until, waiting_reason in rows:
+    for url_id, url, state, link, reason, attempts, reused, waiting_until, waiting_reason in rows:
         if state == jobs.COMPLETE:
             complete.append(link)
         elif state == jobs.FAILED:
@@ -253,6 +271,7 @@ def render_job(job: tuple, rows: Iterable[tuple]) -> dict:
             "attempts": attempts, "reused": bool(reused),
             "waiting": None if waiting_until is None else {
                 "until": jobs.format_timestamp(waiting_until), "reason": waiting_reason},
+            "progress": _progress(progress.get(url_id)) if state == jobs.IN_FLIGHT else None,
         })
     return {
         "id": job_id,
@@ -263,3 +282,8 @@ def render_job(job: tuple, rows: Iterable[tuple]) -> dict:
         "urls": details,
     }
 
+
+
+def _progress(entry) -> dict:
+    received, total = entry or (0, None)
+    return {"bytes": received, "total": total}

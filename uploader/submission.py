@@ -53,6 +53,10 @@ def url_problem(url) -> str:
     shown = json.dumps(url if len(url) <= 100 else url[:100] + "...")
     if len(url) > MAX_URL_LENGTH:
         return f"is longer than {MAX_URL_LENGTH} characters"
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:  # JSON can spell a lone surrogate ("\\ud800"); no store takes it
+        return f"{shown} is not valid Unicode (it holds a lone surrogate)"
     if _CONTROL.search(url):
         return f"{shown} contains a space or control character"
     try:

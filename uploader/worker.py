@@ -22,7 +22,7 @@ import time
 from urllib.parse import urlsplit
 
 from . import jobs
-from .errors import AuthRejectedError, FetchError, HostError, RetryableHostError
+from .errors import AuthRejectedError, FetchError, HostError, RetryableHostError, failure_class
 from .fetch import Fetcher
 from .hosts.local import LocalHost
 from .logs import setup_logging
@@ -46,6 +46,7 @@ def run(index, generation, inbox, results, config, shared):
     ]
     for slot in slots:
         slot.start()
+    results.put(jobs.Ready(index, generation))
     log.info("worker %d ready with %d slots (host: %s)", index, len(slots), worker.host.name)
     for slot in slots:
         slot.join()
@@ -98,41 +99,39 @@ class Worker:
             self.results.put(self.handle(task))
 
     def handle(self, task: jobs.Task) -> jobs.Result:
-        """Fetch, upload, and turn every outcome (even a bug) into a Result."""
-        started = time.monotonic()
-        attempts = task.attempt
+        """Fetch, upload, and turn every outcome (even a bug) into a Result.
+
+        Outcomes are logged once, by the front end when it commits them; a worker logs
+        only what the front end cannot see (retries, waits, unexpected exceptions)."""
         drill = self.config.workers.exit_on_url_containing
         if drill and drill in task.url:
             log.warning("crash drill: worker %d exits on %s", self.index, task.url)
             os._exit(70)
+        report = _Report(task, self)
         try:
-            fetched = self.fetcher.fetch(task.url)
-            digest = hashlib.sha256(fetched.data).hexdigest()
+            fetched = self.fetcher.fetch(task.url, on_progress=report.progress)
+            report.fetched(len(fetched.data))
+            digest = report.sha256 = hashlib.sha256(fetched.data).hexdigest()
             reused = self._claim(digest, task)
             if reused:
-                log.info("job %s: %s has the same bytes as %s; reused", task.job_id, task.url, reused)
-                return self._result(task, jobs.COMPLETE, started, attempts=attempts, link=reused,
-                                    sha256=digest, reused=True)
+                return report.result(jobs.COMPLETE, link=reused, reused=True)
             try:
                 filename = upload_name(fetched.final_url, fetched.ext)
-                uploaded, attempts = self._upload(task, fetched.data, filename, fetched.mime)
+                uploaded = self._upload(task, fetched.data, filename, fetched.mime, report)
             except BaseException:
                 if self.dedup is not None:
                     self.dedup.release(digest)
                 raise
             if self.dedup is not None:
                 self.dedup.publish(digest, uploaded.link)
+            report.uploaded_bytes = len(fetched.data)
+            return report.result(jobs.COMPLETE, link=uploaded.link)
         except (FetchError, HostError) as exc:
-            attempts = getattr(exc, "attempts", attempts)
-            log.info("job %s: %s failed: %s", task.job_id, task.url, exc)
-            return self._result(task, jobs.FAILED, started, attempts=attempts, reason=str(exc))
+            return report.result(jobs.FAILED, reason=str(exc), failure_class=failure_class(exc))
         except Exception as exc:  # a bug must not kill the slot or lose the URL
             log.exception("job %s: %s failed unexpectedly", task.job_id, task.url)
-            reason = f"internal error: {type(exc).__name__}: {exc}"
-            return self._result(task, jobs.FAILED, started, attempts=attempts, reason=reason)
-        log.info("job %s: %s uploaded as %s", task.job_id, task.url, uploaded.link)
-        return self._result(task, jobs.COMPLETE, started, attempts=attempts,
-                            link=uploaded.link, sha256=digest)
+            return report.result(jobs.FAILED, reason=f"internal error: {type(exc).__name__}: {exc}",
+                                 failure_class="internal")
 
     def _claim(self, digest: str, task):
         """The link these bytes already have, or None once this slot owns their upload."""
@@ -147,37 +146,41 @@ class Worker:
                 return None
             time.sleep(DEDUP_POLL_SECONDS)  # the same bytes are being uploaded by another slot
 
-    def _upload(self, task, data, filename, mime):
-        """Upload with retries of transient host errors; returns (Uploaded, attempts used)."""
-        attempt = task.attempt
+    def _upload(self, task, data, filename, mime, report):
+        """Upload with retries of transient host errors; the report keeps attempts and budgets."""
         refreshed = False
-        while True:
-            self._wait_at_gate(task)
-            version = self._use_current_token()
-            try:
-                uploaded = self.host.upload(data, filename=filename, mime=mime)
-            except HostError as exc:
-                self._observe(getattr(exc, "rate", None))
-                exc.attempts = attempt
-                if isinstance(exc, AuthRejectedError) and self.credentials is not None:
-                    if refreshed:
+        started = time.monotonic()
+        try:
+            while True:
+                self._wait_at_gate(task)
+                version = self._use_current_token()
+                try:
+                    uploaded = self.host.upload(data, filename=filename, mime=mime)
+                except HostError as exc:
+                    report.rate = self._observe(getattr(exc, "rate", None)) or report.rate
+                    if isinstance(exc, AuthRejectedError) and self.credentials is not None:
+                        if refreshed:
+                            raise
+                        refreshed = True
+                        self.credentials.refresh(version, str(exc))  # once for the whole pool
+                        continue
+                    if (not isinstance(exc, RetryableHostError)
+                            or report.attempts >= self.config.imgur.max_attempts):
                         raise
-                    refreshed = True
-                    self.credentials.refresh(version, str(exc))  # once for the whole pool
+                    delay = self._backoff(report.attempts, exc.retry_after)
+                    log.info("job %s: %s: %s; retrying in %.1f s", task.job_id, task.url, exc, delay)
+                    if exc.pool_wide and self.gate is not None:
+                        self.gate.pause(delay, f"Imgur asked us to slow down: {exc}")
+                    else:
+                        time.sleep(delay)
+                    report.attempts += 1
+                    self.results.put(jobs.Attempt(task.url_id, self.index, self.generation,
+                                                  report.attempts))
                     continue
-                if not isinstance(exc, RetryableHostError) or attempt >= self.config.imgur.max_attempts:
-                    raise
-                delay = self._backoff(attempt, exc.retry_after)
-                log.info("job %s: %s: %s; retrying in %.1f s", task.job_id, task.url, exc, delay)
-                if exc.pool_wide and self.gate is not None:
-                    self.gate.pause(delay, f"Imgur asked us to slow down: {exc}")
-                else:
-                    time.sleep(delay)
-                attempt += 1
-                self.results.put(jobs.Attempt(task.url_id, self.index, self.generation, attempt))
-                continue
-            self._observe(uploaded.rate)
-            return uploaded, attempt
+                report.rate = self._observe(uploaded.rate) or report.rate
+                return uploaded
+        finally:
+            report.upload_seconds = time.monotonic() - started
 
     def _use_current_token(self):
         """Point the host at the pool's current token; fail at once if Imgur refused it for good."""
@@ -209,9 +212,12 @@ class Worker:
                 noted = True
             time.sleep(min(max(delay, 0.0), GATE_POLL_SECONDS))
 
-    def _observe(self, rate) -> None:
+    def _observe(self, rate):
+        """Tell the gate an upload ended; returns Imgur's budgets as a dict (or None)."""
+        budgets = None if rate is None else vars(rate)
         if self.gate is not None:
-            self.gate.observe(None if rate is None else vars(rate))
+            self.gate.observe(budgets)
+        return budgets
 
     def _backoff(self, attempt: int, retry_after) -> float:
         """Exponential backoff with full jitter; the host's own Retry-After wins when given."""
@@ -220,11 +226,42 @@ class Worker:
         b = self.config.imgur.backoff
         return random.uniform(0, min(b.max_seconds, b.base_seconds * 2 ** (attempt - 1)))
 
-    def _result(self, task, state, started, **fields) -> jobs.Result:
+
+
+class _Report:
+    """What one URL's handling measured, turned into its Result at the end."""
+
+    PROGRESS_EVERY_SECONDS = 0.5
+
+    def __init__(self, task, worker):
+        self.task = task
+        self.worker = worker
+        self.started = time.monotonic()
+        self.attempts = task.attempt
+        self.sha256 = None
+        self.fetch_seconds = self.upload_seconds = None
+        self.fetched_bytes = self.uploaded_bytes = 0
+        self.rate = None
+        self._last_progress = self.started
+
+    def progress(self, received: int, total) -> None:
+        """Fetch progress, passed on at most twice a second (large images only)."""
+        now = time.monotonic()
+        if now - self._last_progress >= self.PROGRESS_EVERY_SECONDS:
+            self._last_progress = now
+            self.worker.results.put(jobs.Progress(self.task.url_id, received, total))
+
+    def fetched(self, size: int) -> None:
+        self.fetch_seconds = time.monotonic() - self.started
+        self.fetched_bytes = size
+
+    def result(self, state, **fields) -> jobs.Result:
         return jobs.Result(
-            url_id=task.url_id, worker=self.index, generation=self.generation, state=state,
-            seconds=time.monotonic() - started, **fields,
-        )
+            url_id=self.task.url_id, worker=self.worker.index, generation=self.worker.generation,
+            state=state, attempts=self.attempts, sha256=self.sha256,
+            seconds=time.monotonic() - self.started, fetch_seconds=self.fetch_seconds,
+            upload_seconds=self.upload_seconds, fetched_bytes=self.fetched_bytes,
+            uploaded_bytes=self.uploaded_bytes, rate=self.rate, **fields)
 
 
 def upload_name(url: str, ext: str) -> str:

@@ -269,7 +269,9 @@ class ImageSource:
                 return self._send(h, 200, make_image(ext, name), CONTENT_TYPES[ext])
         if match := re.fullmatch(r"/sized/(\d+)\.jpg", path):
             size = int(match.group(1))
-            return self._stream(h, sized_jpeg_parts(size, path), "image/jpeg", length=size)
+            pace = float(query.get("pace", ["0"])[0])  # seconds between 64 KiB parts
+            return self._stream(h, sized_jpeg_parts(size, path), "image/jpeg", length=size,
+                                pace=pace)
         if path in ("/html", "/lying.jpg"):
             content_type = "text/html; charset=utf-8" if path == "/html" else "image/jpeg"
             return self._send(h, 200, _HTML, content_type)
@@ -329,7 +331,7 @@ class ImageSource:
         while True:
             yield _ZEROS
 
-    def _stream(self, h, parts, content_type, length=None):
+    def _stream(self, h, parts, content_type, length=None, pace=0.0):
         """Send ``parts`` (chunked if no length) until done, the client leaves, or the limits."""
         h.send_response(200)
         h.send_header("Content-Type", content_type)
@@ -346,6 +348,8 @@ class ImageSource:
                 return
             h.wfile.write(b"%x\r\n%s\r\n" % (len(part), part) if length is None else part)
             sent += len(part)
+            if pace and len(part) > 4 and self._stopping.wait(pace):
+                return
         if length is None:
             h.wfile.write(b"0\r\n\r\n")
         if length is not None and sent < length:

@@ -1,0 +1,80 @@
+"""Prometheus metrics, all kept in the front end.
+
+Workers do not export metrics themselves: every figure travels back inside the ``Result``
+(timings, sizes, failure class, Imgur's budgets), so one registry in the one process that
+serves ``/metrics`` sees the whole pool, with no multiprocess-mode files to manage.
+"""
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the handler)
+
+from . import jobs
+
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    def __init__(self):
+        r = self.registry = CollectorRegistry()
+        self.jobs_submitted = Counter("uploader_jobs_submitted", "Jobs accepted.", registry=r)
+        self.urls_submitted = Counter("uploader_urls_submitted", "Distinct URLs accepted.",
+                                      registry=r)
+        self.urls_finished = Counter(
+            "uploader_urls_finished", "URLs that reached a final state, by outcome "
+            "(complete, reused, failed) and failure class.", ["outcome", "failure_class"],
+            registry=r)
+        self.fetch_seconds = Histogram("uploader_fetch_seconds", "Time to download a source image.",
+                                       buckets=LATENCY_BUCKETS, registry=r)
+        self.upload_seconds = Histogram("uploader_upload_seconds",
+                                        "Time to upload an image, retries and waits included.",
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.fetched_bytes = Counter("uploader_fetched_bytes", "Bytes downloaded from sources.",
+                                     registry=r)
+        self.uploaded_bytes = Counter("uploader_uploaded_bytes", "Bytes uploaded to the host.",
+                                      registry=r)
+        self.queued = Gauge("uploader_urls_queued", "URLs waiting for a worker slot.", registry=r)
+        self.in_flight = Gauge("uploader_urls_in_flight", "URLs being fetched or uploaded.",
+                               registry=r)
+        self.worker_restarts = Counter("uploader_worker_restarts",
+                                       "Worker processes that died and were replaced.", registry=r)
+        self.ratelimit_waits = Counter(
+            "uploader_ratelimit_waits", "Uploads held back by Imgur's limits or a pool pause.",
+            registry=r)
+        self.imgur_remaining = Gauge("uploader_imgur_remaining_credits",
+                                     "Imgur's remaining credits as last reported.", ["budget"],
+                                     registry=r)
+        self.dedup_reuses = Counter("uploader_dedup_reuses",
+                                    "URLs whose bytes were already uploaded (no credit spent).",
+                                    registry=r)
+
+    def job_submitted(self, url_count: int) -> None:
+        self.jobs_submitted.inc()
+        self.urls_submitted.inc(url_count)
+
+    def result(self, result: jobs.Result) -> None:
+        if result.state == jobs.FAILED:
+            outcome = "failed"
+        else:
+            outcome = "reused" if result.reused else "complete"
+        self.urls_finished.labels(outcome, result.failure_class or "").inc()
+        if result.reused:
+            self.dedup_reuses.inc()
+        if result.fetch_seconds is not None:
+            self.fetch_seconds.observe(result.fetch_seconds)
+        if result.upload_seconds is not None:
+            self.upload_seconds.observe(result.upload_seconds)
+        self.fetched_bytes.inc(result.fetched_bytes)
+        self.uploaded_bytes.inc(result.uploaded_bytes)
+        for key, value in (result.rate or {}).items():
+            if key.endswith("_remaining") and value is not None:
+                self.imgur_remaining.labels(key[: -len("_remaining")]).set(value)
+
+    def worker_died(self) -> None:
+        self.worker_restarts.inc()
+
+    def waiting(self) -> None:
+        self.ratelimit_waits.inc()
+
+    def render(self, *, queued: int, in_flight: int) -> bytes:
+        self.queued.set(queued)
+        self.in_flight.set(in_flight)
+        return generate_latest(self.registry)
