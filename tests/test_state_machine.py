@@ -139,7 +139,9 @@ class JobLifecycle(RuleBasedStateMachine):
         for job_id, status, finished, remaining in conn.execute(
                 "SELECT id, status, finished, remaining FROM jobs"):
             states = [r[0] for r in conn.execute("SELECT state FROM urls WHERE job_id = ?", (job_id,))]
-            assert status == jobs.job_status(states)
+            # A job whose URLs were all handed back stays in-progress: status never goes back.
+            assert STATUS_RANK[status] >= STATUS_RANK[jobs.job_status(states)]
+            assert (status == jobs.JOB_COMPLETE) == (jobs.job_status(states) == jobs.JOB_COMPLETE)
             assert remaining == sum(s not in jobs.FINAL_STATES for s in states)
             assert STATUS_RANK[status] >= STATUS_RANK[self.status.get(job_id, jobs.JOB_PENDING)]
             self.status[job_id] = status
@@ -148,6 +150,8 @@ class JobLifecycle(RuleBasedStateMachine):
                 assert finished == self.finished[job_id], "finished was set twice"
             elif finished is not None:
                 self.finished[job_id] = finished
+        for url_id, worker in self.dispatcher.quarantine.running.items():
+            assert list(self.dispatcher.assigned[worker]) == [url_id], "a suspect ran in company"
         links = [r[0] for r in conn.execute("SELECT link FROM links")]
         assert "https://i.test/late" not in links
 

@@ -10,7 +10,8 @@ decides what is in flight where. Each turn drains every waiting event, applies t
 refills free worker slots in ONE transaction, commits, and only then answers the
 submitters and sends the new tasks, so nothing is visible or in flight before it is
 durable. A worker's death hands its in-flight URLs back (or fails those that used every
-attempt); a stop drains in-flight work within a grace period and hands back the rest.
+attempt) and, when it had several, runs each of them alone next (``quarantine``); a stop
+drains in-flight work within a grace period and hands back the rest.
 """
 import logging
 import queue
@@ -25,6 +26,7 @@ from .jobs import Attempt, Progress, Ready, Result, Task, Waiting, WorkerExited
 from .errors import PoolBroken
 from .metrics import Metrics
 from .pool import ManagerLost
+from .quarantine import Quarantine
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,7 @@ class Dispatcher:
         self.stopped = threading.Event()
         self.progress: Dict[int, tuple] = {}  # url id -> (bytes received, total), in memory only
         self.ready: Dict[int, int] = {}  # worker -> generation that said it is ready
+        self.quarantine = Quarantine()
         self._thread = threading.Thread(target=self._run, name="dispatcher", daemon=True)
 
     # -- called from other threads ---------------------------------------------
@@ -135,8 +138,7 @@ class Dispatcher:
 
     def _turn(self, batch: List[object]) -> None:
         submitted: List[_Submit] = []
-        finished: List[tuple] = []
-        sends: List[tuple] = []
+        sends: Dict[int, List[Task]] = {}
         lost: Optional[str] = None
         try:
             with self.writer.transaction():
@@ -181,27 +183,40 @@ class Dispatcher:
         if lost is not None:
             self._finish(fatal=f"multiprocessing manager lost ({lost})")
             return
-        for index, task in sends:
-            self.pool.send(index, task)
+        for index, tasks in sends.items():
+            self.pool.send(index, tasks)
         if self.stopping is not None and (self.in_flight() == 0 or time.monotonic() >= self.stopping):
             self._finish()
 
-    def _fill_slots(self) -> List[tuple]:
-        """Mark queued URLs in flight for every free slot; returns (worker, task) to send."""
-        free = {i: self.slots - len(tasks) for i, tasks in self.assigned.items()
+    def _fill_slots(self) -> Dict[int, List[Task]]:
+        """Mark queued URLs in flight for every free slot; returns each worker's batch to send."""
+        load = {i: len(tasks) for i, tasks in self.assigned.items()
                 if i in self.pool.workers and self.pool.workers[i].process.is_alive()}
-        tasks = self.writer.take_queued(sum(free.values()))
-        sends = []
-        for task in tasks:
+        free, solitary = self.quarantine.plan({i: self.slots - n for i, n in load.items()}, load)
+        sends: Dict[int, List[Task]] = {}
+        if solitary is not None:
+            url_id, index = solitary
+            task = self.writer.take_url(url_id)
+            if task is None:  # no longer queued (finished meanwhile)
+                self.quarantine.finished(url_id)
+            else:
+                self.quarantine.started(url_id, index)
+                self.assigned[index][task.url_id] = task
+                sends[index] = [task]
+        free = {i: n for i, n in free.items() if n > 0}
+        if not free:
+            return sends
+        for task in self.writer.take_queued(sum(free.values()), exclude=self.quarantine.queued):
             index = max(free, key=free.get)  # least loaded worker first
             free[index] -= 1
             self.assigned[index][task.url_id] = task
-            sends.append((index, task))
+            sends.setdefault(index, []).append(task)
         return sends
 
     def _on_result(self, result: Result) -> None:
         task = self.assigned.get(result.worker, {}).pop(result.url_id, None)
         self.progress.pop(result.url_id, None)
+        self.quarantine.finished(result.url_id)
         recorded = self.writer.finish(
             result.url_id, result.state, attempts=result.attempts, link=result.link,
             reason=result.reason, sha256=result.sha256, reused=result.reused, host=self.host,
@@ -233,9 +248,11 @@ class Dispatcher:
             log.error("worker %d died (exit code %s) with %d URLs in flight",
                       event.worker, event.exitcode, len(orphans))
             self.metrics.worker_died()
+        handed_back = []
         for task in orphans.values():
             self.progress.pop(task.url_id, None)
             if self.stopping is None and task.attempt >= self.max_attempts:
+                self.quarantine.finished(task.url_id)
                 reason = (f"worker died while uploading (exit code {event.exitcode}) "
                           f"on attempt {task.attempt} of {self.max_attempts}")
                 self.writer.finish(task.url_id, jobs.FAILED, attempts=task.attempt,
@@ -245,7 +262,9 @@ class Dispatcher:
                             attempts=task.attempt)
             else:
                 self.writer.requeue(task.url_id)
+                handed_back.append(task.url_id)
         if self.stopping is None:
+            self.quarantine.crashed(handed_back, crowd=len(orphans) > 1)
             self._schedule_respawn(event.worker, handle)
 
     def _schedule_respawn(self, index: int, handle) -> None:

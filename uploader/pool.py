@@ -1,6 +1,6 @@
 """The worker pool: a ``multiprocess`` manager, one inbox per worker, one shared result queue.
 
-    dispatcher --send(i, task)--> inbox[i] --> worker process i (N slot threads)
+    dispatcher --send(i, tasks)--> inbox[i] --> worker process i (N slot threads)
                                                    |
     dispatcher <--on_event-- reader thread <-- results queue (shared)
                                    ^
@@ -24,7 +24,7 @@ from typing import Callable, Dict
 import multiprocess
 from multiprocess.managers import SyncManager
 
-from . import worker
+from . import jobs, worker
 from .credentials import Credentials
 from .dedup import DedupIndex
 from .errors import PoolBroken
@@ -129,9 +129,10 @@ class WorkerPool:
         return Shared(gate=gate, credentials=credentials, dedup=dedup)
 
     # -- use -------------------------------------------------------------------
-    def send(self, index: int, task) -> None:
+    def send(self, index: int, tasks) -> None:
+        """Send worker ``index`` a batch of tasks, in one message."""
         try:
-            self.workers[index].inbox.put(task)
+            self.workers[index].inbox.put(jobs.pack(tasks))
         except (OSError, EOFError) as exc:  # the manager's connection broke
             raise PoolBroken(f"cannot send to worker {index}: {type(exc).__name__}: {exc}") from exc
 
@@ -194,7 +195,8 @@ class WorkerPool:
                 return
             if item is None:
                 return
-            self.on_event(item)
+            for event in jobs.unpack(item):
+                self.on_event(event)
 
     def _watch_worker(self, handle: WorkerHandle) -> None:
         handle.process.join()

@@ -113,14 +113,29 @@ class StoreWriter:
             (jobs.QUEUED, jobs.IN_FLIGHT))
         return cursor.rowcount, failed
 
-    def take_queued(self, limit: int) -> List[Task]:
-        """Mark up to ``limit`` queued URLs in flight, oldest first, and return them as tasks."""
+    def take_queued(self, limit: int, exclude: Iterable[int] = ()) -> List[Task]:
+        """Mark up to ``limit`` queued URLs in flight, oldest first, and return them as tasks.
+
+        ``exclude``: a few URL ids to leave queued (suspects waiting for a solitary run)."""
+        exclude = list(exclude)
         if limit <= 0:
             return []
         rows = self.conn.execute(
-            "SELECT id, job_id, url, attempts FROM urls WHERE state = ? ORDER BY id LIMIT ?",
-            (jobs.QUEUED, limit),
+            "SELECT id, job_id, url, attempts FROM urls WHERE state = ?"
+            f" AND id NOT IN ({','.join('?' * len(exclude))}) ORDER BY id LIMIT ?",
+            (jobs.QUEUED, *exclude, limit),
         ).fetchall()
+        return self._dispatch(rows)
+
+    def take_url(self, url_id: int) -> Optional[Task]:
+        """Mark one queued URL in flight and return it as a task (None if it is not queued)."""
+        rows = self.conn.execute(
+            "SELECT id, job_id, url, attempts FROM urls WHERE id = ? AND state = ?",
+            (url_id, jobs.QUEUED)).fetchall()
+        tasks = self._dispatch(rows)
+        return tasks[0] if tasks else None
+
+    def _dispatch(self, rows) -> List[Task]:
         tasks = [Task(url_id=r[0], job_id=r[1], url=r[2], attempt=r[3] + 1) for r in rows]
         self.conn.executemany(
             "UPDATE urls SET state = ?, attempts = ? WHERE id = ?",

@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import posixpath
+import queue
 import random
 import re
 import signal
@@ -35,21 +36,77 @@ WAIT_WORTH_NOTING = 1.0  # waits longer than this are shown in the job body
 
 
 def run(index, generation, inbox, results, config, shared):
-    """Process entry point (a top-level function, so it can be spawned)."""
+    """Process entry point (a top-level function, so it can be spawned).
+
+    Threads: one reads task batches from the inbox, N slots handle tasks, one sends
+    what the slots report back in batches (whatever piled up since the last send)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the front end decides when we stop
     setup_logging(config.logging.level, config.logging.format)
     exit_with_parent(os.getppid())
-    worker = Worker(index, generation, config, results, shared)
-    slots = [
-        threading.Thread(target=worker.serve, args=(inbox,), name=f"slot-{n}")
-        for n in range(config.workers.uploads_per_process)
-    ]
-    for slot in slots:
-        slot.start()
-    results.put(jobs.Ready(index, generation))
-    log.info("worker %d ready with %d slots (host: %s)", index, len(slots), worker.host.name)
-    for slot in slots:
-        slot.join()
+    slots = config.workers.uploads_per_process
+    tasks: "queue.Queue" = queue.Queue()
+    outbox = Outbox(results)
+    worker = Worker(index, generation, config, outbox, shared)
+    threads = [threading.Thread(target=worker.serve, args=(tasks,), name=f"slot-{n}")
+               for n in range(slots)]
+    for thread in threads:
+        thread.start()
+    sender = threading.Thread(target=outbox.run, name="sender")
+    sender.start()
+    threading.Thread(target=_read_inbox, args=(inbox, tasks, slots), name="inbox",
+                     daemon=True).start()
+    outbox.put(jobs.Ready(index, generation))
+    log.info("worker %d ready with %d slots (host: %s)", index, slots, worker.host.name)
+    for thread in threads:
+        thread.join()
+    outbox.close()
+    sender.join()
+
+
+def _read_inbox(inbox, tasks, slots) -> None:
+    """Unpack task batches for the slots; ``None`` (a stop) ends every slot."""
+    while True:
+        try:
+            message = inbox.get()
+        except (OSError, EOFError):  # the manager is gone: so is the front end
+            message = None
+        if message is None:
+            for _ in range(slots):
+                tasks.put(None)
+            return
+        for task in jobs.unpack(message):
+            tasks.put(task)
+
+
+class Outbox:
+    """Collects the slots' reports and sends them as batches through the shared queue."""
+
+    _CLOSE = object()
+
+    def __init__(self, results):
+        self.results = results
+        self._pending: "queue.Queue" = queue.Queue()
+
+    def put(self, record) -> None:
+        self._pending.put(record)
+
+    def close(self) -> None:
+        self._pending.put(self._CLOSE)
+
+    def run(self) -> None:
+        while True:
+            batch = [self._pending.get()]
+            while True:
+                try:
+                    batch.append(self._pending.get_nowait())
+                except queue.Empty:
+                    break
+            closing = batch[-1] is self._CLOSE
+            records = [r for r in batch if r is not self._CLOSE]
+            if records:
+                self.results.put(jobs.pack(records))
+            if closing:
+                return
 
 
 def build_host(config):
@@ -90,10 +147,11 @@ class Worker:
         self.dedup = shared.dedup
         self.fetcher = build_fetcher(config)
         self.host = build_host(config)
+        self._token = None  # (token, version, rejected) as last read from the pool's Credentials
 
-    def serve(self, inbox) -> None:
+    def serve(self, tasks) -> None:
         while True:
-            task = inbox.get()
+            task = tasks.get()
             if task is None:
                 return
             self.results.put(self.handle(task))
@@ -162,7 +220,7 @@ class Worker:
                         if refreshed:
                             raise
                         refreshed = True
-                        self.credentials.refresh(version, str(exc))  # once for the whole pool
+                        self._token = self.credentials.refresh(version, str(exc))  # once for the pool
                         continue
                     if (not isinstance(exc, RetryableHostError)
                             or report.attempts >= self.config.imgur.max_attempts):
@@ -183,10 +241,16 @@ class Worker:
             report.upload_seconds = time.monotonic() - started
 
     def _use_current_token(self):
-        """Point the host at the pool's current token; fail at once if Imgur refused it for good."""
+        """Point the host at the pool's current token; fail at once if Imgur refused it for good.
+
+        The token is read from the manager once and again only after Imgur refuses it, so a
+        refresh done by another worker costs this one a single refused request, not a round
+        trip per upload."""
         if self.credentials is None:
             return None
-        token, version, rejected = self.credentials.current()
+        if self._token is None:
+            self._token = self.credentials.current()
+        token, version, rejected = self._token
         if rejected:
             raise AuthRejectedError(rejected)
         if token:
