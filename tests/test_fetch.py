@@ -7,17 +7,21 @@ makes, so a refusal test can prove that no connection happened at all.
 
 import concurrent.futures
 import contextlib
+import http.client
 import ipaddress
+import os
 import socket
 import ssl
+import statistics
 import threading
 import time
 import urllib.parse
 
 import pytest
 
+from uploader import fetch as fetch_module
 from uploader.errors import FetchError
-from uploader.fakes.image_source import ImageSource, make_image
+from uploader.fakes.image_source import ImageSource, make_image, sized_jpeg_parts
 from uploader.fetch import Fetched, Fetcher, format_size
 
 # A self-signed certificate for image.test and 127.0.0.1, valid 2000-2999 (test use only).
@@ -528,6 +532,141 @@ def test_trickling_headers_are_cut_at_the_deadline():
         with pytest.raises(FetchError, match=r"^timed out after 0.5 s$"):
             fetcher(allow_private_networks=True, timeout_seconds=0.5).fetch(f"http://127.0.0.1:{port}/")
         assert time.monotonic() - started < 2
+
+
+def test_many_concurrent_deadlines_are_each_kept(source):
+    """One watchdog serves every download: each trickle is cut at its own deadline.
+
+    Deadlines are registered out of order, so a later-registered, earlier deadline must
+    wake the watchdog before the one it was sleeping towards.
+    """
+    timeouts = [round(0.3 + 0.035 * ((7 * i) % 20), 3) for i in range(20)]  # 0.3 .. 0.965 s, shuffled
+    start = threading.Barrier(len(timeouts))
+
+    def slow_fetch(timeout):
+        f = fetcher(allowed_hosts=LOCAL, timeout_seconds=timeout)
+        start.wait()
+        started = time.monotonic()
+        try:
+            f.fetch(source.url_for("/slow/0.05"))  # about 3.5 s if left alone
+        except FetchError as exc:
+            return str(exc), time.monotonic() - started
+        return "finished", time.monotonic() - started
+
+    with concurrent.futures.ThreadPoolExecutor(len(timeouts)) as pool:
+        outcomes = list(pool.map(slow_fetch, timeouts))
+    for timeout, (message, elapsed) in zip(timeouts, outcomes):
+        assert message == f"timed out after {timeout:g} s"
+        assert abs(elapsed - timeout) < 0.2, (timeout, elapsed)
+
+
+def test_a_fetch_starts_no_thread(source, monkeypatch):
+    f = fetcher(allowed_hosts=LOCAL)
+    f.fetch(source.url_for("/img/first.png"))  # the process's one watchdog may start here
+    started = []
+    real_start = threading.Thread.start
+
+    def recording_start(thread):
+        if threading.current_thread() is threading.main_thread():  # the server starts its own
+            started.append(thread.name)
+        return real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", recording_start)
+    for n in range(20):
+        f.fetch(source.url_for(f"/img/t{n}.png"))
+    assert started == []
+
+
+def test_finished_downloads_do_not_pile_up_in_the_watchdog(source):
+    f = fetcher(allowed_hosts=LOCAL, timeout_seconds=60)
+    for n in range(300):
+        f.fetch(source.url_for(f"/img/pile{n}.png"))
+    watchdog = fetch_module._WATCHDOG
+    assert len(watchdog._heap) <= 2 * watchdog.COMPACT_MIN + 2
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # 3.12+
+def test_a_forked_child_gets_a_working_watchdog(source):
+    fetcher(allowed_hosts=LOCAL).fetch(source.url_for("/img/parent.png"))  # the parent's runs
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if the trickle is cut at its deadline
+        code = 1
+        try:
+            started = time.monotonic()
+            fetcher(allowed_hosts=LOCAL, timeout_seconds=0.3).fetch(source.url_for("/slow/0.05"))
+        except FetchError as exc:
+            code = 0 if str(exc) == "timed out after 0.3 s" and time.monotonic() - started < 1 else 2
+        except BaseException:
+            code = 3
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 10
+    while (waited := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if waited == (0, 0):
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's fetch hung")
+    assert os.waitstatus_to_exitcode(waited[1]) == 0
+
+
+def test_a_body_in_many_small_pieces_arrives_whole():
+    """Short reads are gathered before they are kept; order and bytes must survive that."""
+    body = b"".join(bytes(part) for part in sized_jpeg_parts(300_000, "pieces"))
+    pieces = [1, 7, 4095, 4096, 5000, 1, 2, 70000, 3, 100]
+
+    def handle(conn, stop):
+        conn.recv(65536)
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        at, i = 0, 0
+        while at < len(body):
+            size = pieces[i % len(pieces)]
+            conn.sendall(body[at:at + size])
+            at, i = at + size, i + 1
+            if i % 7 == 0:
+                time.sleep(0.001)  # let the client catch up, so some of its reads are short
+
+    with raw_server(handle) as port:
+        result = fetcher(allow_private_networks=True).fetch(f"http://127.0.0.1:{port}/a.jpg")
+    assert result.data == body and result.mime == "image/jpeg"
+
+
+# --- the image source itself ------------------------------------------------------------------
+
+def test_sized_images_differ_per_query_and_keep_their_size(source):
+    f = fetcher(allowed_hosts=LOCAL)
+    one, two, again = (f.fetch(source.url_for(f"/sized/20000.jpg?{q}")) for q in ("n=1", "n=2", "n=1"))
+    assert len(one.data) == len(two.data) == 20000 and one.mime == two.mime == "image/jpeg"
+    assert one.data != two.data
+    assert one.data == again.data
+    assert f.fetch(source.url_for("/sized/20000.jpg")).data not in (one.data, two.data)
+
+
+def test_sized_images_can_be_paced(source):
+    started = time.monotonic()
+    result = fetcher(allowed_hosts=LOCAL).fetch(source.url_for("/sized/300000.jpg?pace=0.05"))
+    assert len(result.data) == 300000 and result.mime == "image/jpeg"
+    assert time.monotonic() - started >= 0.2  # five 64 KiB parts, 50 ms after each
+
+
+def test_the_source_answers_keep_alive_requests_without_a_nagle_stall(source):
+    conn = http.client.HTTPConnection("127.0.0.1", source.port, timeout=5)
+    took = []
+    try:
+        for n in range(10):
+            started = time.perf_counter()
+            conn.request("GET", f"/sized/20480.jpg?k={n}")
+            assert len(conn.getresponse().read()) == 20480
+            took.append(time.perf_counter() - started)
+    finally:
+        conn.close()
+    assert statistics.median(took) < 0.02  # about 44 ms each with Nagle on
+
+
+def test_the_source_has_a_generous_listen_backlog(source):
+    assert source._server.request_queue_size >= 128
 
 
 # --- https: certificate checked against the name, connection to the checked address -----------

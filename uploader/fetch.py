@@ -6,9 +6,10 @@ in between) -> send the original Host header, and for https verify the certifica
 against the original name (SNI) -> follow a redirect by starting over.
 
 The body streams under a byte cap and one deadline for the whole download: a
-watchdog timer shuts the socket when the deadline passes, so a server trickling a
-byte at a time is cut off even though no single read times out. The bytes are then
-judged by their magic number, never by Content-Type or extension.
+watchdog shuts the socket when the deadline passes, so a server trickling a byte at
+a time is cut off even though no single read times out. One watchdog thread per
+process serves every download (a heap of deadlines), so a fetch starts no thread.
+The bytes are then judged by their magic number, never by Content-Type or extension.
 
 Plain ``http.client`` on a socket we opened ourselves keeps the pinning obvious: no
 library between us and the wire resolves names or follows redirects on our behalf.
@@ -16,9 +17,12 @@ library between us and the wire resolves names or follows redirects on our behal
 
 import dataclasses
 import functools
+import heapq
 import http.client
 import ipaddress
+import itertools
 import logging
+import os
 import socket
 import ssl
 import threading
@@ -34,6 +38,7 @@ log = logging.getLogger(__name__)
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 PROGRESS_STEP = 64 * 1024
 _CHUNK = 64 * 1024
+_SMALL_READ = 4096  # reads shorter than this are gathered before they are kept
 _SAFE_URL_CHARS = "!#$%&'()*+,/:;=?@[]~"
 # What a misbehaving server or network can make http.client, ssl and sockets raise.
 _WIRE_ERRORS = (OSError, http.client.HTTPException, ValueError)
@@ -77,7 +82,7 @@ class _Target:
 
 
 class _Guard:
-    """One download's deadline: shuts the current socket down when time is up."""
+    """One download's deadline: the watchdog shuts the current socket down when time is up."""
 
     def __init__(self, timeout):
         self.timeout = timeout
@@ -85,9 +90,8 @@ class _Guard:
         self.expired = False
         self._sock = None
         self._lock = threading.Lock()
-        self._timer = threading.Timer(timeout, self._expire)
-        self._timer.daemon = True
-        self._timer.start()
+        self._watchdog = _WATCHDOG
+        self._entry = self._watchdog.watch(self)
 
     def remaining(self):
         """Seconds left for one blocking step (never more than the per-step timeout)."""
@@ -105,14 +109,100 @@ class _Guard:
             if self.expired:
                 _shutdown(sock)
 
-    def _expire(self):
+    def expire(self):
+        """Called by the watchdog at the deadline (from its thread)."""
         with self._lock:
             self.expired = True
             if self._sock is not None:
                 _shutdown(self._sock)
 
     def close(self):
-        self._timer.cancel()
+        self._watchdog.unwatch(self._entry)
+
+
+class _Watchdog:
+    """Expires the guards of every download in this process from one thread.
+
+    A guard is an entry ``[deadline, sequence, guard]`` in a heap: registering pushes
+    it (O(log n)); unregistering blanks its guard (O(1) amortised). Blanked entries
+    leave the heap when they reach the top, or all at once when they are most of it,
+    so the heap holds at most about twice the downloads in flight. The thread sleeps
+    until the earliest deadline and is woken only by a guard that becomes the new
+    earliest one, so with one timeout for every fetch a download costs no thread start
+    and no context switch. The thread starts with the first guard; a forked child gets
+    a fresh watchdog.
+    """
+
+    COMPACT_MIN = 64  # blanked entries tolerated before compaction is considered
+
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self._heap = []
+        self._blanked = 0
+        self._sequence = itertools.count()  # ties on deadline never compare guards
+        self._thread = None
+
+    def watch(self, guard):
+        with self._cond:
+            if self._thread is None:
+                thread = threading.Thread(target=self._run, name="fetch-watchdog", daemon=True)
+                thread.start()  # it waits for the lock we hold
+                self._thread = thread
+            entry = [guard.deadline, next(self._sequence), guard]
+            heapq.heappush(self._heap, entry)
+            if self._heap[0] is entry:  # the thread may be sleeping towards a later deadline
+                self._cond.notify()
+        return entry
+
+    def unwatch(self, entry):
+        with self._cond:
+            if entry[2] is None:  # already expired: the thread took it off the heap
+                return
+            entry[2] = None
+            self._blanked += 1
+            if self._blanked > self.COMPACT_MIN and 2 * self._blanked > len(self._heap):
+                self._heap = [e for e in self._heap if e[2] is not None]
+                heapq.heapify(self._heap)
+                self._blanked = 0
+
+    def _due(self):
+        """Pop blanked entries at the top and every entry past its deadline; return their guards."""
+        due, now, heap = [], time.monotonic(), self._heap
+        while heap:
+            deadline, _, guard = top = heap[0]
+            if guard is not None and deadline > now:
+                break
+            heapq.heappop(heap)
+            if guard is None:
+                self._blanked -= 1
+            else:
+                top[2] = None
+                due.append(guard)
+        return due
+
+    def _run(self):
+        while True:
+            with self._cond:
+                due = self._due()
+                while not due:
+                    self._cond.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                    due = self._due()
+            for guard in due:  # outside the lock: a shutdown may take a moment
+                try:
+                    guard.expire()
+                except Exception:  # never let one socket end the watch over all the others
+                    log.exception("fetch watchdog: expiring a download failed")
+
+
+_WATCHDOG = _Watchdog()
+
+
+def _new_watchdog_after_fork():
+    global _WATCHDOG
+    _WATCHDOG = _Watchdog()  # the parent's thread, and perhaps its lock, did not come along
+
+
+os.register_at_fork(after_in_child=_new_watchdog_after_fork)
 
 
 def _shutdown(sock):
@@ -272,41 +362,58 @@ class Fetcher:
         return urllib.parse.urljoin(target.url, location)
 
     def _read_body(self, response, sock, guard, on_progress):
-        """Stream the body under the byte cap and the deadline; fail early on a non-image."""
+        """Stream the body under the byte cap and the deadline; fail early on a non-image.
+
+        Reads of a useful size are kept as they came and joined once at the end (a
+        growing ``bytearray`` would cost a copy and fresh pages more per image); tiny
+        reads are gathered first, so a server dribbling bytes cannot make us hold an
+        object per byte.
+        """
         total = response.length
         if total is not None and total > self.max_bytes:
             raise FetchError(f"too large: over {format_size(self.max_bytes)}")
-        data = bytearray()
-        reported = 0
+        chunks, dribble = [], bytearray()
+        size = reported = 0
         sniffed = False
         try:
             while True:
                 sock.settimeout(guard.remaining())
-                chunk = response.read1(min(_CHUNK, self.max_bytes + 1 - len(data)))
+                chunk = response.read1(min(_CHUNK, self.max_bytes + 1 - size))
                 if guard.expired:
                     raise guard.error()
                 if not chunk:
                     break
-                data += chunk
-                if len(data) > self.max_bytes:
+                size += len(chunk)
+                if size > self.max_bytes:
                     raise FetchError(f"too large: over {format_size(self.max_bytes)}")
-                if not sniffed and len(data) >= imagetype.SNIFF_BYTES:
-                    self._judge(data, None)
+                if len(chunk) >= _SMALL_READ:
+                    if dribble:
+                        chunks.append(bytes(dribble))
+                        dribble.clear()
+                    chunks.append(chunk)
+                else:
+                    dribble += chunk
+                    if len(dribble) >= _CHUNK:
+                        chunks.append(bytes(dribble))
+                        dribble.clear()
+                if not sniffed and size >= imagetype.SNIFF_BYTES:
+                    self._judge(chunk if len(chunk) == size else b"".join(chunks) + dribble, None)
                     sniffed = True
-                if on_progress is not None and len(data) - reported >= PROGRESS_STEP:
-                    reported = len(data)
+                if on_progress is not None and size - reported >= PROGRESS_STEP:
+                    reported = size
                     on_progress(reported, total)
         except http.client.IncompleteRead:
             if guard.expired:
                 raise guard.error() from None
-            raise FetchError(f"truncated: the chunked body ended after {len(data)} bytes") from None
+            raise FetchError(f"truncated: the chunked body ended after {size} bytes") from None
         except _WIRE_ERRORS as exc:
             raise _translate(exc, guard, None) from None
-        if total is not None and len(data) < total:
-            raise FetchError(f"truncated: got {len(data)} of {total} bytes")
-        if on_progress is not None and reported != len(data):
-            on_progress(len(data), total)
-        return bytes(data)
+        if total is not None and size < total:
+            raise FetchError(f"truncated: got {size} of {total} bytes")
+        if on_progress is not None and reported != size:
+            on_progress(size, total)
+        chunks.append(dribble)
+        return b"".join(chunks)
 
     def _judge(self, data, final_url):
         """Check the bytes are an accepted image; with a URL, return the ``Fetched``."""
