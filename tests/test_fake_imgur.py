@@ -122,6 +122,28 @@ def test_parallel_uploads_are_all_recorded(fake, host):
     assert upload(host).rate.user_remaining == 500 - 41 * 10
 
 
+def test_a_fake_keeping_no_images_still_answers_links():
+    with FakeImgur(keep_images=False) as fake:
+        host = ImgurHost(api_url=fake.url, access_token="test-token", timeout_seconds=5)
+        links = [upload(host, data, name, mime).link
+                 for data, name, mime in ((GIF, "a.gif", "image/gif"), (PNG, "b.png", "image/png"))]
+        assert re.fullmatch(r"https://i\.imgur\.example/[A-Za-z0-9]{7}\.gif", links[0])
+        assert links[1].endswith(".png") and links[0] != links[1]
+        assert fake.stored == {}
+        with pytest.raises(KeyError):
+            fake.image_bytes(links[0])
+        image_id = links[0].rsplit("/", 1)[1]
+        assert requests.get(f"{fake.url}/{image_id}", timeout=5).status_code == 404
+        assert [(r.status, r.sha256, r.size) for r in fake.uploads] == [
+            (200, hashlib.sha256(data).hexdigest(), len(data)) for data in (GIF, PNG)]
+        with pytest.raises(PermanentHostError):  # the checks still apply
+            upload(host, WEBP)
+
+
+def test_the_fake_has_a_generous_listen_backlog(fake):
+    assert fake._server.request_queue_size >= 128
+
+
 # -- authentication and tokens ------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, message", [

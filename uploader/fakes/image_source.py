@@ -5,7 +5,8 @@ stdlib ``ThreadingHTTPServer`` in a background thread and records every request 
 answers, so an SSRF test can prove that a refused URL never reached it.
 
 Routes: ``/img/<name>.<ext>`` (png jpg gif tiff bmp webp; bytes differ per name),
-``/sized/<n>.jpg`` (a valid JPEG of exactly n bytes, streamed), ``/html``,
+``/sized/<n>.jpg[?...]`` (a valid JPEG of exactly n bytes, streamed; the bytes differ
+per path and query, and ``pace=<seconds>`` waits between 64 KiB parts), ``/html``,
 ``/lying.jpg`` (HTML labelled image/jpeg), ``/status/<code>``, ``/redirect/<n>``,
 ``/redirect-to?url=<u>[&status=30x]``, ``/loop``, ``/slow/<seconds-per-byte>``,
 ``/huge`` (announces 10 GB), ``/huge-chunked`` (endless chunked body),
@@ -168,6 +169,7 @@ class _Server(http.server.ThreadingHTTPServer):
 
 class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms stall
     source = None  # set on a per-server subclass
 
     def do_GET(self):
@@ -270,7 +272,8 @@ class ImageSource:
         if match := re.fullmatch(r"/sized/(\d+)\.jpg", path):
             size = int(match.group(1))
             pace = float(query.get("pace", ["0"])[0])  # seconds between 64 KiB parts
-            return self._stream(h, sized_jpeg_parts(size, path), "image/jpeg", length=size,
+            # Tagged with the query too: distinct URLs, distinct bytes (no accidental dedup).
+            return self._stream(h, sized_jpeg_parts(size, h.path), "image/jpeg", length=size,
                                 pace=pace)
         if path in ("/html", "/lying.jpg"):
             content_type = "text/html; charset=utf-8" if path == "/html" else "image/jpeg"

@@ -4,7 +4,8 @@ It runs a stdlib ``ThreadingHTTPServer`` in a background thread, in-process in a
 (``with FakeImgur() as imgur: ... imgur.url``) or standalone (``bin/fake-imgur``).
 It can be told at run time to be slow (``latency``), to fail (``fail_next``,
 ``fail_always``), to run out of rate-limit budget (``set_budgets``) and to expire
-tokens (``expire_token``); it records every upload request it answered.
+tokens (``expire_token``); it records every upload request it answered. With
+``keep_images=False`` it answers uploads as usual but keeps no bytes (benchmarks).
 
     POST /3/image, /3/upload (.json)  -> auth, budgets, sniff bytes, store, answer JSON
     POST /oauth2/token                -> new access token (answer not wrapped in data)
@@ -140,8 +141,11 @@ class FakeImgur:
     def __init__(self, *, host="127.0.0.1", port=0, access_tokens=("test-token",),
                  client_ids=("test-client",), refresh_tokens=("test-refresh",),
                  client_secret="test-secret", public_base="https://i.imgur.example",
-                 max_bytes=10 * 1024 * 1024):
+                 max_bytes=10 * 1024 * 1024, keep_images=True):
         self.host, self.port = host, port
+        # False: uploads are checked and answered with a link, but their bytes are dropped
+        # (``stored`` stays empty, links 404): a benchmark pushing GBs must not hold them.
+        self.keep_images = keep_images
         self.client_ids = set(client_ids)
         self.refresh_tokens = set(refresh_tokens)
         self.client_secret = client_secret
@@ -259,7 +263,8 @@ class FakeImgur:
         return [record for record in self.requests_seen if record.status == 200]
 
     def image_bytes(self, link):
-        """The bytes stored under a link this fake handed out (KeyError if unknown)."""
+        """The bytes stored under a link this fake handed out (KeyError if unknown, or if
+        the fake keeps no images)."""
         image_id = urllib.parse.urlsplit(link).path.rsplit("/", 1)[-1].split(".", 1)[0]
         with self._lock:
             return self.stored[image_id]
@@ -329,7 +334,8 @@ class FakeImgur:
             exhausted = self._budget_error_locked(path)  # again: a parallel upload may have won
             if exhausted is not None:
                 return exhausted, None
-            self.stored[image_id], self._mimes[image_id] = image, mime
+            if self.keep_images:
+                self.stored[image_id], self._mimes[image_id] = image, mime
             for name in ("user", "client"):
                 self._budgets[name].remaining = max(0, self._budgets[name].remaining - UPLOAD_COST)
             self._budgets["post"].remaining = max(0, self._budgets["post"].remaining - 1)
@@ -404,6 +410,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # idle keep-alive connections must not hold up stop()
     allow_reuse_address = True
+    request_queue_size = 128  # benchmarks open many connections at once (the default is 5)
 
 
 class _Handler(BaseHTTPRequestHandler):
