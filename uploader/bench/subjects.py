@@ -1,0 +1,195 @@
+"""What is measured: the real service in its own process group, and the naive baseline."""
+import contextlib
+import datetime
+import logging
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import requests
+import yaml
+
+from . import REPO, TOKEN
+from .fakes import child_env, kill_group
+from .measure import Usage, measure_usage
+
+STARTED = re.compile(r"Starting Server on (http://\S+)")
+DENIED = "denied.bench.invalid"  # refused by configuration: a URL that costs no network
+POLL_SECONDS = 0.1
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """One pass of a workload through the service or the baseline."""
+
+    who: str
+    urls: int
+    seconds: float
+    failed: int
+    usage: Usage = field(default_factory=Usage)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.urls / self.seconds if self.seconds > 0 else 0.0
+
+
+class ServiceUnderTest:
+    """``python -m uploader.cli`` with a temporary config, in its own process group."""
+
+    def __init__(self, directory: Path, imgur_url: str, *, processes: int, slots: int,
+                 storage: Optional[Path] = None, server: Optional[dict] = None):
+        self.directory = directory
+        self.slots = processes * slots
+        config = {
+            "server": {"host": "127.0.0.1", "port": 0, "max_urls_per_job": 1000,
+                       **(server or {})},
+            "workers": {"processes": processes, "uploads_per_process": slots,
+                        "shutdown_grace_seconds": 5},
+            "image_host": "imgur",
+            "imgur": {"api_url": imgur_url, "access_token": TOKEN, "timeout_seconds": 60,
+                      "rate_limit": {"uploads_per_second": 0, "burst": 1}},
+            "fetch": {"allow_private_networks": True, "timeout_seconds": 60,
+                      "denied_hosts": [DENIED]},
+            "storage": {"path": str(storage or directory / "store.sqlite3")},
+            "local": {"directory": str(directory / "images")},
+            "logging": {"level": "INFO"},
+        }
+        self.config_path = directory / "service.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = directory / "service.log"
+        self.proc = self.url = None
+        self.http = requests.Session()
+
+    def start(self, timeout: float = 60) -> "ServiceUnderTest":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "uploader.cli", "--config", str(self.config_path)],
+            cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=self._log,
+            start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while self.url is None and time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.5)
+            if ready:
+                line = self.proc.stdout.readline().decode(errors="replace")
+                if not line and self.proc.poll() is not None:
+                    break
+                if match := STARTED.search(line):
+                    self.url = match.group(1)
+        if self.url is None:
+            self.stop()
+            raise RuntimeError(f"service did not start; see {self.log_path}:\n"
+                               + self.log_path.read_text(errors="replace")[-3000:])
+        return self
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(20)
+        kill_group(self.proc)
+        self._log.close()
+        self.http.close()
+
+    def post(self, urls) -> str:
+        answer = self.http.post(f"{self.url}/v1/images/upload", json={"urls": urls}, timeout=120)
+        if answer.status_code != 202:
+            raise RuntimeError(f"POST answered {answer.status_code}: {answer.text[:300]}")
+        return answer.json()["jobId"]
+
+    def cpu_by_role(self, usage: Usage) -> dict:
+        """CPU seconds of a run split into front end, worker processes and the rest
+        (the multiprocess manager, which hosts the queues, and the resource tracker)."""
+        workers = set(self.http.get(f"{self.url}/healthz", timeout=30).json()["workers"]["pids"])
+        roles = {"front end": 0.0, "workers": 0.0, "manager and helpers": 0.0}
+        for pid, seconds in usage.service_by_pid.items():
+            role = ("front end" if pid == self.pid else
+                    "workers" if pid in workers else "manager and helpers")
+            roles[role] += seconds
+        return roles
+
+    def job(self, job_id) -> dict:
+        answer = self.http.get(f"{self.url}/v1/images/upload/{job_id}", timeout=60)
+        answer.raise_for_status()
+        return answer.json()
+
+    def run(self, urls, per_job: int, fakes, timeout: float = 900) -> Run:
+        """Submit ``urls`` in jobs of ``per_job``; time from the first POST to the last
+        ``finished`` stamp (the service's own, so polling granularity does not count)."""
+        with measure_usage(self.pid, fakes) as usage:
+            started = time.time()
+            ids = [self.post(urls[i:i + per_job]) for i in range(0, len(urls), per_job)]
+            finished, failed = [], 0
+            deadline = time.monotonic() + timeout
+            for job_id in reversed(ids):  # jobs are served in order: the last ends last
+                while (job := self.job(job_id))["status"] != "complete":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"job {job_id} not complete after {timeout:.0f} s")
+                    time.sleep(POLL_SECONDS)
+                finished.append(_epoch(job["finished"]))
+                failed += len(job["uploaded"]["failed"])
+                if job["uploaded"]["failed"] and not hasattr(self, "shown_failure"):
+                    self.shown_failure = next(u for u in job["urls"] if u["state"] == "failed")
+                    log.warning("service failure: %s", self.shown_failure)
+        return Run("service", len(urls), max(finished) - started, failed, usage)
+
+
+def _epoch(stamp: str) -> float:
+    moment = datetime.datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+# --- the naive baseline ----------------------------------------------------------------------
+
+class Baseline:
+    """One process, ``threads`` threads, each: requests GET, then multipart POST to Imgur."""
+
+    def __init__(self, imgur_url: str, threads: int):
+        self.upload_url = imgur_url + "/3/image"
+        self.headers = {"Authorization": f"Bearer {TOKEN}"}
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="baseline")
+        self.local = threading.local()
+        self.first_error = None
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    def _one(self, url) -> bool:
+        session = getattr(self.local, "session", None)
+        if session is None:
+            session = self.local.session = requests.Session()
+        try:
+            got = session.get(url, timeout=60)
+            if got.status_code != 200:
+                raise RuntimeError(f"GET answered {got.status_code}")
+            files = {"image": ("image.jpg", got.content, got.headers.get("Content-Type"))}
+            sent = session.post(self.upload_url, headers=self.headers, files=files, timeout=60)
+            if sent.status_code != 200 or not sent.json()["data"]["link"]:
+                raise RuntimeError(f"upload answered {sent.status_code}: {sent.text[:200]}")
+            return True
+        except Exception as exc:  # counted as a failure, like the service's
+            self.first_error = self.first_error or f"{url}: {type(exc).__name__}: {exc}"
+            return False
+
+    def run(self, urls, fakes) -> Run:
+        with measure_usage(None, fakes) as usage:
+            started = time.perf_counter()
+            ok = sum(self.pool.map(self._one, urls))
+            seconds = time.perf_counter() - started
+        return Run("baseline", len(urls), seconds, len(urls) - ok, usage)
