@@ -22,6 +22,15 @@ def wait_until(predicate, timeout=20.0, interval=0.05):
     raise AssertionError("condition not met in time")
 
 
+def finish_after_restart(config, job_id) -> dict:
+    """Start the service again on the same store and wait for the job to complete."""
+    service = ServiceProcess(config).start()
+    try:
+        return service.wait_job(job_id, timeout=60)
+    finally:
+        service.stop()
+
+
 def slow_urls(image_source, prefix, count):
     image_source.latency = 0.15  # every fetch takes a while, so work is in flight when we strike
     return [image_source.url_for(f"/img/{prefix}-{n}.png") for n in range(count)]
@@ -74,11 +83,7 @@ def test_kill_whole_service_then_restart_loses_nothing(tmp_path, image_source, f
         first.kill()  # SIGKILL to the process group: front end, manager and workers
     wait_until(lambda: first.children() == [], timeout=5)
 
-    second = ServiceProcess(config).start()
-    try:
-        job = second.wait_job(job_id, timeout=60)
-    finally:
-        second.stop()
+    job = finish_after_restart(config, job_id)
     assert job["uploaded"]["failed"] == [] and job["uploaded"]["pending"] == []
     assert len(job["uploaded"]["complete"]) == len(urls)
     in_flight_capacity = 2 * 4
@@ -123,11 +128,7 @@ def test_sigterm_mid_job_exits_zero_without_orphans_and_restart_completes(tmp_pa
         assert refused["status"] == 503 and "Retry-After" in refused["headers"]
         assert "shutting down" in refused["body"]["error"]
 
-    second = ServiceProcess(config).start()
-    try:
-        job = second.wait_job(job_id, timeout=60)
-    finally:
-        second.stop()
+    job = finish_after_restart(config, job_id)
     assert len(job["uploaded"]["complete"]) == len(urls)
 
 
@@ -161,9 +162,5 @@ def test_manager_death_exits_non_zero_and_a_restart_resumes(tmp_path, image_sour
     finally:
         first.cleanup()
 
-    second = ServiceProcess(config).start()
-    try:
-        job = second.wait_job(job_id, timeout=60)
-    finally:
-        second.stop()
+    job = finish_after_restart(config, job_id)
     assert len(job["uploaded"]["complete"]) == len(urls)

@@ -377,7 +377,7 @@ class ApiSampler:
 
 def fill_links(path: Path, n: int) -> float:
     """Insert ``n`` links straight into a new store file; returns the seconds it took."""
-    from .store import open_store
+    from ..store import open_store
 
     started = time.perf_counter()
     writer = open_store(str(path))

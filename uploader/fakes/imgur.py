@@ -412,6 +412,10 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128  # benchmarks open many connections at once (the default is 5)
 
+    def handle_error(self, request, client_address):
+        # A client killed mid-request (crash drills do it) is normal here, not a traceback.
+        log.debug("fake imgur: error answering %s", client_address, exc_info=True)
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like the real API
