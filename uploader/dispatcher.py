@@ -6,10 +6,11 @@
                                                       +--> pool.send(worker, task)
 
 It is an actor: everything reaches it as an event on one in-process queue, and it alone
-decides what is in flight where. Each turn drains every waiting event, applies them and
-refills free worker slots in ONE transaction, commits, and only then answers the
-submitters and sends the new tasks, so nothing is visible or in flight before it is
-durable. A worker's death hands its in-flight URLs back (or fails those that used every
+decides what is in flight where. Each turn drains the waiting events; new jobs are
+committed first, in a small transaction of their own (a POST waits for it), and their
+submitters answered; then every other event is applied and free worker slots refilled
+in ONE transaction, committed, and only then are the new tasks sent. Nothing is visible
+or in flight before it is durable. A worker's death hands its in-flight URLs back (or fails those that used every
 attempt) and, when it had several, runs each of them alone next (``quarantine``); a stop
 drains in-flight work within a grace period and hands back the rest.
 """
@@ -30,7 +31,7 @@ from .quarantine import Quarantine
 
 log = logging.getLogger(__name__)
 
-BATCH_LIMIT = 500  # events applied in one transaction
+BATCH_LIMIT = 200  # events applied in one transaction (bounds how long a POST may wait)
 
 
 @dataclass
@@ -137,49 +138,36 @@ class Dispatcher:
         return batch
 
     def _turn(self, batch: List[object]) -> None:
-        submitted: List[_Submit] = []
+        submits = [event for event in batch if isinstance(event, _Submit)]
+        if submits:  # commit new jobs first, in a small transaction: a POST waits for it
+            self._create_jobs(submits)
+            batch = [event for event in batch if not isinstance(event, _Submit)]
         sends: Dict[int, List[Task]] = {}
         lost: Optional[str] = None
-        try:
-            with self.writer.transaction():
-                for event in batch:
-                    if isinstance(event, _Submit):
-                        try:
-                            self.writer.create_job(event.job_id, event.urls, jobs.now())
-                        except Exception as exc:  # one bad job must not stop the service
-                            log.exception("could not store job %s", event.job_id)
-                            event.future.set_exception(exc)
-                            continue
-                        submitted.append(event)
-                    elif isinstance(event, Result):
-                        self._on_result(event)
-                    elif isinstance(event, Attempt):
-                        self._on_attempt(event)
-                    elif isinstance(event, Waiting):
-                        self.writer.set_waiting(event.url_id, event.until, event.reason)
-                        if event.until is not None:
-                            self.metrics.waiting()
-                    elif isinstance(event, Progress):
-                        self.progress[event.url_id] = (event.received, event.total)
-                    elif isinstance(event, Ready):
-                        self.ready[event.worker] = event.generation
-                    elif isinstance(event, WorkerExited):
-                        self._on_worker_exited(event)
-                    elif isinstance(event, _Respawn):
-                        self._respawn(event.worker)
-                    elif isinstance(event, _Stop):
-                        self._on_stop(event)
-                    elif isinstance(event, ManagerLost):
-                        lost = event.reason
-                if lost is None and self.stopping is None:
-                    sends = self._fill_slots()
-        except Exception as exc:
-            for event in submitted:
-                event.future.set_exception(exc)
-            raise
-        for event in submitted:  # committed: now the job exists for everyone
-            self.metrics.job_submitted(len(event.urls))
-            event.future.set_result(None)
+        with self.writer.transaction():
+            for event in batch:
+                if isinstance(event, Result):
+                    self._on_result(event)
+                elif isinstance(event, Attempt):
+                    self._on_attempt(event)
+                elif isinstance(event, Waiting):
+                    self.writer.set_waiting(event.url_id, event.until, event.reason)
+                    if event.until is not None:
+                        self.metrics.waiting()
+                elif isinstance(event, Progress):
+                    self.progress[event.url_id] = (event.received, event.total)
+                elif isinstance(event, Ready):
+                    self.ready[event.worker] = event.generation
+                elif isinstance(event, WorkerExited):
+                    self._on_worker_exited(event)
+                elif isinstance(event, _Respawn):
+                    self._respawn(event.worker)
+                elif isinstance(event, _Stop):
+                    self._on_stop(event)
+                elif isinstance(event, ManagerLost):
+                    lost = event.reason
+            if lost is None and self.stopping is None:
+                sends = self._fill_slots()
         if lost is not None:
             self._finish(fatal=f"multiprocessing manager lost ({lost})")
             return
@@ -187,6 +175,27 @@ class Dispatcher:
             self.pool.send(index, tasks)
         if self.stopping is not None and (self.in_flight() == 0 or time.monotonic() >= self.stopping):
             self._finish()
+
+    def _create_jobs(self, submits: List[_Submit]) -> None:
+        """Store new jobs and answer their submitters once committed."""
+        created = []
+        try:
+            with self.writer.transaction():
+                for event in submits:
+                    try:
+                        self.writer.create_job(event.job_id, event.urls, jobs.now())
+                    except Exception as exc:  # one bad job must not stop the service
+                        log.exception("could not store job %s", event.job_id)
+                        event.future.set_exception(exc)
+                        continue
+                    created.append(event)
+        except Exception as exc:  # the commit itself failed (disk full, ...)
+            for event in created:
+                event.future.set_exception(exc)
+            raise
+        for event in created:  # committed: now the job exists for everyone
+            self.metrics.job_submitted(len(event.urls))
+            event.future.set_result(None)
 
     def _fill_slots(self) -> Dict[int, List[Task]]:
         """Mark queued URLs in flight for every free slot; returns each worker's batch to send."""

@@ -41,6 +41,8 @@ def run(index, generation, inbox, results, config, shared):
     Threads: one reads task batches from the inbox, N slots handle tasks, one sends
     what the slots report back in batches (whatever piled up since the last send)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the front end decides when we stop
+    if config.workers.nice:
+        os.nice(config.workers.nice)  # bulk work yields to the API when CPU is short
     setup_logging(config.logging.level, config.logging.format)
     exit_with_parent(os.getppid())
     slots = config.workers.uploads_per_process
