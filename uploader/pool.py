@@ -25,11 +25,10 @@ import multiprocess
 from multiprocess.managers import SyncManager
 
 from . import jobs, worker
+from .coordinator import Coordinator
 from .credentials import Credentials
-from .dedup import DedupIndex
 from .errors import PoolBroken
 from .jobs import WorkerExited
-from .ratelimit import UploadGate
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +37,16 @@ class PoolManager(SyncManager):
     """The manager process: queues and the objects every worker shares live here."""
 
 
-PoolManager.register("UploadGate", UploadGate)
+PoolManager.register("Coordinator", Coordinator)
 PoolManager.register("Credentials", Credentials)
-PoolManager.register("DedupIndex", DedupIndex)
 
 
 @dataclass(frozen=True)
 class Shared:
-    """Proxies to the manager's shared objects, handed to every worker (None: not in use)."""
+    """Proxies to the manager's shared objects, handed to every worker."""
 
-    gate: object = None
-    credentials: object = None
-    dedup: object = None
+    coordinator: object  # the upload gate and the dedup index, behind two calls per upload
+    credentials: object = None  # the Imgur credential (None for the local host)
 
 
 @dataclass(frozen=True)
@@ -115,18 +112,17 @@ class WorkerPool:
         config, imgur = self.config, self.config.imgur
         gate = credentials = dedup = None
         if config.resolved_image_host == "imgur":
-            reserve = {"user": imgur.reserve.user, "client": imgur.reserve.client,
-                       "post": imgur.reserve.post}
-            gate = self.manager.UploadGate(imgur.rate_limit.uploads_per_second,
-                                           imgur.rate_limit.burst, reserve)
+            gate = {"rate": imgur.rate_limit.uploads_per_second, "burst": imgur.rate_limit.burst,
+                    "reserve": {"user": imgur.reserve.user, "client": imgur.reserve.client,
+                                "post": imgur.reserve.post}}
             credentials = self.manager.Credentials(
                 api_url=imgur.api_url, access_token=imgur.access_token, client_id=imgur.client_id,
                 client_secret=imgur.client_secret, refresh_token=imgur.refresh_token,
                 timeout_seconds=imgur.timeout_seconds)
         if imgur.dedup:
-            dedup = self.manager.DedupIndex(os.path.abspath(config.storage.path),
-                                            config.resolved_image_host)
-        return Shared(gate=gate, credentials=credentials, dedup=dedup)
+            dedup = {"store_path": os.path.abspath(config.storage.path),
+                     "host": config.resolved_image_host}
+        return Shared(coordinator=self.manager.Coordinator(gate, dedup), credentials=credentials)
 
     # -- use -------------------------------------------------------------------
     def send(self, index: int, tasks) -> None:
@@ -138,8 +134,7 @@ class WorkerPool:
 
     def release_claims(self, index: int, generation: int) -> None:
         """A worker ended: uploads it had claimed in the dedup index are free to take."""
-        if self.shared.dedup is not None:
-            self.shared.dedup.release_owner(index, generation)
+        self.shared.coordinator.release_owner(index, generation)
 
     def alive(self) -> int:
         return sum(1 for h in self.workers.values() if h.process.is_alive())

@@ -6,9 +6,10 @@ from the worker's own inbox queue, handle it, and put a ``Result`` on the shared
 queue. ``None`` in the inbox stops one slot. Only small records cross the process
 boundary; errors travel as their message.
 
-Per URL: fetch (safe, capped) -> SHA-256 -> dedup claim (reuse an existing link, or
-own the upload) -> wait at the pool's gate -> upload -> on a transient error, back off
-and try again up to ``imgur.max_attempts``; on a refused token, refresh once for the pool.
+Per URL: fetch (safe, capped) -> SHA-256 -> ``coordinator.begin`` (reuse an existing
+link, or own the upload and get the gate's answer) -> wait for the gate -> upload -> on
+a transient error, back off and try again up to ``imgur.max_attempts``; on a refused
+token, refresh once for the pool -> ``coordinator.end`` (budgets, publish the link).
 """
 import hashlib
 import logging
@@ -144,9 +145,9 @@ class Worker:
         self.generation = generation
         self.config = config
         self.results = results
-        self.gate = shared.gate
+        self.coordinator = shared.coordinator
         self.credentials = shared.credentials
-        self.dedup = shared.dedup
+        self.gated = config.resolved_image_host == "imgur"  # the local host has no limits
         self.fetcher = build_fetcher(config)
         self.host = build_host(config)
         self._token = None  # (token, version, rejected) as last read from the pool's Credentials
@@ -172,20 +173,17 @@ class Worker:
             fetched = self.fetcher.fetch(task.url, on_progress=report.progress)
             report.fetched(len(fetched.data))
             digest = report.sha256 = hashlib.sha256(fetched.data).hexdigest()
-            reused = self._claim(digest, task)
+            reused, grant = self._begin(digest)
             if reused:
                 return report.result(jobs.COMPLETE, link=reused, reused=True)
+            link = None
             try:
                 filename = upload_name(fetched.final_url, fetched.ext)
-                uploaded = self._upload(task, fetched.data, filename, fetched.mime, report)
-            except BaseException:
-                if self.dedup is not None:
-                    self.dedup.release(digest)
-                raise
-            if self.dedup is not None:
-                self.dedup.publish(digest, uploaded.link)
+                link = self._upload(task, fetched.data, filename, fetched.mime, report, grant).link
+            finally:  # one round trip: the last answer's budgets, and publish (or release) the bytes
+                self.coordinator.end(digest, link, report.rate, observe=report.grant_open)
             report.uploaded_bytes = len(fetched.data)
-            return report.result(jobs.COMPLETE, link=uploaded.link)
+            return report.result(jobs.COMPLETE, link=link)
         except (FetchError, HostError) as exc:
             return report.result(jobs.FAILED, reason=str(exc), failure_class=failure_class(exc))
         except Exception as exc:  # a bug must not kill the slot or lose the URL
@@ -193,54 +191,64 @@ class Worker:
             return report.result(jobs.FAILED, reason=f"internal error: {type(exc).__name__}: {exc}",
                                  failure_class="internal")
 
-    def _claim(self, digest: str, task):
-        """The link these bytes already have, or None once this slot owns their upload."""
-        if self.dedup is None:
-            return None
+    def _begin(self, digest: str):
+        """(link these bytes already have, None) or (None, the gate's first answer) once this
+        slot owns their upload; waits while another slot uploads the same bytes."""
         owner = (self.index, self.generation, threading.get_ident())
         while True:
-            decision, link = self.dedup.claim(digest, owner)
+            decision, link, grant = self.coordinator.begin(digest, owner)
             if decision == "reuse":
-                return link
+                return link, None
             if decision == "upload":
-                return None
-            time.sleep(DEDUP_POLL_SECONDS)  # the same bytes are being uploaded by another slot
+                return None, grant
+            time.sleep(DEDUP_POLL_SECONDS)
 
-    def _upload(self, task, data, filename, mime, report):
-        """Upload with retries of transient host errors; the report keeps attempts and budgets."""
+    def _upload(self, task, data, filename, mime, report, grant):
+        """Upload with retries of transient host errors; the report keeps attempts and budgets.
+
+        Every grant of the gate is answered by one observation: here for a try that is
+        retried, by ``coordinator.end`` for the last one (``report.grant_open``)."""
         refreshed = False
         started = time.monotonic()
         try:
             while True:
-                self._wait_at_gate(task)
+                self._wait_at_gate(task, grant, report)
+                grant = None
                 version = self._use_current_token()
                 try:
                     uploaded = self.host.upload(data, filename=filename, mime=mime)
                 except HostError as exc:
-                    report.rate = self._observe(getattr(exc, "rate", None)) or report.rate
-                    if isinstance(exc, AuthRejectedError) and self.credentials is not None:
-                        if refreshed:
-                            raise
+                    report.rate = _budgets(getattr(exc, "rate", None)) or report.rate
+                    if isinstance(exc, AuthRejectedError) and self.credentials is not None \
+                            and not refreshed:
                         refreshed = True
+                        self._close_grant(report)
                         self._token = self.credentials.refresh(version, str(exc))  # once for the pool
                         continue
                     if (not isinstance(exc, RetryableHostError)
                             or report.attempts >= self.config.imgur.max_attempts):
                         raise
+                    self._close_grant(report)
                     delay = self._backoff(report.attempts, exc.retry_after)
                     log.info("job %s: %s: %s; retrying in %.1f s", task.job_id, task.url, exc, delay)
-                    if exc.pool_wide and self.gate is not None:
-                        self.gate.pause(delay, f"Imgur asked us to slow down: {exc}")
-                    else:
+                    if exc.pool_wide:
+                        self.coordinator.pause(delay, f"Imgur asked us to slow down: {exc}")
+                    if not exc.pool_wide or not self.gated:
                         time.sleep(delay)
                     report.attempts += 1
                     self.results.put(jobs.Attempt(task.url_id, self.index, self.generation,
                                                   report.attempts))
                     continue
-                report.rate = self._observe(uploaded.rate) or report.rate
+                report.rate = _budgets(uploaded.rate) or report.rate
                 return uploaded
         finally:
             report.upload_seconds = time.monotonic() - started
+
+    def _close_grant(self, report) -> None:
+        """Tell the gate a try is over (it is being retried), with Imgur's latest budgets."""
+        if report.grant_open:
+            self.coordinator.observe(report.rate)
+            report.grant_open = False
 
     def _use_current_token(self):
         """Point the host at the pool's current token; fail at once if Imgur refused it for good.
@@ -259,15 +267,18 @@ class Worker:
             self.host.access_token = token
         return version
 
-    def _wait_at_gate(self, task) -> None:
-        """Wait for the pool's gate; a long wait is shown in the job body with its reason."""
-        if self.gate is None:
+    def _wait_at_gate(self, task, grant, report) -> None:
+        """Wait for the pool's gate (``grant``: its answer already in hand, if any); a long
+        wait is shown in the job body with its reason."""
+        if not self.gated:
             return
         noted = False
         while True:
-            granted, when, why = self.gate.reserve()
+            granted, when, why = grant or self.coordinator.reserve()
+            grant = None
             delay = when - time.monotonic()
             if granted:
+                report.grant_open = True
                 if noted:
                     self.results.put(jobs.Waiting(task.url_id, None))
                 if delay > 0:
@@ -278,13 +289,6 @@ class Worker:
                 noted = True
             time.sleep(min(max(delay, 0.0), GATE_POLL_SECONDS))
 
-    def _observe(self, rate):
-        """Tell the gate an upload ended; returns Imgur's budgets as a dict (or None)."""
-        budgets = None if rate is None else vars(rate)
-        if self.gate is not None:
-            self.gate.observe(budgets)
-        return budgets
-
     def _backoff(self, attempt: int, retry_after) -> float:
         """Exponential backoff with full jitter; the host's own Retry-After wins when given."""
         if retry_after is not None:
@@ -292,6 +296,11 @@ class Worker:
         b = self.config.imgur.backoff
         return random.uniform(0, min(b.max_seconds, b.base_seconds * 2 ** (attempt - 1)))
 
+
+
+def _budgets(rate):
+    """Imgur's budgets from a RateLimitSnapshot, as the plain dict the gate takes."""
+    return None if rate is None else vars(rate)
 
 
 class _Report:
@@ -308,6 +317,7 @@ class _Report:
         self.fetch_seconds = self.upload_seconds = None
         self.fetched_bytes = self.uploaded_bytes = 0
         self.rate = None
+        self.grant_open = False  # a gate grant whose try has not been reported back yet
         self._last_progress = self.started
 
     def progress(self, received: int, total) -> None:
