@@ -3,16 +3,17 @@
     POST handler --submit--> events --+
     result reader -----------------> events --> dispatcher thread --> store (one commit a batch)
     worker watchers (via results) --> events          |
-                                                      +--> pool.send(worker, task)
+                                                      +--> pool.send(worker, tasks)
 
 It is an actor: everything reaches it as an event on one in-process queue, and it alone
 decides what is in flight where. Each turn drains the waiting events; new jobs are
 committed first, in a small transaction of their own (a POST waits for it), and their
 submitters answered; then every other event is applied and free worker slots refilled
 in ONE transaction, committed, and only then are the new tasks sent. Nothing is visible
-or in flight before it is durable. A worker's death hands its in-flight URLs back (or fails those that used every
-attempt) and, when it had several, runs each of them alone next (``quarantine``); a stop
-drains in-flight work within a grace period and hands back the rest.
+or in flight before it is durable. A worker's death hands its in-flight URLs back (or
+fails those that used every attempt) and, when it had several, runs each of them alone
+next (``quarantine``); a stop drains in-flight work within a grace period and hands back
+the rest.
 """
 import logging
 import queue
