@@ -4,10 +4,13 @@ Workers do not export metrics themselves: every figure travels back inside the `
 (timings, sizes, failure class, Imgur's budgets), so one registry in the one process that
 serves ``/metrics`` sees the whole pool, with no multiprocess-mode files to manage.
 """
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the handler)
 
 from . import jobs
+from .ratelimit import UPLOAD_CREDITS, Budget
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -42,6 +45,7 @@ class Metrics:
         self.imgur_remaining = Gauge("uploader_imgur_remaining_credits",
                                      "Imgur's remaining credits as last reported.", ["budget"],
                                      registry=r)
+        self._budgets = {}  # budget name -> ratelimit.Budget, for imgur_remaining
         self.dedup_reuses = Counter("uploader_dedup_reuses",
                                     "URLs whose bytes were already uploaded (no credit spent).",
                                     registry=r)
@@ -64,9 +68,20 @@ class Metrics:
             self.upload_seconds.observe(result.upload_seconds)
         self.fetched_bytes.inc(result.fetched_bytes)
         self.uploaded_bytes.inc(result.uploaded_bytes)
-        for key, value in (result.rate or {}).items():
-            if key.endswith("_remaining") and value is not None:
-                self.imgur_remaining.labels(key[: -len("_remaining")]).set(value)
+        self._record_budgets(result.rate or {})
+
+    def _record_budgets(self, rate: dict) -> None:
+        """Answers come back out of order: keep what the gate keeps, the lowest figure
+        reported within a budget's period (a later reset starts a new period)."""
+        now = time.monotonic()
+        for name in UPLOAD_CREDITS:
+            remaining = rate.get(f"{name}_remaining")
+            if remaining is None:
+                continue
+            reset = rate.get(f"{name}_reset")
+            budget = self._budgets.setdefault(name, Budget(name, reserve=0))
+            budget.update(remaining, now + reset if reset is not None else None)
+            self.imgur_remaining.labels(name).set(budget.remaining)
 
     def worker_died(self) -> None:
         self.worker_restarts.inc()

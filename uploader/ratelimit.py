@@ -24,7 +24,7 @@ UNKNOWN_RESET_SECONDS = 60.0  # wait this long when a budget is spent but its re
 PROBE_POLL_SECONDS = 0.05
 
 
-class _Budget:
+class Budget:
     """What we believe is left of one of Imgur's budgets."""
 
     def __init__(self, name: str, reserve: int):
@@ -63,7 +63,7 @@ class UploadGate:
         self._paused_until = 0.0
         self._pause_why = ""
         reserve = reserve or {}
-        self._budgets = {name: _Budget(name, int(reserve.get(name, 0))) for name in UPLOAD_CREDITS}
+        self._budgets = {name: Budget(name, int(reserve.get(name, 0))) for name in UPLOAD_CREDITS}
         self._in_flight = 0
         self._observed = 0
         self._lock = threading.Lock()
