@@ -73,3 +73,18 @@ def test_a_stale_report_arriving_late_does_not_raise_the_estimate():
     gate.observe(report(user=(20, 30)))  # answers come back out of order
     gate.observe(report(user=(40, 30)))
     assert not gate.reserve()[0]  # 20 - 2 in flight * 10 - 10 < reserve
+
+
+def test_a_reservation_made_before_a_pause_is_withdrawn_when_its_moment_comes():
+    gate = UploadGate(rate=10, burst=1)
+    assert gate.reserve()[0]
+    gate.observe(None)  # the probe's answer: no budget headers
+    assert gate.reserve()[0]
+    granted, when, _ = gate.reserve()
+    assert granted and when > time.monotonic()  # a reservation for later
+    gate.pause(1.0, "Imgur asked us to slow down")
+    time.sleep(max(0.0, when - time.monotonic()))
+    ok, until, why = gate.confirm()
+    assert not ok and until - time.monotonic() > 0.5 and why == "Imgur asked us to slow down"
+    gate.observe(None)  # the answer to the grant that was used
+    assert gate._in_flight == 0  # the withdrawn grant no longer counts as in flight

@@ -40,6 +40,9 @@ class Coordinator:
     def reserve(self) -> Optional[tuple]:
         return self.gate.reserve() if self.gate is not None else None
 
+    def confirm(self) -> tuple:
+        return self.gate.confirm() if self.gate is not None else (True, 0.0, "")
+
     def observe(self, report: Optional[dict]) -> None:
         if self.gate is not None:
             self.gate.observe(report)

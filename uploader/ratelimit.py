@@ -97,6 +97,19 @@ class UploadGate:
             self._tokens -= 1.0
             return True, start + max(0.0, -self._tokens / self.rate), ""
 
+    def confirm(self) -> Tuple[bool, float, str]:
+        """For a grant whose moment lay ahead, asked at that moment: is the way still clear?
+
+        A grant for later is a reservation; if a pause began since (another worker's 429),
+        the grant is withdrawn here (no longer in flight) and the answer says until when to
+        wait, so no reservation made before a pause is used during it."""
+        with self._lock:
+            now = time.monotonic()
+            if self._paused_until > now:
+                self._in_flight = max(0, self._in_flight - 1)
+                return False, self._paused_until, self._pause_why
+            return True, now, ""
+
     def _probing(self) -> bool:
         """True while a budget Imgur reports is unknown (the next answer tells)."""
         return self._observed == 0 or any(

@@ -279,10 +279,15 @@ class Worker:
             delay = when - time.monotonic()
             if granted:
                 report.grant_open = True
+                if delay > 0:  # a reservation for later: still valid once its moment comes?
+                    time.sleep(delay)
+                    grant = self.coordinator.confirm()
+                    if not grant[0]:  # a pause began meanwhile; the gate withdrew the grant
+                        report.grant_open = False
+                        continue
+                    grant = None
                 if noted:
                     self.results.put(jobs.Waiting(task.url_id, None))
-                if delay > 0:
-                    time.sleep(delay)
                 return
             if delay > WAIT_WORTH_NOTING and not noted:
                 self.results.put(jobs.Waiting(task.url_id, time.time() + delay, why))
