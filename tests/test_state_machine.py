@@ -70,6 +70,7 @@ class JobLifecycle(RuleBasedStateMachine):
         self.dispatcher = self._new_dispatcher()
         self.jobs = 0
         self.final = {}        # url id -> final state once seen
+        self.states = {}       # url id -> state at the last check (one step per turn at most)
         self.status = {}       # job id -> last status seen
         self.finished = {}     # job id -> finished once set
 
@@ -128,7 +129,9 @@ class JobLifecycle(RuleBasedStateMachine):
     def states_are_consistent(self):
         conn = self.writer.conn
         for url_id, state, attempts in conn.execute("SELECT id, state, attempts FROM urls"):
-            assert state in jobs.TRANSITIONS
+            before = self.states.get(url_id, jobs.QUEUED)
+            assert state == before or jobs.can_move(before, state), f"{before} -> {state}"
+            self.states[url_id] = state
             assert 0 <= attempts <= MAX_ATTEMPTS
             if url_id in self.final:
                 assert state == self.final[url_id], "a final state changed"
@@ -156,5 +159,5 @@ class JobLifecycle(RuleBasedStateMachine):
         assert "https://i.test/late" not in links
 
 
-JobLifecycle.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
+JobLifecycle.TestCase.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
 TestJobLifecycle = JobLifecycle.TestCase
