@@ -128,10 +128,17 @@ class JobHandler(BaseHandler):
         except ValueError:
             raise ApiError(404, f"no job with id {job_id!r}") from None
         progress = dict(self.service.dispatcher.progress)
-        job = await self.in_reader(self.service.reader.job, job_id, progress)
-        if job is None:
+        reader = self.service.reader
+
+        def read_and_encode():  # a big job's JSON is built off the event loop too
+            job = reader.job(job_id, progress)
+            return None if job is None else json.dumps(job)
+
+        body = await self.in_reader(read_and_encode)
+        if body is None:
             raise ApiError(404, f"no job with id {job_id!r}")
-        self.write_json(200, job)
+        self.set_header("Content-Type", "application/json; charset=UTF-8")
+        self.finish(body)
 
 
 class ImagesHandler(BaseHandler):
