@@ -164,3 +164,28 @@ def test_manager_death_exits_non_zero_and_a_restart_resumes(tmp_path, image_sour
 
     job = finish_after_restart(config, job_id)
     assert len(job["uploaded"]["complete"]) == len(urls)
+
+
+def test_second_signal_stops_at_once_and_loses_nothing_committed(tmp_path, image_source):
+    config = write_config(tmp_path, workers={"processes": 2, "uploads_per_process": 4,
+                                             "shutdown_grace_seconds": 30})
+    urls = slow_urls(image_source, "twice", 60)
+    image_source.latency = 8.0  # in-flight fetches would hold a graceful stop for 8 s
+    first = ServiceProcess(config).start()
+    try:
+        job_id = first.post_job(urls)
+        wait_until(lambda: first.job(job_id)["status"] == "in-progress")
+        committed = first.job(job_id)["uploaded"]["complete"]
+        started = time.monotonic()
+        first.signal(signal.SIGTERM)
+        time.sleep(0.2)
+        first.signal(signal.SIGTERM)
+        assert first.wait(10) == 0
+        assert time.monotonic() - started < 5  # not the 30 s grace period
+        wait_until(lambda: first.children() == [], timeout=5)
+    finally:
+        first.cleanup()
+    image_source.latency = 0.0
+    job = finish_after_restart(config, job_id)
+    assert set(committed) <= set(job["uploaded"]["complete"])
+    assert len(job["uploaded"]["complete"]) == len(urls)
