@@ -1,4 +1,5 @@
 """Helpers for tests that run the real service (``python -m uploader.cli``) as a subprocess."""
+import ipaddress
 import json
 import os
 import re
@@ -13,6 +14,12 @@ import requests
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Fetching is allowed on loopback (the fakes live there) and denied everywhere else, so no
+# test can make the service connect beyond this machine, whatever URL it names.
+EVERYWHERE_BUT_LOOPBACK = [
+    str(network) for everything, loopback in [("0.0.0.0/0", "127.0.0.0/8"), ("::/0", "::1/128")]
+    for network in ipaddress.ip_network(everything).address_exclude(ipaddress.ip_network(loopback))]
 STARTED = re.compile(r"Starting Server on (http://\S+)")
 
 
@@ -24,7 +31,8 @@ def write_config(directory: Path, **sections) -> Path:
         "image_host": "local",
         "imgur": {"rate_limit": {"uploads_per_second": 0, "burst": 1},
                   "backoff": {"base_seconds": 0.05, "max_seconds": 0.2}},
-        "fetch": {"allow_private_networks": True, "timeout_seconds": 5},
+        "fetch": {"allow_private_networks": True, "timeout_seconds": 5,
+                  "denied_hosts": EVERYWHERE_BUT_LOOPBACK},
         "storage": {"path": str(directory / "store.sqlite3")},
         "local": {"directory": str(directory / "images")},
         "logging": {"level": "INFO"},

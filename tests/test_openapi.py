@@ -8,7 +8,6 @@ refused and other methods answered 405. Fuzzed URLs are never fetched: every add
 loopback is denied and loopback is a private network, refused too (the seed job's image
 source is reached as ``localhost``, the one allowed name).
 """
-import ipaddress
 import json
 import re
 from pathlib import Path
@@ -25,7 +24,7 @@ from uploader.fakes.image_source import ImageSource, make_image
 from uploader.hosts.local import NAME_PATTERN
 from uploader.submission import MAX_URL_LENGTH, url_problem
 
-from .support import ServiceProcess, write_config
+from .support import EVERYWHERE_BUT_LOOPBACK, ServiceProcess, write_config
 
 SPEC_PATH = Path(__file__).resolve().parent.parent / "uploader" / "openapi.json"
 SPEC = json.loads(SPEC_PATH.read_text(encoding="utf-8"))
@@ -33,9 +32,6 @@ HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "tra
 MAX_URLS = 20
 # Every address except loopback, so that no fuzzed URL can reach beyond this machine even
 # where the tests have a network (names are still looked up).
-EVERYWHERE_BUT_LOOPBACK = [
-    str(network) for everything, loopback in [("0.0.0.0/0", "127.0.0.0/8"), ("::/0", "::1/128")]
-    for network in ipaddress.ip_network(everything).address_exclude(ipaddress.ip_network(loopback))]
 REFUSED_URL = "http://192.0.2.1/a.png"  # a documentation address: refused without a lookup
 
 # Not ``positive_data_acceptance``: a schema-valid body may rightly be refused, with a
