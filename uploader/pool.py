@@ -150,13 +150,12 @@ class WorkerPool:
 
     # -- stop ------------------------------------------------------------------
     def ask_workers_to_stop(self) -> None:
-        """Each slot finishes its current URL, then its thread ends on ``None``."""
+        """``None`` stops a worker's slots once each has finished its current URL."""
         for handle in self.workers.values():
-            for _ in range(self.config.workers.uploads_per_process):
-                try:
-                    handle.inbox.put(None)
-                except Exception:  # the manager may be gone; terminate() still works
-                    break
+            try:
+                handle.inbox.put(None)
+            except Exception:  # the manager may be gone; terminate() still works
+                break
 
     def terminate(self, timeout: float = 2.0) -> None:
         """Stop every process now (workers first, then the manager)."""
