@@ -147,3 +147,24 @@ def test_unknown_things_answer_404_json(small_service, path):
     answer = requests.get(small_service.url + path, timeout=5)
     assert answer.status_code == 404
     assert answer.json()["error"]
+
+
+def test_a_source_that_is_busy_for_a_while_is_fetched_again(start_service, image_source):
+    service = start_service(fetch={"retries": 2})
+    recovers = image_source.url_for("/flaky/2/recovers.png")  # 503, 503, then the image
+    stays_busy = image_source.url_for("/flaky/9/busy.png")
+    job = service.wait_job(service.post_job([recovers, stays_busy]), timeout=30)
+    by_url = {u["url"]: u for u in job["urls"]}
+    assert by_url[recovers]["state"] == "complete"
+    assert by_url[stays_busy]["state"] == "failed"
+    assert by_url[stays_busy]["reason"] == "HTTP 503 from source"
+    paths = [r.path for r in image_source.requests]
+    assert paths.count("/flaky/2/recovers.png") == 3 and paths.count("/flaky/9/busy.png") == 3
+
+
+def test_a_missing_source_is_not_fetched_again(start_service, image_source):
+    service = start_service(fetch={"retries": 2})
+    missing = image_source.url_for("/status/404")
+    job = service.wait_job(service.post_job([missing]))
+    assert job["urls"][0]["reason"] == "HTTP 404 from source"
+    assert [r.path for r in image_source.requests].count("/status/404") == 1

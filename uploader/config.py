@@ -149,6 +149,7 @@ class FetchConfig:
     timeout_seconds: float = _opt(15.0, POSITIVE)
     max_bytes: int = _opt(20971520, POSITIVE_INT)
     max_redirects: int = _opt(5, NON_NEGATIVE_INT)
+    retries: int = _opt(2, NON_NEGATIVE_INT)
     allow_private_networks: bool = _opt(False)
     allowed_hosts: tuple[str, ...] = _opt((), HOST_PATTERN, normalize=str.lower)
     denied_hosts: tuple[str, ...] = _opt((), HOST_PATTERN, normalize=str.lower)

@@ -76,3 +76,14 @@ def failure_class(exc: BaseException) -> str:
     if isinstance(exc, HostError):
         return "host_unavailable"
     return "internal"
+
+
+_TRANSIENT_SOURCE_STATUS = ("HTTP 429 ", "HTTP 500 ", "HTTP 502 ", "HTTP 503 ", "HTTP 504 ")
+
+
+def source_may_recover(exc: FetchError) -> bool:
+    """True for a source failure worth another try: the server was busy, unreachable, or cut
+    the body short. Refusals, limits, timeouts and wrong content are final."""
+    text = str(exc)
+    return text.startswith(_TRANSIENT_SOURCE_STATUS) or failure_class(exc) in (
+        "source_unreachable", "source_broken")

@@ -24,7 +24,8 @@ import time
 from urllib.parse import urlsplit
 
 from . import jobs
-from .errors import AuthRejectedError, FetchError, HostError, RetryableHostError, failure_class
+from .errors import (AuthRejectedError, FetchError, HostError, RetryableHostError, failure_class,
+                     source_may_recover)
 from .fetch import Fetcher
 from .hosts.local import LocalHost
 from .logs import setup_logging
@@ -170,7 +171,7 @@ class Worker:
             os._exit(70)
         report = _Report(task, self)
         try:
-            fetched = self.fetcher.fetch(task.url, on_progress=report.progress)
+            fetched = self._fetch(task, report)
             report.fetched(len(fetched.data))
             digest = report.sha256 = hashlib.sha256(fetched.data).hexdigest()
             reused, grant = self._begin(digest)
@@ -190,6 +191,19 @@ class Worker:
             log.exception("job %s: %s failed unexpectedly", task.job_id, task.url)
             return report.result(jobs.FAILED, reason=f"internal error: {type(exc).__name__}: {exc}",
                                  failure_class="internal")
+
+    def _fetch(self, task, report):
+        """Fetch, trying again (``fetch.retries`` times, 1 s then 2 s apart) while the source
+        fails in a way that may pass: busy, unreachable, or a body cut short."""
+        for retry in range(self.config.fetch.retries + 1):
+            try:
+                return self.fetcher.fetch(task.url, on_progress=report.progress)
+            except FetchError as exc:
+                if retry == self.config.fetch.retries or not source_may_recover(exc):
+                    raise
+                log.info("job %s: %s: %s; fetching again in %d s", task.job_id, task.url, exc,
+                         2 ** retry)
+                time.sleep(2 ** retry)
 
     def _begin(self, digest: str):
         """(link these bytes already have, None) or (None, the gate's first answer) once this

@@ -265,6 +265,13 @@ class ImageSource:
         if route:
             status, body, content_type, headers = route
             return self._send(h, status, body, content_type, headers)
+        if match := re.fullmatch(r"/flaky/(\d+)/([^/]+)\.png", path):
+            failures, name = int(match.group(1)), match.group(2)
+            with self._lock:  # the first ``failures`` requests of this path answer 503
+                seen = sum(1 for r in self._log if r.path == h.path)
+            if seen <= failures:
+                return self._send(h, 503, b"busy, try later\n", "text/plain")
+            return self._send(h, 200, make_image("png", name), "image/png")
         if match := re.fullmatch(r"/img/([^/]+)\.([a-z]+)", path):
             name, ext = match.groups()
             if ext in CONTENT_TYPES:
