@@ -143,15 +143,22 @@ class Bench:
     def record(self, scenario, **raw) -> None:
         self.raw[scenario] = _plain(raw)
 
-    # -- scenarios --
-    def latency(self) -> None:
-        name, count, jobs = "latency", self.scaled(3000), 6
-        fakes = self.fakes(imgur_latency=0.05, source_latency=0.01)
+    def contenders(self, name, description, **fake_latencies):
+        """The fakes, the service and the baseline for a side-by-side scenario, warmed up."""
+        fakes = self.fakes(**fake_latencies)
         service = self.service(name, fakes)
         baseline = Baseline(fakes["imgur"].url, service.slots)
         self.stack.callback(baseline.close)
-        print(f"{name}: {count} URLs of 20 KB, Imgur +50 ms, source +10 ms, {service.slots} slots")
+        print(description.replace("{slots}", str(service.slots)))
         self.warm_up(service, baseline, 20480, fakes)
+        return fakes, service, baseline
+
+    # -- scenarios --
+    def latency(self) -> None:
+        name, count, jobs = "latency", self.scaled(3000), 6
+        fakes, service, baseline = self.contenders(
+            name, f"{name}: {count} URLs of 20 KB, Imgur +50 ms, source +10 ms, {{slots}} slots",
+            imgur_latency=0.05, source_latency=0.01)
         ours, theirs = self.side_by_side(
             service, baseline, lambda tag: sized_urls(fakes["source"].url, 20480, count, tag),
             math.ceil(count / jobs), fakes)
@@ -169,12 +176,8 @@ class Bench:
 
     def cpu(self) -> None:
         name, count, jobs = "cpu", self.scaled(2000), 4
-        fakes = self.fakes()
-        service = self.service(name, fakes)
-        baseline = Baseline(fakes["imgur"].url, service.slots)
-        self.stack.callback(baseline.close)
-        print(f"{name}: {count} URLs of 20 KB, no injected latency, {service.slots} slots")
-        self.warm_up(service, baseline, 20480, fakes)
+        fakes, service, baseline = self.contenders(
+            name, f"{name}: {count} URLs of 20 KB, no injected latency, {{slots}} slots")
         ours, theirs = self.side_by_side(
             service, baseline, lambda tag: sized_urls(fakes["source"].url, 20480, count, tag),
             math.ceil(count / jobs), fakes)
@@ -197,12 +200,8 @@ class Bench:
 
     def large(self) -> None:
         name, count, nbytes = "large", self.scaled(200), 5 * MiB
-        fakes = self.fakes()
-        service = self.service(name, fakes)
-        baseline = Baseline(fakes["imgur"].url, service.slots)
-        self.stack.callback(baseline.close)
-        print(f"{name}: {count} URLs of 5 MiB, {service.slots} slots")
-        self.warm_up(service, baseline, 20480, fakes)
+        fakes, service, baseline = self.contenders(
+            name, f"{name}: {count} URLs of 5 MiB, {{slots}} slots")
         time.sleep(1)
         idle = sum(rss_bytes(pid) for pid in group_pids(service.pid))
         ours, theirs = self.side_by_side(
@@ -226,12 +225,9 @@ class Bench:
 
     def frontend(self) -> None:
         name, count, jobs = "frontend", self.scaled(3000), 6
-        fakes = self.fakes(imgur_latency=0.05, source_latency=0.01)
-        service = self.service(name, fakes)
-        baseline = Baseline(fakes["imgur"].url, service.slots)
-        self.stack.callback(baseline.close)
-        print(f"{name}: API latency idle, then while the latency workload runs")
-        self.warm_up(service, baseline, 20480, fakes)
+        fakes, service, baseline = self.contenders(
+            name, f"{name}: API latency idle, then while the latency workload runs",
+            imgur_latency=0.05, source_latency=0.01)
         sampler = ApiSampler(service.url)
         self.stack.callback(sampler.close)
         runs = []
