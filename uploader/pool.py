@@ -136,9 +136,6 @@ class WorkerPool:
         """A worker ended: uploads it had claimed in the dedup index are free to take."""
         self.shared.coordinator.release_owner(index, generation)
 
-    def alive(self) -> int:
-        return sum(1 for h in self.workers.values() if h.process.is_alive())
-
     def pids(self):
         return [h.process.pid for h in self.workers.values()]
 
