@@ -88,8 +88,7 @@ class Dispatcher:
         if handed_back:
             log.info("handed back %d URLs left in flight by the previous run", handed_back)
         for url_id, job_id, url, attempts, reason in failed:
-            log_outcome(job_id, url, jobs.FAILED, reason=reason, attempts=attempts)
-            self.metrics.urls_finished.labels("failed", "service_died").inc()
+            self._died_with(job_id, url, reason, attempts, "service_died")
         self.assigned = {index: {} for index in self.pool.workers}
 
     def post(self, event) -> None:
@@ -267,15 +266,18 @@ class Dispatcher:
                           f"on attempt {task.attempt} of {self.max_attempts}")
                 self.writer.finish(task.url_id, jobs.FAILED, attempts=task.attempt,
                                    reason=reason, when=jobs.now())
-                self.metrics.urls_finished.labels("failed", "worker_died").inc()
-                log_outcome(task.job_id, task.url, jobs.FAILED, reason=reason,
-                            attempts=task.attempt)
+                self._died_with(task.job_id, task.url, reason, task.attempt, "worker_died")
             else:
                 self.writer.requeue(task.url_id)
                 handed_back.append(task.url_id)
         if self.stopping is None:
             self.quarantine.crashed(handed_back, crowd=len(orphans) > 1)
             self._schedule_respawn(event.worker, handle)
+
+    def _died_with(self, job_id, url, reason, attempts, failure_class) -> None:
+        """Count and log a URL failed by the dispatcher itself (no worker reported it)."""
+        self.metrics.failed(failure_class)
+        log_outcome(job_id, url, jobs.FAILED, reason=reason, attempts=attempts)
 
     def _schedule_respawn(self, index: int, handle) -> None:
         """Respawn at once, unless this worker keeps dying young (then back off, up to 30 s)."""

@@ -83,6 +83,10 @@ class Metrics:
             budget.update(remaining, now + reset if reset is not None else None)
             self.imgur_remaining.labels(name).set(budget.remaining)
 
+    def failed(self, failure_class: str) -> None:
+        """A URL the front end failed itself (its worker or the service died under it)."""
+        self.urls_finished.labels("failed", failure_class).inc()
+
     def worker_died(self) -> None:
         self.worker_restarts.inc()
 
