@@ -2,7 +2,6 @@
 
 Each test runs the real service (front end, manager, worker processes) against the fake Imgur.
 """
-import time
 
 from .test_crash import wait_until
 

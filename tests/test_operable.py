@@ -2,7 +2,6 @@
 import json
 import os
 import signal
-import time
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
