@@ -1,8 +1,8 @@
 """Shared fixtures: the local image source, the fake Imgur, and the real service in a subprocess."""
 import pytest
 
-from uploader.fakes.image_source import ImageSource
-from uploader.fakes.imgur import FakeImgur
+from tests.fakes.image_source import ImageSource
+from tests.fakes.imgur import FakeImgur
 
 from .support import ServiceProcess, write_config
 

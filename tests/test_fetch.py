@@ -21,7 +21,7 @@ import pytest
 
 from uploader import fetch as fetch_module
 from uploader.errors import FetchError
-from uploader.fakes.image_source import ImageSource, make_image, sized_jpeg_parts
+from tests.fakes.image_source import ImageSource, make_image, sized_jpeg_parts
 from uploader.fetch import Fetched, Fetcher, format_size
 
 # A self-signed certificate for image.test and 127.0.0.1, valid 2000-2999 (test use only).

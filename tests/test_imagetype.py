@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from uploader import imagetype
-from uploader.fakes.image_source import make_image
+from tests.fakes.image_source import make_image
 
 
 def _ftyp(major, *compatible):

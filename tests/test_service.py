@@ -4,7 +4,7 @@ import sqlite3
 import pytest
 import requests
 
-from uploader.fakes.image_source import make_image
+from tests.fakes.image_source import make_image
 
 
 def count_jobs(service) -> int:

@@ -19,8 +19,8 @@ def serve_fake(kind: str, latency: float) -> None:
     The fake Imgur keeps no image bytes (the large scenario uploads GBs) and has budgets
     too large to matter.
     """
-    from uploader.fakes.image_source import ImageSource
-    from uploader.fakes.imgur import FakeImgur
+    from tests.fakes.image_source import ImageSource
+    from tests.fakes.imgur import FakeImgur
 
     logging.basicConfig(level=logging.WARNING)
     if kind == "imgur":
@@ -44,7 +44,7 @@ class FakeProcess:
         self.url = None
 
     def start(self) -> "FakeProcess":
-        code = ("import sys; from uploader.bench.fakes import serve_fake; "
+        code = ("import sys; from tests.bench.fakes import serve_fake; "
                 "serve_fake(sys.argv[1], float(sys.argv[2]))")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code, self.kind, str(self.latency)], cwd=REPO, env=child_env(),

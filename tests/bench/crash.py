@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from uploader.fakes.image_source import ImageSource, make_image
-from uploader.fakes.imgur import FakeImgur
+from tests.fakes.image_source import ImageSource, make_image
+from tests.fakes.imgur import FakeImgur
 
 from . import TOKEN
 from .fakes import kill_group

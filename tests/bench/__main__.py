@@ -1,4 +1,4 @@
-"""``python -m uploader.bench`` (``bin/bench``): run the scenarios, print one table."""
+"""``python -m tests.bench`` (``bin/bench``): run the scenarios, print one table."""
 import argparse
 import contextlib
 import json
@@ -15,7 +15,7 @@ from typing import List
 from . import __doc__ as package_doc
 from .scenarios import SCENARIOS, Bench, Figure
 
-log = logging.getLogger("uploader.bench")
+log = logging.getLogger("tests.bench")
 
 
 def print_table(figures: List[Figure], notes: List[str]) -> None:
