@@ -1,10 +1,19 @@
-"""Shared fixtures: the local image source, the fake Imgur, and the real service in a subprocess."""
+"""Shared fixtures: the local image source, the fake Imgur, PostgreSQL, and the real service.
+
+Every test that runs the service does so on both storage backends: ``backend`` is a
+fixture parameter (``sqlite``, ``postgresql``), and ``storage`` is the matching
+``storage`` section: a SQLite file in the test's directory, or a fresh database on the
+session's throwaway PostgreSQL server (short leases, so drills do not wait long).
+"""
 import pytest
 
 from tests.fakes.image_source import ImageSource
 from tests.fakes.imgur import FakeImgur
 
+from .postgres_server import PostgresServer
 from .support import ServiceProcess, write_config
+
+BACKENDS = ("sqlite", "postgresql")
 
 
 @pytest.fixture
@@ -22,14 +31,44 @@ def fake_imgur():
         yield imgur
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """One throwaway PostgreSQL server for the session; if it cannot start, tests fail."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
 @pytest.fixture
-def start_service(tmp_path):
+def storage(backend, request, tmp_path):
+    """The ``storage`` section of this test's backend."""
+    section = {"path": str(tmp_path / "store.sqlite3")}
+    if backend == "postgresql":
+        server = request.getfixturevalue("postgres")
+        section.update(url=server.create_database(), lease_seconds=3, poll_seconds=0.5)
+    return section
+
+
+@pytest.fixture
+def make_config(tmp_path, storage):
+    """``make_config(**sections)``: a config file for this test's backend."""
+    def make(**sections):
+        sections["storage"] = {**storage, **sections.get("storage", {})}
+        return write_config(tmp_path, **sections)
+    return make
+
+
+@pytest.fixture
+def start_service(make_config):
     """``start_service(**config_sections)`` runs the service; every one started is stopped after."""
     started = []
 
     def start(config_path=None, **sections):
-        path = config_path or write_config(tmp_path, **sections)
-        service = ServiceProcess(path).start()
+        service = ServiceProcess(config_path or make_config(**sections)).start()
         started.append(service)
         return service
 

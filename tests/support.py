@@ -1,9 +1,11 @@
 """Helpers for tests that run the real service (``python -m uploader.cli``) as a subprocess."""
+import contextlib
 import ipaddress
 import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -146,6 +148,16 @@ class ServiceProcess:
             if time.monotonic() > deadline:
                 raise AssertionError(f"job not complete after {timeout} s: {json.dumps(job)[:2000]}")
             time.sleep(0.05)
+
+    def query(self, sql: str, params=()) -> list:
+        """Rows of a query on this service's store, whichever backend it is (``?`` marks)."""
+        storage = yaml.safe_load(Path(self.config_path).read_text())["storage"]
+        if storage.get("url"):
+            import psycopg
+            with psycopg.connect(storage["url"]) as conn:
+                return conn.execute(sql.replace("?", "%s"), params).fetchall()
+        with contextlib.closing(sqlite3.connect(storage["path"])) as conn:
+            return conn.execute(sql, params).fetchall()
 
     def links(self) -> list:
         answer = requests.get(f"{self.url}/v1/images", timeout=30)

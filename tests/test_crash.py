@@ -5,7 +5,7 @@ import time
 
 import requests
 
-from .support import ServiceProcess, write_config
+from .support import ServiceProcess
 
 
 def worker_pids(service):
@@ -70,8 +70,8 @@ def test_poison_url_fails_after_max_attempts_and_the_rest_complete(start_service
     wait_until(lambda: requests.get(f"{service.url}/healthz", timeout=5).status_code == 200)
 
 
-def test_kill_whole_service_then_restart_loses_nothing(tmp_path, image_source, fake_imgur):
-    config = write_config(tmp_path, image_host="imgur", imgur={
+def test_kill_whole_service_then_restart_loses_nothing(make_config, image_source, fake_imgur):
+    config = make_config(image_host="imgur", imgur={
         "api_url": fake_imgur.url, "access_token": "test-token",
         "rate_limit": {"uploads_per_second": 0, "burst": 1}})
     urls = slow_urls(image_source, "power-cut", 60)
@@ -90,8 +90,8 @@ def test_kill_whole_service_then_restart_loses_nothing(tmp_path, image_source, f
     assert len(urls) <= len(fake_imgur.uploads) <= len(urls) + in_flight_capacity
 
 
-def test_sigterm_mid_job_exits_zero_without_orphans_and_restart_completes(tmp_path, image_source):
-    config = write_config(tmp_path, workers={"processes": 2, "uploads_per_process": 4,
+def test_sigterm_mid_job_exits_zero_without_orphans_and_restart_completes(make_config, image_source):
+    config = make_config(workers={"processes": 2, "uploads_per_process": 4,
                                              "shutdown_grace_seconds": 2})
     urls = slow_urls(image_source, "term", 80)
     first = ServiceProcess(config).start()
@@ -147,8 +147,8 @@ def _cmdline(pid) -> str:
         return f.read().replace(b"\0", b" ").decode(errors="replace")
 
 
-def test_manager_death_exits_non_zero_and_a_restart_resumes(tmp_path, image_source):
-    config = write_config(tmp_path)
+def test_manager_death_exits_non_zero_and_a_restart_resumes(make_config, image_source):
+    config = make_config()
     urls = slow_urls(image_source, "manager", 30)
     first = ServiceProcess(config).start()
     try:
@@ -166,8 +166,8 @@ def test_manager_death_exits_non_zero_and_a_restart_resumes(tmp_path, image_sour
     assert len(job["uploaded"]["complete"]) == len(urls)
 
 
-def test_second_signal_stops_at_once_and_loses_nothing_committed(tmp_path, image_source):
-    config = write_config(tmp_path, workers={"processes": 2, "uploads_per_process": 4,
+def test_second_signal_stops_at_once_and_loses_nothing_committed(make_config, image_source):
+    config = make_config(workers={"processes": 2, "uploads_per_process": 4,
                                              "shutdown_grace_seconds": 30})
     urls = slow_urls(image_source, "twice", 60)
     image_source.latency = 8.0  # in-flight fetches would hold a graceful stop for 8 s

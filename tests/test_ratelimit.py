@@ -3,7 +3,13 @@ import time
 
 import pytest
 
-from uploader.ratelimit import UploadGate
+from uploader.hosts.imgur import UPLOAD_CREDITS
+from uploader.ratelimit import UploadGate as _UploadGate
+
+
+def UploadGate(**kwargs):
+    """The gate with Imgur's credit costs (what the service gives it for Imgur)."""
+    return _UploadGate(costs=UPLOAD_CREDITS, **kwargs)
 
 
 def report(**budgets):
@@ -87,4 +93,15 @@ def test_a_reservation_made_before_a_pause_is_withdrawn_when_its_moment_comes():
     ok, until, why = gate.confirm()
     assert not ok and until - time.monotonic() > 0.5 and why == "Imgur asked us to slow down"
     gate.observe(None)  # the answer to the grant that was used
-    assert gate._in_flight == 0  # the withdrawn grant no longer counts as in flight
+    assert gate.in_flight == 0  # the withdrawn grant no longer counts as in flight
+
+
+def test_a_dead_workers_grants_stop_counting_as_in_flight():
+    gate = UploadGate(rate=0, burst=1, reserve={"user": 10})
+    assert gate.reserve(("w0", 1))[0]
+    gate.observe(report(user=(30, 30)), ("w0", 1))
+    assert gate.reserve(("w0", 1))[0] and gate.reserve(("w1", 1))[0]
+    assert not gate.reserve(("w1", 1))[0]  # 30 - 3 * 10 = 0 would dip into the reserve of 10
+    gate.release(("w0", 1))  # worker 0 died mid-upload: its grant will never be answered
+    assert gate.in_flight == 1
+    assert gate.reserve(("w1", 1))[0]

@@ -1,6 +1,4 @@
 """The real service (front end, manager, worker processes) against local fakes over HTTP."""
-import sqlite3
-
 import pytest
 import requests
 
@@ -8,9 +6,7 @@ from tests.fakes.image_source import make_image
 
 
 def count_jobs(service) -> int:
-    path = service.config_path.parent / "store.sqlite3"
-    with sqlite3.connect(path) as conn:
-        return conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+    return service.query("SELECT COUNT(*) FROM jobs")[0][0]
 
 
 def test_mixed_job_ends_with_exact_links_and_failures(start_service, image_source):

@@ -1,21 +1,26 @@
-"""Property test: any interleaving of submissions, results, worker deaths and restarts keeps
-every job's state valid. Drives the real Dispatcher and store, with a stub pool in place of
-processes, one turn at a time."""
+"""Property test: any interleaving of submissions, results, worker deaths, restarts and (on
+PostgreSQL) lost leases keeps every job's state valid. Drives the real Dispatcher and store
+of each backend, with a stub pool in place of processes, one turn at a time."""
 import itertools
+import tempfile
 import time
+import uuid
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from uploader import jobs
 from uploader.config import config_from_dict
-from uploader.dispatcher import Dispatcher
+from uploader.dispatcher import Dispatcher, _Submit
 from uploader.jobs import Result, WorkerExited
 from uploader.store import open_store
 
 MAX_ATTEMPTS = 3
 STATUS_RANK = {s: i for i, s in enumerate(jobs.JOB_STATUS_ORDER)}
+POSTGRES = {}  # the session's PostgreSQL server, for the shared-store machine
 
 
 @dataclass
@@ -57,42 +62,57 @@ class StubPool:
         pass
 
 
-CONFIG = config_from_dict({"workers": {"processes": 2, "uploads_per_process": 2},
-                           "imgur": {"max_attempts": MAX_ATTEMPTS}}, environ={})
-
-
 class JobLifecycle(RuleBasedStateMachine):
+    """On the embedded store; ``SharedJobLifecycle`` runs the same rules on PostgreSQL."""
+
     def __init__(self):
         super().__init__()
-        import tempfile
-        self.dir = tempfile.TemporaryDirectory()
-        self.writer = open_store(f"{self.dir.name}/s.sqlite3")
-        self.dispatcher = self._new_dispatcher()
+        self.storage = self.make_storage()
+        self.config = config_from_dict({"workers": {"processes": 2, "uploads_per_process": 2},
+                                        "imgur": {"max_attempts": MAX_ATTEMPTS},
+                                        "storage": self.storage}, environ={})
+        self.store = None
+        self.dispatcher = self._new_instance()
         self.jobs = 0
         self.final = {}        # url id -> final state once seen
         self.states = {}       # url id -> state at the last check (one step per turn at most)
         self.status = {}       # job id -> last status seen
         self.finished = {}     # job id -> finished once set
+        self.lost = set()      # leases taken back from this instance while it worked
+
+    def make_storage(self):
+        self.dir = tempfile.TemporaryDirectory()
+        return {"path": f"{self.dir.name}/s.sqlite3"}
 
     def teardown(self):
-        self.writer.conn.close()
+        self.store.close()
         self.dir.cleanup()
 
-    def _new_dispatcher(self):
-        dispatcher = Dispatcher(writer=self.writer, pool=StubPool(2), config=CONFIG)
+    def _new_instance(self):
+        """A (re)started front end: a new instance on the same store."""
+        if self.store is not None:
+            self.store.close()
+        self.store = open_store(self.config.storage, str(uuid.uuid4()))
+        dispatcher = Dispatcher(store=self.store, pool=StubPool(2), config=self.config)
         dispatcher.recover()
-        dispatcher._turn([None])
+        self._take_back_the_dead(dispatcher)
+        dispatcher._turn([])
         return dispatcher
 
+    def _take_back_the_dead(self, dispatcher):
+        """Embedded: ``recover`` did it. Shared: the turn's duties will, the lease being out."""
+
+    def rows(self, sql, params=()):
+        with self.store.reading() as conn:
+            return [tuple(r) for r in conn.execute(self.store.q(sql), params).fetchall()]
+
     def _in_flight(self):
-        return [(w, t) for w, tasks in self.dispatcher.assigned.items() for t in tasks.values()]
+        return [(w, t) for w, tasks in self.dispatcher.state.assigned.items() for t in tasks.values()]
 
     @rule(size=st.integers(1, 4))
     def submit(self, size):
         self.jobs += 1
         urls = [f"https://example.test/{self.jobs}/{n}.png" for n in range(size)]
-        from concurrent.futures import Future
-        from uploader.dispatcher import _Submit
         self.dispatcher._turn([_Submit(f"job-{self.jobs}", urls, Future())])
 
     @precondition(lambda self: self._in_flight())
@@ -111,24 +131,22 @@ class JobLifecycle(RuleBasedStateMachine):
         generation = self.dispatcher.pool.workers[worker].generation
         self.dispatcher._turn([WorkerExited(worker, generation, -9)])
 
-    @precondition(lambda self: self.writer.conn.execute(
-        "SELECT COUNT(*) FROM urls WHERE state IN ('complete', 'failed')").fetchone()[0])
+    @precondition(lambda self: self.rows(
+        "SELECT COUNT(*) FROM urls WHERE state IN ('complete', 'failed')")[0][0])
     @rule(pick=st.integers(0, 100))
     def late_duplicate_result(self, pick):
-        rows = self.writer.conn.execute(
-            "SELECT id FROM urls WHERE state IN ('complete', 'failed') ORDER BY id").fetchall()
+        rows = self.rows("SELECT id FROM urls WHERE state IN ('complete', 'failed') ORDER BY id")
         url_id = rows[pick % len(rows)][0]
         self.dispatcher._turn([Result(url_id=url_id, worker=0, generation=0,
                                       state=jobs.COMPLETE, attempts=1, link="https://i.test/late")])
 
     @rule()
     def front_end_dies_and_restarts(self):
-        self.dispatcher = self._new_dispatcher()
+        self.dispatcher = self._new_instance()
 
     @invariant()
     def states_are_consistent(self):
-        conn = self.writer.conn
-        for url_id, state, attempts in conn.execute("SELECT id, state, attempts FROM urls"):
+        for url_id, state, attempts in self.rows("SELECT id, state, attempts FROM urls"):
             before = self.states.get(url_id, jobs.QUEUED)
             assert state == before or jobs.can_move(before, state), f"{before} -> {state}"
             self.states[url_id] = state
@@ -137,11 +155,12 @@ class JobLifecycle(RuleBasedStateMachine):
                 assert state == self.final[url_id], "a final state changed"
             elif state in jobs.FINAL_STATES:
                 self.final[url_id] = state
-        in_flight = {r[0] for r in conn.execute("SELECT id FROM urls WHERE state = 'in_flight'")}
-        assert in_flight == {t.url_id for _, t in self._in_flight()}
-        for job_id, status, finished, remaining in conn.execute(
+        in_flight = {r[0] for r in self.rows(
+            "SELECT id FROM urls WHERE state = 'in_flight' AND owner = ?", (self.store.instance,))}
+        assert in_flight == {t.url_id for _, t in self._in_flight() if t.lease not in self.lost}
+        for job_id, status, finished, remaining in self.rows(
                 "SELECT id, status, finished, remaining FROM jobs"):
-            states = [r[0] for r in conn.execute("SELECT state FROM urls WHERE job_id = ?", (job_id,))]
+            states = [r[0] for r in self.rows("SELECT state FROM urls WHERE job_id = ?", (job_id,))]
             # A job whose URLs were all handed back stays in-progress: status never goes back.
             assert STATUS_RANK[status] >= STATUS_RANK[jobs.job_status(states)]
             assert (status == jobs.JOB_COMPLETE) == (jobs.job_status(states) == jobs.JOB_COMPLETE)
@@ -153,11 +172,58 @@ class JobLifecycle(RuleBasedStateMachine):
                 assert finished == self.finished[job_id], "finished was set twice"
             elif finished is not None:
                 self.finished[job_id] = finished
-        for url_id, worker in self.dispatcher.quarantine.running.items():
-            assert list(self.dispatcher.assigned[worker]) == [url_id], "a suspect ran in company"
-        links = [r[0] for r in conn.execute("SELECT link FROM links")]
+        for url_id, worker in self.dispatcher.state.quarantine.running.items():
+            assert list(self.dispatcher.state.assigned[worker]) == [url_id], \
+                "a suspect ran in company"
+        links = [r[0] for r in self.rows("SELECT link FROM links")]
         assert "https://i.test/late" not in links
+
+
+class SharedJobLifecycle(JobLifecycle):
+    """The same rules on PostgreSQL, where a restart is a new instance whose predecessor's
+    URLs come back when its lease runs out, and an instance may lose its lease while working
+    (its results are then refused)."""
+
+    def make_storage(self):
+        self.database = POSTGRES["server"].create_database()
+        return {"url": self.database, "lease_seconds": 3}
+
+    def teardown(self):
+        self.store.close()
+        POSTGRES["server"].drop_database(self.database.rsplit("/", 1)[1])
+
+    def _take_back_the_dead(self, dispatcher):
+        dispatcher.lease_seconds = 0  # the previous instance's lease is out
+        dispatcher._store_ok_since = float("-inf")
+
+    @precondition(lambda self: self._in_flight())
+    @rule()
+    def lease_runs_out_while_working(self):
+        """Another instance takes back everything this one holds; its results are refused."""
+        self.lost |= {t.lease for _, t in self._in_flight()}
+        other = open_store(self.config.storage, "other-" + str(uuid.uuid4()))
+        try:
+            other.lease_seconds = 0
+            with other.transaction():
+                other.reap(MAX_ATTEMPTS)
+        finally:
+            other.close()
 
 
 JobLifecycle.TestCase.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
 TestJobLifecycle = JobLifecycle.TestCase
+
+SharedJobLifecycle.TestCase.settings = settings(max_examples=25, stateful_step_count=30,
+                                                deadline=None)
+
+
+@pytest.fixture
+def postgres_for_machine(postgres):
+    POSTGRES["server"] = postgres
+    yield
+    POSTGRES.clear()
+
+
+@pytest.mark.usefixtures("postgres_for_machine")
+class TestSharedJobLifecycle(SharedJobLifecycle.TestCase):
+    pass

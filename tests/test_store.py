@@ -1,113 +1,270 @@
-"""The SQLite store: job creation, dispatch, results, hand-back and the rendered job."""
+"""The store on both backends: job creation, claims under leases, results, hand-back, reaping."""
+import threading
+import time
+
 import pytest
 
 from uploader import jobs
-from uploader.store import StoreReader, open_store
+from uploader.config import StorageConfig
+from uploader.errors import StoreInUse
+from uploader.render import job_document
+from uploader.store import open_store
 
 URLS = ["https://a.example/1.png", "https://a.example/2.png", "https://a.example/3.png"]
 
 
 @pytest.fixture
-def store(tmp_path):
-    path = str(tmp_path / "s.sqlite3")
-    writer = open_store(path)
-    with writer.transaction():
-        writer.create_job("job-1", URLS, created=1000.0)
-    return writer, StoreReader(path)
+def storage_config(storage):
+    return StorageConfig(**storage)
+
+
+@pytest.fixture
+def opened(storage_config):
+    stores = []
+
+    def open_one(instance):
+        store = open_store(storage_config, instance)
+        stores.append(store)
+        return store
+
+    yield open_one
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def store(opened):
+    store = opened("me")
+    with store.transaction():
+        store.create_job("job-1", URLS)
+    return store
+
+
+def job(store, job_id="job-1"):
+    found = store.read_job(job_id)
+    return None if found is None else job_document(*found)
 
 
 def test_new_job_is_pending_with_every_url_pending(store):
-    writer, reader = store
-    job = reader.job("job-1")
-    assert job["status"] == "pending" and job["finished"] is None
-    assert job["created"] == "1970-01-01T00:16:40.000Z"
-    assert job["uploaded"] == {"pending": URLS, "complete": [], "failed": []}
-    assert [u["attempts"] for u in job["urls"]] == [0, 0, 0]
+    document = job(store)
+    assert document["status"] == "pending" and document["finished"] is None
+    assert abs(jobs.parse_timestamp(document["created"]) - time.time()) < 60
+    assert document["uploaded"] == {"pending": URLS, "complete": [], "failed": []}
+    assert [u["attempts"] for u in document["urls"]] == [0, 0, 0]
 
 
-def test_dispatch_then_results_complete_the_job_once(store):
-    writer, reader = store
-    with writer.transaction():
-        tasks = writer.take_queued(2)
+def test_claims_then_results_complete_the_job_once(store):
+    with store.transaction():
+        tasks = store.claim(2)
     assert [t.url for t in tasks] == URLS[:2] and all(t.attempt == 1 for t in tasks)
-    assert reader.job("job-1")["status"] == "in-progress"
-    with writer.transaction():
-        writer.finish(tasks[0].url_id, jobs.COMPLETE, attempts=1, link="https://i.example/a.png",
-                      sha256="aa", when=2000.0)
-        writer.finish(tasks[1].url_id, jobs.FAILED, attempts=1, reason="HTTP 404 from source",
-                      when=2000.0)
-        (last,) = writer.take_queued(5)
-    job = reader.job("job-1")
-    assert job["status"] == "in-progress" and job["finished"] is None
-    with writer.transaction():
-        assert writer.finish(last.url_id, jobs.COMPLETE, attempts=1,
-                             link="https://i.example/c.png", when=3000.0)
-        assert not writer.finish(last.url_id, jobs.FAILED, attempts=2, reason="late", when=4000.0)
-    job = reader.job("job-1")
-    assert job["status"] == "complete"
-    assert job["finished"] == "1970-01-01T00:50:00.000Z"
-    assert job["uploaded"] == {"pending": [], "complete": ["https://i.example/a.png",
-                                                          "https://i.example/c.png"],
-                               "failed": [URLS[1]]}
-    assert job["urls"][1]["reason"] == "HTTP 404 from source"
-    assert [row[1] for row in reader.links_after(0, 10)] == ["https://i.example/a.png",
-                                                             "https://i.example/c.png"]
+    assert job(store)["status"] == "in-progress"
+    with store.transaction():
+        assert store.finish(tasks[0], jobs.COMPLETE, attempts=1, link="https://i.example/a.png",
+                            sha256="aa", host="local")
+        assert store.finish(tasks[1], jobs.FAILED, attempts=1, reason="HTTP 404 from source")
+        (last,) = store.claim(5)
+    assert job(store)["status"] == "in-progress" and job(store)["finished"] is None
+    with store.transaction():
+        assert store.finish(last, jobs.COMPLETE, attempts=1, link="https://i.example/c.png")
+        assert not store.finish(last, jobs.FAILED, attempts=2, reason="late")
+    document = job(store)
+    assert document["status"] == "complete" and document["finished"] is not None
+    assert document["uploaded"] == {"pending": [], "complete": ["https://i.example/a.png",
+                                                              "https://i.example/c.png"],
+                                    "failed": [URLS[1]]}
+    assert document["urls"][1]["reason"] == "HTTP 404 from source"
+    with store.links(10) as pages:
+        assert list(pages) == [["https://i.example/a.png", "https://i.example/c.png"]]
+    assert store.link_for("aa", "local") == "https://i.example/a.png"
 
 
-def test_requeued_and_handed_back_urls_keep_their_attempts(store):
-    writer, reader = store
-    with writer.transaction():
-        first = writer.take_queued(3)
-        writer.requeue(first[0].url_id)
-    with writer.transaction():
-        assert writer.hand_back_in_flight(max_attempts=5, when=1) == (2, [])
-    with writer.transaction():
-        again = writer.take_queued(3)
-    assert sorted(t.attempt for t in again) == [2, 2, 2]
-    assert reader.job("job-1")["status"] == "in-progress"
+def test_a_result_needs_the_lease_of_its_claim(store):
+    with store.transaction():
+        (task,) = store.claim(1)
+        store.requeue(task)
+        (again,) = store.claim(1)
+    assert again.url_id == task.url_id and again.lease != task.lease
+    with store.transaction():
+        assert not store.finish(task, jobs.COMPLETE, attempts=1, link="https://i.example/old.png")
+        assert store.finish(again, jobs.COMPLETE, attempts=2, link="https://i.example/new.png")
+    assert job(store)["urls"][0]["link"] == "https://i.example/new.png"
+
+
+def test_requeued_urls_keep_their_attempts_and_a_stop_refunds_its_own(store):
+    with store.transaction():
+        first, second = store.claim(2)
+        store.requeue(first)  # a crash cut it short: the try counts
+        store.requeue(second, refund=True)  # we stopped it ourselves: it does not
+        again = {t.url_id: t.attempt for t in store.claim(3)}
+    assert again == {first.url_id: 2, second.url_id: 1, first.url_id + 2: 1}
+
+
+def test_progress_waiting_and_attempts_show_while_in_flight(store):
+    with store.transaction():
+        (task,) = store.claim(1)
+        store.set_progress(task, 512, 2048)
+        store.set_waiting(task, 1_800_000_000.0, "Imgur's user budget is down to its reserve")
+        store.set_attempts(task, 3)
+    entry = job(store)["urls"][0]
+    assert entry["progress"] == {"bytes": 512, "total": 2048}
+    assert entry["waiting"]["reason"].startswith("Imgur's user budget")
+    assert entry["attempts"] == 3
+    with store.transaction():
+        store.finish(task, jobs.COMPLETE, attempts=3, link="https://i.example/a.png")
+    entry = job(store)["urls"][0]
+    assert entry["progress"] is None and entry["waiting"] is None
+
+
+def test_suspects_are_claimed_only_one_at_a_time_and_apart(store):
+    with store.transaction():
+        a, b, _ = store.claim(3)
+        store.requeue(a, suspect=True)
+        store.requeue(b, suspect=True)
+        assert store.suspects_waiting()
+        assert store.claim(5) == []  # suspects never go with the crowd
+        suspect = store.claim_suspect()
+    assert suspect.url_id == a.url_id and suspect.suspect
+    with store.transaction():
+        assert store.suspects_waiting()
+        store.finish(suspect, jobs.COMPLETE, attempts=2, link="https://i.example/a.png")
+        assert store.claim_suspect().url_id == b.url_id
+        assert not store.suspects_waiting()
 
 
 def test_unknown_job_reads_as_none(store):
-    assert store[1].job("nope") is None
+    assert store.read_job("nope") is None
 
 
 def test_a_link_is_listed_once_even_if_two_urls_share_it(store):
-    writer, reader = store
-    with writer.transaction():
-        a, b, _ = writer.take_queued(3)
-        writer.finish(a.url_id, jobs.COMPLETE, attempts=1, link="https://i.example/same.png", when=1)
-        writer.finish(b.url_id, jobs.COMPLETE, attempts=1, link="https://i.example/same.png", when=1)
-    assert [row[1] for row in reader.links_after(0, 10)] == ["https://i.example/same.png"]
+    with store.transaction():
+        a, b, _ = store.claim(3)
+        store.finish(a, jobs.COMPLETE, attempts=1, link="https://i.example/same.png")
+        store.finish(b, jobs.COMPLETE, attempts=1, link="https://i.example/same.png")
+    with store.links(10) as pages:
+        assert list(pages) == [["https://i.example/same.png"]]
 
 
-def test_a_stop_refunds_the_attempt_it_interrupted(store):
-    writer, reader = store
-    with writer.transaction():
-        first = writer.take_queued(1)[0]
-        writer.requeue(first.url_id, refund=True)
-        again = writer.take_queued(1)[0]
-    assert again.url_id == first.url_id and again.attempt == 1
-
-
-def test_url_whose_every_attempt_was_cut_short_fails_instead_of_looping(store):
-    writer, reader = store
-    for _ in range(2):  # dispatched, then the whole service crashes; twice
-        with writer.transaction():
-            writer.take_queued(3)
-            handed_back, failed = writer.hand_back_in_flight(max_attempts=2, when=5000.0)
-    assert handed_back == 0 and [row[2] for row in failed] == URLS
-    with writer.transaction():
-        assert writer.take_queued(3) == []
-    job = reader.job("job-1")
-    assert job["status"] == "complete" and job["uploaded"]["failed"] == URLS
-    assert "died while uploading, on each of 2 attempts" in job["urls"][0]["reason"]
+def test_the_listing_is_one_snapshot_however_long_it_takes(store, opened):
+    with store.transaction():
+        for n in range(5):
+            store.create_job(f"more-{n}", [f"https://a.example/more-{n}.png"])
+        for n, task in enumerate(store.claim(8)):
+            store.finish(task, jobs.COMPLETE, attempts=1, link=f"https://i.example/{n}.png")
+    with store.links(3) as pages:
+        first = next(pages)
+        with store.transaction():  # a link committed while the listing is half read
+            store.create_job("late", ["https://a.example/late.png"])
+            (task,) = store.claim(1)
+            store.finish(task, jobs.COMPLETE, attempts=1, link="https://i.example/late.png")
+        rest = [link for page in pages for link in page]
+    assert first + rest == [f"https://i.example/{n}.png" for n in range(8)]
 
 
 def test_a_job_that_cannot_be_stored_leaves_nothing_and_spoils_nothing(store):
-    writer, reader = store
-    with writer.transaction():
+    with store.transaction():
         with pytest.raises(UnicodeEncodeError):
-            writer.create_job("bad", ["https://a.example/ok.png", "https://a.example/\ud800"], 1)
-        writer.create_job("good", ["https://a.example/ok.png"], 1)
-    assert reader.job("bad") is None
-    assert reader.job("good")["uploaded"]["pending"] == ["https://a.example/ok.png"]
+            store.create_job("bad", ["https://a.example/ok.png", "https://a.example/\ud800"])
+        store.create_job("good", ["https://a.example/ok.png"])
+    assert store.read_job("bad") is None
+    assert job(store, "good")["uploaded"]["pending"] == ["https://a.example/ok.png"]
+
+
+def test_url_whose_every_attempt_was_cut_short_fails_instead_of_looping(opened, backend):
+    first = opened("first")
+    with first.transaction():
+        first.create_job("job-1", URLS)
+        first.claim(3)
+    first.close()  # dies with three URLs in flight, on their first attempt
+    second = opened("second")
+    if backend == "postgresql":
+        second.lease_seconds = 0  # the first's lease has run out
+    with second.transaction():
+        assert second.reap(max_attempts=2) == (3, [])
+        second.claim(3)
+    second.close()
+    third = opened("third")
+    if backend == "postgresql":
+        third.lease_seconds = 0
+    with third.transaction():
+        requeued, failed = third.reap(max_attempts=2)
+    assert requeued == 0 and [row[2] for row in failed] == URLS
+    with third.transaction():
+        assert third.claim(3) == []
+    document = job(third)
+    assert document["status"] == "complete" and document["uploaded"]["failed"] == URLS
+    assert "died while uploading, on each of 2 attempts" in document["urls"][0]["reason"]
+
+
+def test_the_embedded_store_admits_one_instance(tmp_path):
+    storage = StorageConfig(path=str(tmp_path / "s.sqlite3"))
+    first = open_store(storage, "first")
+    try:
+        with pytest.raises(StoreInUse, match="in use by another instance"):
+            open_store(storage, "second")
+    finally:
+        first.close()
+    open_store(storage, "third").close()  # the lock went with the first
+
+
+@pytest.fixture
+def shared_store(postgres):
+    """``shared_store(instance)``: instances of one fresh PostgreSQL store."""
+    storage = StorageConfig(url=postgres.create_database(), lease_seconds=3)
+    stores = []
+
+    def open_one(instance):
+        stores.append(open_store(storage, instance))
+        return stores[-1]
+
+    yield open_one
+    for store in stores:
+        store.close()
+
+
+def test_claims_of_concurrent_instances_never_overlap(shared_store):
+    urls = [f"https://a.example/{n}.png" for n in range(300)]
+    first, second = shared_store("one"), shared_store("two")
+    with first.transaction():
+        first.create_job("big", urls)
+    taken = {"one": [], "two": []}
+
+    def drain(store):
+        while True:
+            with store.transaction():
+                tasks = store.claim(7)
+            if not tasks:
+                return
+            taken[store.instance] += [t.url_id for t in tasks]
+
+    threads = [threading.Thread(target=drain, args=(s,)) for s in (first, second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    everything = taken["one"] + taken["two"]
+    assert len(everything) == len(set(everything)) == 300
+    assert taken["one"] and taken["two"]
+
+
+def test_a_dead_instances_urls_are_reaped_and_its_late_results_refused(shared_store):
+    dead, alive = shared_store("dead"), shared_store("alive")
+    with dead.transaction():
+        dead.create_job("job-1", URLS)
+        lost = dead.claim(3)
+    alive.lease_seconds = 60
+    with alive.transaction():
+        assert alive.reap(max_attempts=5) == (0, [])  # the lease still holds
+    alive.lease_seconds = 0
+    with alive.transaction():
+        assert alive.reap(max_attempts=5) == (3, [])
+        retaken = alive.claim(3)
+    with dead.transaction():  # the dead one comes back with a result: refused
+        assert not dead.finish(lost[0], jobs.COMPLETE, attempts=1, link="https://i.example/late")
+        assert not dead.heartbeat()  # and it learns it had been declared dead
+    with alive.transaction():
+        assert all(alive.finish(t, jobs.COMPLETE, attempts=2, link=f"https://i.example/{t.url_id}")
+                   for t in retaken)
+    document = job(alive)
+    assert document["status"] == "complete"
+    assert all(u["attempts"] == 2 for u in document["urls"])
+    assert "https://i.example/late" not in document["uploaded"]["complete"]

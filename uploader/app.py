@@ -12,8 +12,10 @@ import uuid
 
 import tornado.web
 
+from .errors import StoreUnavailable
 from .hosts.local import NAME_PATTERN
 from .metrics import CONTENT_TYPE_LATEST
+from .render import job_document
 from .submission import SubmissionError, parse_submission
 
 log = logging.getLogger(__name__)
@@ -28,6 +30,10 @@ class ApiError(tornado.web.HTTPError):
         super().__init__(status, log_message=message)
         self.message = message
         self.headers = headers or {}
+
+
+def store_down() -> ApiError:
+    return ApiError(503, "the store is unreachable; retry shortly", headers={"Retry-After": "5"})
 
 
 class JsonErrors:
@@ -75,8 +81,13 @@ class BaseHandler(JsonErrors, tornado.web.RequestHandler):
         self.finish(json.dumps(body))
 
     async def in_reader(self, fn, *args):
-        """Run a store read on the reader threads."""
-        return await asyncio.get_running_loop().run_in_executor(self.service.readers, fn, *args)
+        """Run a store read on the reader threads; an unreachable store answers 503."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.service.readers, fn, *args)
+        except StoreUnavailable as exc:
+            log.warning("%s %s: the store is unreachable (%s)", self.request.method,
+                        self.request.path, exc)
+            raise store_down() from None
 
 
 @tornado.web.stream_request_body
@@ -113,7 +124,11 @@ class UploadHandler(BaseHandler):
         except SubmissionError as exc:
             raise ApiError(exc.status, str(exc)) from None
         job_id = str(uuid.uuid4())
-        await asyncio.wrap_future(self.service.dispatcher.submit(job_id, urls))
+        try:
+            await asyncio.wrap_future(self.service.dispatcher.submit(job_id, urls))
+        except StoreUnavailable as exc:
+            log.warning("job refused: the store is unreachable (%s)", exc)
+            raise store_down() from None
         log.info("job %s accepted with %d URLs", job_id, len(urls))
         self.set_header("Location", f"/v1/images/upload/{job_id}")
         self.write_json(202, {"jobId": job_id})
@@ -127,12 +142,11 @@ class JobHandler(BaseHandler):
             uuid.UUID(job_id)
         except ValueError:
             raise ApiError(404, f"no job with id {job_id!r}") from None
-        progress = dict(self.service.dispatcher.progress)
-        reader = self.service.reader
+        store = self.service.store
 
         def read_and_encode():  # a big job's JSON is built off the event loop too
-            job = reader.job(job_id, progress)
-            return None if job is None else json.dumps(job)
+            found = store.read_job(job_id)
+            return None if found is None else json.dumps(job_document(*found))
 
         body = await self.in_reader(read_and_encode)
         if body is None:
@@ -145,18 +159,19 @@ class ImagesHandler(BaseHandler):
     """GET /v1/images: every link ever uploaded, oldest first, streamed page by page."""
 
     async def get(self):
-        self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.write('{"uploaded": [')
-        after, separator = 0, ""
-        while True:
-            rows = await self.in_reader(self.service.reader.links_after, after, LINKS_PAGE)
-            if not rows:
-                break
-            self.write(separator + ", ".join(json.dumps(link) for _, link in rows))
-            separator = ", "
-            after = rows[-1][0]
-            await self.flush()
-        self.finish("]}")
+        listing = self.service.store.links(LINKS_PAGE)  # one snapshot, however long it takes
+        pages = await self.in_reader(listing.__enter__)
+        try:
+            self.set_header("Content-Type", "application/json; charset=UTF-8")
+            self.write('{"uploaded": [')
+            separator = ""
+            while page := await self.in_reader(next, pages, None):
+                self.write(separator + ", ".join(json.dumps(link) for link in page))
+                separator = ", "
+                await self.flush()
+            self.finish("]}")
+        finally:
+            await self.in_reader(listing.__exit__, None, None, None)
 
 
 class HealthHandler(BaseHandler):
@@ -164,8 +179,11 @@ class HealthHandler(BaseHandler):
 
     async def get(self):
         problems = []
-        if not await self.in_reader(self.service.reader.writable):
-            problems.append("store is not writable")
+        store_problem = await self.in_reader(self.service.store.problem)
+        if store_problem:
+            problems.append(store_problem)
+        elif self.service.dispatcher.store_problem:
+            problems.append(f"the last commit failed: {self.service.dispatcher.store_problem}")
         expected = self.service.config.workers.processes
         alive = self.service.dispatcher.ready_workers()
         if alive < expected:
@@ -176,6 +194,7 @@ class HealthHandler(BaseHandler):
         if self.service.stopping:
             problems.append("shutting down")
         body = {"status": "ok" if not problems else "unhealthy",
+                "instance": self.service.instance,
                 "workers": {"alive": alive, "expected": expected, "pids": self.service.pool.pids()},
                 "manager": {"pid": self.service.pool.manager_pid()}}
         if problems:
@@ -197,7 +216,7 @@ class MetricsHandler(BaseHandler):
     """GET /metrics: Prometheus text format."""
 
     async def get(self):
-        queued = await self.in_reader(self.service.reader.queued_count)
+        queued = await self.in_reader(self.service.store.queued_count)
         body = self.service.metrics.render(queued=queued,
                                            in_flight=self.service.dispatcher.in_flight())
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)

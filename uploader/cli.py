@@ -1,7 +1,8 @@
 """``bin/serve``: load the configuration, start the service, stop it cleanly on a signal.
 
-Exit codes: 0 after a clean stop, 2 for a bad configuration, 3 when the worker
-machinery broke and a supervisor should restart the service.
+Exit codes: 0 after a clean stop, 2 for a bad configuration or a start that cannot
+happen (the store in use or unreachable, the port taken), 3 when the worker machinery
+broke and a supervisor should restart the service.
 """
 import argparse
 import asyncio
@@ -12,13 +13,14 @@ import signal
 import sys
 
 from .config import load_config
-from .errors import ConfigError
+from .errors import ConfigError, StoreInUse, StoreUnavailable
 from .logs import setup_logging
 from .service import Service
 
 log = logging.getLogger("uploader")
 
 EXIT_BAD_CONFIG = 2
+EXIT_CANNOT_START = 2  # the store is in use or unreachable, the port taken: one line says which
 
 
 def parse_args(argv):
@@ -48,7 +50,15 @@ def main(argv=None) -> int:
 
 async def serve(config) -> int:
     service = Service(config)
-    service.start()
+    try:
+        service.start()
+    except (StoreInUse, StoreUnavailable) as exc:
+        print(f"cannot start: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
+    except OSError as exc:  # the port is taken, or the address is not ours
+        where = f"{config.server.host}:{config.server.port}"
+        print(f"cannot start: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
     describe_host(service.config)
     loop = asyncio.get_running_loop()
     signals = []

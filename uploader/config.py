@@ -56,9 +56,11 @@ def _one_of(*choices):
     return (lambda v: v in choices, "one of " + ", ".join(choices))
 
 
-def _opt(default, check=None, *, secret=False, normalize=None):
-    """A setting: its default, its check, whether to hide it, how to normalise it."""
-    return field(default=default, metadata={"check": check, "secret": secret, "normalize": normalize})
+def _opt(default, check=None, *, secret=False, normalize=None, shown=None):
+    """A setting: its default, its check, whether to hide it (or ``shown``: how to print it
+    with its secret part hidden), how to normalise it."""
+    return field(default=default, metadata={"check": check, "secret": secret,
+                                            "normalize": normalize, "shown": shown})
 
 
 def _section(cls):
@@ -155,11 +157,44 @@ class FetchConfig:
     denied_hosts: tuple[str, ...] = _opt((), HOST_PATTERN, normalize=str.lower)
 
 
+def _is_database_url(value):
+    parts = urlsplit(value)
+    return parts.scheme in ("postgresql", "postgres") and bool(parts.path.strip("/") or parts.hostname)
+
+
+def redact_url_password(url):
+    """A database URL fit to print: its password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+    except ValueError:
+        return "***"
+    userinfo, _, hostinfo = parts.netloc.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return parts._replace(netloc=f"{user}:***@{hostinfo}").geturl()
+
+
+DATABASE_URL = (lambda v: v == "" or _is_database_url(v),
+                'a postgresql://user:password@host:port/database URL or ""')
+
+
 @dataclass(frozen=True)
 class StorageConfig:
-    """The SQLite file holding jobs and results across restarts."""
+    """Where jobs, results, the queue and the shared state live.
+
+    ``url`` empty: the embedded SQLite file at ``path`` (one instance). A PostgreSQL URL:
+    everything shared lives there and any number of instances act as one service."""
 
     path: str = _opt("data/uploader.sqlite3", NON_EMPTY)
+    url: str = _opt("", DATABASE_URL, shown=redact_url_password)
+    lease_seconds: float = _opt(15.0, (lambda v: v >= 3, "a number of seconds, at least 3"))
+    poll_seconds: float = _opt(2.0, POSITIVE)
+
+    @property
+    def shared(self):
+        """True when the store is PostgreSQL, shared by every instance."""
+        return bool(self.url)
 
 
 @dataclass(frozen=True)
@@ -210,6 +245,7 @@ ENV_OVERRIDES = {
     "IMGUR_CLIENT_SECRET": "imgur.client_secret",
     "IMGUR_REFRESH_TOKEN": "imgur.refresh_token",
     "PORT": "server.port",
+    "DATABASE_URL": "storage.url",
 }
 
 
@@ -292,7 +328,12 @@ def _coerce(tp, value, label, meta):
         typed = meta["normalize"](typed)
     if typed is _INVALID or (check and not check[0](typed)):
         wanted = check[1] if check else _TYPE_NAMES[tp]
-        shown = f"a value of type {type(value).__name__}" if meta.get("secret") else repr(value)
+        if meta.get("secret"):
+            shown = f"a value of type {type(value).__name__}"
+        elif meta.get("shown") and isinstance(value, str):
+            shown = repr(meta["shown"](value))
+        else:
+            shown = repr(value)
         raise ConfigError(f"{label}: expected {wanted}, got {shown}")
     return typed
 
@@ -330,5 +371,7 @@ def _as_dict(obj):
             value = list(value)
         elif f.metadata.get("secret") and value:
             value = "***"
+        elif f.metadata.get("shown") and value:
+            value = f.metadata["shown"](value)
         out[f.name] = value
     return out

@@ -1,32 +1,31 @@
 """No duplicate uploads: identical bytes (by SHA-256) reuse the link they already have.
 
-Lives in the multiprocessing manager, shared by every worker. A worker that has fetched
-an image calls ``claim(sha256, owner)``:
+This is the embedded index: it lives in the multiprocessing manager, shared by every
+worker of the instance (``shared.postgres`` keeps the same promises for a cluster). A
+worker that has fetched an image calls ``claim(sha256, owner)``:
 
 - ``("reuse", link)``: these bytes are already on this host (this run, or any earlier
-  one: the store is consulted read-only), so no credit is spent;
+  one: the store is asked, read-only), so no credit is spent;
 - ``("upload", None)``: the caller owns the upload and must ``publish`` or ``release``;
 - ``("wait", None)``: another worker is uploading the same bytes right now; ask again.
 
 Claims of a worker that died are dropped with ``release_owner``, so nobody waits forever.
 """
-import sqlite3
 import threading
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 
 class DedupIndex:
-    def __init__(self, store_path: str, host: str):
-        self.store_path = store_path
-        self.host = host
+    def __init__(self, lookup: Callable[[str], Optional[str]]):
+        """``lookup(sha256)``: the link the store has for these bytes on this host, or None."""
+        self.lookup = lookup
         self._published: Dict[str, str] = {}
         self._claims: Dict[str, tuple] = {}
         self._lock = threading.Lock()
-        self._conn: Optional[sqlite3.Connection] = None
 
     def claim(self, sha256: str, owner: tuple) -> Tuple[str, Optional[str]]:
         with self._lock:
-            link = self._published.get(sha256) or self._stored_link(sha256)
+            link = self._published.get(sha256) or self.lookup(sha256)
             if link:
                 return "reuse", link
             holder = self._claims.get(sha256)
@@ -50,12 +49,3 @@ class DedupIndex:
             for sha256, holder in list(self._claims.items()):
                 if holder[:2] == (worker, generation):
                     del self._claims[sha256]
-
-    def _stored_link(self, sha256: str) -> Optional[str]:
-        if self._conn is None:
-            self._conn = sqlite3.connect(f"file:{self.store_path}?mode=ro", uri=True,
-                                         check_same_thread=False)
-        row = self._conn.execute(
-            "SELECT link FROM links WHERE sha256 = ? AND host = ? ORDER BY id LIMIT 1",
-            (sha256, self.host)).fetchone()
-        return row[0] if row else None

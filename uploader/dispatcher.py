@@ -1,31 +1,36 @@
-"""The dispatcher: one thread that owns the store's writes and the pool's work.
+"""The dispatcher: one thread per instance that owns its writes and its workers' work.
 
-    POST handler --submit--> events --+
-    result reader -----------------> events --> dispatcher thread --> store (one commit a batch)
-    worker watchers (via results) --> events          |
-                                                      +--> pool.send(worker, tasks)
+    POST handler --submit------------> events --+
+    result reader (worker reports) --> events --+--> dispatcher thread --> store (a commit a turn)
+    store listener (work elsewhere) -> events --+          |
+                                                          +--> pool.send(worker, tasks)
 
 It is an actor: everything reaches it as an event on one in-process queue, and it alone
-decides what is in flight where. Each turn drains the waiting events; new jobs are
-committed first, in a small transaction of their own (a POST waits for it), and their
-submitters answered; then every other event is applied and free worker slots refilled
-in ONE transaction, committed, and only then are the new tasks sent. Nothing is visible
-or in flight before it is durable. A worker's death hands its in-flight URLs back (or
-fails those that used every attempt) and, when it had several, runs each of them alone
-next (``quarantine``); a stop drains in-flight work within a grace period and hands back
-the rest.
+decides what this instance has in flight where. Each turn commits new jobs first, in a
+small transaction of their own (a POST waits for it); then it applies every other event,
+claims queued URLs for free worker slots, and commits all of it in ONE transaction. Only
+then does anything happen outside: tasks are sent, metrics counted, outcomes logged. A
+turn works on a copy of the dispatcher's state, kept only once the commit succeeded, so a
+turn that fails (the database is down, or lost a race with another instance) is simply
+run again later, and nothing is visible or in flight before it is durable.
+
+A worker's death hands its in-flight URLs back (or fails those that used every
+attempt); when it had several, each becomes a suspect that runs alone (``quarantine``).
+A stop drains in-flight work within a grace period and hands back the rest. With a
+shared store, the turn also renews this instance's lease, takes back URLs of instances
+that died (``store.reap``) and polls for work in case a notification was missed.
 """
 import logging
 import queue
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence
 
 from . import jobs
+from .errors import PoolBroken, StoreConflict, StoreUnavailable
 from .jobs import Attempt, Progress, Ready, Result, Task, Waiting, WorkerExited
-from .errors import PoolBroken
 from .metrics import Metrics
 from .pool import ManagerLost
 from .quarantine import Quarantine
@@ -33,6 +38,7 @@ from .quarantine import Quarantine
 log = logging.getLogger(__name__)
 
 BATCH_LIMIT = 200  # events applied in one transaction (bounds how long a POST may wait)
+RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)  # between turns while the store is unreachable
 
 
 @dataclass
@@ -53,50 +59,83 @@ class _Respawn:
     worker: int
 
 
-class Dispatcher:
-    """Assigns queued URLs to free worker slots and records what comes back."""
+class _Wake:
+    """Work may be waiting in the store (another instance added it, or a poll is due)."""
 
-    def __init__(self, *, writer, pool, config, metrics=None, on_fatal=None):
-        self.writer = writer
+
+@dataclass
+class _State:
+    """Everything a turn may change, copied at its start and kept only if it commits."""
+
+    assigned: Dict[int, Dict[int, Task]]  # worker -> url id -> task in flight there
+    ready: Dict[int, int] = field(default_factory=dict)  # worker -> generation that is ready
+    quick_deaths: Dict[int, int] = field(default_factory=dict)
+    quarantine: Quarantine = field(default_factory=Quarantine)
+    stopping: Optional[float] = None  # deadline of the graceful stop
+    lost: Optional[str] = None  # why the manager is gone
+
+    def copy(self) -> "_State":
+        return _State({w: dict(t) for w, t in self.assigned.items()}, dict(self.ready),
+                      dict(self.quick_deaths), self.quarantine.copy(), self.stopping, self.lost)
+
+    def task(self, url_id: int) -> Optional[Task]:
+        for tasks in self.assigned.values():
+            if url_id in tasks:
+                return tasks[url_id]
+        return None
+
+
+class Dispatcher:
+    """Claims queued URLs for free worker slots and records what comes back."""
+
+    def __init__(self, *, store, pool, config, metrics=None, on_fatal=None):
+        self.store = store
         self.pool = pool
         self.metrics = metrics or Metrics()
         self.slots = config.workers.uploads_per_process
         self.max_attempts = config.imgur.max_attempts
         self.host = config.resolved_image_host
         self.on_fatal = on_fatal or (lambda reason: None)
+        self.shared = config.storage.shared
+        self.lease_seconds = config.storage.lease_seconds
+        self.poll_seconds = config.storage.poll_seconds
         self.events: "queue.Queue[object]" = queue.Queue()
-        self.assigned: Dict[int, Dict[int, Task]] = {}
-        self.quick_deaths: Dict[int, int] = {}
-        self.stopping: Optional[float] = None  # deadline of the graceful stop
+        self.state = _State(assigned={})
         self.stopped = threading.Event()
-        self.progress: Dict[int, tuple] = {}  # url id -> (bytes received, total), in memory only
-        self.ready: Dict[int, int] = {}  # worker -> generation that said it is ready
-        self.quarantine = Quarantine()
+        self.store_problem: Optional[str] = None  # why the last turn could not commit
+        self._held: List[object] = []  # events of a turn that could not commit, to run again
+        self._retry_at: Optional[float] = None
+        self._failures = 0
+        self._store_ok_since = time.monotonic()
+        self._next_heartbeat = self._next_reap = self._next_poll = 0.0
         self._thread = threading.Thread(target=self._run, name="dispatcher", daemon=True)
 
     # -- called from other threads ---------------------------------------------
     def start(self) -> None:
         self.recover()
         self._thread.start()
-        self.post(None)  # first turn: dispatch whatever is queued
+        self.post(_Wake())  # first turn: dispatch whatever is queued
 
     def recover(self) -> None:
-        """Queue again what a previous run left in flight: nothing is in flight before we start."""
-        with self.writer.transaction():
-            handed_back, failed = self.writer.hand_back_in_flight(
-                max_attempts=self.max_attempts, when=jobs.now())
-        if handed_back:
-            log.info("handed back %d URLs left in flight by the previous run", handed_back)
-        for url_id, job_id, url, attempts, reason in failed:
-            self._died_with(job_id, url, reason, attempts, "service_died")
-        self.assigned = {index: {} for index in self.pool.workers}
+        """Embedded store: take back what a previous run left in flight (no other instance
+        can be running). A shared store does this in its turns, for instances found dead."""
+        if not self.shared:
+            with self.store.transaction():
+                requeued, failed = self.store.reap(self.max_attempts)
+            if requeued:
+                log.info("handed back %d URLs left in flight by the previous run", requeued)
+            self._count_deaths(failed)
+        self.state = _State(assigned={index: {} for index in self.pool.workers})
 
     def post(self, event) -> None:
         """Thread-safe: queue an event for the dispatcher."""
         self.events.put(event)
 
+    def wake(self) -> None:
+        self.post(_Wake())
+
     def submit(self, job_id: str, urls: Sequence[str]) -> Future:
-        """Create a job; the future resolves once it is committed."""
+        """Create a job; the future resolves once it is committed (or fails: StoreUnavailable)."""
         future: Future = Future()
         self.post(_Submit(job_id, urls, future))
         return future
@@ -105,31 +144,32 @@ class Dispatcher:
         self.post(_Stop(grace, immediate))
 
     def in_flight(self) -> int:
-        return sum(len(tasks) for tasks in list(self.assigned.values()))
+        return sum(len(tasks) for tasks in list(self.state.assigned.values()))
 
     def ready_workers(self) -> int:
         """Worker processes alive and past their start-up (their slots take tasks)."""
+        ready = self.state.ready
         return sum(1 for index, handle in list(self.pool.workers.items())
-                   if handle.process.is_alive() and self.ready.get(index) == handle.generation)
+                   if handle.process.is_alive() and ready.get(index) == handle.generation)
 
     # -- the actor -------------------------------------------------------------
     def _run(self) -> None:
         try:
             while not self.stopped.is_set():
-                batch = self._next_batch()
-                self._turn(batch)
+                self._turn(self._next_batch())
         except PoolBroken as exc:
-            self._finish(fatal=f"multiprocessing manager lost ({exc})")
+            self._finish(self.state, fatal=f"multiprocessing manager lost ({exc})")
         except Exception:
             log.exception("dispatcher failed")
-            self._finish(fatal="dispatcher failed; see the traceback above")
+            self._finish(self.state, fatal="dispatcher failed; see the traceback above")
 
     def _next_batch(self) -> List[object]:
-        timeout = None if self.stopping is None else max(0.0, self.stopping - time.monotonic())
+        batch, self._held = self._held, []
+        timeout = 0 if batch and self._retry_at is None else self._wait_seconds()
         try:
-            batch = [self.events.get(timeout=timeout)]
+            batch.append(self.events.get(timeout=timeout))
         except queue.Empty:
-            return []
+            pass
         while len(batch) < BATCH_LIMIT:
             try:
                 batch.append(self.events.get_nowait())
@@ -137,188 +177,289 @@ class Dispatcher:
                 break
         return batch
 
+    def _wait_seconds(self) -> Optional[float]:
+        """How long the queue may keep us waiting: until the next duty, retry or deadline."""
+        moments = [m for m in (self._retry_at, self.state.stopping) if m is not None]
+        if self.shared:
+            moments += [self._next_heartbeat, self._next_reap]
+            if self._free_slots():
+                moments.append(self._next_poll)
+        return None if not moments else max(0.0, min(moments) - time.monotonic())
+
     def _turn(self, batch: List[object]) -> None:
         submits = [event for event in batch if isinstance(event, _Submit)]
-        if submits:  # commit new jobs first, in a small transaction: a POST waits for it
+        if submits:
             self._create_jobs(submits)
             batch = [event for event in batch if not isinstance(event, _Submit)]
-        sends: Dict[int, List[Task]] = {}
-        lost: Optional[str] = None
-        with self.writer.transaction():
+        if self._retry_at is not None and time.monotonic() < self._retry_at:
+            self._held = batch  # the store was unreachable a moment ago: wait a little more
+            return
+        for tries in range(3):
+            try:
+                self._apply(batch)
+                self._store_ok()
+                return
+            except StoreConflict as exc:  # lost a race with another instance: again, at once
+                log.info("turn lost a race (%s); running it again", exc)
+            except StoreUnavailable as exc:
+                self._store_failed(exc)
+                self._held = batch
+                return
+        self._held = batch
+
+    def _apply(self, batch: List[object]) -> None:
+        """One turn: every event and slot refill on a copy of the state, committed at once;
+        then the effects outside the store, in order."""
+        state, effects = self.state.copy(), []
+        now = time.monotonic()
+        with self.store.transaction():
+            if self.shared:
+                self._duties(effects, now)
             for event in batch:
-                if isinstance(event, Result):
-                    self._on_result(event)
-                elif isinstance(event, Attempt):
-                    self._on_attempt(event)
-                elif isinstance(event, Waiting):
-                    self.writer.set_waiting(event.url_id, event.until, event.reason)
-                    if event.until is not None:
-                        self.metrics.waiting()
-                elif isinstance(event, Progress):
-                    self.progress[event.url_id] = (event.received, event.total)
-                elif isinstance(event, Ready):
-                    self.ready[event.worker] = event.generation
-                elif isinstance(event, WorkerExited):
-                    self._on_worker_exited(event)
-                elif isinstance(event, _Respawn):
-                    self._respawn(event.worker)
-                elif isinstance(event, _Stop):
-                    self._on_stop(event)
-                elif isinstance(event, ManagerLost):
-                    lost = event.reason
-            if lost is None and self.stopping is None:
-                sends = self._fill_slots()
-        if lost is not None:
-            self._finish(fatal=f"multiprocessing manager lost ({lost})")
+                self._apply_event(state, effects, event)
+            sends = {} if state.lost or state.stopping is not None else self._fill_slots(state)
+        self.state = state
+        self._schedule(now)
+        for effect in effects:
+            try:
+                effect()
+            except PoolBroken:
+                raise
+            except Exception:  # an effect is logging, metrics or a courtesy to the pool
+                log.exception("after a turn: %r failed", effect)
+        if state.lost is not None:
+            self._finish(state, fatal=f"multiprocessing manager lost ({state.lost})")
             return
         for index, tasks in sends.items():
             self.pool.send(index, tasks)
-        if self.stopping is not None and (self.in_flight() == 0 or time.monotonic() >= self.stopping):
-            self._finish()
+        if state.stopping is not None and (
+                self.in_flight() == 0 or time.monotonic() >= state.stopping):
+            self._finish(state)
+
+    def _apply_event(self, state: _State, effects: list, event) -> None:
+        if isinstance(event, Result):
+            self._on_result(state, effects, event)
+        elif isinstance(event, Attempt):
+            task = state.assigned.get(event.worker, {}).get(event.url_id)
+            if task is not None:
+                state.assigned[event.worker][event.url_id] = replace(task, attempt=event.attempt)
+                self.store.set_attempts(task, event.attempt)
+        elif isinstance(event, Waiting):
+            task = state.task(event.url_id)
+            if task is not None:
+                self.store.set_waiting(task, event.until, event.reason)
+                if event.until is not None:
+                    effects.append(self.metrics.waiting)
+        elif isinstance(event, Progress):
+            task = state.task(event.url_id)
+            if task is not None:
+                self.store.set_progress(task, event.received, event.total)
+        elif isinstance(event, Ready):
+            state.ready[event.worker] = event.generation
+        elif isinstance(event, WorkerExited):
+            self._on_worker_exited(state, effects, event)
+        elif isinstance(event, _Respawn):
+            if state.stopping is None:
+                state.assigned[event.worker] = {}
+                effects.append(lambda: self.pool.spawn(event.worker))
+        elif isinstance(event, _Stop):
+            self._on_stop(state, effects, event)
+        elif isinstance(event, ManagerLost):
+            state.lost = event.reason
+
+    def _duties(self, effects: list, now: float) -> None:
+        """Shared store: renew our lease, and take back what dead instances held."""
+        if now >= self._next_heartbeat and not self.store.heartbeat():
+            log.warning("this instance's lease had expired (no heartbeat for over %.0f s): "
+                        "other instances took back the URLs it held; their results here "
+                        "will be refused", self.lease_seconds)
+        # Only once we have been connected for a whole lease: after an outage everyone's
+        # heartbeat is old, and the others must get the chance to renew theirs first.
+        if now >= self._next_reap and now - self._store_ok_since >= self.lease_seconds:
+            requeued, failed = self.store.reap(self.max_attempts)
+            if requeued:
+                log.info("took back %d URLs that dead instances held", requeued)
+            if failed:
+                effects.append(lambda: self._count_deaths(failed))
+
+    def _schedule(self, now: float) -> None:
+        if not self.shared:
+            return
+        period = self.lease_seconds / 3
+        if now >= self._next_heartbeat:
+            self._next_heartbeat = now + period
+        if now >= self._next_reap:
+            self._next_reap = now + period
+        self._next_poll = now + self.poll_seconds
+
+    def _store_ok(self) -> None:
+        if self.store_problem is not None:
+            log.info("the store is reachable again")
+            self._store_ok_since = time.monotonic()
+        self.store_problem, self._retry_at, self._failures = None, None, 0
+
+    def _store_failed(self, exc: Exception) -> None:
+        if self.store_problem is None:
+            log.error("the store is unreachable (%s); holding results and retrying", exc)
+        self.store_problem = str(exc)
+        delay = RETRY_SECONDS[min(self._failures, len(RETRY_SECONDS) - 1)]
+        self._failures += 1
+        self._retry_at = time.monotonic() + delay
 
     def _create_jobs(self, submits: List[_Submit]) -> None:
         """Store new jobs and answer their submitters once committed."""
+        if self._retry_at is not None and time.monotonic() < self._retry_at:
+            for event in submits:  # the store was unreachable a moment ago: say so at once
+                event.future.set_exception(StoreUnavailable(self.store_problem or "store down"))
+            return
         created = []
         try:
-            with self.writer.transaction():
+            with self.store.transaction():
                 for event in submits:
                     try:
-                        self.writer.create_job(event.job_id, event.urls, jobs.now())
+                        self.store.create_job(event.job_id, event.urls)
+                    except (StoreUnavailable, StoreConflict):
+                        raise
                     except Exception as exc:  # one bad job must not stop the service
                         log.exception("could not store job %s", event.job_id)
                         event.future.set_exception(exc)
                         continue
                     created.append(event)
-        except Exception as exc:  # the commit itself failed (disk full, ...)
-            for event in created:
-                event.future.set_exception(exc)
-            raise
+        except Exception as exc:  # the commit itself failed (database down, disk full, ...)
+            if isinstance(exc, StoreUnavailable):
+                self._store_failed(exc)
+            for event in submits:
+                if not event.future.done():
+                    event.future.set_exception(exc)
+            return
+        self._store_ok()
         for event in created:  # committed: now the job exists for everyone
             self.metrics.job_submitted(len(event.urls))
             event.future.set_result(None)
 
-    def _fill_slots(self) -> Dict[int, List[Task]]:
-        """Mark queued URLs in flight for every free slot; returns each worker's batch to send."""
-        load = {i: len(tasks) for i, tasks in self.assigned.items()
+    def _free_slots(self) -> int:
+        return sum(max(0, self.slots - len(tasks)) for tasks in self.state.assigned.values())
+
+    def _fill_slots(self, state: _State) -> Dict[int, List[Task]]:
+        """Claim queued URLs for every free slot; returns each worker's batch to send."""
+        load = {i: len(tasks) for i, tasks in state.assigned.items()
                 if i in self.pool.workers and self.pool.workers[i].process.is_alive()}
-        free, solitary = self.quarantine.plan({i: self.slots - n for i, n in load.items()}, load)
+        free = {i: self.slots - n for i, n in load.items()}
+        if not any(n > 0 for n in free.values()):
+            return {}
+        free, suspect_worker = state.quarantine.plan(free, load,
+                                                     waiting=self.store.suspects_waiting())
         sends: Dict[int, List[Task]] = {}
-        if solitary is not None:
-            url_id, index = solitary
-            task = self.writer.take_url(url_id)
-            if task is None:  # no longer queued (finished meanwhile)
-                self.quarantine.finished(url_id)
-            else:
-                self.quarantine.started(url_id, index)
-                self.assigned[index][task.url_id] = task
-                sends[index] = [task]
+        if suspect_worker is not None:
+            task = self.store.claim_suspect()
+            if task is not None:
+                state.quarantine.started(task.url_id, suspect_worker)
+                state.assigned[suspect_worker][task.url_id] = task
+                sends[suspect_worker] = [task]
         free = {i: n for i, n in free.items() if n > 0}
         if not free:
             return sends
-        for task in self.writer.take_queued(sum(free.values()), exclude=self.quarantine.queued):
+        for task in self.store.claim(sum(free.values())):
             index = max(free, key=free.get)  # least loaded worker first
             free[index] -= 1
-            self.assigned[index][task.url_id] = task
+            state.assigned[index][task.url_id] = task
             sends.setdefault(index, []).append(task)
         return sends
 
-    def _on_result(self, result: Result) -> None:
-        task = self.assigned.get(result.worker, {}).pop(result.url_id, None)
-        self.progress.pop(result.url_id, None)
-        self.quarantine.finished(result.url_id)
-        recorded = self.writer.finish(
-            result.url_id, result.state, attempts=result.attempts, link=result.link,
-            reason=result.reason, sha256=result.sha256, reused=result.reused, host=self.host,
-            when=jobs.now(),
-        )
-        if not recorded:
-            log.info("ignored a second result for URL #%d (%s)", result.url_id, result.state)
+    def _on_result(self, state: _State, effects: list, result: Result) -> None:
+        task = state.assigned.get(result.worker, {}).pop(result.url_id, None)
+        if task is None:
+            log.info("ignored a result for URL #%d that is not in flight here", result.url_id)
             return
-        self.metrics.result(result)
-        if task is not None:
-            log_outcome(task.job_id, task.url, result.state, link=result.link,
-                        reason=result.reason, attempts=result.attempts, seconds=result.seconds,
-                        reused=result.reused)
+        state.quarantine.finished(result.url_id)
+        recorded = self.store.finish(
+            task, result.state, attempts=result.attempts, link=result.link,
+            reason=result.reason, sha256=result.sha256, reused=result.reused, host=self.host)
+        if not recorded:
+            log.warning("refused a late result for URL #%d (%s): this instance no longer "
+                        "holds it", result.url_id, result.state)
+            return
+        effects.append(lambda: self.metrics.result(result))
+        effects.append(lambda: log_outcome(
+            task.job_id, task.url, result.state, link=result.link, reason=result.reason,
+            attempts=result.attempts, seconds=result.seconds, reused=result.reused))
 
-    def _on_attempt(self, event: Attempt) -> None:
-        tasks = self.assigned.get(event.worker, {})
-        if event.url_id in tasks:
-            tasks[event.url_id] = replace(tasks[event.url_id], attempt=event.attempt)
-        self.writer.set_attempts(event.url_id, event.attempt)
-
-    def _on_worker_exited(self, event: WorkerExited) -> None:
+    def _on_worker_exited(self, state: _State, effects: list, event: WorkerExited) -> None:
         handle = self.pool.workers.get(event.worker)
         if handle is None or handle.generation != event.generation:
             return
-        orphans = self.assigned[event.worker]
-        self.assigned[event.worker] = {}
-        self.pool.release_claims(event.worker, event.generation)
-        if self.stopping is None:
+        orphans = state.assigned.get(event.worker, {})
+        state.assigned[event.worker] = {}
+        effects.append(lambda: self.pool.release_claims(event.worker, event.generation))
+        if state.stopping is None:
             log.error("worker %d died (exit code %s) with %d URLs in flight",
                       event.worker, event.exitcode, len(orphans))
-            self.metrics.worker_died()
-        handed_back = []
+            effects.append(self.metrics.worker_died)
+        crowd = len(orphans) > 1
         for task in orphans.values():
-            self.progress.pop(task.url_id, None)
-            if self.stopping is None and task.attempt >= self.max_attempts:
-                self.quarantine.finished(task.url_id)
+            state.quarantine.finished(task.url_id)
+            if state.stopping is None and task.attempt >= self.max_attempts:
                 reason = (f"worker died while uploading (exit code {event.exitcode}) "
                           f"on attempt {task.attempt} of {self.max_attempts}")
-                self.writer.finish(task.url_id, jobs.FAILED, attempts=task.attempt,
-                                   reason=reason, when=jobs.now())
-                self._died_with(task.job_id, task.url, reason, task.attempt, "worker_died")
+                if self.store.finish(task, jobs.FAILED, attempts=task.attempt, reason=reason):
+                    effects.append(lambda t=task, r=reason: self._died_with(
+                        t.job_id, t.url, r, t.attempt, "worker_died"))
             else:
-                self.writer.requeue(task.url_id)
-                handed_back.append(task.url_id)
-        if self.stopping is None:
-            self.quarantine.crashed(handed_back, crowd=len(orphans) > 1)
-            self._schedule_respawn(event.worker, handle)
+                self.store.requeue(task, suspect=state.stopping is None and (crowd or task.suspect))
+        if state.stopping is None:
+            self._schedule_respawn(state, effects, event.worker, handle)
+
+    def _count_deaths(self, failed) -> None:
+        for url_id, job_id, url, attempts, reason in failed:
+            self._died_with(job_id, url, reason, attempts, "service_died")
 
     def _died_with(self, job_id, url, reason, attempts, failure_class) -> None:
         """Count and log a URL failed by the dispatcher itself (no worker reported it)."""
         self.metrics.failed(failure_class)
         log_outcome(job_id, url, jobs.FAILED, reason=reason, attempts=attempts)
 
-    def _schedule_respawn(self, index: int, handle) -> None:
+    def _schedule_respawn(self, state: _State, effects: list, index: int, handle) -> None:
         """Respawn at once, unless this worker keeps dying young (then back off, up to 30 s)."""
         lived = time.monotonic() - handle.started
-        self.quick_deaths[index] = self.quick_deaths.get(index, 0) + 1 if lived < 2.0 else 0
-        delay = 0.0 if self.quick_deaths[index] < 3 else min(30.0, 0.5 * 2 ** self.quick_deaths[index])
+        deaths = state.quick_deaths[index] = (state.quick_deaths.get(index, 0) + 1
+                                              if lived < 2.0 else 0)
+        delay = 0.0 if deaths < 3 else min(30.0, 0.5 * 2 ** deaths)
         if delay == 0:
-            self._respawn(index)
-        else:
-            log.error("worker %d keeps dying; next start in %.0f s", index, delay)
+            effects.append(lambda: self.pool.spawn(index))
+            return
+        log.error("worker %d keeps dying; next start in %.0f s", index, delay)
+
+        def later():
             timer = threading.Timer(delay, self.post, args=(_Respawn(index),))
             timer.daemon = True
             timer.start()
 
-    def _respawn(self, index: int) -> None:
-        if self.stopping is None:
-            self.pool.spawn(index)
-            self.assigned[index] = {}
+        effects.append(later)
 
-    def _on_stop(self, event: _Stop) -> None:
-        if self.stopping is None:
+    def _on_stop(self, state: _State, effects: list, event: _Stop) -> None:
+        if state.stopping is None:
+            in_flight = sum(len(tasks) for tasks in state.assigned.values())
             log.info("stopping: %d URLs in flight, up to %.1f s to finish them",
-                     self.in_flight(), event.grace)
-            self.stopping = time.monotonic() + event.grace
-            self.pool.ask_workers_to_stop()
+                     in_flight, event.grace)
+            state.stopping = time.monotonic() + event.grace
+            effects.append(self.pool.ask_workers_to_stop)
         if event.immediate:
-            self.stopping = time.monotonic()
+            state.stopping = time.monotonic()
 
-    def _finish(self, fatal: Optional[str] = None) -> None:
+    def _finish(self, state: _State, fatal: Optional[str] = None) -> None:
         """Hand back whatever is still in flight, commit, stop the processes."""
-        leftover = [task for tasks in self.assigned.values() for task in tasks.values()]
+        leftover = [task for tasks in state.assigned.values() for task in tasks.values()]
         try:
-            with self.writer.transaction():
+            with self.store.transaction():
                 for task in leftover:
-                    self.writer.requeue(task.url_id, refund=True)  # we cut it short, not the URL
-        except Exception:
-            log.exception("could not hand back %d in-flight URLs", len(leftover))
-        if leftover:
-            log.info("handed back %d unfinished URLs; they resume on the next start", len(leftover))
-        for tasks in self.assigned.values():
-            tasks.clear()
+                    self.store.requeue(task, refund=True)  # we cut it short, not the URL
+            if leftover:
+                log.info("handed back %d unfinished URLs; they resume on the next start "
+                         "(or on another instance)", len(leftover))
+        except Exception as exc:
+            log.error("could not hand back %d in-flight URLs (%s); they are taken back when "
+                      "their lease runs out", len(leftover), exc)
+        self.state = replace(state, assigned={index: {} for index in state.assigned})
         self.pool.terminate()
         if fatal:
             log.error("%s; exiting so a supervisor can restart the service", fatal)

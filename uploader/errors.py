@@ -46,6 +46,18 @@ class PoolBroken(UploaderError):
     """The multiprocessing manager is gone: no task can be sent, no worker started."""
 
 
+class StoreUnavailable(UploaderError):
+    """The store cannot be reached (PostgreSQL down, connection lost): try again later."""
+
+
+class StoreConflict(UploaderError):
+    """A transaction lost a race with another instance (deadlock, serialization): run it again."""
+
+
+class StoreInUse(UploaderError):
+    """The embedded store is held by another running instance (embedded mode runs one)."""
+
+
 # Failure classes: a small, stable vocabulary for metrics and logs (the reason has the detail).
 _FETCH_CLASSES = (
     ("refused:", "refused"),

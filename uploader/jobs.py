@@ -11,7 +11,6 @@ dispatched, ``in-progress`` until every URL is final, then ``complete``. Status 
 moves backwards and ``finished`` is set once.
 """
 import pickle
-import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
@@ -59,9 +58,10 @@ def format_timestamp(epoch_seconds: Optional[float]) -> Optional[str]:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
-def now() -> float:
-    """Wall-clock seconds; one place to read the clock for stored timestamps."""
-    return time.time()
+def parse_timestamp(text: str) -> float:
+    """Epoch seconds of a ``format_timestamp`` string."""
+    moment = datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ")
+    return moment.replace(tzinfo=timezone.utc).timestamp()
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,8 @@ class Task:
     job_id: str
     url: str
     attempt: int  # 1 for the first try; counts every try, including ones a crash cut short
+    lease: int = 0  # the claim's token: a result counts only while the store still holds it
+    suspect: bool = False  # in flight when a worker died in company: runs alone (quarantine)
 
 
 @dataclass(frozen=True)

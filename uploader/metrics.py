@@ -10,7 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the handler)
 
 from . import jobs
-from .ratelimit import UPLOAD_CREDITS, Budget
+from .hosts.imgur import UPLOAD_CREDITS
+from .ratelimit import Budget
 
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 

@@ -8,10 +8,11 @@
 
 Because a watcher puts ``WorkerExited`` on the same FIFO queue as the worker's own
 results, the dispatcher always sees a dead worker's last results before its death, and
-can hand back exactly the URLs that were still in flight. The manager also hosts what
-the workers share (``Shared``): the upload gate (rate limit, pauses, Imgur's budgets),
-the Imgur credential (refreshed once for all) and the dedup index. Processes are
-spawned, not forked: the front end has threads.
+can hand back exactly the URLs that were still in flight. In the embedded mode the
+manager also hosts what the workers share (``shared``): the upload gate (rate limit,
+pauses, Imgur's budgets), the Imgur credential (refreshed once for all) and the dedup
+index; with PostgreSQL those live in the database. Processes are spawned, not forked:
+the front end has threads.
 """
 import logging
 import os
@@ -25,10 +26,11 @@ import multiprocess
 from multiprocess.managers import SyncManager
 
 from . import jobs, worker
-from .coordinator import Coordinator
 from .credentials import Credentials
 from .errors import PoolBroken
 from .jobs import WorkerExited
+from .shared import Shared
+from .shared.embedded import Coordinator
 
 log = logging.getLogger(__name__)
 
@@ -39,14 +41,6 @@ class PoolManager(SyncManager):
 
 PoolManager.register("Coordinator", Coordinator)
 PoolManager.register("Credentials", Credentials)
-
-
-@dataclass(frozen=True)
-class Shared:
-    """Proxies to the manager's shared objects, handed to every worker."""
-
-    coordinator: object  # the upload gate and the dedup index, behind two calls per upload
-    credentials: object = None  # the Imgur credential (None for the local host)
 
 
 @dataclass(frozen=True)
@@ -77,11 +71,13 @@ class WorkerPool:
         self._closing = False
 
     # -- start -----------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, make_shared: Callable[[SyncManager], Shared]) -> None:
+        """Start the manager, then the workers; ``make_shared(manager)`` builds what every
+        worker shares (objects in the manager, or handles to the shared database)."""
         self.manager = PoolManager(ctx=self.ctx)
         self.manager.start(initializer=_manager_init, initargs=(os.getpid(),))
         self.results = self.manager.Queue()
-        self.shared = self._make_shared()
+        self.shared = make_shared(self.manager)
         for index in range(self.config.workers.processes):
             self.spawn(index)
         threading.Thread(target=self._read_results, name="result-reader", daemon=True).start()
@@ -108,22 +104,6 @@ class WorkerPool:
         log.info("started worker %d (pid %d, generation %d)", index, process.pid, handle.generation)
         return handle
 
-    def _make_shared(self) -> Shared:
-        config, imgur = self.config, self.config.imgur
-        gate = credentials = dedup = None
-        if config.resolved_image_host == "imgur":
-            gate = {"rate": imgur.rate_limit.uploads_per_second, "burst": imgur.rate_limit.burst,
-                    "reserve": {"user": imgur.reserve.user, "client": imgur.reserve.client,
-                                "post": imgur.reserve.post}}
-            credentials = self.manager.Credentials(
-                api_url=imgur.api_url, access_token=imgur.access_token, client_id=imgur.client_id,
-                client_secret=imgur.client_secret, refresh_token=imgur.refresh_token,
-                timeout_seconds=imgur.timeout_seconds)
-        if imgur.dedup:
-            dedup = {"store_path": os.path.abspath(config.storage.path),
-                     "host": config.resolved_image_host}
-        return Shared(coordinator=self.manager.Coordinator(gate, dedup), credentials=credentials)
-
     # -- use -------------------------------------------------------------------
     def send(self, index: int, tasks) -> None:
         """Send worker ``index`` a batch of tasks, in one message."""
@@ -133,8 +113,11 @@ class WorkerPool:
             raise PoolBroken(f"cannot send to worker {index}: {type(exc).__name__}: {exc}") from exc
 
     def release_claims(self, index: int, generation: int) -> None:
-        """A worker ended: uploads it had claimed in the dedup index are free to take."""
-        self.shared.coordinator.release_owner(index, generation)
+        """A worker ended: the bytes it had claimed are free to take, its gate grants void."""
+        try:
+            self.shared.coordinator.release_owner(index, generation)
+        except Exception as exc:  # the manager is gone (that is seen elsewhere) or the database
+            log.warning("could not release the claims of worker %d: %s", index, exc)
 
     def pids(self):
         return [h.process.pid for h in self.workers.values()]

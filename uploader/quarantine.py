@@ -2,49 +2,45 @@
 
 When a worker process dies with several URLs in flight, nobody knows which one killed
 it. Each try still counts as an attempt, but from then on every one of those URLs is a
-*suspect*: it runs alone on a worker (the quarantine worker takes no other work while
-a suspect is queued or running). A poison URL then dies alone until its attempts run out;
-an innocent one succeeds on its next, solitary, try. Other workers keep working.
+*suspect* (a flag on the URL in the store, so every instance knows): it runs alone on a
+worker, which takes no other work while a suspect is queued or running on it. A poison
+URL then dies alone until its attempts run out; an innocent one succeeds on its next,
+solitary, try. Other workers keep working.
 """
-from typing import Dict, Optional, Set, Tuple
+from typing import Dict, Optional, Tuple
 
 
 class Quarantine:
     def __init__(self):
-        self.queued: Set[int] = set()  # suspect URL ids waiting for their solitary try
-        self.running: Dict[int, int] = {}  # suspect URL id -> worker running it
+        self.running: Dict[int, int] = {}  # suspect URL id -> worker running it (here)
         self.worker: Optional[int] = None  # the worker kept free for suspects
 
-    def crashed(self, url_ids, *, crowd: bool) -> None:
-        """URLs handed back after a crash; ``crowd``: several were in flight on that worker."""
-        for url_id in url_ids:
-            was_suspect = self.running.pop(url_id, None) is not None or url_id in self.queued
-            if crowd or was_suspect:
-                self.queued.add(url_id)
+    def copy(self) -> "Quarantine":
+        twin = Quarantine()
+        twin.running, twin.worker = dict(self.running), self.worker
+        return twin
 
     def finished(self, url_id: int) -> None:
-        """A URL reached a final state (or left the service's hands)."""
-        self.queued.discard(url_id)
+        """A URL left this instance's hands (final, handed back or lost)."""
         self.running.pop(url_id, None)
 
-    def plan(self, free: Dict[int, int], load: Dict[int, int]) -> Tuple[Dict[int, int], Optional[Tuple[int, int]]]:
-        """Adjust free slots for this turn; returns (free slots, (suspect, worker) to start or None).
+    def plan(self, free: Dict[int, int], load: Dict[int, int],
+             waiting: bool) -> Tuple[Dict[int, int], Optional[int]]:
+        """Adjust this turn's free slots; returns (free slots, worker to start a suspect on).
 
-        ``load`` is how many URLs each live worker has in flight now."""
+        ``load``: URLs each live worker has in flight now; ``waiting``: a suspect is queued."""
         busy = set(self.running.values())
         if self.worker not in free:
             self.worker = None
-        if not self.queued and not busy:
+        if not waiting and not busy:
             self.worker = None
             return free, None
-        if self.worker is None and self.queued:
+        if self.worker is None and waiting:
             self.worker = min(free, key=lambda i: (load.get(i, 0), i)) if free else None
         free = {i: (0 if i == self.worker or i in busy else n) for i, n in free.items()}
-        if self.worker is not None and self.queued and load.get(self.worker, 0) == 0:
-            suspect = min(self.queued)
-            return free, (suspect, self.worker)
+        if self.worker is not None and waiting and load.get(self.worker, 0) == 0:
+            return free, self.worker
         return free, None
 
     def started(self, url_id: int, worker: int) -> None:
-        self.queued.discard(url_id)
         self.running[url_id] = worker

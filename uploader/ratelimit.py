@@ -1,38 +1,47 @@
-"""One upload pace for the whole pool, driven by our own limit and by Imgur's reports.
+"""One upload pace for every worker of every instance, driven by our limit and the host's reports.
 
-The gate lives in the multiprocessing manager, so every worker process draws from the
-same state (Celery-style per-worker limits would multiply the rate by the pool size).
-A worker asks ``reserve()`` before each upload and is told whether it got a slot, how long
-to wait and why; no process holds the manager while it sleeps. Every granted slot is
-closed by exactly one ``observe()`` when the upload's answer (or failure) is in. Three things can make it wait:
+The rules (``GateRules``) are pure: they read and change a ``GateState`` at a moment
+``now`` given by the caller. ``UploadGate`` keeps that state in the multiprocessing
+manager for the embedded mode (the monotonic clock, shared by every process of the
+machine); ``shared.postgres`` keeps it in a database row for a cluster (the database's
+clock). Either way every worker draws from the same state: per-worker limits would
+multiply the rate by the pool size.
+
+A worker asks ``reserve()`` before each upload and is told whether it got a slot, when
+to send and why it must wait; nobody holds the gate while sleeping. Every granted slot
+is closed by exactly one ``observe()`` when the upload's answer (or failure) is in. Three
+things can make an upload wait:
 
 - the token bucket (``imgur.rate_limit``: uploads per second and burst);
 - a pause, set when any worker sees a 429 or "too fast" (``pause``), honouring Retry-After;
-- Imgur's budgets: each answer's remaining user, client and post credits (``observe``).
-  What was last reported, less the cost of every upload still in flight and of the next
-  one, may not fall below the configured reserve; when it would, every upload waits for
-  that budget's reset. While Imgur has not yet said what is left (at start, after a
-  reset), one upload goes first as a probe. So the service never knowingly sends the
-  request that exhausts a budget.
+- the host's budgets, as each answer reports what is left (``observe``). What was last
+  reported, less the cost of every upload still in flight and of the next one, may not
+  fall below the configured reserve; when it would, every upload waits for that budget's
+  reset. While the host has not yet said what is left (at start, after a reset), one
+  upload goes first as a probe. So the service never knowingly sends the request that
+  exhausts a budget.
 """
 import threading
 import time
-from typing import Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
 
-UPLOAD_CREDITS = {"user": 10, "client": 10, "post": 1}  # what one upload costs
 UNKNOWN_RESET_SECONDS = 60.0  # wait this long when a budget is spent but its reset unknown
 PROBE_POLL_SECONDS = 0.05
 
+Answer = Tuple[bool, float, str]  # (granted, when, why): a moment on the caller's clock
+
 
 class Budget:
-    """What we believe is left of one of Imgur's budgets."""
+    """What we believe is left of one of the host's budgets."""
 
-    def __init__(self, name: str, reserve: int):
+    def __init__(self, name: str, reserve: int, remaining: Optional[float] = None,
+                 reset_at: Optional[float] = None, reported: bool = False):
         self.name = name
         self.reserve = reserve
-        self.remaining: Optional[float] = None  # unknown until Imgur reports it
-        self.reported = False  # has Imgur ever reported this budget?
-        self.reset_at: Optional[float] = None  # monotonic time of the next refill
+        self.remaining = remaining  # unknown until the host reports it
+        self.reset_at = reset_at  # when the budget refills (on the gate's clock)
+        self.reported = reported  # has the host ever reported this budget?
 
     def update(self, remaining: float, reset_at: Optional[float]) -> None:
         """Take a report. Answers arrive out of order: within one budget period the lowest
@@ -46,93 +55,165 @@ class Budget:
     def blocked_until(self, now: float, cost: int) -> float:
         """0 when ``cost`` more credits fit above the reserve, else when they will fit again."""
         if self.reset_at is not None and now >= self.reset_at:
-            self.remaining, self.reset_at = None, None  # refilled; Imgur will tell us anew
+            self.remaining, self.reset_at = None, None  # refilled; the host will tell us anew
         if self.remaining is None or self.remaining - cost >= self.reserve:
             return 0.0
         return self.reset_at if self.reset_at is not None else now + UNKNOWN_RESET_SECONDS
 
 
-class UploadGate:
-    """The pool's shared gate; ``rate`` 0 turns the token bucket off (budgets still apply)."""
+@dataclass
+class GateState:
+    """What the gate remembers between calls (``in_flight`` is kept by its owner)."""
 
-    def __init__(self, rate: float, burst: int, reserve: Optional[dict] = None):
+    tokens: float
+    last: float
+    paused_until: float = 0.0
+    pause_why: str = ""
+    observed: int = 0  # answers seen since start: until the first, one upload goes alone
+    budgets: Dict[str, list] = field(default_factory=dict)  # name -> [remaining, reset_at, reported]
+
+    def to_dict(self) -> dict:
+        return vars(self).copy()
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "GateState":
+        return cls(**data)
+
+
+class GateRules:
+    """The gate's rules. ``rate`` 0 turns the token bucket off (budgets still apply);
+    ``costs``: what one upload takes from each budget the host reports."""
+
+    def __init__(self, rate: float, burst: int, reserve: Optional[dict] = None,
+                 costs: Optional[dict] = None, host: str = "Imgur"):
         self.rate = float(rate)
         self.burst = max(1, int(burst))
-        self._tokens = float(self.burst)
-        self._last = time.monotonic()
-        self._paused_until = 0.0
-        self._pause_why = ""
-        reserve = reserve or {}
-        self._budgets = {name: Budget(name, int(reserve.get(name, 0))) for name in UPLOAD_CREDITS}
-        self._in_flight = 0
-        self._observed = 0
+        self.host = host
+        self.costs = dict(costs or {})
+        self.reserve = {name: int((reserve or {}).get(name, 0)) for name in self.costs}
+
+    def new_state(self, now: float) -> GateState:
+        return GateState(tokens=float(self.burst), last=now)
+
+    def _budgets(self, state: GateState) -> Dict[str, Budget]:
+        return {name: Budget(name, self.reserve[name], *state.budgets.get(name, (None, None, False)))
+                for name in self.costs}
+
+    @staticmethod
+    def _keep(state: GateState, budgets: Dict[str, Budget]) -> None:
+        state.budgets = {name: [b.remaining, b.reset_at, b.reported] for name, b in budgets.items()}
+
+    def reserve_slot(self, state: GateState, now: float, in_flight: int) -> Answer:
+        """Granted: send at ``when`` (our own pace); the caller counts one more in flight.
+        Not granted: the host's limits hold every upload; ask again at ``when``."""
+        start, why = now, ""
+        if state.paused_until > start:
+            start, why = state.paused_until, state.pause_why
+        budgets = self._budgets(state)
+        for budget in budgets.values():
+            until = budget.blocked_until(now, self.costs[budget.name] * (in_flight + 1))
+            if until > start:
+                start = until
+                why = (f"{self.host}'s {budget.name} budget is down to its reserve of "
+                       f"{budget.reserve} credits; waiting for its reset")
+        self._keep(state, budgets)
+        if start > now:
+            return False, start, why
+        if in_flight and self._probing(state, budgets):
+            return False, now + PROBE_POLL_SECONDS, ""
+        if self.rate <= 0:
+            return True, now, ""
+        start = max(now, state.last)
+        state.tokens = min(self.burst, state.tokens + (start - state.last) * self.rate)
+        state.last = start
+        state.tokens -= 1.0
+        return True, start + max(0.0, -state.tokens / self.rate), ""
+
+    def confirm(self, state: GateState, now: float) -> Answer:
+        """For a grant whose moment lay ahead, asked at that moment: is the way still clear?
+        Not granted means the grant is withdrawn (the caller counts one less in flight):
+        no reservation made before a pause is used during it."""
+        if state.paused_until > now:
+            return False, state.paused_until, state.pause_why
+        return True, now, ""
+
+    def observe(self, state: GateState, now: float, report: Optional[dict]) -> None:
+        """One upload ended (the caller counts one less in flight); ``report`` holds the
+        host's budgets from its answer, reset times in seconds from now (or None)."""
+        state.observed += 1
+        if not report:
+            return
+        budgets = self._budgets(state)
+        for name, budget in budgets.items():
+            remaining = report.get(f"{name}_remaining")
+            if remaining is None:
+                continue
+            reset = report.get(f"{name}_reset")
+            budget.update(remaining, now + reset if reset is not None else None)
+        self._keep(state, budgets)
+
+    @staticmethod
+    def pause(state: GateState, now: float, seconds: float, why: str) -> None:
+        """Hold every upload for ``seconds`` from now (never shortens a longer pause)."""
+        until = now + seconds
+        if until > state.paused_until:
+            state.paused_until, state.pause_why = until, why
+
+    def _probing(self, state: GateState, budgets: Dict[str, Budget]) -> bool:
+        """True while a budget the host reports is unknown (the next answer tells)."""
+        return state.observed == 0 or any(
+            b.reported and b.remaining is None for b in budgets.values())
+
+
+class UploadGate:
+    """The gate of one machine: rules and state behind a lock, on the monotonic clock.
+    Lives in the multiprocessing manager; ``when`` is a ``time.monotonic()`` moment (one
+    clock for every process on the machine, so a caller's lag in hearing it does not
+    shift it). Grants are counted per owner (a worker process), so those of a worker
+    that died can be dropped (``release``) instead of counting as in flight forever."""
+
+    def __init__(self, rate: float, burst: int, reserve: Optional[dict] = None,
+                 costs: Optional[dict] = None, host: str = "Imgur"):
+        self.rules = GateRules(rate, burst, reserve, costs, host)
+        self.state = self.rules.new_state(time.monotonic())
+        self._grants: Dict[tuple, int] = {}
         self._lock = threading.Lock()
 
-    def reserve(self) -> Tuple[bool, float, str]:
-        """(granted, when, why), ``when`` a ``time.monotonic()`` moment (one clock for every
-        process on the machine, so a caller's lag in hearing the answer does not shift it).
-        Granted: send at ``when`` (our own pace). Not granted: Imgur's limits hold every
-        upload; ask again at ``when``."""
+    @property
+    def in_flight(self) -> int:
+        return sum(self._grants.values())
+
+    def _count(self, owner: tuple, change: int) -> None:
+        left = self._grants.get(owner, 0) + change
+        if left > 0:
+            self._grants[owner] = left
+        else:
+            self._grants.pop(owner, None)
+
+    def reserve(self, owner: tuple = ()) -> Answer:
         with self._lock:
-            now = time.monotonic()
-            start, why = now, ""
-            if self._paused_until > start:
-                start, why = self._paused_until, self._pause_why
-            for budget in self._budgets.values():
-                until = budget.blocked_until(now, UPLOAD_CREDITS[budget.name] * (self._in_flight + 1))
-                if until > start:
-                    start = until
-                    why = (f"Imgur's {budget.name} budget is down to its reserve of "
-                           f"{budget.reserve} credits; waiting for its reset")
-            if start > now:
-                return False, start, why
-            if self._in_flight and self._probing():
-                return False, now + PROBE_POLL_SECONDS, ""
-            self._in_flight += 1
-            if self.rate <= 0:
-                return True, now, ""
-            start = max(now, self._last)
-            self._tokens = min(self.burst, self._tokens + (start - self._last) * self.rate)
-            self._last = start
-            self._tokens -= 1.0
-            return True, start + max(0.0, -self._tokens / self.rate), ""
+            answer = self.rules.reserve_slot(self.state, time.monotonic(), self.in_flight)
+            if answer[0]:
+                self._count(owner, +1)
+            return answer
 
-    def confirm(self) -> Tuple[bool, float, str]:
-        """For a grant whose moment lay ahead, asked at that moment: is the way still clear?
-
-        A grant for later is a reservation; if a pause began since (another worker's 429),
-        the grant is withdrawn here (no longer in flight) and the answer says until when to
-        wait, so no reservation made before a pause is used during it."""
+    def confirm(self, owner: tuple = ()) -> Answer:
         with self._lock:
-            now = time.monotonic()
-            if self._paused_until > now:
-                self._in_flight = max(0, self._in_flight - 1)
-                return False, self._paused_until, self._pause_why
-            return True, now, ""
+            answer = self.rules.confirm(self.state, time.monotonic())
+            if not answer[0]:
+                self._count(owner, -1)
+            return answer
 
-    def _probing(self) -> bool:
-        """True while a budget Imgur reports is unknown (the next answer tells)."""
-        return self._observed == 0 or any(
-            b.reported and b.remaining is None for b in self._budgets.values())
-
-    def observe(self, report: Optional[dict]) -> None:
-        """One upload ended; ``report`` holds Imgur's budgets from its answer (or None)."""
+    def observe(self, report: Optional[dict], owner: tuple = ()) -> None:
         with self._lock:
-            self._in_flight = max(0, self._in_flight - 1)
-            self._observed += 1
-            if not report:
-                return
-            now = time.monotonic()
-            for name, budget in self._budgets.items():
-                remaining = report.get(f"{name}_remaining")
-                if remaining is None:
-                    continue
-                reset = report.get(f"{name}_reset")
-                budget.update(remaining, now + reset if reset is not None else None)
+            self._count(owner, -1)
+            self.rules.observe(self.state, time.monotonic(), report)
 
     def pause(self, seconds: float, why: str) -> None:
-        """Hold every upload for ``seconds`` from now (never shortens a longer pause)."""
         with self._lock:
-            until = time.monotonic() + seconds
-            if until > self._paused_until:
-                self._paused_until, self._pause_why = until, why
+            self.rules.pause(self.state, time.monotonic(), seconds, why)
+
+    def release(self, owner: tuple) -> None:
+        """A worker ended: its grants will never be answered."""
+        with self._lock:
+            self._grants.pop(owner, None)

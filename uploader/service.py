@@ -1,7 +1,12 @@
-"""The assembled service: store, worker pool, dispatcher and HTTP server, started and stopped together."""
+"""The assembled instance: store, worker pool, dispatcher and HTTP server, started and stopped together.
+
+With the embedded store this is the whole service; with PostgreSQL it is one of any
+number of instances that meet in the database (each with an id of its own).
+"""
 import asyncio
 import logging
 import os
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
@@ -12,7 +17,8 @@ from .app import make_app
 from .dispatcher import Dispatcher
 from .metrics import Metrics
 from .pool import WorkerPool
-from .store import StoreReader, open_store
+from .shared import make_shared
+from .store import open_store
 
 log = logging.getLogger(__name__)
 
@@ -33,19 +39,25 @@ class Service:
         """Open the store, start the processes, listen. Call from the event loop's thread."""
         loop = asyncio.get_running_loop()
         self.stopped = loop.create_future()
-        sockets = tornado.netutil.bind_sockets(self.config.server.port, self.config.server.host)
+        self.instance = str(uuid.uuid4())
+        self.store = open_store(self.config.storage, self.instance)  # first: it may be in use
+        try:
+            sockets = tornado.netutil.bind_sockets(self.config.server.port, self.config.server.host)
+        except OSError:
+            self.store.close()
+            raise
         self.port = sockets[0].getsockname()[1]
         self.config = with_actual_port(self.config, self.port)
         os.makedirs(self.config.local.directory, exist_ok=True)
-        self.writer = open_store(self.config.storage.path)
-        self.reader = StoreReader(self.config.storage.path)
         self.readers = ThreadPoolExecutor(4, thread_name_prefix="store-read")
         self.pool = WorkerPool(self.config, on_event=lambda event: self.dispatcher.post(event))
         self.metrics = Metrics()
-        self.dispatcher = Dispatcher(writer=self.writer, pool=self.pool, config=self.config,
+        self.dispatcher = Dispatcher(store=self.store, pool=self.pool, config=self.config,
                                      metrics=self.metrics, on_fatal=self._on_fatal)
-        self.pool.start()
+        self.pool.start(lambda manager: make_shared(self.config, manager, self.instance))
         self.dispatcher.start()
+        if self.config.storage.shared:
+            self.store.listen(self.dispatcher.wake)
         self.http = tornado.httpserver.HTTPServer(make_app(self))
         self.http.add_sockets(sockets)
 
@@ -80,6 +92,7 @@ class Service:
     def _finish(self) -> None:
         self.http.stop()
         self.readers.shutdown(wait=False)
+        self.store.close()
         if not self.stopped.done():
             self.stopped.set_result(self.exit_code)
 

@@ -1,40 +1,38 @@
-"""The worker process: fetch each URL's bytes, upload them, report the outcome.
+"""The worker process: a generic pipeline that fetches each URL's bytes, uploads them and
+reports the outcome. It knows no host's rules: those live in ``hosts/``.
 
-A worker is long-lived. It builds its fetcher and its image-host session once, after
-it starts, and runs ``workers.uploads_per_process`` slot threads that each take a task
-from the worker's own inbox queue, handle it, and put a ``Result`` on the shared result
-queue. ``None`` in the inbox stops one slot. Only small records cross the process
-boundary; errors travel as their message.
+    inbox (manager queue, batches of tasks) --reader thread--> task queue --> N slot threads
+    slot threads --> outbox --sender thread--> shared result queue (batches of records)
 
-Per URL: fetch (safe, capped) -> SHA-256 -> ``coordinator.begin`` (reuse an existing
-link, or own the upload and get the gate's answer) -> wait for the gate -> upload -> on
-a transient error, back off and try again up to ``imgur.max_attempts``; on a refused
-token, refresh once for the pool -> ``coordinator.end`` (budgets, publish the link).
+A worker is long-lived. It builds its fetcher and its host's uploader once, after it
+starts. ``None`` in the inbox stops it: every slot finishes its URL and ends. Only small
+records cross the process boundary; errors travel as their message.
+
+Per URL: fetch (safe, capped, tried again while the source may recover) -> SHA-256 ->
+``coordinator.begin`` (reuse the link these bytes already have, or own their upload, with
+the gate's first answer) -> the host's uploader (for Imgur: wait at the shared gate,
+retry, refresh the shared token) -> ``coordinator.end`` (the last answer's budgets;
+publish or release the bytes).
 """
 import hashlib
 import logging
 import os
 import posixpath
 import queue
-import random
 import re
 import signal
 import threading
 import time
 from urllib.parse import urlsplit
 
-from . import jobs
-from .errors import (AuthRejectedError, FetchError, HostError, RetryableHostError, failure_class,
-                     source_may_recover)
+from . import hosts, jobs
+from .errors import FetchError, HostError, failure_class, source_may_recover
 from .fetch import Fetcher
-from .hosts.local import LocalHost
 from .logs import setup_logging
 
 log = logging.getLogger(__name__)
 
 DEDUP_POLL_SECONDS = 0.1
-GATE_POLL_SECONDS = 5.0  # re-ask the gate at least this often during a long pause
-WAIT_WORTH_NOTING = 1.0  # waits longer than this are shown in the job body
 
 
 def run(index, generation, inbox, results, config, shared):
@@ -60,7 +58,7 @@ def run(index, generation, inbox, results, config, shared):
     threading.Thread(target=_read_inbox, args=(inbox, tasks, slots), name="inbox",
                      daemon=True).start()
     outbox.put(jobs.Ready(index, generation))
-    log.info("worker %d ready with %d slots (host: %s)", index, slots, worker.host.name)
+    log.info("worker %d ready with %d slots (host: %s)", index, slots, worker.uploader.name)
     for thread in threads:
         thread.join()
     outbox.close()
@@ -113,19 +111,6 @@ class Outbox:
                 return
 
 
-def build_host(config):
-    """The image host this configuration asks for, with its session built in this process."""
-    if config.resolved_image_host == "imgur":
-        from .hosts.imgur import ImgurHost
-        return ImgurHost(
-            api_url=config.imgur.api_url,
-            access_token=config.imgur.access_token,
-            client_id=config.imgur.client_id,
-            timeout_seconds=config.imgur.timeout_seconds,
-        )
-    return LocalHost(directory=config.local.directory, base_url=config.server.base_url)
-
-
 def build_fetcher(config) -> Fetcher:
     f = config.fetch
     return Fetcher(
@@ -147,11 +132,8 @@ class Worker:
         self.config = config
         self.results = results
         self.coordinator = shared.coordinator
-        self.credentials = shared.credentials
-        self.gated = config.resolved_image_host == "imgur"  # the local host has no limits
         self.fetcher = build_fetcher(config)
-        self.host = build_host(config)
-        self._token = None  # (token, version, rejected) as last read from the pool's Credentials
+        self.uploader = hosts.build_uploader(config, shared, (index, generation))
 
     def serve(self, tasks) -> None:
         while True:
@@ -174,15 +156,19 @@ class Worker:
             fetched = self._fetch(task, report)
             report.fetched(len(fetched.data))
             digest = report.sha256 = hashlib.sha256(fetched.data).hexdigest()
-            reused, grant = self._begin(digest)
+            owner = (self.index, self.generation, threading.get_ident())
+            reused, grant = self._begin(digest, owner)
             if reused:
                 return report.result(jobs.COMPLETE, link=reused, reused=True)
             link = None
+            started = time.monotonic()
             try:
                 filename = upload_name(fetched.final_url, fetched.ext)
-                link = self._upload(task, fetched.data, filename, fetched.mime, report, grant).link
+                link = self.uploader.upload(fetched.data, filename=filename, mime=fetched.mime,
+                                            report=report, grant=grant).link
             finally:  # one round trip: the last answer's budgets, and publish (or release) the bytes
-                self.coordinator.end(digest, link, report.rate, observe=report.grant_open)
+                report.upload_seconds = time.monotonic() - started
+                self.coordinator.end(digest, link, report.rate, owner, observe=report.grant_open)
             report.uploaded_bytes = len(fetched.data)
             return report.result(jobs.COMPLETE, link=link)
         except (FetchError, HostError) as exc:
@@ -205,10 +191,9 @@ class Worker:
                          2 ** retry)
                 time.sleep(2 ** retry)
 
-    def _begin(self, digest: str):
+    def _begin(self, digest: str, owner: tuple):
         """(link these bytes already have, None) or (None, the gate's first answer) once this
         slot owns their upload; waits while another slot uploads the same bytes."""
-        owner = (self.index, self.generation, threading.get_ident())
         while True:
             decision, link, grant = self.coordinator.begin(digest, owner)
             if decision == "reuse":
@@ -217,113 +202,10 @@ class Worker:
                 return None, grant
             time.sleep(DEDUP_POLL_SECONDS)
 
-    def _upload(self, task, data, filename, mime, report, grant):
-        """Upload with retries of transient host errors; the report keeps attempts and budgets.
-
-        Every grant of the gate is answered by one observation: here for a try that is
-        retried, by ``coordinator.end`` for the last one (``report.grant_open``)."""
-        refreshed = False
-        started = time.monotonic()
-        try:
-            while True:
-                self._wait_at_gate(task, grant, report)
-                grant = None
-                version = self._use_current_token()
-                try:
-                    uploaded = self.host.upload(data, filename=filename, mime=mime)
-                except HostError as exc:
-                    report.rate = _budgets(getattr(exc, "rate", None)) or report.rate
-                    if isinstance(exc, AuthRejectedError) and self.credentials is not None \
-                            and not refreshed:
-                        refreshed = True
-                        self._close_grant(report)
-                        self._token = self.credentials.refresh(version, str(exc))  # once for the pool
-                        continue
-                    if (not isinstance(exc, RetryableHostError)
-                            or report.attempts >= self.config.imgur.max_attempts):
-                        raise
-                    self._close_grant(report)
-                    delay = self._backoff(report.attempts, exc.retry_after)
-                    log.info("job %s: %s: %s; retrying in %.1f s", task.job_id, task.url, exc, delay)
-                    if exc.pool_wide:
-                        self.coordinator.pause(delay, f"Imgur asked us to slow down: {exc}")
-                    if not exc.pool_wide or not self.gated:
-                        time.sleep(delay)
-                    report.attempts += 1
-                    self.results.put(jobs.Attempt(task.url_id, self.index, self.generation,
-                                                  report.attempts))
-                    continue
-                report.rate = _budgets(uploaded.rate) or report.rate
-                return uploaded
-        finally:
-            report.upload_seconds = time.monotonic() - started
-
-    def _close_grant(self, report) -> None:
-        """Tell the gate a try is over (it is being retried), with Imgur's latest budgets."""
-        if report.grant_open:
-            self.coordinator.observe(report.rate)
-            report.grant_open = False
-
-    def _use_current_token(self):
-        """Point the host at the pool's current token; fail at once if Imgur refused it for good.
-
-        The token is read from the manager once and again only after Imgur refuses it, so a
-        refresh done by another worker costs this one a single refused request, not a round
-        trip per upload."""
-        if self.credentials is None:
-            return None
-        if self._token is None:
-            self._token = self.credentials.current()
-        token, version, rejected = self._token
-        if rejected:
-            raise AuthRejectedError(rejected)
-        if token:
-            self.host.access_token = token
-        return version
-
-    def _wait_at_gate(self, task, grant, report) -> None:
-        """Wait for the pool's gate (``grant``: its answer already in hand, if any); a long
-        wait is shown in the job body with its reason."""
-        if not self.gated:
-            return
-        noted = False
-        while True:
-            granted, when, why = grant or self.coordinator.reserve()
-            grant = None
-            delay = when - time.monotonic()
-            if granted:
-                report.grant_open = True
-                if delay > 0:  # a reservation for later: still valid once its moment comes?
-                    time.sleep(delay)
-                    grant = self.coordinator.confirm()
-                    if not grant[0]:  # a pause began meanwhile; the gate withdrew the grant
-                        report.grant_open = False
-                        continue
-                    grant = None
-                if noted:
-                    self.results.put(jobs.Waiting(task.url_id, None))
-                return
-            if delay > WAIT_WORTH_NOTING and not noted:
-                self.results.put(jobs.Waiting(task.url_id, time.time() + delay, why))
-                noted = True
-            time.sleep(min(max(delay, 0.0), GATE_POLL_SECONDS))
-
-    def _backoff(self, attempt: int, retry_after) -> float:
-        """Exponential backoff with full jitter; the host's own Retry-After wins when given."""
-        if retry_after is not None:
-            return float(retry_after)
-        b = self.config.imgur.backoff
-        return random.uniform(0, min(b.max_seconds, b.base_seconds * 2 ** (attempt - 1)))
-
-
-
-def _budgets(rate):
-    """Imgur's budgets from a RateLimitSnapshot, as the plain dict the gate takes."""
-    return None if rate is None else vars(rate)
-
 
 class _Report:
-    """What one URL's handling measured, turned into its Result at the end."""
+    """What one URL's handling measured, turned into its Result at the end; also how the
+    upload policy tells the job about retries and waits."""
 
     PROGRESS_EVERY_SECONDS = 0.5
 
@@ -337,14 +219,30 @@ class _Report:
         self.fetched_bytes = self.uploaded_bytes = 0
         self.rate = None
         self.grant_open = False  # a gate grant whose try has not been reported back yet
-        self._last_progress = self.started
+        self._last_progress = None
+
+    def describe(self) -> str:
+        return f"job {self.task.job_id}: {self.task.url}"
+
+    def _send(self, record) -> None:
+        self.worker.results.put(record)
 
     def progress(self, received: int, total) -> None:
-        """Fetch progress, passed on at most twice a second (large images only)."""
+        """Fetch progress: the first report at once, then at most twice a second."""
         now = time.monotonic()
-        if now - self._last_progress >= self.PROGRESS_EVERY_SECONDS:
+        if self._last_progress is None or now - self._last_progress >= self.PROGRESS_EVERY_SECONDS:
             self._last_progress = now
-            self.worker.results.put(jobs.Progress(self.task.url_id, received, total))
+            self._send(jobs.Progress(self.task.url_id, received, total))
+
+    def retrying(self) -> None:
+        """Another try at the upload (counted at once, so a crash mid-retry still counts it)."""
+        self.attempts += 1
+        self._send(jobs.Attempt(self.task.url_id, self.worker.index, self.worker.generation,
+                                self.attempts))
+
+    def waiting(self, until, why) -> None:
+        """The upload waits for the host's limits until ``until`` (epoch seconds; None: no more)."""
+        self._send(jobs.Waiting(self.task.url_id, until, why))
 
     def fetched(self, size: int) -> None:
         self.fetch_seconds = time.monotonic() - self.started

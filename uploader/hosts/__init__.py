@@ -1,8 +1,11 @@
-"""Image hosts: where fetched bytes are re-hosted.
+"""Image hosts: where fetched bytes are re-hosted, and the policy of uploading there.
 
-Every host offers one call, ``upload(data, *, filename, mime) -> Uploaded``, and raises
-``uploader.errors.HostError`` subclasses on failure. A host knows nothing of jobs,
-queues or Tornado: the worker drives it.
+Every host client offers one call, ``upload(data, *, filename, mime) -> Uploaded``, and
+raises ``uploader.errors.HostError`` subclasses on failure. A client knows nothing of
+jobs, queues or Tornado. What a host asks of the rest of the service is decided here,
+so the worker stays a generic pipeline: ``gate_settings`` (a shared upload gate and its
+credit costs: Imgur's), ``credential_settings`` (a token shared and refreshed by all:
+Imgur's) and ``build_uploader`` (the client wrapped in its upload policy).
 """
 from dataclasses import dataclass, field
 from typing import Optional, Protocol
@@ -44,3 +47,59 @@ class ImageHost(Protocol):
 
     def upload(self, data: bytes, *, filename: str, mime: str) -> Uploaded:
         """Upload ``data``; return its link or raise a ``HostError``."""
+
+
+def gate_settings(config) -> Optional[dict]:
+    """``ratelimit.GateRules`` arguments when this host's uploads go through the shared gate."""
+    if config.resolved_image_host != "imgur":
+        return None  # the local host has no limits
+    from .imgur import UPLOAD_CREDITS
+
+    imgur = config.imgur
+    return {"rate": imgur.rate_limit.uploads_per_second, "burst": imgur.rate_limit.burst,
+            "reserve": {"user": imgur.reserve.user, "client": imgur.reserve.client,
+                        "post": imgur.reserve.post},
+            "costs": dict(UPLOAD_CREDITS), "host": "Imgur"}
+
+
+def credential_settings(config) -> Optional[dict]:
+    """``Credentials`` arguments when this host has a credential every worker shares."""
+    if config.resolved_image_host != "imgur":
+        return None
+    imgur = config.imgur
+    return {"api_url": imgur.api_url, "access_token": imgur.access_token,
+            "client_id": imgur.client_id, "client_secret": imgur.client_secret,
+            "refresh_token": imgur.refresh_token, "timeout_seconds": imgur.timeout_seconds}
+
+
+class DirectUploader:
+    """A host without limits or credentials: one try, no gate."""
+
+    gated = False
+
+    def __init__(self, host):
+        self.host = host
+        self.name = host.name
+
+    def upload(self, data: bytes, *, filename: str, mime: str, report, grant=None) -> Uploaded:
+        return self.host.upload(data, filename=filename, mime=mime)
+
+
+def build_uploader(config, shared, owner: tuple):
+    """The configured host's client, built in this process, wrapped in its upload policy.
+    ``owner``: (worker, generation), whose gate grants these uploads are."""
+    if config.resolved_image_host == "imgur":
+        from .citizen import PoliteUploader
+        from .imgur import ImgurHost
+
+        client = ImgurHost(api_url=config.imgur.api_url, access_token=config.imgur.access_token,
+                           client_id=config.imgur.client_id,
+                           timeout_seconds=config.imgur.timeout_seconds)
+        return PoliteUploader(client, coordinator=shared.coordinator,
+                              credentials=shared.credentials, owner=owner,
+                              max_attempts=config.imgur.max_attempts,
+                              backoff=config.imgur.backoff)
+    from .local import LocalHost
+
+    return DirectUploader(LocalHost(directory=config.local.directory,
+                                    base_url=config.server.base_url))

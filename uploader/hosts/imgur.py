@@ -33,7 +33,7 @@ _RATE_HEADERS = {
     "post_reset": "X-Post-Rate-Limit-Reset",
 }
 _UNIX_TIME_FLOOR = 10**9  # a reset above this is a unix time, below it is seconds
-UPLOAD_CREDITS = 10  # what one upload costs from the user and client budgets
+UPLOAD_CREDITS = {"user": 10, "client": 10, "post": 1}  # what one upload costs, by budget
 _MAX_RESET_AS_RETRY_AFTER = 3600.0  # a 429 without Retry-After waits out a reset this short
 _CREDENTIAL_HINTS = ("access token", "invalid client_id", "authentication required")
 _MAX_REASON_CHARS = 200
@@ -194,9 +194,8 @@ def _retry_after(headers, status, rate):
     if status != 429 or rate is None:
         return None
     # Wait for every budget too small for one more upload; a long (daily) reset is no retry hint.
-    budgets = [(rate.user_remaining, rate.user_reset, UPLOAD_CREDITS),
-               (rate.client_remaining, rate.client_reset, UPLOAD_CREDITS),
-               (rate.post_remaining, rate.post_reset, 1)]
+    budgets = [(getattr(rate, f"{name}_remaining"), getattr(rate, f"{name}_reset"), cost)
+               for name, cost in UPLOAD_CREDITS.items()]
     resets = [reset for remaining, reset, cost in budgets
               if remaining is not None and remaining < cost and reset is not None]
     if resets and max(resets) <= _MAX_RESET_AS_RETRY_AFTER:

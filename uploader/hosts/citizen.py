@@ -1,0 +1,126 @@
+"""Uploading to Imgur as a good citizen: the shared gate, retries, and the shared token.
+
+``PoliteUploader`` wraps the wire client (``imgur.ImgurHost``) with the policy the whole
+service (every worker of every instance) follows for each upload:
+
+    wait at the gate -> upload -> answer: budgets reported back to the gate
+                          | transient error (429, 5xx, network): back off and try again,
+                          |   up to imgur.max_attempts; a 429 or "too fast" pauses everyone
+                          | token refused: refresh once for everyone, then try again
+
+Each grant of the gate is answered by exactly one observation: here for a try that is
+retried, by the worker's ``coordinator.end`` for the last one (``report.grant_open``).
+"""
+import logging
+import random
+import time
+
+from ..errors import AuthRejectedError, HostError, RetryableHostError
+
+log = logging.getLogger(__name__)
+
+GATE_POLL_SECONDS = 5.0  # re-ask the gate at least this often during a long pause
+WAIT_WORTH_NOTING = 1.0  # waits longer than this are shown in the job body
+
+
+class PoliteUploader:
+    gated = True  # the worker asks the gate for the first try together with the dedup claim
+
+    def __init__(self, host, *, coordinator, credentials, owner: tuple, max_attempts: int,
+                 backoff):
+        self.host = host
+        self.name = host.name
+        self.coordinator = coordinator
+        self.credentials = credentials
+        self.owner = owner  # (worker, generation): whose grants these are
+        self.max_attempts = max_attempts
+        self.backoff = backoff
+        self._token = None  # (token, version, rejected) as last read from the shared credential
+
+    def upload(self, data: bytes, *, filename: str, mime: str, report, grant=None):
+        """Upload with retries of transient host errors; ``report`` keeps attempts, budgets
+        and whether a grant is still open, and tells the job about retries and waits."""
+        refreshed = False
+        while True:
+            self._wait_at_gate(grant, report)
+            grant = None
+            version = self._use_current_token()
+            try:
+                uploaded = self.host.upload(data, filename=filename, mime=mime)
+            except HostError as exc:
+                report.rate = _budgets(getattr(exc, "rate", None)) or report.rate
+                if isinstance(exc, AuthRejectedError) and self.credentials is not None \
+                        and not refreshed:
+                    refreshed = True
+                    self._close_grant(report)
+                    self._token = self.credentials.refresh(version, str(exc))  # once for all
+                    continue
+                if not isinstance(exc, RetryableHostError) or report.attempts >= self.max_attempts:
+                    raise
+                self._close_grant(report)
+                delay = self._backoff(report.attempts, exc.retry_after)
+                log.info("%s: %s; retrying in %.1f s", report.describe(), exc, delay)
+                if exc.pool_wide:
+                    self.coordinator.pause(delay, f"Imgur asked us to slow down: {exc}")
+                else:
+                    time.sleep(delay)
+                report.retrying()
+                continue
+            report.rate = _budgets(uploaded.rate) or report.rate
+            return uploaded
+
+    def _close_grant(self, report) -> None:
+        """Tell the gate a try is over (it is being retried), with Imgur's latest budgets."""
+        if report.grant_open:
+            self.coordinator.observe(report.rate, self.owner)
+            report.grant_open = False
+
+    def _use_current_token(self):
+        """Point the client at the shared current token; fail at once if Imgur refused it
+        for good. The token is read once, and again only after Imgur refuses it, so a
+        refresh done by another worker costs this one a single refused request."""
+        if self.credentials is None:
+            return None
+        if self._token is None:
+            self._token = self.credentials.current()
+        token, version, rejected = self._token
+        if rejected:
+            raise AuthRejectedError(rejected)
+        if token:
+            self.host.access_token = token
+        return version
+
+    def _wait_at_gate(self, grant, report) -> None:
+        """Wait for the shared gate (``grant``: its answer already in hand, if any); a long
+        wait is shown in the job body with its reason."""
+        noted = False
+        while True:
+            granted, when, why = grant or self.coordinator.reserve(self.owner)
+            grant = None
+            delay = when - time.monotonic()
+            if granted:
+                report.grant_open = True
+                if delay > 0:  # a reservation for later: still valid once its moment comes?
+                    time.sleep(delay)
+                    if not self.coordinator.confirm(self.owner)[0]:
+                        report.grant_open = False  # a pause began meanwhile: withdrawn
+                        continue
+                if noted:
+                    report.waiting(None, None)
+                return
+            if delay > WAIT_WORTH_NOTING and not noted:
+                report.waiting(time.time() + delay, why)
+                noted = True
+            time.sleep(min(max(delay, 0.0), GATE_POLL_SECONDS))
+
+    def _backoff(self, attempt: int, retry_after) -> float:
+        """Exponential backoff with full jitter; the host's own Retry-After wins when given."""
+        if retry_after is not None:
+            return float(retry_after)
+        b = self.backoff
+        return random.uniform(0, min(b.max_seconds, b.base_seconds * 2 ** (attempt - 1)))
+
+
+def _budgets(rate):
+    """Imgur's budgets from a RateLimitSnapshot, as the plain dict the gate takes."""
+    return None if rate is None else vars(rate)

@@ -1,0 +1,103 @@
+"""The SQL schema, the one place it is written, and its migrations for both backends.
+
+Statements use a few macros that each dialect fills in (``{id}``, ``{real}``), so one
+text describes the embedded SQLite store and the shared PostgreSQL one. Migrations run
+in order at start-up, each once, recorded in ``schema_version``; PostgreSQL instances
+starting together serialise on an advisory lock, so none trips over another.
+
+Tables:
+- ``jobs``, ``urls`` (the queue: a URL is queued, in flight under an instance's lease,
+  or final), ``links`` (every link uploaded, oldest first);
+- PostgreSQL only, the state every instance shares: ``instances`` (who is alive),
+  ``gate`` (the upload gate's state) and ``gate_grants`` (uploads granted and not yet
+  answered, by worker), ``dedup_claims`` (bytes being uploaded right now, and by whom),
+  ``credentials`` (the shared Imgur token).
+"""
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    statements: Tuple[str, ...]
+    only: Optional[str] = None  # a dialect name: the migration applies there alone
+
+
+MIGRATIONS = (
+    Migration(1, (  # the schema of the first release (kept as it was, for existing stores)
+        """CREATE TABLE IF NOT EXISTS jobs (
+            id        TEXT PRIMARY KEY,
+            created   {real} NOT NULL,
+            finished  {real},
+            status    TEXT NOT NULL,
+            remaining INTEGER NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS urls (
+            id       {id},
+            job_id   TEXT NOT NULL REFERENCES jobs(id),
+            url      TEXT NOT NULL,
+            state    TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            link     TEXT,
+            reason   TEXT,
+            sha256   TEXT,
+            reused   INTEGER NOT NULL DEFAULT 0,
+            waiting_until  {real},
+            waiting_reason TEXT)""",
+        "CREATE INDEX IF NOT EXISTS urls_by_job ON urls(job_id, id)",
+        "CREATE INDEX IF NOT EXISTS urls_queued ON urls(id) WHERE state = 'queued'",
+        """CREATE TABLE IF NOT EXISTS links (
+            id      {id},
+            link    TEXT NOT NULL UNIQUE,
+            sha256  TEXT,
+            host    TEXT,
+            created {real} NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS links_by_sha ON links(sha256, host)",
+    )),
+    Migration(2, (  # leases: who holds an in-flight URL, under which claim; suspects; progress
+        "ALTER TABLE urls ADD COLUMN owner TEXT",
+        "ALTER TABLE urls ADD COLUMN lease BIGINT",
+        "ALTER TABLE urls ADD COLUMN suspect INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE urls ADD COLUMN progress_bytes BIGINT",
+        "ALTER TABLE urls ADD COLUMN progress_total BIGINT",
+        "CREATE INDEX urls_in_flight ON urls(owner) WHERE state = 'in_flight'",
+    )),
+    Migration(3, (  # what every instance shares, kept where every instance can reach it
+        """CREATE TABLE instances (
+            id        TEXT PRIMARY KEY,
+            host      TEXT NOT NULL,
+            pid       INTEGER NOT NULL,
+            started   {real} NOT NULL,
+            heartbeat {real} NOT NULL)""",
+        "CREATE TABLE gate (id INTEGER PRIMARY KEY, state TEXT NOT NULL)",
+        """CREATE TABLE gate_grants (
+            instance   TEXT NOT NULL,
+            worker     INTEGER NOT NULL,
+            generation INTEGER NOT NULL,
+            n          INTEGER NOT NULL,
+            PRIMARY KEY (instance, worker, generation))""",
+        """CREATE TABLE dedup_claims (
+            sha256     TEXT NOT NULL,
+            host       TEXT NOT NULL,
+            instance   TEXT NOT NULL,
+            worker     INTEGER NOT NULL,
+            generation INTEGER NOT NULL,
+            thread     BIGINT NOT NULL,
+            link       TEXT,
+            PRIMARY KEY (sha256, host))""",
+        "CREATE INDEX dedup_claims_by_owner ON dedup_claims(instance, worker, generation)",
+        """CREATE TABLE credentials (
+            key           TEXT PRIMARY KEY,
+            access_token  TEXT NOT NULL,
+            refresh_token TEXT NOT NULL,
+            version       INTEGER NOT NULL,
+            rejected      TEXT)""",
+    ), only="postgresql"),
+)
+
+LATEST = max(m.version for m in MIGRATIONS)
+
+
+def pending(dialect: str, current: int):
+    """The migrations a store at ``current`` still needs, in order."""
+    return [m for m in MIGRATIONS if m.version > current and m.only in (None, dialect)]

@@ -1,0 +1,152 @@
+"""The embedded store: one SQLite file (WAL, ``synchronous=FULL``), one instance.
+
+The dispatcher's thread writes through one connection; readers use their own, one per
+thread of the reading pool, so WAL lets them run beside the writer. A lock file beside
+the store keeps a second instance out (the operating system drops the lock when a
+process dies, even by SIGKILL): every URL in flight under another owner was left by a
+dead run, so ``reap`` hands it all back at once.
+"""
+import contextlib
+import fcntl
+import os
+import sqlite3
+import threading
+
+from ..errors import StoreInUse, StoreUnavailable
+from . import schema
+from .sql import SqlStore
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """A connection with the settings every user of the store needs."""
+    conn = sqlite3.connect(path, timeout=30, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")  # a committed result survives power loss
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class SqliteStore(SqlStore):
+    dialect = "sqlite"
+    NOW = "((julianday('now') - 2440587.5) * 86400.0)"
+    GREATEST = "max"
+
+    def __init__(self, path: str, instance: str, *, read_only: bool = False):
+        """``read_only``: a reader beside the instance that holds the store (no lock, no
+        writes), as the dedup index in the multiprocessing manager is."""
+        super().__init__(instance)
+        self.path = path
+        self.where = os.path.abspath(path)
+        self._local = threading.local()
+        self._lock = self._writer = None
+        if read_only:
+            return
+        os.makedirs(os.path.dirname(self.where), exist_ok=True)
+        self._lock = _lock_store(self.where)
+        self._writer = connect(path)
+        self._migrate()
+
+    def _migrate(self) -> None:
+        with self.transaction():
+            self._execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            row = self._execute("SELECT MAX(version) FROM schema_version").fetchone()
+            current = row[0] or 0
+            for migration in schema.pending(self.dialect, current):
+                for statement in migration.statements:
+                    self._execute(statement.format(id="INTEGER PRIMARY KEY", real="REAL"))
+                current = migration.version
+            self._execute("DELETE FROM schema_version")
+            self._execute("INSERT INTO schema_version (version) VALUES (?)", (current,))
+
+    # -- plumbing ----------------------------------------------------------------------------
+    def _execute(self, sql, params=()):
+        return self._writer.execute(self.q(sql), params)
+
+    def _executemany(self, sql, rows):
+        self._writer.executemany(self.q(sql), rows)
+
+    @contextlib.contextmanager
+    def transaction(self):
+        try:
+            self._writer.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from exc
+        try:
+            yield self
+            self._before_commit()
+            self._writer.execute("COMMIT")
+        except BaseException as exc:
+            if self._writer.in_transaction:
+                self._writer.execute("ROLLBACK")
+            self._after_rollback()
+            if isinstance(exc, sqlite3.OperationalError):  # disk full, I/O error
+                raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from exc
+            raise
+        self._work_added = False
+
+    def _reader(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._local.conn = connect(self.path)
+        return conn
+
+    @contextlib.contextmanager
+    def reading(self, dedicated: bool = False):
+        conn = connect(self.path) if dedicated else self._reader()
+        conn.execute("BEGIN")  # one snapshot for every query inside
+        try:
+            yield conn
+        finally:
+            conn.execute("COMMIT")
+            if dedicated:
+                conn.close()
+
+    @contextlib.contextmanager
+    def links(self, page_size: int):
+        # Streamed across threads of the reading pool: a connection of its own.
+        with self.reading(dedicated=True) as conn:
+            cursor = conn.execute("SELECT link FROM links ORDER BY id")
+
+            def pages():
+                while rows := cursor.fetchmany(page_size):
+                    yield [r[0] for r in rows]
+
+            yield pages()
+
+    def _dead_owners(self):
+        # The lock guarantees no other instance runs: every other owner is a dead run.
+        return "(owner IS NULL OR owner <> ?)", (self.instance,)
+
+    def problem(self):
+        """Why the store cannot serve now, or None (for health checks)."""
+        try:
+            conn = self._reader()
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("ROLLBACK")
+            return None
+        except sqlite3.Error as exc:
+            return f"SQLite store {self.path} is not writable: {exc}"
+
+    def close(self) -> None:
+        for resource in (self._writer, self._lock):
+            if resource is not None:
+                resource.close()
+
+
+def _lock_store(path: str):
+    """Hold ``<store>.lock`` for this process's life, or say who holds it."""
+    lock = open(path + ".lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.seek(0)
+        holder = lock.read().strip() or "unknown"
+        lock.close()
+        raise StoreInUse(
+            f"the store {path} is in use by another instance (pid {holder}); the embedded "
+            "store runs one instance: set storage.url (env DATABASE_URL) to a PostgreSQL "
+            "database to run several") from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
