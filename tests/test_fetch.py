@@ -20,7 +20,9 @@ import urllib.parse
 import pytest
 
 from uploader import fetch as fetch_module
-from uploader.errors import FetchError
+from uploader.errors import (FetchError, FetchTimeout, InvalidSourceURL, NotAnImage, SourceBroken,
+                             SourceHTTPError, SourceRefused, SourceTooLarge, SourceUnreachable,
+                             TooManyRedirects, failure_class, source_may_recover)
 from tests.fakes.image_source import ImageSource, make_image, sized_jpeg_parts
 from uploader.fetch import Fetched, Fetcher, format_size
 
@@ -234,8 +236,9 @@ def test_progress_is_reported_every_64_kib(source):
     ("256.1.1.1", "invalid IPv4 address '256.1.1.1'"),
 ])
 def test_refuses_special_address_literals(source, connections, host, reason):
-    with pytest.raises(FetchError, match=reason):
+    with pytest.raises(FetchError, match=reason) as caught:
         fetcher().fetch(f"http://{host}:{source.port}/img/secret.png")
+    assert type(caught.value) is (InvalidSourceURL if reason.startswith("invalid") else SourceRefused)
     assert connections == []
     assert source.requests == []
 
@@ -252,7 +255,7 @@ def test_refuses_special_address_literals(source, connections, host, reason):
 ])
 def test_refuses_names_resolving_to_special_addresses(source, connections, answers, reason):
     f = fetcher(resolver=resolver_for({"evil.test": answers}))
-    with pytest.raises(FetchError, match=f"^{reason}$"):
+    with pytest.raises(SourceRefused, match=f"^{reason}$"):
         f.fetch(f"http://evil.test:{source.port}/img/secret.png")
     assert connections == [] and source.requests == []
 
@@ -368,23 +371,37 @@ def test_allowed_hosts_reach_private_addresses(source, allowed):
 
 # --- failures of the source -------------------------------------------------------------------
 
-@pytest.mark.parametrize("path, reason", [
-    ("/html", "^not an image: looks like HTML$"),
-    ("/lying.jpg", "^not an image: looks like HTML$"),
-    ("/status/404", "^HTTP 404 from source$"),
-    ("/status/403", "^HTTP 403 from source$"),
-    ("/status/500", "^HTTP 500 from source$"),
-    ("/status/204", "^HTTP 204 from source$"),
-    ("/truncated.jpg", "^truncated: got 100 of 2000 bytes$"),
-    ("/loop", r"^too many redirects \(more than 5\)$"),
-    ("/redirect/6", r"^too many redirects \(more than 5\)$"),
-    ("/status/302", "^HTTP 302 from source without a Location header$"),
-    ("/redirect-to?url=ftp%3A%2F%2Fexample.com%2Fa.png", "^unsupported URL scheme 'ftp'$"),
-    ("/redirect-to?url=file%3A%2F%2F%2Fetc%2Fpasswd", "^unsupported URL scheme 'file'$"),
+@pytest.mark.parametrize("path, reason, error", [
+    ("/html", "^not an image: looks like HTML$", NotAnImage),
+    ("/lying.jpg", "^not an image: looks like HTML$", NotAnImage),
+    ("/status/404", "^HTTP 404 from source$", SourceHTTPError),
+    ("/status/403", "^HTTP 403 from source$", SourceHTTPError),
+    ("/status/500", "^HTTP 500 from source$", SourceHTTPError),
+    ("/status/204", "^HTTP 204 from source$", SourceHTTPError),
+    ("/truncated.jpg", "^truncated: got 100 of 2000 bytes$", SourceBroken),
+    ("/loop", r"^too many redirects \(more than 5\)$", TooManyRedirects),
+    ("/redirect/6", r"^too many redirects \(more than 5\)$", TooManyRedirects),
+    ("/status/302", "^HTTP 302 from source without a Location header$", SourceHTTPError),
+    ("/redirect-to?url=ftp%3A%2F%2Fexample.com%2Fa.png", "^unsupported URL scheme 'ftp'$",
+     InvalidSourceURL),
+    ("/redirect-to?url=file%3A%2F%2F%2Fetc%2Fpasswd", "^unsupported URL scheme 'file'$",
+     InvalidSourceURL),
 ])
-def test_source_failures_have_precise_reasons(source, path, reason):
-    with pytest.raises(FetchError, match=reason):
+def test_source_failures_have_precise_reasons(source, path, reason, error):
+    with pytest.raises(FetchError, match=reason) as caught:
         fetcher(allowed_hosts=LOCAL).fetch(source.url_for(path))
+    assert type(caught.value) is error
+
+
+@pytest.mark.parametrize("path, status, may_recover", [
+    ("/status/404", 404, False), ("/status/500", 500, True), ("/status/503", 503, True),
+    ("/status/429", 429, True), ("/status/501", 501, False)])
+def test_http_errors_carry_their_status(source, path, status, may_recover):
+    with pytest.raises(SourceHTTPError) as caught:
+        fetcher(allowed_hosts=LOCAL).fetch(source.url_for(path))
+    assert caught.value.status == status
+    assert source_may_recover(caught.value) is may_recover
+    assert failure_class(caught.value) == "source_http_error"
 
 
 def test_custom_bodies_are_described(source):
@@ -422,16 +439,16 @@ def test_redirect_limit_is_configurable(source):
     ("http://exa mple.com/", "^invalid host name"),
 ])
 def test_refuses_bad_urls(connections, url, reason):
-    with pytest.raises(FetchError, match=reason):
+    with pytest.raises(InvalidSourceURL, match=reason):
         fetcher().fetch(url)
     assert connections == []
 
 
 def test_unresolvable_host(connections):
     f = fetcher(resolver=resolver_for({"empty.test": []}))
-    with pytest.raises(FetchError, match="^could not resolve host 'x.invalid'$"):
+    with pytest.raises(SourceUnreachable, match="^could not resolve host 'x.invalid'$"):
         f.fetch("http://x.invalid/a.png")
-    with pytest.raises(FetchError, match="^could not resolve host 'empty.test'$"):
+    with pytest.raises(SourceUnreachable, match="^could not resolve host 'empty.test'$"):
         f.fetch("http://empty.test/a.png")
     assert connections == []
 
@@ -439,21 +456,24 @@ def test_unresolvable_host(connections):
 PNG = make_image("png", "raw")
 
 
-@pytest.mark.parametrize("answer, reason", [
+@pytest.mark.parametrize("answer, reason, error", [
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n40\r\n" + PNG[:10],
-     "^truncated: the chunked body ended after 10 bytes$"),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "^truncated: the chunked body ended"),
-    (b"garbage\r\n\r\n", "^bad HTTP response from source: BadStatusLine"),
-    (b"", "^connection closed by source before it answered$"),
+     "^truncated: the chunked body ended after 10 bytes$", SourceBroken),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "^truncated: the chunked body ended",
+     SourceBroken),
+    (b"garbage\r\n\r\n", "^bad HTTP response from source: BadStatusLine", SourceUnreachable),
+    (b"", "^connection closed by source before it answered$", SourceUnreachable),
 ])
-def test_broken_responses(answer, reason):
+def test_broken_responses(answer, reason, error):
     def handle(conn, stop):
         conn.recv(65536)
         conn.sendall(answer)
 
     with raw_server(handle) as port:
-        with pytest.raises(FetchError, match=reason):
+        with pytest.raises(FetchError, match=reason) as caught:
             fetcher(allow_private_networks=True).fetch(f"http://127.0.0.1:{port}/a.png")
+    assert type(caught.value) is error
+    assert source_may_recover(caught.value)
 
 
 @pytest.mark.parametrize("answer", [
@@ -476,7 +496,7 @@ def test_bodies_without_content_length(answer):
 def test_connection_refused():
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
-    with pytest.raises(FetchError, match=f"^connection refused by 127.0.0.1:{port}$"):
+    with pytest.raises(SourceUnreachable, match=f"^connection refused by 127.0.0.1:{port}$"):
         fetcher(allow_private_networks=True).fetch(f"http://127.0.0.1:{port}/a.png")
 
 
@@ -485,7 +505,7 @@ def test_connection_refused():
 @pytest.mark.parametrize("path", ["/huge", "/huge-chunked", "/sized/2000000.jpg"])
 def test_refuses_bodies_over_the_cap_without_reading_them(source, path):
     started = time.monotonic()
-    with pytest.raises(FetchError, match=r"^too large: over 1 MB$"):
+    with pytest.raises(SourceTooLarge, match=r"^too large: over 1 MB$"):
         fetcher(allowed_hosts=LOCAL, max_bytes=1024 * 1024).fetch(source.url_for(path))
     assert time.monotonic() - started < 3
 
@@ -494,7 +514,7 @@ def test_cap_is_exact(source):
     size = len(make_image("png", "cap"))
     url = source.url_for("/img/cap.png")
     assert len(fetcher(allowed_hosts=LOCAL, max_bytes=size).fetch(url).data) == size
-    with pytest.raises(FetchError, match=f"^too large: over {size - 1} bytes$"):
+    with pytest.raises(SourceTooLarge, match=f"^too large: over {size - 1} bytes$"):
         fetcher(allowed_hosts=LOCAL, max_bytes=size - 1).fetch(url)
 
 
@@ -506,7 +526,7 @@ def test_sizes_read_humanly(n, text):
 
 def test_trickling_body_is_cut_at_the_deadline(source):
     started = time.monotonic()
-    with pytest.raises(FetchError, match=r"^timed out after 0.5 s$"):
+    with pytest.raises(FetchTimeout, match=r"^timed out after 0.5 s$"):
         fetcher(allowed_hosts=LOCAL, timeout_seconds=0.5).fetch(source.url_for("/slow/0.05"))
     assert 0.4 < time.monotonic() - started < 2  # the whole trickle would take about 5 s
 
@@ -514,7 +534,7 @@ def test_trickling_body_is_cut_at_the_deadline(source):
 def test_slow_answer_times_out(source):
     source.latency = 2
     started = time.monotonic()
-    with pytest.raises(FetchError, match=r"^timed out after 0.3 s$"):
+    with pytest.raises(FetchTimeout, match=r"^timed out after 0.3 s$"):
         fetcher(allowed_hosts=LOCAL, timeout_seconds=0.3).fetch(source.url_for("/img/a.png"))
     assert time.monotonic() - started < 1.5
 

@@ -15,7 +15,7 @@ by the IPv4 address inside.
 import ipaddress
 import re
 
-from .errors import ConfigError, FetchError
+from .errors import ConfigError, FetchError, InvalidSourceURL, SourceRefused
 
 
 _V4 = ipaddress.IPv4Network
@@ -126,11 +126,11 @@ def parse_ip_literal(host):
     if host.startswith("[") or ":" in host:
         inner = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         if "%" in inner:
-            raise FetchError(f"refused: IPv6 zone ids are not allowed ('{host}')")
+            raise SourceRefused(f"refused: IPv6 zone ids are not allowed ('{host}')")
         try:
             return ipaddress.IPv6Address(inner)
         except ValueError:
-            raise FetchError(f"invalid IPv6 address '{host}'") from None
+            raise InvalidSourceURL(f"invalid IPv6 address '{host}'") from None
     labels = host.split(".")
     if len(labels) > 1 and labels[-1] == "":
         labels.pop()
@@ -142,7 +142,7 @@ def parse_ip_literal(host):
         values = None
     if not values or len(values) > 4 or any(v > 255 for v in values[:-1]) \
             or values[-1] >= 256 ** (5 - len(values)):
-        raise FetchError(f"invalid IPv4 address '{host}'")
+        raise InvalidSourceURL(f"invalid IPv4 address '{host}'")
     number = values[-1]
     for position, value in enumerate(values[:-1]):
         number += value << (8 * (3 - position))
@@ -167,13 +167,13 @@ def normalize_host(host):
     they cannot smuggle a numeric address past the checks); one trailing dot is dropped.
     """
     if not host:
-        raise FetchError("invalid URL: no host name")
+        raise InvalidSourceURL("invalid URL: no host name")
     if host.startswith("[") or ":" in host:
         return str(parse_ip_literal(host))
     try:
         ascii_host = host if host.isascii() else host.encode("idna").decode("ascii")
     except UnicodeError:
-        raise FetchError(f"invalid host name '{host}'") from None
+        raise InvalidSourceURL(f"invalid host name '{host}'") from None
     ascii_host = ascii_host.lower()
     ip = parse_ip_literal(ascii_host)
     if ip is not None:
@@ -181,7 +181,7 @@ def normalize_host(host):
     if ascii_host.endswith("."):
         ascii_host = ascii_host[:-1]
     if len(ascii_host) > 253 or not all(_LABEL.fullmatch(label) for label in ascii_host.split(".")):
-        raise FetchError(f"invalid host name '{host}'")
+        raise InvalidSourceURL(f"invalid host name '{host}'")
     return ascii_host
 
 
@@ -207,7 +207,7 @@ class AddressPolicy:
         """Refuse a host name the operator denied. Addresses are judged by ``check_address``."""
         name = normalize_host(host)
         if self._denied.has_name(name):
-            raise FetchError(f"refused: host {name} is denied by configuration")
+            raise SourceRefused(f"refused: host {name} is denied by configuration")
 
     def check_address(self, ip, host):
         """Refuse ``ip`` (an address ``host`` resolved to, or the literal itself) unless allowed."""
@@ -219,7 +219,7 @@ class AddressPolicy:
             lead, comma = f"host {name} resolves to {ip}", ","
         if self._denied.has_address(ip):
             which = "which is " if comma else ""
-            raise FetchError(f"refused: {lead}{comma} {which}denied by configuration")
+            raise SourceRefused(f"refused: {lead}{comma} {which}denied by configuration")
         if self.allow_private_networks or self._allowed.has_address(ip) or self._allowed.has_name(name):
             return
         class_name, wrapping = _classify(ip)
@@ -228,7 +228,7 @@ class AddressPolicy:
         reason = f"refused: {lead}{comma} {_article(class_name)} {class_name} address"
         if wrapping:
             reason += f" ({wrapping})"
-        raise FetchError(reason)
+        raise SourceRefused(reason)
 
 
 class _HostList:
