@@ -20,9 +20,9 @@ import urllib.parse
 import pytest
 
 from uploader import fetch as fetch_module
-from uploader.errors import (FetchError, FetchTimeout, InvalidSourceURL, NotAnImage, SourceBroken,
-                             SourceHTTPError, SourceRefused, SourceTooLarge, SourceUnreachable,
-                             TooManyRedirects, failure_class, source_may_recover)
+from uploader.errors import (CorruptImage, FetchError, FetchTimeout, InvalidSourceURL, NotAnImage,
+                             SourceBroken, SourceHTTPError, SourceRefused, SourceTooLarge,
+                             SourceUnreachable, TooManyRedirects, failure_class, source_may_recover)
 from tests.fakes.image_source import ImageSource, make_image, sized_jpeg_parts
 from uploader.fetch import Fetched, Fetcher, format_size
 
@@ -412,6 +412,22 @@ def test_custom_bodies_are_described(source):
         f.fetch(source.url_for("/data.json"))
     with pytest.raises(FetchError, match="^not an image: the source sent an empty body$"):
         f.fetch(source.url_for("/empty.png"))
+
+
+@pytest.mark.parametrize("body, reason", [
+    (make_image("png", "x" * 200)[:100], "^truncated PNG: chunk tEXt cut short$"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + bytes(range(200)),
+     "^corrupt PNG: bad CRC in chunk IHDR$"),
+    (make_image("jpg", "cut")[:-2], "^truncated JPEG: no end-of-image marker$"),
+    (make_image("gif", "cut")[:-1], "^truncated GIF: no trailer$"),
+])
+def test_whole_bodies_that_are_broken_images_are_refused(source, body, reason):
+    """The source sent every byte it announced; the image itself is cut or garbage."""
+    source.add("/broken", body, content_type="image/png")
+    with pytest.raises(CorruptImage, match=reason) as caught:
+        fetcher(allowed_hosts=LOCAL).fetch(source.url_for("/broken"))
+    assert failure_class(caught.value) == "source_broken"
+    assert not source_may_recover(caught.value)
 
 
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])

@@ -419,7 +419,8 @@ class Fetcher:
         return b"".join(chunks)
 
     def _judge(self, data, final_url):
-        """Check the bytes are an accepted image; with a URL, return the ``Fetched``."""
+        """Check the bytes are an accepted image; with a URL (the whole body is in), check its
+        structure too and return the ``Fetched``."""
         if not data:
             raise NotAnImage("not an image: the source sent an empty body")
         kind = imagetype.sniff(data)
@@ -429,6 +430,7 @@ class Fetcher:
             raise NotAnImage(f"unsupported image format: {imagetype.name(kind)} ({kind.mime})")
         if final_url is None:
             return None
+        imagetype.verify(data, kind)
         return Fetched(data=bytes(data), mime=kind.mime, ext=kind.ext, final_url=final_url)
 
 
