@@ -44,3 +44,17 @@ def test_bad_submissions_are_refused_with_a_reason(raw, status, fragment):
 def test_duplicates_do_not_count_against_the_limit():
     urls = ["https://a.example/x.png"] * 5
     assert parse_submission(body({"urls": urls}), max_urls=1) == urls[:1]
+
+
+def test_a_body_nested_too_deeply_is_a_400():
+    for raw in (b"[" * 100_000, b'{"urls": ' + b"[" * 100_000, b'{"a":' * 50_000):
+        with pytest.raises(SubmissionError) as caught:
+            parse_submission(raw, max_urls=10)
+        assert caught.value.status == 400
+        assert "JSON nested too deeply" in str(caught.value)
+
+
+def test_moderate_nesting_is_judged_as_usual():
+    with pytest.raises(SubmissionError, match=r"urls\[0\] must be a string, got a list"):
+        parse_submission(body({"urls": [[[[["x"]]]]]}), max_urls=10)
+

@@ -26,6 +26,9 @@ def parse_submission(body: bytes, *, max_urls: int) -> List[str]:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise SubmissionError(400, f"body is not valid JSON: {exc}") from None
+    except RecursionError:  # the parser recurses per level: '[' * 100000 would be a 500
+        raise SubmissionError(400, 'JSON nested too deeply: a job is {"urls": ["https://..."]}') \
+            from None
     if not isinstance(data, dict):
         raise SubmissionError(400, 'body must be a JSON object like {"urls": ["https://..."]}')
     if "urls" not in data:
