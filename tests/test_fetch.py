@@ -183,17 +183,62 @@ def test_concurrent_fetches_share_one_fetcher(source):
     assert [r.data for r in results] == [make_image("png", n) for n in names]
 
 
-def test_progress_is_reported_every_64_kib(source):
+def progress_log():
     calls = []
+    return calls, lambda received, total: calls.append((received, total))
+
+
+def assert_progress_steps(calls, size, total):
+    """Starts at (0, total), grows by at most 16 KiB a call, ends at the whole size."""
+    assert calls[0] == (0, total)
+    assert calls[-1] == (size, total)
+    assert all(t == total for _, t in calls)
+    steps = [b - a for (a, _), (b, _) in zip(calls, calls[1:])]
+    assert all(0 < step <= 16 * 1024 for step in steps)
+
+
+def test_progress_is_reported_after_every_read_of_at_most_16_kib(source):
+    calls, on_progress = progress_log()
     size = 300_000
-    result = fetcher(allowed_hosts=LOCAL).fetch(source.url_for(f"/sized/{size}.jpg"),
-                                                on_progress=lambda got, total: calls.append((got, total)))
+    result = fetcher(allowed_hosts=LOCAL).fetch(source.url_for(f"/sized/{size}.jpg?pace=0.02"),
+                                                on_progress=on_progress)
     assert len(result.data) == size and result.mime == "image/jpeg"
-    assert calls[-1] == (size, size)
-    assert all(total == size for _, total in calls)
-    steps = [b - a for (a, _), (b, _) in zip([(0, 0)] + calls, calls)]
-    assert all(step >= 64 * 1024 for step in steps[:-1])
-    assert len(calls) <= size // (64 * 1024) + 1
+    assert_progress_steps(calls, size, size)
+    assert len(calls) >= size // (16 * 1024) + 1
+
+
+def test_a_small_slow_image_shows_its_size_and_progress(source):
+    """The issue's case: 19 KB arriving in paced parts, once "0 of unknown" throughout."""
+    calls, on_progress = progress_log()
+    size = 19_000
+    fetcher(allowed_hosts=LOCAL).fetch(source.url_for(f"/sized/{size}.jpg?pace=0.3"),
+                                       on_progress=on_progress)
+    assert_progress_steps(calls, size, size)
+    assert len(calls) >= 3  # the size first, then at least the two paced parts
+
+
+def test_progress_starts_as_soon_as_the_headers_are_in():
+    """The server holds the body back until the fetcher has reported (0, total)."""
+    told = threading.Event()
+    body = make_image("png", "headers-first")
+
+    def handle(conn, stop):
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        if told.wait(5):
+            conn.sendall(body)
+
+    calls = []
+
+    def on_progress(received, total):
+        calls.append((received, total))
+        told.set()
+
+    with raw_server(handle) as port:
+        result = fetcher(allow_private_networks=True, timeout_seconds=10).fetch(
+            f"http://127.0.0.1:{port}/a.png", on_progress=on_progress)
+    assert result.data == body
+    assert_progress_steps(calls, len(body), len(body))
 
 
 # --- SSRF: refused before any connection ------------------------------------------------------
@@ -501,12 +546,12 @@ def test_bodies_without_content_length(answer):
         conn.recv(65536)
         conn.sendall(answer)
 
-    calls = []
+    calls, on_progress = progress_log()
     with raw_server(handle) as port:
         result = fetcher(allow_private_networks=True).fetch(
-            f"http://127.0.0.1:{port}/a.png", on_progress=lambda got, total: calls.append((got, total)))
+            f"http://127.0.0.1:{port}/a.png", on_progress=on_progress)
     assert result.data == PNG
-    assert calls == [(len(PNG), None)]
+    assert_progress_steps(calls, len(PNG), None)
 
 
 def test_connection_refused():

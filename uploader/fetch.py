@@ -38,8 +38,7 @@ from .netpolicy import AddressPolicy, normalize_host, parse_ip_literal
 log = logging.getLogger(__name__)
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-PROGRESS_STEP = 64 * 1024
-_CHUNK = 64 * 1024
+_CHUNK = 16 * 1024  # the most one read takes; progress is reported after every read
 _SMALL_READ = 4096  # reads shorter than this are gathered before they are kept
 _SAFE_URL_CHARS = "!#$%&'()*+,/:;=?@[]~"
 # What a misbehaving server or network can make http.client, ssl and sockets raise.
@@ -236,7 +235,12 @@ class Fetcher:
         self._accept = ",".join(sorted(self.accepted_mimes)) + ",*/*;q=0.1"
 
     def fetch(self, url, *, on_progress=None):
-        """Download ``url`` and return a ``Fetched`` image, or raise ``FetchError`` with the reason."""
+        """Download ``url`` and return a ``Fetched`` image, or raise ``FetchError`` with the reason.
+
+        ``on_progress(received, total)`` is called as soon as the final answer's headers are
+        in (``0``, and the size from Content-Length or None), then after every read of at
+        most 16 KiB; a caller that passes progress on throttles it itself.
+        """
         guard = _Guard(self.timeout_seconds)
         try:
             for _hop in range(self.max_redirects + 1):
@@ -375,8 +379,10 @@ class Fetcher:
         total = response.length
         if total is not None and total > self.max_bytes:
             raise SourceTooLarge(f"too large: over {format_size(self.max_bytes)}")
+        if on_progress is not None:  # the headers are in: say how big, before the first byte
+            on_progress(0, total)
         chunks, dribble = [], bytearray()
-        size = reported = 0
+        size = 0
         sniffed = False
         try:
             while True:
@@ -402,9 +408,8 @@ class Fetcher:
                 if not sniffed and size >= imagetype.SNIFF_BYTES:
                     self._judge(chunk if len(chunk) == size else b"".join(chunks) + dribble, None)
                     sniffed = True
-                if on_progress is not None and size - reported >= PROGRESS_STEP:
-                    reported = size
-                    on_progress(reported, total)
+                if on_progress is not None:
+                    on_progress(size, total)
         except http.client.IncompleteRead:
             if guard.expired:
                 raise guard.error() from None
@@ -413,8 +418,6 @@ class Fetcher:
             raise _translate(exc, guard, None) from None
         if total is not None and size < total:
             raise SourceBroken(f"truncated: got {size} of {total} bytes")
-        if on_progress is not None and reported != size:
-            on_progress(size, total)
         chunks.append(dribble)
         return b"".join(chunks)
 
