@@ -221,13 +221,14 @@ class Fetcher:
     """
 
     def __init__(self, *, timeout_seconds=15.0, max_bytes=20 * 1024 * 1024, max_redirects=5,
-                 allow_private_networks=False, allowed_hosts=(), denied_hosts=(),
-                 accepted_mimes=imagetype.ACCEPTED_BY_IMGUR, resolver=None,
+                 allow_private_networks=False, private_hosts_allowed=(), only_hosts=(),
+                 denied_hosts=(), accepted_mimes=imagetype.ACCEPTED_BY_IMGUR, resolver=None,
                  user_agent="image-service/0.1", ca_certs=None):
         self.timeout_seconds = float(timeout_seconds)
         self.max_bytes = int(max_bytes)
         self.max_redirects = int(max_redirects)
-        self.policy = AddressPolicy(allow_private_networks, allowed_hosts, denied_hosts)
+        self.policy = AddressPolicy(allow_private_networks, private_hosts_allowed=private_hosts_allowed,
+                                    only_hosts=only_hosts, denied_hosts=denied_hosts)
         self.accepted_mimes = frozenset(accepted_mimes)
         self.resolver = resolver or default_resolver
         self.user_agent = user_agent

@@ -4,7 +4,7 @@ The service downloads whatever URL a client names and publishes the bytes, so a
 URL must never reach inside the network (SSRF). The fetcher resolves a host once,
 asks this module about every address, and connects only to an address that passed.
 This module therefore judges addresses, not names; names matter only for the
-operator's allow and deny lists.
+operator's host lists (denied, only, private allowed).
 
 Host spellings are normalised the way the C resolver (``inet_aton``) reads them, so
 ``2130706433``, ``0x7f.1``, ``017700000001`` and ``127.1`` are all 127.0.0.1, and
@@ -192,22 +192,32 @@ def _article(name):
 class AddressPolicy:
     """Decides whether a host and each of its addresses may be fetched from.
 
-    ``denied_hosts`` always wins. Entries are host names (``example.com``), suffix
-    patterns (``*.example.com``, sub-domains only) or CIDRs / single addresses. An
-    ``allowed_hosts`` entry lets its names or addresses past the special-address
-    refusal; ``allow_private_networks`` lets everything past it.
+    Entries of every list are host names (``example.com``), suffix patterns
+    (``*.example.com``, sub-domains only) or CIDRs / single addresses. In order:
+    ``denied_hosts`` always refuses; a non-empty ``only_hosts`` refuses every host it
+    does not name (by name, or by every address it resolves to); then special
+    addresses (private, loopback, ...) are refused unless ``allow_private_networks``,
+    or a ``private_hosts_allowed`` entry names the host or the address.
     """
 
-    def __init__(self, allow_private_networks=False, allowed_hosts=(), denied_hosts=()):
+    def __init__(self, allow_private_networks=False, *, private_hosts_allowed=(), only_hosts=(),
+                 denied_hosts=()):
         self.allow_private_networks = allow_private_networks
-        self._allowed = _HostList(allowed_hosts, "allowed_hosts")
+        self._private_allowed = _HostList(private_hosts_allowed, "private_hosts_allowed")
+        self._only = _HostList(only_hosts, "only_hosts")
         self._denied = _HostList(denied_hosts, "denied_hosts")
 
     def check_host(self, host):
-        """Refuse a host name the operator denied. Addresses are judged by ``check_address``."""
+        """Refuse a host name the operator denied, or did not list in ``only_hosts``.
+
+        Addresses, IP literals included, are judged by ``check_address``; so is a name
+        when ``only_hosts`` holds networks, which the name's addresses may fall into."""
         name = normalize_host(host)
         if self._denied.has_name(name):
             raise SourceRefused(f"refused: host {name} is denied by configuration")
+        if self._only and not self._only.networks and not self._only.has_name(name) \
+                and parse_ip_literal(name) is None:
+            raise SourceRefused(f"refused: host {name} is not in the allow-list (fetch.only_hosts)")
 
     def check_address(self, ip, host):
         """Refuse ``ip`` (an address ``host`` resolved to, or the literal itself) unless allowed."""
@@ -217,10 +227,13 @@ class AddressPolicy:
             lead, comma = (f"{ip} is", "") if same else (f"{host} is {ip}", ",")
         else:
             lead, comma = f"host {name} resolves to {ip}", ","
+        which = "which is " if comma else ""
         if self._denied.has_address(ip):
-            which = "which is " if comma else ""
             raise SourceRefused(f"refused: {lead}{comma} {which}denied by configuration")
-        if self.allow_private_networks or self._allowed.has_address(ip) or self._allowed.has_name(name):
+        if self._only and not (self._only.has_name(name) or self._only.has_address(ip)):
+            raise SourceRefused(f"refused: {lead}{comma} {which}not in the allow-list (fetch.only_hosts)")
+        if self.allow_private_networks or self._private_allowed.has_address(ip) \
+                or self._private_allowed.has_name(name):
             return
         class_name, wrapping = _classify(ip)
         if class_name is None:
@@ -257,6 +270,9 @@ class _HostList:
                 self.networks.append(ipaddress.ip_network(ip))
             else:
                 self.names.add(name)
+
+    def __bool__(self):
+        return bool(self.names or self.suffixes or self.networks)
 
     def has_name(self, name):
         return name in self.names or any(name.endswith(suffix) for suffix in self.suffixes)
