@@ -12,6 +12,7 @@ import uuid
 
 import tornado.web
 
+from . import access
 from .hosts.local import NAME_PATTERN
 from .metrics import CONTENT_TYPE_LATEST
 from .submission import SubmissionError, parse_submission
@@ -61,8 +62,18 @@ class JsonErrors:
             message = "internal error; the service log has the details"
         else:
             message = self._reason
+        if status_code < 500 or isinstance(exc, ApiError):
+            self.error_reason = message  # the access line tells it (access.log_request)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps({"error": message}))
+
+    def log_exception(self, typ, value, tb):
+        """An HTTPError is an answer, told once by the access line; anything else is a bug,
+        logged here at ERROR with its traceback and the request id (no headers)."""
+        if isinstance(value, tornado.web.HTTPError):
+            return
+        log.error("uncaught exception in %s %s (request id %s)", self.request.method,
+                  self.request.path, access.request_id(self.request), exc_info=(typ, value, tb))
 
 
 class BaseHandler(JsonErrors, tornado.web.RequestHandler):
@@ -245,4 +256,6 @@ def make_app(service) -> tornado.web.Application:
         ],
         default_handler_class=NotFoundHandler,
         default_handler_args=args,
+        transforms=[access.RequestIdHeader],
+        log_function=access.log_request,
     )
