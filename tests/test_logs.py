@@ -19,6 +19,7 @@ from uploader.access import REQUEST_ID_HEADER
 from uploader.app import make_app
 from uploader.config import Config, LocalConfig
 from uploader.logs import TEXT_FORMAT, JsonFormatter, UtcFormatter
+from uploader.metrics import Metrics
 
 # 2026-11-29T21:41:15.753Z
 MOMENT = calendar.timegm((2026, 11, 29, 21, 41, 15)) + 0.753
@@ -73,7 +74,7 @@ class AccessLogTest(tornado.testing.AsyncHTTPTestCase):
         self.directory = tempfile.mkdtemp()
         self.service = types.SimpleNamespace(
             config=Config(local=LocalConfig(directory=self.directory)), stopping=False,
-            dispatcher=FakeDispatcher())
+            dispatcher=FakeDispatcher(), metrics=Metrics())
         self.captured = Captured()
         root = logging.getLogger()
         self.level = root.level

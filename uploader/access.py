@@ -1,4 +1,5 @@
-"""The access log: one line per HTTP request, with an id the client and the logs share.
+"""The access log: one line per HTTP request, with an id the client and the logs share,
+and the same moment for the request metrics (``RequestLog``).
 
 Tornado would log each request on ``tornado.access`` and, for an ``HTTPError``, a
 second WARNING line first. Here the application's ``log_function`` writes the one
@@ -15,6 +16,7 @@ import logging
 import re
 import uuid
 
+import tornado.routing
 import tornado.web
 
 log = logging.getLogger("uploader.access")
@@ -44,6 +46,35 @@ class RequestIdHeader(tornado.web.OutputTransform):
     def transform_first_chunk(self, status_code, headers, chunk, finishing):
         headers[REQUEST_ID_HEADER] = self.request_id
         return status_code, headers, chunk
+
+
+class RequestLog:
+    """The application's ``log_function``: the access line and the request metrics.
+
+    A request is counted under the pattern of the rule that routed it
+    (``/v1/images/upload/([^/]+)``), never under its path, which a client chooses;
+    requests no rule matched count as ``unmatched``.
+    """
+
+    UNMATCHED = "unmatched"
+
+    def __init__(self, metrics):
+        self.metrics = metrics
+        self._routes = {}  # handler class -> its rule's pattern
+
+    def __call__(self, handler) -> None:
+        log_request(handler)
+        self.metrics.http_request(route=self.route(handler), method=handler.request.method,
+                                  status=handler.get_status(), seconds=handler.request.request_time())
+
+    def route(self, handler) -> str:
+        """The pattern of the (first) rule routing to the handler class that answered."""
+        kind = type(handler)
+        if kind not in self._routes:
+            patterns = [rule.matcher.regex.pattern for rule in handler.application.wildcard_router.rules
+                        if rule.target is kind and isinstance(rule.matcher, tornado.routing.PathMatches)]
+            self._routes[kind] = patterns[0].removesuffix("$") if patterns else self.UNMATCHED
+        return self._routes[kind]
 
 
 def log_request(handler) -> None:

@@ -257,5 +257,5 @@ def make_app(service) -> tornado.web.Application:
         default_handler_class=NotFoundHandler,
         default_handler_args=args,
         transforms=[access.RequestIdHeader],
-        log_function=access.log_request,
+        log_function=access.RequestLog(service.metrics),
     )
