@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from uploader import client
+from uploader.submission import normalize_url
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -34,7 +35,10 @@ class FakeService:
         self.submitted.append(body)
         if self.refuse:
             return self.refuse
-        self.job_urls = list(body["urls"])
+        distinct = {}  # like the service: one URL of each duplicate, as first spelled
+        for url in body["urls"]:
+            distinct.setdefault(normalize_url(url), url)
+        self.job_urls = list(distinct.values())
         return 202, {"jobId": "job-1"}
 
     def job(self, job_id):
@@ -208,6 +212,33 @@ def test_plain_progress_lines_without_tqdm(service, monkeypatch, capsys):
     monkeypatch.setattr(client, "tqdm", None)
     assert run(service, "http://a.example/1.png", "http://a.example/2.png") == 0
     assert capsys.readouterr().err.splitlines() == ["1/2 done", "2/2 done"]
+
+
+def test_progress_counts_the_urls_of_the_job_not_the_arguments(service, monkeypatch, capsys):
+    """A B A2 A: the service keeps A once (A2 is A spelled differently), so the job has 2."""
+    monkeypatch.setattr(client, "tqdm", None)
+    a, b, a2 = "http://a.example/1.png", "http://a.example/2.png", "HTTP://A.example:80/./1.png#top"
+    assert run(service, a, b, a2, a) == 0
+    assert service.submitted == [{"urls": [a, b, a2, a]}]
+    out, err = capsys.readouterr()
+    assert err.splitlines() == ["1/2 done", "2/2 done"]
+    assert len(out.splitlines()) == 2
+
+
+def test_the_bar_ends_full_for_duplicates(service, capsys):
+    assert run(service, *["http://a.example/1.png"] * 3, "http://a.example/2.png") == 0
+    err = capsys.readouterr().err
+    assert "2/2" in err and "/4" not in err
+
+
+@pytest.mark.parametrize("job, expected", [
+    ({"urls": [{"state": "complete"}, {"state": "failed"}, {"state": "in_flight"}]}, (2, 3)),
+    ({"uploaded": {"pending": ["u3"], "complete": ["l1"], "failed": ["u2"]}}, (2, 3)),
+    ({"uploaded": {"pending": [], "complete": [], "failed": []}}, (0, 7)),
+    ({}, (0, 7)),
+])
+def test_job_progress_reads_the_document(job, expected):
+    assert client.job_progress(job, 7) == expected
 
 
 def test_bin_upload_wrapper(service):

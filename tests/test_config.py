@@ -1,6 +1,7 @@
 """Configuration: defaults, the shipped default file, environment overrides, and errors
 that name the offending key."""
 import dataclasses
+import ipaddress
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,8 @@ from uploader.config import (
     BackoffConfig, Config, ImgurConfig, RateLimitConfig, ReserveConfig, config_from_dict,
     load_config,
 )
-from uploader.errors import ConfigError
+from uploader.errors import ConfigError, SourceRefused
+from uploader.worker import build_fetcher
 
 DEFAULT_YAML = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
 
@@ -52,7 +54,8 @@ def test_defaults():
     assert config.imgur.max_attempts == 5 and config.imgur.dedup is True
     assert config.local.directory == "data/images"
     assert config.fetch.max_bytes == 20971520 and config.fetch.max_redirects == 5
-    assert config.fetch.allowed_hosts == () and config.fetch.denied_hosts == ()
+    assert config.fetch.private_hosts_allowed == () and config.fetch.denied_hosts == ()
+    assert config.fetch.only_hosts == () and config.fetch.allowed_hosts == ()
     assert config.fetch.allow_private_networks is False
     assert config.storage.path == "data/uploader.sqlite3"
     assert (config.logging.level, config.logging.format) == ("INFO", "text")
@@ -64,8 +67,10 @@ def test_default_yaml_equals_built_in_defaults():
 
 
 def test_default_yaml_spells_out_every_key():
+    """Every key but the deprecated alias, which the file mentions in a comment only."""
     written = yaml.safe_load(DEFAULT_YAML.read_text())
-    assert leaf_keys(written) == leaf_keys(Config().redacted())
+    assert leaf_keys(written) == leaf_keys(Config().redacted()) - {"fetch.allowed_hosts"}
+    assert "allowed_hosts is still read" in DEFAULT_YAML.read_text()
 
 
 def test_empty_file_and_null_sections_mean_defaults(tmp_path):
@@ -79,7 +84,8 @@ def test_values_override_defaults_and_lists_become_tuples():
     config = build({"server": {"port": 0, "public_url": "https://img.example.org/"},
                     "workers": {"shutdown_grace_seconds": 3},
                     "imgur": {"backoff": {"base_seconds": 2}},
-                    "fetch": {"allowed_hosts": ["Example.COM", "*.cdn.net", "10.0.0.0/8", "::1"]},
+                    "fetch": {"private_hosts_allowed": ["Example.COM", "*.cdn.net", "10.0.0.0/8", "::1"],
+                              "only_hosts": ["CDN.example.org", "*.Img.example.org"]},
                     "logging": {"level": "debug", "format": "json"}})
     assert config.server.port == 0
     assert config.server.base_url == "https://img.example.org"
@@ -87,8 +93,43 @@ def test_values_override_defaults_and_lists_become_tuples():
     assert isinstance(config.workers.shutdown_grace_seconds, float)
     assert config.imgur.backoff.base_seconds == 2.0
     assert config.imgur.backoff.max_seconds == 60.0
-    assert config.fetch.allowed_hosts == ("example.com", "*.cdn.net", "10.0.0.0/8", "::1")
+    assert config.fetch.private_hosts_allowed == ("example.com", "*.cdn.net", "10.0.0.0/8", "::1")
+    assert config.fetch.only_hosts == ("cdn.example.org", "*.img.example.org")
     assert config.logging.level == "DEBUG"
+
+
+def test_old_allowed_hosts_still_work_as_private_hosts_allowed(caplog):
+    with caplog.at_level("WARNING", logger="uploader.config"):
+        config = build({"fetch": {"allowed_hosts": ["Intranet.test", "10.0.0.0/8"],
+                                  "private_hosts_allowed": ["10.0.0.0/8", "wiki.test"]}})
+    assert config.fetch.private_hosts_allowed == ("10.0.0.0/8", "wiki.test", "intranet.test")
+    assert config.fetch.only_hosts == ()
+    assert [record.getMessage() for record in caplog.records] == config.fetch.deprecations
+    assert len(caplog.records) == 1
+    assert "fetch.allowed_hosts is deprecated" in caplog.records[0].getMessage()
+    assert "fetch.private_hosts_allowed" in caplog.records[0].getMessage()
+    again = dataclasses.replace(config.fetch, retries=0)  # the merge survives a copy unchanged
+    assert again.private_hosts_allowed == config.fetch.private_hosts_allowed
+
+
+def test_old_allowed_hosts_reach_the_fetcher():
+    policy = build_fetcher(build({"fetch": {"allowed_hosts": ["intranet.test"]}})).policy
+    policy.check_address(ipaddress.ip_address("10.1.1.1"), "intranet.test")
+    policy.check_host("anything.test")  # still an exemption, never an allow-only list
+
+
+def test_new_keys_reach_the_fetcher():
+    policy = build_fetcher(build({"fetch": {"private_hosts_allowed": ["intranet.test"],
+                                            "only_hosts": ["intranet.test"]}})).policy
+    policy.check_address(ipaddress.ip_address("10.1.1.1"), "intranet.test")
+    with pytest.raises(SourceRefused, match="not in the allow-list"):
+        policy.check_host("anything.test")
+
+
+def test_no_warning_without_the_old_key(caplog):
+    with caplog.at_level("WARNING", logger="uploader.config"):
+        load_config(DEFAULT_YAML, environ={})
+    assert caplog.records == []
 
 
 def test_integral_float_is_accepted_as_int():
@@ -187,6 +228,10 @@ def test_error_names_the_file(tmp_path):
     ({"fetch": {"allow_private_networks": "no"}}, "fetch.allow_private_networks"),
     ({"fetch": {"allowed_hosts": "example.com"}}, "fetch.allowed_hosts"),
     ({"fetch": {"allowed_hosts": ["ok.com", 5]}}, "fetch.allowed_hosts[1]"),
+    ({"fetch": {"private_hosts_allowed": "example.com"}}, "fetch.private_hosts_allowed"),
+    ({"fetch": {"private_hosts_allowed": ["ok.com", "a b"]}}, "fetch.private_hosts_allowed[1]"),
+    ({"fetch": {"only_hosts": ["ok.com", None]}}, "fetch.only_hosts[1]"),
+    ({"fetch": {"only_hosts": ["http://ok.com/"]}}, "fetch.only_hosts[0]"),
     ({"fetch": {"denied_hosts": ["bad host"]}}, "fetch.denied_hosts[0]"),
     ({"fetch": {"denied_hosts": ["10.0.0.1/8"]}}, "fetch.denied_hosts[0]"),
     ({"fetch": {"denied_hosts": ["300.1.1.1"]}}, "fetch.denied_hosts[0]"),

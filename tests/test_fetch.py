@@ -10,6 +10,7 @@ import contextlib
 import http.client
 import ipaddress
 import os
+import re
 import socket
 import ssl
 import statistics
@@ -20,7 +21,9 @@ import urllib.parse
 import pytest
 
 from uploader import fetch as fetch_module
-from uploader.errors import FetchError
+from uploader.errors import (CorruptImage, FetchError, FetchTimeout, InvalidSourceURL, NotAnImage,
+                             SourceBroken, SourceHTTPError, SourceRefused, SourceTooLarge,
+                             SourceUnreachable, TooManyRedirects, failure_class, source_may_recover)
 from tests.fakes.image_source import ImageSource, make_image, sized_jpeg_parts
 from uploader.fetch import Fetched, Fetcher, format_size
 
@@ -127,7 +130,7 @@ def raw_server(handle, host="127.0.0.1", port=0):
                                        ("tiff", "image/tiff"), ("bmp", "image/bmp")])
 def test_downloads_each_accepted_format(source, ext, mime):
     url = source.url_for(f"/img/cat.{ext}")
-    result = fetcher(allowed_hosts=LOCAL).fetch(url)
+    result = fetcher(private_hosts_allowed=LOCAL).fetch(url)
     assert result == Fetched(data=make_image(ext, "cat"), mime=mime, ext=ext if ext != "jpeg" else "jpg",
                              final_url=url)
 
@@ -157,7 +160,7 @@ def test_sends_host_header_and_user_agent_to_the_pinned_address():
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
 
     with raw_server(handle) as port:
-        f = fetcher(allowed_hosts=LOCAL, resolver=resolver_for({"images.test": ["127.0.0.1"]}),
+        f = fetcher(private_hosts_allowed=LOCAL, resolver=resolver_for({"images.test": ["127.0.0.1"]}),
                     user_agent="test-agent/1")
         f.fetch(f"http://Images.Test:{port}/a%20b/c d.png?x=1&y=two words#frag")
     assert seen["Host"] == f"images.test:{port}"
@@ -174,24 +177,69 @@ def test_ipv6_literal_host():
 
 
 def test_concurrent_fetches_share_one_fetcher(source):
-    f = fetcher(allowed_hosts=LOCAL)
+    f = fetcher(private_hosts_allowed=LOCAL)
     names = [f"n{i}" for i in range(16)]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda n: f.fetch(source.url_for(f"/img/{n}.png")), names))
     assert [r.data for r in results] == [make_image("png", n) for n in names]
 
 
-def test_progress_is_reported_every_64_kib(source):
+def progress_log():
     calls = []
+    return calls, lambda received, total: calls.append((received, total))
+
+
+def assert_progress_steps(calls, size, total):
+    """Starts at (0, total), grows by at most 16 KiB a call, ends at the whole size."""
+    assert calls[0] == (0, total)
+    assert calls[-1] == (size, total)
+    assert all(t == total for _, t in calls)
+    steps = [b - a for (a, _), (b, _) in zip(calls, calls[1:])]
+    assert all(0 < step <= 16 * 1024 for step in steps)
+
+
+def test_progress_is_reported_after_every_read_of_at_most_16_kib(source):
+    calls, on_progress = progress_log()
     size = 300_000
-    result = fetcher(allowed_hosts=LOCAL).fetch(source.url_for(f"/sized/{size}.jpg"),
-                                                on_progress=lambda got, total: calls.append((got, total)))
+    result = fetcher(private_hosts_allowed=LOCAL).fetch(source.url_for(f"/sized/{size}.jpg?pace=0.02"),
+                                                on_progress=on_progress)
     assert len(result.data) == size and result.mime == "image/jpeg"
-    assert calls[-1] == (size, size)
-    assert all(total == size for _, total in calls)
-    steps = [b - a for (a, _), (b, _) in zip([(0, 0)] + calls, calls)]
-    assert all(step >= 64 * 1024 for step in steps[:-1])
-    assert len(calls) <= size // (64 * 1024) + 1
+    assert_progress_steps(calls, size, size)
+    assert len(calls) >= size // (16 * 1024) + 1
+
+
+def test_a_small_slow_image_shows_its_size_and_progress(source):
+    """The issue's case: 19 KB arriving in paced parts, once "0 of unknown" throughout."""
+    calls, on_progress = progress_log()
+    size = 19_000
+    fetcher(private_hosts_allowed=LOCAL).fetch(source.url_for(f"/sized/{size}.jpg?pace=0.3"),
+                                       on_progress=on_progress)
+    assert_progress_steps(calls, size, size)
+    assert len(calls) >= 3  # the size first, then at least the two paced parts
+
+
+def test_progress_starts_as_soon_as_the_headers_are_in():
+    """The server holds the body back until the fetcher has reported (0, total)."""
+    told = threading.Event()
+    body = make_image("png", "headers-first")
+
+    def handle(conn, stop):
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body))
+        if told.wait(5):
+            conn.sendall(body)
+
+    calls = []
+
+    def on_progress(received, total):
+        calls.append((received, total))
+        told.set()
+
+    with raw_server(handle) as port:
+        result = fetcher(allow_private_networks=True, timeout_seconds=10).fetch(
+            f"http://127.0.0.1:{port}/a.png", on_progress=on_progress)
+    assert result.data == body
+    assert_progress_steps(calls, len(body), len(body))
 
 
 # --- SSRF: refused before any connection ------------------------------------------------------
@@ -234,8 +282,9 @@ def test_progress_is_reported_every_64_kib(source):
     ("256.1.1.1", "invalid IPv4 address '256.1.1.1'"),
 ])
 def test_refuses_special_address_literals(source, connections, host, reason):
-    with pytest.raises(FetchError, match=reason):
+    with pytest.raises(FetchError, match=reason) as caught:
         fetcher().fetch(f"http://{host}:{source.port}/img/secret.png")
+    assert type(caught.value) is (InvalidSourceURL if reason.startswith("invalid") else SourceRefused)
     assert connections == []
     assert source.requests == []
 
@@ -252,7 +301,7 @@ def test_refuses_special_address_literals(source, connections, host, reason):
 ])
 def test_refuses_names_resolving_to_special_addresses(source, connections, answers, reason):
     f = fetcher(resolver=resolver_for({"evil.test": answers}))
-    with pytest.raises(FetchError, match=f"^{reason}$"):
+    with pytest.raises(SourceRefused, match=f"^{reason}$"):
         f.fetch(f"http://evil.test:{source.port}/img/secret.png")
     assert connections == [] and source.requests == []
 
@@ -264,7 +313,7 @@ def test_default_resolver_refuses_localhost(source, connections):
 
 
 def test_one_bad_address_among_several_refuses_the_host(source, connections):
-    f = fetcher(allowed_hosts=LOCAL, resolver=resolver_for({"mixed.test": ["127.0.0.1", "10.0.0.7"]}))
+    f = fetcher(private_hosts_allowed=LOCAL, resolver=resolver_for({"mixed.test": ["127.0.0.1", "10.0.0.7"]}))
     with pytest.raises(FetchError, match="refused: host mixed.test resolves to 10.0.0.7, a private address"):
         f.fetch(f"http://mixed.test:{source.port}/img/a.png")
     assert connections == [] and source.requests == []
@@ -279,7 +328,7 @@ def test_one_bad_address_among_several_refuses_the_host(source, connections):
 def test_redirect_to_a_refused_host_is_refused(source, other_source, connections, target_host, reason):
     inner = f"http://{target_host}:{other_source.port}/img/secret.png"
     start = source.url_for("/redirect-to?url=" + urllib.parse.quote(inner, safe=""))
-    f = fetcher(allowed_hosts=LOCAL, resolver=resolver_for({"internal.test": ["127.0.0.2"]}))
+    f = fetcher(private_hosts_allowed=LOCAL, resolver=resolver_for({"internal.test": ["127.0.0.2"]}))
     with pytest.raises(FetchError, match=reason):
         f.fetch(start)
     assert connections == [("127.0.0.1", source.port)]
@@ -290,7 +339,7 @@ def test_redirect_to_a_refused_host_is_refused(source, other_source, connections
 def test_redirect_to_an_allowed_host_is_followed(source, other_source):
     inner = f"http://internal.test:{other_source.port}/img/ok.png"
     start = source.url_for("/redirect-to?url=" + urllib.parse.quote(inner, safe=""))
-    f = fetcher(allowed_hosts=LOCAL + ["internal.test"],
+    f = fetcher(private_hosts_allowed=LOCAL + ["internal.test"],
                 resolver=resolver_for({"internal.test": ["127.0.0.2"]}))
     result = f.fetch(start)
     assert result.final_url == inner and result.data == make_image("png", "ok")
@@ -325,7 +374,7 @@ def rebinding_pair(source, monkeypatch):
 def test_dns_rebinding_cannot_switch_the_connected_address(source, rebinding_pair, connections):
     resolve, calls, _ = rebinding_pair
     url = f"http://rebind.test:{source.port}/img/r.png"
-    result = fetcher(allowed_hosts=LOCAL, resolver=resolve).fetch(url)
+    result = fetcher(private_hosts_allowed=LOCAL, resolver=resolve).fetch(url)
     assert result.data == make_image("png", "r")
     assert calls == ["rebind.test"]  # resolved once; the connection used that answer
     assert connections == [("127.0.0.1", source.port)]
@@ -337,7 +386,7 @@ def test_dns_rebinding_is_checked_again_at_each_redirect_hop(source, rebinding_p
     start = f"http://rebind.test:{port}/redirect-to?url=" + urllib.parse.quote(
         f"http://rebind.test:{port}/img/secret.png", safe="")
     with pytest.raises(FetchError, match="^refused: host rebind.test resolves to 127.0.0.2, a loopback"):
-        fetcher(allowed_hosts=LOCAL, resolver=resolve).fetch(start)
+        fetcher(private_hosts_allowed=LOCAL, resolver=resolve).fetch(start)
     assert calls == ["rebind.test", "rebind.test"]
     assert connections == [("127.0.0.1", port)]
     assert len(source.requests) == 1 and source.paths[0].startswith("/redirect-to?url=")
@@ -353,7 +402,7 @@ def test_dns_rebinding_is_checked_again_at_each_redirect_hop(source, rebinding_p
     (["*.test"], "img.test", "refused: host img.test is denied by configuration"),
 ])
 def test_denied_hosts_win_over_allow_private_networks(source, connections, denied, url_host, reason):
-    f = fetcher(allow_private_networks=True, allowed_hosts=["img.test"], denied_hosts=denied,
+    f = fetcher(allow_private_networks=True, private_hosts_allowed=["img.test"], denied_hosts=denied,
                 resolver=resolver_for({"img.test": ["127.0.0.1"]}))
     with pytest.raises(FetchError, match=f"^{reason}$"):
         f.fetch(f"http://{url_host}:{source.port}/img/a.png")
@@ -361,53 +410,131 @@ def test_denied_hosts_win_over_allow_private_networks(source, connections, denie
 
 
 @pytest.mark.parametrize("allowed", [["img.test"], ["*.test"], ["127.0.0.1"], ["127.0.0.0/8"]])
-def test_allowed_hosts_reach_private_addresses(source, allowed):
-    f = fetcher(allowed_hosts=allowed, resolver=resolver_for({"img.test": ["127.0.0.1"]}))
+def test_private_hosts_allowed_reach_private_addresses(source, allowed):
+    f = fetcher(private_hosts_allowed=allowed, resolver=resolver_for({"img.test": ["127.0.0.1"]}))
     assert f.fetch(f"http://img.test:{source.port}/img/a.png").mime == "image/png"
+
+
+@pytest.mark.parametrize("only", [["img.test"], ["*.test"], ["127.0.0.1"], ["127.0.0.0/8"]])
+def test_only_hosts_are_fetched_when_listed(source, only):
+    f = fetcher(only_hosts=only, private_hosts_allowed=LOCAL,
+                resolver=resolver_for({"img.test": ["127.0.0.1"]}))
+    assert f.fetch(f"http://img.test:{source.port}/img/a.png").mime == "image/png"
+
+
+@pytest.mark.parametrize("only, url_host, reason", [
+    (["img.test"], "other.test", "refused: host other.test is not in the allow-list (fetch.only_hosts)"),
+    (["*.img.test"], "img.test", "refused: host img.test is not in the allow-list (fetch.only_hosts)"),
+    (["img.test"], "127.0.0.1", "refused: 127.0.0.1 is not in the allow-list (fetch.only_hosts)"),
+    (["10.0.0.0/8"], "other.test",
+     "refused: host other.test resolves to 127.0.0.1, which is not in the allow-list (fetch.only_hosts)"),
+])
+def test_only_hosts_refuse_every_other_host(source, connections, only, url_host, reason):
+    f = fetcher(only_hosts=only, private_hosts_allowed=LOCAL,
+                resolver=resolver_for({"img.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]}))
+    with pytest.raises(SourceRefused, match=f"^{re.escape(reason)}$"):
+        f.fetch(f"http://{url_host}:{source.port}/img/a.png")
+    assert connections == [] and source.requests == []
+
+
+def test_only_hosts_apply_at_every_redirect_hop(source, connections):
+    start = f"http://img.test:{source.port}/redirect-to?url=" + urllib.parse.quote(
+        f"http://other.test:{source.port}/img/a.png", safe="")
+    f = fetcher(only_hosts=["img.test"], private_hosts_allowed=LOCAL,
+                resolver=resolver_for({"img.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]}))
+    with pytest.raises(SourceRefused, match=r"^refused: host other.test is not in the allow-list"):
+        f.fetch(start)
+    assert len(source.requests) == 1  # the first hop only
+
+
+def test_only_hosts_do_not_open_private_addresses(source, connections):
+    """Listing a host lets it be fetched at all; a private address still needs an exemption."""
+    f = fetcher(only_hosts=["img.test"], resolver=resolver_for({"img.test": ["127.0.0.1"]}))
+    with pytest.raises(SourceRefused, match="^refused: host img.test resolves to 127.0.0.1, a loopback address$"):
+        f.fetch(f"http://img.test:{source.port}/img/a.png")
+    assert connections == []
+
+
+def test_denied_hosts_win_over_only_hosts(source, connections):
+    f = fetcher(only_hosts=["*.test"], denied_hosts=["img.test"], private_hosts_allowed=LOCAL,
+                resolver=resolver_for({"img.test": ["127.0.0.1"]}))
+    with pytest.raises(SourceRefused, match="^refused: host img.test is denied by configuration$"):
+        f.fetch(f"http://img.test:{source.port}/img/a.png")
+    assert connections == []
 
 
 # --- failures of the source -------------------------------------------------------------------
 
-@pytest.mark.parametrize("path, reason", [
-    ("/html", "^not an image: looks like HTML$"),
-    ("/lying.jpg", "^not an image: looks like HTML$"),
-    ("/status/404", "^HTTP 404 from source$"),
-    ("/status/403", "^HTTP 403 from source$"),
-    ("/status/500", "^HTTP 500 from source$"),
-    ("/status/204", "^HTTP 204 from source$"),
-    ("/truncated.jpg", "^truncated: got 100 of 2000 bytes$"),
-    ("/loop", r"^too many redirects \(more than 5\)$"),
-    ("/redirect/6", r"^too many redirects \(more than 5\)$"),
-    ("/status/302", "^HTTP 302 from source without a Location header$"),
-    ("/redirect-to?url=ftp%3A%2F%2Fexample.com%2Fa.png", "^unsupported URL scheme 'ftp'$"),
-    ("/redirect-to?url=file%3A%2F%2F%2Fetc%2Fpasswd", "^unsupported URL scheme 'file'$"),
+@pytest.mark.parametrize("path, reason, error", [
+    ("/html", "^not an image: looks like HTML$", NotAnImage),
+    ("/lying.jpg", "^not an image: looks like HTML$", NotAnImage),
+    ("/status/404", "^HTTP 404 from source$", SourceHTTPError),
+    ("/status/403", "^HTTP 403 from source$", SourceHTTPError),
+    ("/status/500", "^HTTP 500 from source$", SourceHTTPError),
+    ("/status/204", "^HTTP 204 from source$", SourceHTTPError),
+    ("/truncated.jpg", "^truncated: got 100 of 2000 bytes$", SourceBroken),
+    ("/loop", r"^too many redirects \(more than 5\)$", TooManyRedirects),
+    ("/redirect/6", r"^too many redirects \(more than 5\)$", TooManyRedirects),
+    ("/status/302", "^HTTP 302 from source without a Location header$", SourceHTTPError),
+    ("/redirect-to?url=ftp%3A%2F%2Fexample.com%2Fa.png", "^unsupported URL scheme 'ftp'$",
+     InvalidSourceURL),
+    ("/redirect-to?url=file%3A%2F%2F%2Fetc%2Fpasswd", "^unsupported URL scheme 'file'$",
+     InvalidSourceURL),
 ])
-def test_source_failures_have_precise_reasons(source, path, reason):
-    with pytest.raises(FetchError, match=reason):
-        fetcher(allowed_hosts=LOCAL).fetch(source.url_for(path))
+def test_source_failures_have_precise_reasons(source, path, reason, error):
+    with pytest.raises(FetchError, match=reason) as caught:
+        fetcher(private_hosts_allowed=LOCAL).fetch(source.url_for(path))
+    assert type(caught.value) is error
+
+
+@pytest.mark.parametrize("path, status, may_recover", [
+    ("/status/404", 404, False), ("/status/500", 500, True), ("/status/503", 503, True),
+    ("/status/429", 429, True), ("/status/501", 501, False)])
+def test_http_errors_carry_their_status(source, path, status, may_recover):
+    with pytest.raises(SourceHTTPError) as caught:
+        fetcher(private_hosts_allowed=LOCAL).fetch(source.url_for(path))
+    assert caught.value.status == status
+    assert source_may_recover(caught.value) is may_recover
+    assert failure_class(caught.value) == "source_http_error"
 
 
 def test_custom_bodies_are_described(source):
     source.add("/data.json", b'{"error": "gone"}', content_type="image/png")
     source.add("/empty.png", b"", content_type="image/png")
-    f = fetcher(allowed_hosts=LOCAL)
+    f = fetcher(private_hosts_allowed=LOCAL)
     with pytest.raises(FetchError, match="^not an image: looks like JSON$"):
         f.fetch(source.url_for("/data.json"))
     with pytest.raises(FetchError, match="^not an image: the source sent an empty body$"):
         f.fetch(source.url_for("/empty.png"))
 
 
+@pytest.mark.parametrize("body, reason", [
+    (make_image("png", "x" * 200)[:100], "^truncated PNG: chunk tEXt cut short$"),
+    (b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + bytes(range(200)),
+     "^corrupt PNG: bad CRC in chunk IHDR$"),
+    (make_image("jpg", "cut")[:-2], "^truncated JPEG: no end-of-image marker$"),
+    (make_image("gif", "cut")[:-1], "^truncated GIF: no trailer$"),
+])
+def test_whole_bodies_that_are_broken_images_are_refused(source, body, reason):
+    """The source sent every byte it announced; the image itself is cut or garbage."""
+    source.add("/broken", body, content_type="image/png")
+    with pytest.raises(CorruptImage, match=reason) as caught:
+        fetcher(private_hosts_allowed=LOCAL).fetch(source.url_for("/broken"))
+    assert failure_class(caught.value) == "source_broken"
+    assert not source_may_recover(caught.value)
+
+
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 def test_follows_redirects_with_relative_locations(source, status):
     start = source.url_for(f"/redirect-to?status={status}&url=%2Fimg%2Frel.png")
-    result = fetcher(allowed_hosts=LOCAL).fetch(start)
+    result = fetcher(private_hosts_allowed=LOCAL).fetch(start)
     assert result.final_url == source.url_for("/img/rel.png")
 
 
 def test_redirect_limit_is_configurable(source):
-    assert fetcher(allowed_hosts=LOCAL).fetch(source.url_for("/redirect/5")).final_url.endswith("/redirect/0")
+    assert fetcher(private_hosts_allowed=LOCAL).fetch(source.url_for("/redirect/5")).final_url.endswith("/redirect/0")
     with pytest.raises(FetchError, match=r"too many redirects \(more than 0\)"):
-        fetcher(allowed_hosts=LOCAL, max_redirects=0).fetch(source.url_for("/redirect/1"))
+        fetcher(private_hosts_allowed=LOCAL, max_redirects=0).fetch(source.url_for("/redirect/1"))
     assert len(source.requests) == 6 + 1
 
 
@@ -422,16 +549,16 @@ def test_redirect_limit_is_configurable(source):
     ("http://exa mple.com/", "^invalid host name"),
 ])
 def test_refuses_bad_urls(connections, url, reason):
-    with pytest.raises(FetchError, match=reason):
+    with pytest.raises(InvalidSourceURL, match=reason):
         fetcher().fetch(url)
     assert connections == []
 
 
 def test_unresolvable_host(connections):
     f = fetcher(resolver=resolver_for({"empty.test": []}))
-    with pytest.raises(FetchError, match="^could not resolve host 'x.invalid'$"):
+    with pytest.raises(SourceUnreachable, match="^could not resolve host 'x.invalid'$"):
         f.fetch("http://x.invalid/a.png")
-    with pytest.raises(FetchError, match="^could not resolve host 'empty.test'$"):
+    with pytest.raises(SourceUnreachable, match="^could not resolve host 'empty.test'$"):
         f.fetch("http://empty.test/a.png")
     assert connections == []
 
@@ -439,21 +566,24 @@ def test_unresolvable_host(connections):
 PNG = make_image("png", "raw")
 
 
-@pytest.mark.parametrize("answer, reason", [
+@pytest.mark.parametrize("answer, reason, error", [
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n40\r\n" + PNG[:10],
-     "^truncated: the chunked body ended after 10 bytes$"),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "^truncated: the chunked body ended"),
-    (b"garbage\r\n\r\n", "^bad HTTP response from source: BadStatusLine"),
-    (b"", "^connection closed by source before it answered$"),
+     "^truncated: the chunked body ended after 10 bytes$", SourceBroken),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "^truncated: the chunked body ended",
+     SourceBroken),
+    (b"garbage\r\n\r\n", "^bad HTTP response from source: BadStatusLine", SourceUnreachable),
+    (b"", "^connection closed by source before it answered$", SourceUnreachable),
 ])
-def test_broken_responses(answer, reason):
+def test_broken_responses(answer, reason, error):
     def handle(conn, stop):
         conn.recv(65536)
         conn.sendall(answer)
 
     with raw_server(handle) as port:
-        with pytest.raises(FetchError, match=reason):
+        with pytest.raises(FetchError, match=reason) as caught:
             fetcher(allow_private_networks=True).fetch(f"http://127.0.0.1:{port}/a.png")
+    assert type(caught.value) is error
+    assert source_may_recover(caught.value)
 
 
 @pytest.mark.parametrize("answer", [
@@ -465,18 +595,18 @@ def test_bodies_without_content_length(answer):
         conn.recv(65536)
         conn.sendall(answer)
 
-    calls = []
+    calls, on_progress = progress_log()
     with raw_server(handle) as port:
         result = fetcher(allow_private_networks=True).fetch(
-            f"http://127.0.0.1:{port}/a.png", on_progress=lambda got, total: calls.append((got, total)))
+            f"http://127.0.0.1:{port}/a.png", on_progress=on_progress)
     assert result.data == PNG
-    assert calls == [(len(PNG), None)]
+    assert_progress_steps(calls, len(PNG), None)
 
 
 def test_connection_refused():
     with socket.create_server(("127.0.0.1", 0)) as probe:
         port = probe.getsockname()[1]
-    with pytest.raises(FetchError, match=f"^connection refused by 127.0.0.1:{port}$"):
+    with pytest.raises(SourceUnreachable, match=f"^connection refused by 127.0.0.1:{port}$"):
         fetcher(allow_private_networks=True).fetch(f"http://127.0.0.1:{port}/a.png")
 
 
@@ -485,17 +615,17 @@ def test_connection_refused():
 @pytest.mark.parametrize("path", ["/huge", "/huge-chunked", "/sized/2000000.jpg"])
 def test_refuses_bodies_over_the_cap_without_reading_them(source, path):
     started = time.monotonic()
-    with pytest.raises(FetchError, match=r"^too large: over 1 MB$"):
-        fetcher(allowed_hosts=LOCAL, max_bytes=1024 * 1024).fetch(source.url_for(path))
+    with pytest.raises(SourceTooLarge, match=r"^too large: over 1 MB$"):
+        fetcher(private_hosts_allowed=LOCAL, max_bytes=1024 * 1024).fetch(source.url_for(path))
     assert time.monotonic() - started < 3
 
 
 def test_cap_is_exact(source):
     size = len(make_image("png", "cap"))
     url = source.url_for("/img/cap.png")
-    assert len(fetcher(allowed_hosts=LOCAL, max_bytes=size).fetch(url).data) == size
-    with pytest.raises(FetchError, match=f"^too large: over {size - 1} bytes$"):
-        fetcher(allowed_hosts=LOCAL, max_bytes=size - 1).fetch(url)
+    assert len(fetcher(private_hosts_allowed=LOCAL, max_bytes=size).fetch(url).data) == size
+    with pytest.raises(SourceTooLarge, match=f"^too large: over {size - 1} bytes$"):
+        fetcher(private_hosts_allowed=LOCAL, max_bytes=size - 1).fetch(url)
 
 
 @pytest.mark.parametrize("n, text", [(100, "100 bytes"), (10 * 1024, "10 KB"), (20 * 1024 ** 2, "20 MB"),
@@ -506,16 +636,16 @@ def test_sizes_read_humanly(n, text):
 
 def test_trickling_body_is_cut_at_the_deadline(source):
     started = time.monotonic()
-    with pytest.raises(FetchError, match=r"^timed out after 0.5 s$"):
-        fetcher(allowed_hosts=LOCAL, timeout_seconds=0.5).fetch(source.url_for("/slow/0.05"))
+    with pytest.raises(FetchTimeout, match=r"^timed out after 0.5 s$"):
+        fetcher(private_hosts_allowed=LOCAL, timeout_seconds=0.5).fetch(source.url_for("/slow/0.05"))
     assert 0.4 < time.monotonic() - started < 2  # the whole trickle would take about 5 s
 
 
 def test_slow_answer_times_out(source):
     source.latency = 2
     started = time.monotonic()
-    with pytest.raises(FetchError, match=r"^timed out after 0.3 s$"):
-        fetcher(allowed_hosts=LOCAL, timeout_seconds=0.3).fetch(source.url_for("/img/a.png"))
+    with pytest.raises(FetchTimeout, match=r"^timed out after 0.3 s$"):
+        fetcher(private_hosts_allowed=LOCAL, timeout_seconds=0.3).fetch(source.url_for("/img/a.png"))
     assert time.monotonic() - started < 1.5
 
 
@@ -544,7 +674,7 @@ def test_many_concurrent_deadlines_are_each_kept(source):
     start = threading.Barrier(len(timeouts))
 
     def slow_fetch(timeout):
-        f = fetcher(allowed_hosts=LOCAL, timeout_seconds=timeout)
+        f = fetcher(private_hosts_allowed=LOCAL, timeout_seconds=timeout)
         start.wait()
         started = time.monotonic()
         try:
@@ -561,7 +691,7 @@ def test_many_concurrent_deadlines_are_each_kept(source):
 
 
 def test_a_fetch_starts_no_thread(source, monkeypatch):
-    f = fetcher(allowed_hosts=LOCAL)
+    f = fetcher(private_hosts_allowed=LOCAL)
     f.fetch(source.url_for("/img/first.png"))  # the process's one watchdog may start here
     started = []
     real_start = threading.Thread.start
@@ -578,7 +708,7 @@ def test_a_fetch_starts_no_thread(source, monkeypatch):
 
 
 def test_finished_downloads_do_not_pile_up_in_the_watchdog(source):
-    f = fetcher(allowed_hosts=LOCAL, timeout_seconds=60)
+    f = fetcher(private_hosts_allowed=LOCAL, timeout_seconds=60)
     for n in range(300):
         f.fetch(source.url_for(f"/img/pile{n}.png"))
     watchdog = fetch_module._WATCHDOG
@@ -588,13 +718,13 @@ def test_finished_downloads_do_not_pile_up_in_the_watchdog(source):
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # 3.12+
 def test_a_forked_child_gets_a_working_watchdog(source):
-    fetcher(allowed_hosts=LOCAL).fetch(source.url_for("/img/parent.png"))  # the parent's runs
+    fetcher(private_hosts_allowed=LOCAL).fetch(source.url_for("/img/parent.png"))  # the parent's runs
     pid = os.fork()
     if pid == 0:  # the child: exit 0 only if the trickle is cut at its deadline
         code = 1
         try:
             started = time.monotonic()
-            fetcher(allowed_hosts=LOCAL, timeout_seconds=0.3).fetch(source.url_for("/slow/0.05"))
+            fetcher(private_hosts_allowed=LOCAL, timeout_seconds=0.3).fetch(source.url_for("/slow/0.05"))
         except FetchError as exc:
             code = 0 if str(exc) == "timed out after 0.3 s" and time.monotonic() - started < 1 else 2
         except BaseException:
@@ -636,7 +766,7 @@ def test_a_body_in_many_small_pieces_arrives_whole():
 # --- the image source itself ------------------------------------------------------------------
 
 def test_sized_images_differ_per_query_and_keep_their_size(source):
-    f = fetcher(allowed_hosts=LOCAL)
+    f = fetcher(private_hosts_allowed=LOCAL)
     one, two, again = (f.fetch(source.url_for(f"/sized/20000.jpg?{q}")) for q in ("n=1", "n=2", "n=1"))
     assert len(one.data) == len(two.data) == 20000 and one.mime == two.mime == "image/jpeg"
     assert one.data != two.data
@@ -646,7 +776,7 @@ def test_sized_images_differ_per_query_and_keep_their_size(source):
 
 def test_sized_images_can_be_paced(source):
     started = time.monotonic()
-    result = fetcher(allowed_hosts=LOCAL).fetch(source.url_for("/sized/300000.jpg?pace=0.05"))
+    result = fetcher(private_hosts_allowed=LOCAL).fetch(source.url_for("/sized/300000.jpg?pace=0.05"))
     assert len(result.data) == 300000 and result.mime == "image/jpeg"
     assert time.monotonic() - started >= 0.2  # five 64 KiB parts, 50 ms after each
 
@@ -686,7 +816,7 @@ def tls_source(tmp_path):
 
 
 def test_https_verifies_the_certificate_against_the_original_name(tls_source):
-    f = fetcher(allowed_hosts=LOCAL, ca_certs=tls_source.ca_file,
+    f = fetcher(private_hosts_allowed=LOCAL, ca_certs=tls_source.ca_file,
                 resolver=resolver_for({"image.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]}))
     result = f.fetch(f"https://image.test:{tls_source.port}/img/s.png")
     assert result.data == make_image("png", "s")
@@ -696,11 +826,11 @@ def test_https_verifies_the_certificate_against_the_original_name(tls_source):
 
 
 def test_https_to_an_ip_literal_checks_the_ip_in_the_certificate(tls_source):
-    f = fetcher(allowed_hosts=LOCAL, ca_certs=tls_source.ca_file)
+    f = fetcher(private_hosts_allowed=LOCAL, ca_certs=tls_source.ca_file)
     assert f.fetch(tls_source.url_for("/img/ip.png")).data == make_image("png", "ip")
 
 
 def test_https_refuses_an_untrusted_certificate(tls_source):
-    f = fetcher(allowed_hosts=LOCAL, resolver=resolver_for({"image.test": ["127.0.0.1"]}))
+    f = fetcher(private_hosts_allowed=LOCAL, resolver=resolver_for({"image.test": ["127.0.0.1"]}))
     with pytest.raises(FetchError, match="^TLS certificate of image.test not valid: self.signed"):
         f.fetch(f"https://image.test:{tls_source.port}/img/s.png")

@@ -1,12 +1,14 @@
 """Content is judged by its bytes: magic numbers for images, a short guess for the rest."""
 
 import struct
+import zlib
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from uploader import imagetype
-from tests.fakes.image_source import make_image
+from uploader.errors import CorruptImage, failure_class, source_may_recover
+from tests.fakes.image_source import MIN_SIZED_JPEG, make_image, sized_jpeg_parts
 
 
 def _ftyp(major, *compatible):
@@ -104,3 +106,145 @@ def test_sniff_and_describe_never_fail(data):
     kind = imagetype.sniff(data)
     assert kind is None or kind.mime.startswith("image/")
     assert isinstance(imagetype.describe(data), str)
+
+
+# --- structure of a whole body: cut short or garbage behind the magic number --------------------
+
+VERIFIED = ["png", "jpg", "gif", "tiff", "bmp"]
+NAMES = {"png": "PNG", "jpg": "JPEG", "gif": "GIF", "tiff": "TIFF", "bmp": "BMP"}
+
+
+def verify(data):
+    imagetype.verify(data, imagetype.sniff(data))
+
+
+def corrupt_reason(data):
+    with pytest.raises(CorruptImage) as caught:
+        verify(data)
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("fmt", VERIFIED + ["webp"])
+@pytest.mark.parametrize("tag", ["", "a-tag", "x" * 300, "\u00e9t\u00e9 \U0001f600"])
+def test_every_generated_image_is_whole(fmt, tag):
+    verify(make_image(fmt, tag))
+
+
+@pytest.mark.parametrize("size", [*range(MIN_SIZED_JPEG, 420), 20_000, 20_480, 65_537, 65_537 + 3,
+                                  65_537 + 4, 3 * 65_537 + 1, 300_000, 1_048_576])
+def test_every_sized_jpeg_is_whole(size):
+    for tag in (f"/sized/{size}.jpg", f"/sized/{size}.jpg?pace=0.15"):
+        data = b"".join(bytes(part) for part in sized_jpeg_parts(size, tag))
+        assert len(data) == size
+        verify(data)
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpg", "gif", "bmp"])
+def test_every_cut_is_seen(fmt):
+    """Any prefix of these formats lacks their end (IEND, EOI, trailer) or their stated size."""
+    data = make_image(fmt, "cut")
+    for end in range(imagetype.SNIFF_BYTES, len(data)):
+        assert corrupt_reason(data[:end]).startswith(f"truncated {NAMES[fmt]}: "), end
+
+
+def test_a_png_cut_after_100_bytes():
+    data = make_image("png", "x" * 200)
+    assert corrupt_reason(data[:100]) == "truncated PNG: chunk tEXt cut short"
+    assert corrupt_reason(data[:-12]) == "truncated PNG: no IEND chunk"
+
+
+def test_a_tiff_cut_inside_its_first_directory():
+    data = make_image("tiff", "cut")
+    assert corrupt_reason(data[:9]) == "truncated TIFF: first IFD at byte 8, got 9 bytes"
+    assert corrupt_reason(data[:40]) == "truncated TIFF: first IFD (10 entries) cut short"
+    for end in range(10, 8 + 2 + 12 * 10 + 4):
+        assert corrupt_reason(data[:end]).startswith("truncated TIFF: "), end
+
+
+def png_chunk(kind, payload, crc=None):
+    crc = zlib.crc32(kind + payload) if crc is None else crc
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SOI = b"\xff\xd8"
+GIF_HEADER = b"GIF89a\x01\x00\x01\x00\x00\x00\x00"  # 1x1, no global colour table
+TIFF_HEADER = b"II*\x00"
+
+
+def bad_idat_crc():
+    data = bytearray(make_image("png", "crc"))
+    data[data.index(b"IDAT") + 5] ^= 0x01  # one bit of the compressed pixels
+    return bytes(data)
+
+
+@pytest.mark.parametrize("data, reason", [
+    (PNG_SIGNATURE + b"<html><body>gotcha</body></html>" * 3,
+     "corrupt PNG: invalid chunk type 'l><b' at byte 12"),
+    (PNG_SIGNATURE + png_chunk(b"IDAT", b"x") + png_chunk(b"IEND", b""),
+     "corrupt PNG: first chunk is IDAT, not IHDR"),
+    (bad_idat_crc(), "corrupt PNG: bad CRC in chunk IDAT"),
+    (PNG_SIGNATURE + png_chunk(b"IHDR", bytes(13), crc=0) + png_chunk(b"IEND", b""),
+     "corrupt PNG: bad CRC in chunk IHDR"),
+    (PNG_SIGNATURE + b"\xff\xff\xff\xffIHDR" + bytes(40), "corrupt PNG: chunk IHDR claims 4294967295 bytes"),
+    (PNG_SIGNATURE + png_chunk(b"IHDR", bytes(13)) + bytes(30), "corrupt PNG: invalid chunk type"),
+    (JPEG_SOI + b"\xffgarbage, not a segment" + bytes(20), "corrupt JPEG: unexpected marker 0x67 at byte 3"),
+    (make_image("jpg")[:20] + b"<html><body>an error page</body></html>",
+     "corrupt JPEG: no marker at byte 20 (0x3C)"),
+    (JPEG_SOI + b"\xff\xe0\x00\x01" + bytes(40), "corrupt JPEG: segment 0xE0 has length 1"),
+    (JPEG_SOI + b"\xff\xe0\x00\x04ab\xff\xd8" + bytes(30), "corrupt JPEG: unexpected marker 0xD8 at byte 9"),
+    (JPEG_SOI + b"\xff\xe0\x00\x04abXY" + bytes(30), "corrupt JPEG: no marker at byte 8 (0x58)"),
+    (JPEG_SOI + b"\xff\xda\x00\x08" + bytes(6) + b"\x12\x34\xff\x00\xff\xd0" * 8,
+     "truncated JPEG: no end-of-image marker"),
+    (GIF_HEADER + b"garbage after the screen descriptor" + bytes(10), "corrupt GIF: unknown block 0x67 at byte 13"),
+    (GIF_HEADER + b"!\xfe\x03abc\x00" + b"\x00" + bytes(20), "corrupt GIF: unknown block 0x00 at byte 20"),
+    (GIF_HEADER + b",\x00\x00\x00\x00\x01\x00\x01\x00\x00\x02\x02\x44\x01\x00" + bytes(20),
+     "corrupt GIF: unknown block 0x00 at byte 28"),
+    (TIFF_HEADER + struct.pack("<I", 4) + bytes(40), "corrupt TIFF: first IFD at byte 4, inside the header"),
+    (TIFF_HEADER + struct.pack("<I", 0x7FFFFFFF) + bytes(40), "truncated TIFF: first IFD at byte 2147483647"),
+    (b"MM\x00*" + struct.pack(">I", 8) + struct.pack(">H", 500) + bytes(40),
+     "truncated TIFF: first IFD (500 entries) cut short"),
+    (b"BM" + struct.pack("<IHHI", 10_000, 0, 0, 54) + struct.pack("<I", 40) + bytes(60),
+     "truncated BMP: header says 10000 bytes, got 78"),
+    (b"BM" + struct.pack("<IHHI", 0, 0, 0, 5000) + struct.pack("<I", 40) + bytes(60),
+     "truncated BMP: pixels start at byte 5000, got 78 bytes"),
+])
+def test_garbage_behind_a_magic_number_is_refused(data, reason):
+    assert imagetype.sniff(data) is not None
+    assert corrupt_reason(data).startswith(reason)
+
+
+@pytest.mark.parametrize("fmt, trailer", [
+    ("png", bytes(16)), ("jpg", bytes(3)), ("jpg", b"ftyp-mp4 video of a motion photo"),
+    ("gif", bytes(7)), ("png", b"trailing junk after IEND"),
+])
+def test_bytes_after_the_end_are_ignored(fmt, trailer):
+    verify(make_image(fmt, "end") + trailer)
+
+
+def test_a_jpeg_with_several_scans_and_restart_markers_is_whole():
+    core = make_image("jpg", "progressive")
+    sos = core.index(b"\xff\xda")
+    scan = core[sos:-2]
+    entropy = b"\x12\xff\x00\x34\xff\xd0\x56\xff\xff\xd1\x78"  # stuffing, RST0, fill + RST1
+    data = core[:sos] + scan + entropy + b"\xff\xc4\x00\x02" + scan + b"\xff\xd9"
+    verify(data)
+    assert corrupt_reason(data[:-2]) == "truncated JPEG: no end-of-image marker"
+
+
+def test_corrupt_images_are_final_source_failures():
+    with pytest.raises(CorruptImage) as caught:
+        verify(bad_idat_crc())
+    assert failure_class(caught.value) == "source_broken"
+    assert not source_may_recover(caught.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(VERIFIED), st.integers(min_value=0, max_value=400), st.binary(max_size=300))
+def test_verify_says_corrupt_or_nothing(fmt, cut, tail):
+    data = make_image(fmt, "fuzz")[:max(cut, imagetype.SNIFF_BYTES)] + tail
+    kind = imagetype.sniff(data)
+    try:
+        imagetype.verify(data, kind)
+    except CorruptImage as exc:
+        assert str(exc).startswith(("truncated ", "corrupt "))

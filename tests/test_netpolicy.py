@@ -5,7 +5,7 @@ import ipaddress
 import pytest
 from hypothesis import given, strategies as st
 
-from uploader.errors import ConfigError, FetchError
+from uploader.errors import ConfigError, FetchError, SourceRefused
 from uploader.netpolicy import AddressPolicy, classify, normalize_host, parse_ip_literal
 
 ip = ipaddress.ip_address
@@ -183,8 +183,8 @@ def test_allow_private_networks_lets_everything_but_denied_through():
     (["*.corp.test"], "192.168.1.1", "wiki.corp.test"),
     (["fd00::/8"], "fd00::5", "v6.test"),
 ])
-def test_allowed_hosts_bypass_the_private_refusal(allowed, address, host):
-    AddressPolicy(allowed_hosts=allowed).check_address(ip(address), host)
+def test_private_hosts_allowed_bypass_the_private_refusal(allowed, address, host):
+    AddressPolicy(private_hosts_allowed=allowed).check_address(ip(address), host)
 
 
 @pytest.mark.parametrize("allowed, address, host", [
@@ -193,9 +193,9 @@ def test_allowed_hosts_bypass_the_private_refusal(allowed, address, host):
     (["*.corp.test"], "192.168.1.1", "corp.test"),  # a suffix pattern covers sub-domains only
     (["*.corp.test"], "192.168.1.1", "evilcorp.test"),
 ])
-def test_allowed_hosts_allow_only_what_they_name(allowed, address, host):
+def test_private_hosts_allowed_exempt_only_what_they_name(allowed, address, host):
     with pytest.raises(FetchError, match="refused"):
-        AddressPolicy(allowed_hosts=allowed).check_address(ip(address), host)
+        AddressPolicy(private_hosts_allowed=allowed).check_address(ip(address), host)
 
 
 @pytest.mark.parametrize("denied, host, address", [
@@ -206,17 +206,74 @@ def test_allowed_hosts_allow_only_what_they_name(allowed, address, host):
     (["8.8.8.8"], "mapped.test", "::ffff:8.8.8.8"),
     (["2606:4700::/32"], "v6.test", "2606:4700::1111"),
 ])
-def test_denied_hosts_win_even_over_allowed(denied, host, address):
-    policy = AddressPolicy(allowed_hosts=[host, address], denied_hosts=denied)
+def test_denied_hosts_win_even_over_private_hosts_allowed(denied, host, address):
+    policy = AddressPolicy(private_hosts_allowed=[host, address], denied_hosts=denied)
     with pytest.raises(FetchError, match="denied by configuration"):
         policy.check_host(host)
         policy.check_address(ip(address), host)
 
 
+@pytest.mark.parametrize("only, address, host", [
+    (["cdn.test"], "93.184.216.34", "cdn.test"),
+    (["*.cdn.test"], "93.184.216.34", "a.b.cdn.test"),
+    (["93.184.216.0/24"], "93.184.216.34", "anything.test"),
+    (["93.184.216.34"], "93.184.216.34", "93.184.216.34"),
+    (["8.8.8.0/24"], "::ffff:8.8.8.8", "mapped.test"),
+])
+def test_only_hosts_let_listed_hosts_through(only, address, host):
+    policy = AddressPolicy(only_hosts=only)
+    policy.check_host(host)
+    policy.check_address(ip(address), host)
+
+
+@pytest.mark.parametrize("only, host", [
+    (["cdn.test"], "other.test"),
+    (["cdn.test"], "www.cdn.test"),
+    (["*.cdn.test"], "cdn.test"),
+    (["*.cdn.test"], "evilcdn.test"),
+])
+def test_only_hosts_refuse_unlisted_names_before_resolving(only, host):
+    with pytest.raises(SourceRefused, match=f"^refused: host {host} is not in the allow-list"):
+        AddressPolicy(only_hosts=only).check_host(host)
+
+
+@pytest.mark.parametrize("only, address, host, reason", [
+    (["93.184.216.0/24"], "93.184.217.1", "other.test",
+     "refused: host other.test resolves to 93.184.217.1, which is not in the allow-list"),
+    (["93.184.216.0/24"], "93.184.217.1", "93.184.217.1", "refused: 93.184.217.1 is not in the allow-list"),
+    (["cdn.test"], "93.184.216.34", "93.184.216.34", "refused: 93.184.216.34 is not in the allow-list"),
+])
+def test_only_hosts_refuse_unlisted_addresses(only, address, host, reason):
+    policy = AddressPolicy(only_hosts=only)
+    policy.check_host(host)  # a network in the list: the addresses decide
+    with pytest.raises(SourceRefused, match=f"^{reason}"):
+        policy.check_address(ip(address), host)
+
+
+def test_only_hosts_and_private_hosts_allowed_are_separate():
+    only = AddressPolicy(only_hosts=["intranet.test"])
+    with pytest.raises(SourceRefused, match="a private address"):
+        only.check_address(ip("10.1.1.1"), "intranet.test")
+    both = AddressPolicy(only_hosts=["intranet.test"], private_hosts_allowed=["intranet.test"])
+    both.check_address(ip("10.1.1.1"), "intranet.test")
+    exempt = AddressPolicy(private_hosts_allowed=["intranet.test"])
+    exempt.check_host("elsewhere.test")  # an exemption is no allow-list
+    exempt.check_address(ip("93.184.216.34"), "elsewhere.test")
+
+
+def test_denied_hosts_win_over_only_hosts():
+    policy = AddressPolicy(only_hosts=["*.test", "93.184.216.0/24"], denied_hosts=["bad.test", "93.184.216.66"])
+    with pytest.raises(SourceRefused, match="denied by configuration"):
+        policy.check_host("bad.test")
+    with pytest.raises(SourceRefused, match="denied by configuration"):
+        policy.check_address(ip("93.184.216.66"), "good.test")
+
+
+@pytest.mark.parametrize("key", ["denied_hosts", "only_hosts", "private_hosts_allowed"])
 @pytest.mark.parametrize("entry", ["a b", "*.", "bad/host", "300.1.1.1"])
-def test_bad_list_entries_are_config_errors(entry):
-    with pytest.raises(ConfigError, match="denied_hosts"):
-        AddressPolicy(denied_hosts=[entry])
+def test_bad_list_entries_are_config_errors(key, entry):
+    with pytest.raises(ConfigError, match=key):
+        AddressPolicy(**{key: [entry]})
 
 
 @given(st.integers(0, 2 ** 32 - 1))

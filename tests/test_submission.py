@@ -2,8 +2,10 @@
 import json
 
 import pytest
+from hypothesis import assume, given, settings, strategies as st
 
-from uploader.submission import SubmissionError, parse_submission
+from uploader import submission
+from uploader.submission import SubmissionError, normalize_url, parse_submission, url_problem
 
 
 def body(value) -> bytes:
@@ -44,3 +46,98 @@ def test_bad_submissions_are_refused_with_a_reason(raw, status, fragment):
 def test_duplicates_do_not_count_against_the_limit():
     urls = ["https://a.example/x.png"] * 5
     assert parse_submission(body({"urls": urls}), max_urls=1) == urls[:1]
+
+
+def test_a_body_nested_too_deeply_is_a_400():
+    for raw in (b"[" * 100_000, b'{"urls": ' + b"[" * 100_000, b'{"a":' * 50_000):
+        with pytest.raises(SubmissionError) as caught:
+            parse_submission(raw, max_urls=10)
+        assert caught.value.status == 400
+        assert "JSON nested too deeply" in str(caught.value)
+
+
+def test_moderate_nesting_is_judged_as_usual():
+    with pytest.raises(SubmissionError, match=r"urls\[0\] must be a string, got a list"):
+        parse_submission(body({"urls": [[[[["x"]]]]]}), max_urls=10)
+
+
+# --- duplicates: one resource, many spellings --------------------------------------------------
+
+@pytest.mark.parametrize("spelling, normal", [
+    ("HTTP://Host.Example/a.png", "http://host.example/a.png"),
+    ("http://host.example/a.png#x", "http://host.example/a.png"),
+    ("http://host.example/a.png#", "http://host.example/a.png"),
+    ("http://host.example:80/a.png", "http://host.example/a.png"),
+    ("https://host.example:443/a.png", "https://host.example/a.png"),
+    ("http://host.example:0080/a.png", "http://host.example/a.png"),
+    ("http://host.example:/a.png", "http://host.example/a.png"),
+    ("http://host.example", "http://host.example/"),
+    ("http://host.example/./a.png", "http://host.example/a.png"),
+    ("http://host.example/b/../a.png", "http://host.example/a.png"),
+    ("http://host.example/../../a.png", "http://host.example/a.png"),
+    ("http://host.example/b/c/./../..", "http://host.example/"),
+    ("http://host.example/b/.", "http://host.example/b/"),
+    ("http://host.example/%2E%2e/b/%2e/a.png", "http://host.example/b/a.png"),
+    ("http://host.example/%61.png", "http://host.example/a.png"),
+    ("http://host.example/%7e%2D%2E%5F%30", "http://host.example/~-._0"),
+    ("http://host.example/a%2fb%3f", "http://host.example/a%2Fb%3F"),
+    ("http://host.example/a.png?x=%2a%41%62&y=%e2%82%ac", "http://host.example/a.png?x=%2AAb&y=%E2%82%AC"),
+    ("http://host.example/a.png?", "http://host.example/a.png"),
+    ("http://host.example/\u00e9t\u00e9.png", "http://host.example/%C3%A9t%C3%A9.png"),
+    ("http://host.example/a.png?q=\u20ac", "http://host.example/a.png?q=%E2%82%AC"),
+    ("http://host.example/a\"b<c>.png", "http://host.example/a%22b%3Cc%3E.png"),
+    ("http://B\u00fccher.Example/a.png", "http://xn--bcher-kva.example/a.png"),
+    ("http://[::1]:80/a.png", "http://[::1]/a.png"),
+    ("http://[2001:DB8::A]:8080/a.png", "http://[2001:db8::a]:8080/a.png"),
+    ("HTTP://127.0.0.1:8080/sized/20.jpg?n=1", "http://127.0.0.1:8080/sized/20.jpg?n=1"),
+])
+def test_normalize_url(spelling, normal):
+    assert normalize_url(spelling) == normal
+    assert normalize_url(normal) == normal
+
+
+@pytest.mark.parametrize("one, other", [
+    ("http://host.example/a.png?size=1", "http://host.example/a.png?size=2"),
+    ("http://host.example/a.png?a=1&b=2", "http://host.example/a.png?b=2&a=1"),
+    ("http://host.example/a.png?q=a+b", "http://host.example/a.png?q=a%20b"),
+    ("http://host.example/a.png?q=a%26b", "http://host.example/a.png?q=a&b"),
+    ("http://host.example/a.png?q=%2B", "http://host.example/a.png?q=+"),
+    ("http://host.example/A.png", "http://host.example/a.png"),
+    ("http://host.example/a%2Fb.png", "http://host.example/a/b.png"),
+    ("http://host.example/a/", "http://host.example/a"),
+    ("http://host.example/a//b.png", "http://host.example/a/b.png"),
+    ("http://host.example/a.png", "https://host.example/a.png"),
+    ("http://host.example/a.png", "http://host.example:8080/a.png"),
+    ("https://host.example/a.png", "https://host.example:80/a.png"),
+    ("http://host.example/a.png", "http://www.host.example/a.png"),
+    ("http://host.example/..a.png", "http://host.example/a.png"),
+])
+def test_distinct_resources_stay_distinct(one, other):
+    assert normalize_url(one) != normalize_url(other)
+
+
+def test_duplicates_keep_the_first_spelling_in_first_seen_order():
+    urls = ["HTTP://Host.example/a.png", "https://b.example/1.jpg", "http://host.example:80/./a.png#top",
+            "http://host.example/%61.png", "https://b.example/1.jpg?", "http://host.example/A.png"]
+    assert parse_submission(body({"urls": urls}), max_urls=10) == [
+        "HTTP://Host.example/a.png", "https://b.example/1.jpg", "http://host.example/A.png"]
+
+
+def test_spellings_of_one_url_count_once_against_the_limit():
+    urls = ["http://host.example/a.png", "HTTP://host.example/a.png", "http://host.example:80/a.png"]
+    assert parse_submission(body({"urls": urls}), max_urls=1) == urls[:1]
+
+
+URL_TEXT = st.text(alphabet="aAzZ09-._~!$&'()*+,;=:@/?%#.\u00e9", max_size=30)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(["http", "HTTPS"]), st.sampled_from(["host.example", "Host.example", "10.0.0.1"]),
+       st.sampled_from(["", ":80", ":443", ":8080"]), URL_TEXT)
+def test_normalizing_is_idempotent_and_the_shortcut_agrees(scheme, host, port, rest):
+    url = f"{scheme}://{host}{port}/{rest}"
+    assume(not url_problem(url))
+    once = normalize_url(url)
+    assert normalize_url(once) == once
+    assert submission._normalize(url) == once
+    assert not url_problem(once)

@@ -12,6 +12,7 @@ import uuid
 
 import tornado.web
 
+from . import access
 from .errors import StoreUnavailable
 from .hosts.local import NAME_PATTERN
 from .metrics import CONTENT_TYPE_LATEST
@@ -67,8 +68,18 @@ class JsonErrors:
             message = "internal error; the service log has the details"
         else:
             message = self._reason
+        if status_code < 500 or isinstance(exc, ApiError):
+            self.error_reason = message  # the access line tells it (access.log_request)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
         self.finish(json.dumps({"error": message}))
+
+    def log_exception(self, typ, value, tb):
+        """An HTTPError is an answer, told once by the access line; anything else is a bug,
+        logged here at ERROR with its traceback and the request id (no headers)."""
+        if isinstance(value, tornado.web.HTTPError):
+            return
+        log.error("uncaught exception in %s %s (request id %s)", self.request.method,
+                  self.request.path, access.request_id(self.request), exc_info=(typ, value, tb))
 
 
 class BaseHandler(JsonErrors, tornado.web.RequestHandler):
@@ -205,6 +216,17 @@ class HealthHandler(BaseHandler):
 class LocalImageHandler(JsonErrors, tornado.web.StaticFileHandler):
     """GET /i/<name>: images stored by the ``local`` host, with the right content type."""
 
+    # The local host never gives a name to other bytes (it links, never overwrites), so a
+    # cache may keep an image for good; ``immutable`` spares even the revalidation on reload.
+    CACHE_CONTROL = "public, max-age=31536000, immutable"
+
+    def set_default_headers(self):
+        # On every answer, errors too: a browser must not guess HTML or script from the bytes.
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def set_extra_headers(self, path):
+        self.set_header("Cache-Control", self.CACHE_CONTROL)  # images only, never an error
+
     def parse_url_path(self, url_path):
         # Only names the local host makes: no directories, no way out of the image directory.
         if not NAME_PATTERN.match(url_path):
@@ -253,4 +275,6 @@ def make_app(service) -> tornado.web.Application:
         ],
         default_handler_class=NotFoundHandler,
         default_handler_args=args,
+        transforms=[access.RequestIdHeader],
+        log_function=access.RequestLog(service.metrics),
     )

@@ -22,6 +22,7 @@ except ImportError:  # optional: plain progress lines without it
 EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
 REQUEST_TIMEOUT = 30.0  # seconds for one HTTP request to the service
 DEFAULT_SERVER = "http://localhost:8000"
+FINAL_STATES = ("complete", "failed")
 
 
 class ClientError(Exception):
@@ -95,22 +96,38 @@ class _Progress:
             self.bar.close()
 
 
-def wait(session, server, job_id, total, *, interval, timeout=None):
+def job_progress(job, submitted):
+    """(URLs finished, URLs in the job). The service keeps one of each duplicate (also when
+    spelled differently), so the total is what its document lists, not how many were
+    ``submitted``; that count is only the fallback for a document without a list."""
+    urls = job.get("urls")
+    if isinstance(urls, list):
+        done = sum(1 for item in urls if isinstance(item, dict) and item.get("state") in FINAL_STATES)
+        return done, len(urls)
+    uploaded = job.get("uploaded") or {}
+    done = len(uploaded.get("complete") or ()) + len(uploaded.get("failed") or ())
+    return done, (done + len(uploaded.get("pending") or ())) or submitted
+
+
+def wait(session, server, job_id, submitted, *, interval, timeout=None):
     """Poll until the job is complete, showing progress; return the final job."""
     deadline = None if timeout is None else time.monotonic() + timeout
-    progress = _Progress(total, job_id)
+    progress = None
     try:
         while True:
             job = fetch_job(session, server, job_id)
-            uploaded = job.get("uploaded") or {}
-            progress.update(len(uploaded.get("complete", ())) + len(uploaded.get("failed", ())))
+            done, total = job_progress(job, submitted)
+            if progress is None:  # the first answer says how many URLs the job really has
+                progress = _Progress(total, job_id)
+            progress.update(done)
             if job.get("status") == "complete":
                 return job
             if deadline is not None and time.monotonic() + interval > deadline:
                 raise ClientError(f"timed out after {timeout:g}s; job {job_id} goes on in the service")
             time.sleep(interval)
     finally:
-        progress.close()
+        if progress is not None:
+            progress.close()
 
 
 def report(job):

@@ -8,6 +8,7 @@ settings file and the environment; the rest of the package receives plain values
 import dataclasses
 import difflib
 import ipaddress
+import logging
 import math
 import os
 import re
@@ -18,6 +19,8 @@ from urllib.parse import urlsplit
 import yaml
 
 from .errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def _is_http_url(value):
@@ -146,15 +149,37 @@ class LocalConfig:
 
 @dataclass(frozen=True)
 class FetchConfig:
-    """Limits on downloading source images; host lists take names, ``*.suffix`` or CIDRs."""
+    """Limits on downloading source images; host lists take names, ``*.suffix``, IPs or CIDRs.
+
+    ``private_hosts_allowed`` exempts hosts from the private-address refusal;
+    ``only_hosts``, when not empty, is the only hosts fetched at all; ``denied_hosts``
+    wins over both. ``allowed_hosts`` is the old name of ``private_hosts_allowed``: still
+    read (its entries join that list) and reported by ``deprecations``.
+    """
 
     timeout_seconds: float = _opt(15.0, POSITIVE)
     max_bytes: int = _opt(20971520, POSITIVE_INT)
     max_redirects: int = _opt(5, NON_NEGATIVE_INT)
     retries: int = _opt(2, NON_NEGATIVE_INT)
     allow_private_networks: bool = _opt(False)
-    allowed_hosts: tuple[str, ...] = _opt((), HOST_PATTERN, normalize=str.lower)
+    private_hosts_allowed: tuple[str, ...] = _opt((), HOST_PATTERN, normalize=str.lower)
+    only_hosts: tuple[str, ...] = _opt((), HOST_PATTERN, normalize=str.lower)
     denied_hosts: tuple[str, ...] = _opt((), HOST_PATTERN, normalize=str.lower)
+    allowed_hosts: tuple[str, ...] = _opt((), HOST_PATTERN, normalize=str.lower)  # deprecated
+
+    def __post_init__(self):
+        if self.allowed_hosts:  # idempotent, so dataclasses.replace keeps it right
+            merged = tuple(dict.fromkeys(self.private_hosts_allowed + self.allowed_hosts))
+            object.__setattr__(self, "private_hosts_allowed", merged)
+
+    @property
+    def deprecations(self):
+        """Notes on deprecated keys this section was given, for a warning at start."""
+        if not self.allowed_hosts:
+            return []
+        return ["fetch.allowed_hosts is deprecated: its entries are read as "
+                "fetch.private_hosts_allowed (exempt from the private-address refusal); "
+                "rename the key. fetch.only_hosts is the new allow-only list."]
 
 
 def _is_database_url(value):
@@ -232,6 +257,8 @@ class Config:
                               " (or env ACCESS_TOKEN / IMGUR_CLIENT_ID)")
         if self.imgur.backoff.max_seconds < self.imgur.backoff.base_seconds:
             raise ConfigError("imgur.backoff.max_seconds: must be >= imgur.backoff.base_seconds")
+        for note in self.fetch.deprecations:  # still valid: say so once, at load
+            log.warning("%s", note)
 
     def redacted(self):
         """The whole configuration as plain nested dicts, secrets shown as ``***``."""

@@ -14,7 +14,96 @@ class ConfigError(UploaderError):
 
 
 class FetchError(UploaderError):
-    """The source URL could not be fetched as an image; the message is the URL's failure reason."""
+    """The source URL could not be fetched as an image; the message is the URL's failure reason.
+
+    Each subclass names one way a fetch fails: ``failure_class`` is its word in metrics
+    and logs, ``may_recover`` whether fetching again later might succeed. A bare
+    FetchError counts as an unreachable source, as every unclassified failure did.
+    """
+
+    failure_class = "source_unreachable"
+    may_recover = True
+
+
+class InvalidSourceURL(FetchError):
+    """The URL cannot name a source: bad syntax, scheme, host name, IP spelling or port."""
+
+    failure_class = "invalid_url"
+    may_recover = False
+
+
+class SourceRefused(FetchError):
+    """The address policy refuses the host or an address it resolves to (SSRF guard, host lists)."""
+
+    failure_class = "refused"
+    may_recover = False
+
+
+class TooManyRedirects(FetchError):
+    """The source redirected more often than ``fetch.max_redirects`` allows."""
+
+    failure_class = "too_many_redirects"
+    may_recover = False
+
+
+class SourceUnreachable(FetchError):
+    """No answer: the name did not resolve, or connecting, TLS or the connection failed."""
+
+    failure_class = "source_unreachable"
+    may_recover = True
+
+
+class FetchTimeout(FetchError):
+    """The download did not finish within ``fetch.timeout_seconds``."""
+
+    failure_class = "timeout"
+    may_recover = False
+
+
+class SourceHTTPError(FetchError):
+    """The source answered an HTTP ``status`` other than 200 or a redirect it could follow."""
+
+    failure_class = "source_http_error"
+    TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})  # a busy or restarting server
+
+    def __init__(self, status, reason=None):
+        super().__init__(reason or f"HTTP {status} from source")
+        self.status = status
+
+    def __reduce__(self):
+        return type(self), (self.status, str(self))
+
+    @property
+    def may_recover(self):
+        return self.status in self.TRANSIENT_STATUSES
+
+
+class SourceTooLarge(FetchError):
+    """The body is, or says it is, over ``fetch.max_bytes``."""
+
+    failure_class = "too_large"
+    may_recover = False
+
+
+class SourceBroken(FetchError):
+    """The body was cut short on the wire (fewer bytes than announced, a chunked body cut)."""
+
+    failure_class = "source_broken"
+    may_recover = True
+
+
+class CorruptImage(FetchError):
+    """The bytes start like an image but are cut short or broken inside (lengths, CRCs, markers)."""
+
+    failure_class = "source_broken"
+    may_recover = False  # the body arrived whole as the source has it: a retry gets the same
+
+
+class NotAnImage(FetchError):
+    """The body is no image, or an image format the image host does not take."""
+
+    failure_class = "not_an_image"
+    may_recover = False
 
 
 class HostError(UploaderError):
@@ -58,29 +147,11 @@ class StoreInUse(UploaderError):
     """The embedded store is held by another running instance (embedded mode runs one)."""
 
 
-# Failure classes: a small, stable vocabulary for metrics and logs (the reason has the detail).
-_FETCH_CLASSES = (
-    ("refused:", "refused"),
-    ("too large", "too_large"),
-    ("timed out", "timeout"),
-    ("not an image", "not_an_image"),
-    ("unsupported image format", "not_an_image"),
-    ("HTTP ", "source_http_error"),
-    ("truncated", "source_broken"),
-    ("invalid", "invalid_url"),
-    ("unsupported URL scheme", "invalid_url"),
-    ("too many redirects", "too_many_redirects"),
-)
-
-
 def failure_class(exc: BaseException) -> str:
-    """The class of a URL's failure, e.g. ``refused``, ``timeout``, ``host_rejected``."""
+    """The class of a URL's failure: a small, stable vocabulary for metrics and logs (the
+    reason has the detail), e.g. ``refused``, ``timeout``, ``host_rejected``."""
     if isinstance(exc, FetchError):
-        text = str(exc)
-        for prefix, name in _FETCH_CLASSES:
-            if text.startswith(prefix):
-                return name
-        return "source_unreachable"
+        return exc.failure_class
     if isinstance(exc, AuthRejectedError):
         return "auth_rejected"
     if isinstance(exc, PermanentHostError):
@@ -90,12 +161,7 @@ def failure_class(exc: BaseException) -> str:
     return "internal"
 
 
-_TRANSIENT_SOURCE_STATUS = ("HTTP 429 ", "HTTP 500 ", "HTTP 502 ", "HTTP 503 ", "HTTP 504 ")
-
-
 def source_may_recover(exc: FetchError) -> bool:
     """True for a source failure worth another try: the server was busy, unreachable, or cut
     the body short. Refusals, limits, timeouts and wrong content are final."""
-    text = str(exc)
-    return text.startswith(_TRANSIENT_SOURCE_STATUS) or failure_class(exc) in (
-        "source_unreachable", "source_broken")
+    return bool(getattr(exc, "may_recover", False))

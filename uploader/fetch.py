@@ -30,14 +30,15 @@ import time
 import urllib.parse
 
 from . import imagetype
-from .errors import FetchError
+from .errors import (FetchError, FetchTimeout, InvalidSourceURL, NotAnImage,
+                     SourceBroken, SourceHTTPError, SourceTooLarge, SourceUnreachable,
+                     TooManyRedirects)
 from .netpolicy import AddressPolicy, normalize_host, parse_ip_literal
 
 log = logging.getLogger(__name__)
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-PROGRESS_STEP = 64 * 1024
-_CHUNK = 64 * 1024
+_CHUNK = 16 * 1024  # the most one read takes; progress is reported after every read
 _SMALL_READ = 4096  # reads shorter than this are gathered before they are kept
 _SAFE_URL_CHARS = "!#$%&'()*+,/:;=?@[]~"
 # What a misbehaving server or network can make http.client, ssl and sockets raise.
@@ -101,7 +102,7 @@ class _Guard:
         return min(left, self.timeout)
 
     def error(self):
-        return FetchError(f"timed out after {self.timeout:g} s")
+        return FetchTimeout(f"timed out after {self.timeout:g} s")
 
     def attach(self, sock):
         with self._lock:
@@ -220,13 +221,14 @@ class Fetcher:
     """
 
     def __init__(self, *, timeout_seconds=15.0, max_bytes=20 * 1024 * 1024, max_redirects=5,
-                 allow_private_networks=False, allowed_hosts=(), denied_hosts=(),
-                 accepted_mimes=imagetype.ACCEPTED_BY_IMGUR, resolver=None,
+                 allow_private_networks=False, private_hosts_allowed=(), only_hosts=(),
+                 denied_hosts=(), accepted_mimes=imagetype.ACCEPTED_BY_IMGUR, resolver=None,
                  user_agent="image-service/0.1", ca_certs=None):
         self.timeout_seconds = float(timeout_seconds)
         self.max_bytes = int(max_bytes)
         self.max_redirects = int(max_redirects)
-        self.policy = AddressPolicy(allow_private_networks, allowed_hosts, denied_hosts)
+        self.policy = AddressPolicy(allow_private_networks, private_hosts_allowed=private_hosts_allowed,
+                                    only_hosts=only_hosts, denied_hosts=denied_hosts)
         self.accepted_mimes = frozenset(accepted_mimes)
         self.resolver = resolver or default_resolver
         self.user_agent = user_agent
@@ -234,7 +236,12 @@ class Fetcher:
         self._accept = ",".join(sorted(self.accepted_mimes)) + ",*/*;q=0.1"
 
     def fetch(self, url, *, on_progress=None):
-        """Download ``url`` and return a ``Fetched`` image, or raise ``FetchError`` with the reason."""
+        """Download ``url`` and return a ``Fetched`` image, or raise ``FetchError`` with the reason.
+
+        ``on_progress(received, total)`` is called as soon as the final answer's headers are
+        in (``0``, and the size from Content-Length or None), then after every read of at
+        most 16 KiB; a caller that passes progress on throttles it itself.
+        """
         guard = _Guard(self.timeout_seconds)
         try:
             for _hop in range(self.max_redirects + 1):
@@ -246,14 +253,14 @@ class Fetcher:
                         url = self._next_url(target, response)
                         continue
                     if response.status != 200:
-                        raise FetchError(f"HTTP {response.status} from source")
+                        raise SourceHTTPError(response.status)
                     data = self._read_body(response, sock, guard, on_progress)
                 finally:
                     response.close()
                     conn.close()
                     sock.close()
                 return self._judge(data, target.url)
-            raise FetchError(f"too many redirects (more than {self.max_redirects})")
+            raise TooManyRedirects(f"too many redirects (more than {self.max_redirects})")
         finally:
             guard.close()
 
@@ -263,18 +270,18 @@ class Fetcher:
             parts = urllib.parse.urlsplit(url.strip())
             port = parts.port
         except ValueError as exc:
-            raise FetchError(f"invalid URL: {exc}") from None
+            raise InvalidSourceURL(f"invalid URL: {exc}") from None
         scheme = parts.scheme.lower()
         if scheme not in ("http", "https"):
-            raise FetchError(f"unsupported URL scheme '{scheme}'" if scheme else "invalid URL: no scheme")
+            raise InvalidSourceURL(f"unsupported URL scheme '{scheme}'" if scheme else "invalid URL: no scheme")
         if parts.hostname is None:
-            raise FetchError("invalid URL: no host name")
+            raise InvalidSourceURL("invalid URL: no host name")
         host = normalize_host(parts.hostname)
         self.policy.check_host(host)
         default_port = 443 if scheme == "https" else 80
         port = default_port if port is None else port
         if port == 0:
-            raise FetchError("invalid URL: port 0")
+            raise InvalidSourceURL("invalid URL: port 0")
         shown = f"[{host}]" if ":" in host else host
         host_header = shown if port == default_port else f"{shown}:{port}"
         path = urllib.parse.quote(parts.path or "/", safe=_SAFE_URL_CHARS)
@@ -292,9 +299,9 @@ class Fetcher:
                 answers = [ipaddress.ip_address(a) for a in self.resolver(target.host, target.port)]
             except (OSError, UnicodeError, ValueError) as exc:
                 log.debug("resolving %s failed: %s", target.host, exc)
-                raise FetchError(f"could not resolve host '{target.host}'") from None
+                raise SourceUnreachable(f"could not resolve host '{target.host}'") from None
             if not answers:
-                raise FetchError(f"could not resolve host '{target.host}'")
+                raise SourceUnreachable(f"could not resolve host '{target.host}'")
         for ip in answers:
             self.policy.check_address(ip, target.spelled)
         return answers
@@ -326,13 +333,13 @@ class Fetcher:
             try:
                 sock = socket.create_connection((str(ip), target.port), timeout=guard.remaining())
             except ConnectionRefusedError:
-                last_error = FetchError(f"connection refused by {where}")
+                last_error = SourceUnreachable(f"connection refused by {where}")
                 continue
             except TimeoutError:
                 last_error = guard.error()
                 continue
             except OSError as exc:
-                last_error = FetchError(f"could not connect to {where}: {exc.strerror or exc}")
+                last_error = SourceUnreachable(f"could not connect to {where}: {exc.strerror or exc}")
                 continue
             guard.attach(sock)
             if target.scheme == "http":
@@ -353,7 +360,8 @@ class Fetcher:
     def _next_url(self, target, response):
         location = response.getheader("Location")
         if not location:
-            raise FetchError(f"HTTP {response.status} from source without a Location header")
+            raise SourceHTTPError(response.status,
+                                  f"HTTP {response.status} from source without a Location header")
         try:
             location = location.encode("latin-1").decode("utf-8")  # http.client decodes as latin-1
         except UnicodeError:
@@ -371,9 +379,11 @@ class Fetcher:
         """
         total = response.length
         if total is not None and total > self.max_bytes:
-            raise FetchError(f"too large: over {format_size(self.max_bytes)}")
+            raise SourceTooLarge(f"too large: over {format_size(self.max_bytes)}")
+        if on_progress is not None:  # the headers are in: say how big, before the first byte
+            on_progress(0, total)
         chunks, dribble = [], bytearray()
-        size = reported = 0
+        size = 0
         sniffed = False
         try:
             while True:
@@ -385,7 +395,7 @@ class Fetcher:
                     break
                 size += len(chunk)
                 if size > self.max_bytes:
-                    raise FetchError(f"too large: over {format_size(self.max_bytes)}")
+                    raise SourceTooLarge(f"too large: over {format_size(self.max_bytes)}")
                 if len(chunk) >= _SMALL_READ:
                     if dribble:
                         chunks.append(bytes(dribble))
@@ -399,33 +409,32 @@ class Fetcher:
                 if not sniffed and size >= imagetype.SNIFF_BYTES:
                     self._judge(chunk if len(chunk) == size else b"".join(chunks) + dribble, None)
                     sniffed = True
-                if on_progress is not None and size - reported >= PROGRESS_STEP:
-                    reported = size
-                    on_progress(reported, total)
+                if on_progress is not None:
+                    on_progress(size, total)
         except http.client.IncompleteRead:
             if guard.expired:
                 raise guard.error() from None
-            raise FetchError(f"truncated: the chunked body ended after {size} bytes") from None
+            raise SourceBroken(f"truncated: the chunked body ended after {size} bytes") from None
         except _WIRE_ERRORS as exc:
             raise _translate(exc, guard, None) from None
         if total is not None and size < total:
-            raise FetchError(f"truncated: got {size} of {total} bytes")
-        if on_progress is not None and reported != size:
-            on_progress(size, total)
+            raise SourceBroken(f"truncated: got {size} of {total} bytes")
         chunks.append(dribble)
         return b"".join(chunks)
 
     def _judge(self, data, final_url):
-        """Check the bytes are an accepted image; with a URL, return the ``Fetched``."""
+        """Check the bytes are an accepted image; with a URL (the whole body is in), check its
+        structure too and return the ``Fetched``."""
         if not data:
-            raise FetchError("not an image: the source sent an empty body")
+            raise NotAnImage("not an image: the source sent an empty body")
         kind = imagetype.sniff(data)
         if kind is None:
-            raise FetchError(f"not an image: looks like {imagetype.describe(data)}")
+            raise NotAnImage(f"not an image: looks like {imagetype.describe(data)}")
         if kind.mime not in self.accepted_mimes:
-            raise FetchError(f"unsupported image format: {imagetype.name(kind)} ({kind.mime})")
+            raise NotAnImage(f"unsupported image format: {imagetype.name(kind)} ({kind.mime})")
         if final_url is None:
             return None
+        imagetype.verify(data, kind)
         return Fetched(data=bytes(data), mime=kind.mime, ext=kind.ext, final_url=final_url)
 
 
@@ -436,16 +445,16 @@ def _translate(exc, guard, target):
     if guard.expired or isinstance(exc, TimeoutError):
         return guard.error()
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return FetchError(f"TLS certificate of {target.host} not valid: {exc.verify_message}")
+        return SourceUnreachable(f"TLS certificate of {target.host} not valid: {exc.verify_message}")
     if isinstance(exc, ssl.SSLError):
-        return FetchError(f"TLS handshake with {target.host} failed: {exc.reason or exc}")
+        return SourceUnreachable(f"TLS handshake with {target.host} failed: {exc.reason or exc}")
     if isinstance(exc, http.client.RemoteDisconnected):
-        return FetchError("connection closed by source before it answered")
+        return SourceUnreachable("connection closed by source before it answered")
     if isinstance(exc, ConnectionResetError):
-        return FetchError("connection reset by source")
+        return SourceUnreachable("connection reset by source")
     if isinstance(exc, OSError):
-        return FetchError(f"network error: {exc.strerror or exc}")
-    return FetchError(f"bad HTTP response from source: {type(exc).__name__}: {exc}")
+        return SourceUnreachable(f"network error: {exc.strerror or exc}")
+    return SourceUnreachable(f"bad HTTP response from source: {type(exc).__name__}: {exc}")
 
 
 @functools.lru_cache(maxsize=None)

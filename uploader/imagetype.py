@@ -4,11 +4,22 @@ Servers lie: an HTML error page is often served as ``image/jpeg`` and a ``.png``
 URL may hold a WebP. So the fetcher ignores Content-Type and the URL's extension
 and looks at the magic numbers here. Only the first few dozen bytes are needed,
 which lets the fetcher give up on a non-image early.
+
+Once the whole body is in, ``verify`` checks what each format gives for free, so a
+file cut short or garbage behind a magic number is not republished: PNG chunk
+lengths and CRCs up to IEND, the JPEG segment chain up to its end-of-image marker,
+the GIF block chain up to its trailer, the BMP file size and pixel offset, the TIFF
+header and first IFD. Bytes after a format's end (zero padding, the video a "motion
+photo" appends to its JPEG) are ignored, as every decoder ignores them.
 """
 
 import dataclasses
 import json
 import re
+import struct
+import zlib
+
+from .errors import CorruptImage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +79,144 @@ def sniff(data):
     return _sniff_isobmff(head)
 
 
+def verify(data, image_type):
+    """Raise ``CorruptImage`` with a precise reason if ``data`` (a whole body that ``sniff``
+    found to be ``image_type``) is cut short or broken inside; formats without a check pass."""
+    check = _VERIFIERS.get(image_type)
+    if check is not None:
+        check(memoryview(data))
+
+
+def _png(data):
+    """Every chunk's length and CRC, from IHDR up to and including IEND."""
+    pos, first = 8, True
+    while True:
+        if pos + 8 > len(data):
+            raise CorruptImage("truncated PNG: no IEND chunk")
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if not kind.isalpha() or not kind.isascii():
+            raise CorruptImage(f"corrupt PNG: invalid chunk type {_shown(kind)} at byte {pos + 4}")
+        name = kind.decode("ascii")
+        if first and kind != b"IHDR":
+            raise CorruptImage(f"corrupt PNG: first chunk is {name}, not IHDR")
+        if length > 0x7FFFFFFF:
+            raise CorruptImage(f"corrupt PNG: chunk {name} claims {length} bytes")
+        end = pos + 8 + length
+        if end + 4 > len(data):
+            raise CorruptImage(f"truncated PNG: chunk {name} cut short")
+        (crc,) = struct.unpack_from(">I", data, end)
+        if zlib.crc32(data[pos + 4:end]) != crc:
+            raise CorruptImage(f"corrupt PNG: bad CRC in chunk {name}")
+        if kind == b"IEND":
+            return
+        pos, first = end + 4, False
+
+
+# In entropy-coded data a 0xFF byte is followed by 0x00 (a stuffed 0xFF), a restart
+# marker (0xD0-0xD7) or fill (0xFF); anything else starts the next marker segment.
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RST0-7 carry no length
+
+
+def _jpeg(data):
+    """The chain of marker segments, through each scan's data, must reach EOI (FFD9)."""
+    pos, size = 2, len(data)
+    while True:
+        if pos >= size:
+            raise CorruptImage("truncated JPEG: no end-of-image marker")
+        if data[pos] != 0xFF:
+            raise CorruptImage(f"corrupt JPEG: no marker at byte {pos} (0x{data[pos]:02X})")
+        while pos < size and data[pos] == 0xFF:  # fill bytes may precede a marker
+            pos += 1
+        if pos >= size:
+            raise CorruptImage("truncated JPEG: no end-of-image marker")
+        marker = data[pos]
+        pos += 1
+        if marker == 0xD9:
+            return
+        if marker in _JPEG_STANDALONE:
+            continue
+        if marker < 0xC0 or marker == 0xD8:  # 0x02-0xBF are reserved; a second SOI is wrong
+            raise CorruptImage(f"corrupt JPEG: unexpected marker 0x{marker:02X} at byte {pos - 1}")
+        if pos + 2 > size:
+            raise CorruptImage("truncated JPEG: no end-of-image marker")
+        (length,) = struct.unpack_from(">H", data, pos)
+        if length < 2:
+            raise CorruptImage(f"corrupt JPEG: segment 0x{marker:02X} has length {length}")
+        pos += length
+        if marker == 0xDA and pos <= size:  # start of scan: entropy-coded data follows
+            found = _NEXT_MARKER.search(data, pos)
+            if found is None:
+                raise CorruptImage("truncated JPEG: no end-of-image marker")
+            pos = found.start()
+
+
+def _gif(data):
+    """Header, colour tables, then extension and image blocks up to the trailer (0x3B)."""
+    size = len(data)
+    if size < 13:
+        raise CorruptImage("truncated GIF: no trailer")
+    pos = 13 + _gif_colour_table(data[10])
+    while pos < size:
+        introducer = data[pos]
+        if introducer == 0x3B:
+            return
+        if introducer == 0x21:  # extension: label, then data sub-blocks
+            pos = _gif_sub_blocks(data, pos + 2)
+        elif introducer == 0x2C:  # image: descriptor, local colour table, LZW size, sub-blocks
+            if pos + 10 > size:
+                break
+            pos = _gif_sub_blocks(data, pos + 10 + _gif_colour_table(data[pos + 9]) + 1)
+        else:
+            raise CorruptImage(f"corrupt GIF: unknown block 0x{introducer:02X} at byte {pos}")
+    raise CorruptImage("truncated GIF: no trailer")
+
+
+def _gif_colour_table(flags):
+    return 3 << ((flags & 0x07) + 1) if flags & 0x80 else 0
+
+
+def _gif_sub_blocks(data, pos):
+    """The position after a chain of length-prefixed sub-blocks and its 0 terminator."""
+    size = len(data)
+    while pos < size:
+        length = data[pos]
+        pos += 1 + length
+        if length == 0:
+            return pos
+    return size  # ran off the end: the caller finds no trailer
+
+
+def _bmp(data):
+    """The header's file size and pixel offset must lie within the data."""
+    if len(data) < 14:
+        raise CorruptImage("truncated BMP: header cut short")
+    file_size, offset = struct.unpack_from("<I4xI", data, 2)
+    if file_size > len(data):
+        raise CorruptImage(f"truncated BMP: header says {file_size} bytes, got {len(data)}")
+    if offset >= len(data):
+        raise CorruptImage(f"truncated BMP: pixels start at byte {offset}, got {len(data)} bytes")
+
+
+def _tiff(data):
+    """The header's first IFD (entry count, entries, next offset) must lie within the data."""
+    if len(data) < 8:
+        raise CorruptImage("truncated TIFF: header cut short")
+    order = "<" if data[:2] == b"II" else ">"
+    (offset,) = struct.unpack_from(order + "I", data, 4)
+    if offset < 8:
+        raise CorruptImage(f"corrupt TIFF: first IFD at byte {offset}, inside the header")
+    if offset + 2 > len(data):
+        raise CorruptImage(f"truncated TIFF: first IFD at byte {offset}, got {len(data)} bytes")
+    (entries,) = struct.unpack_from(order + "H", data, offset)
+    if offset + 2 + 12 * entries + 4 > len(data):
+        raise CorruptImage(f"truncated TIFF: first IFD ({entries} entries) cut short")
+
+
+def _shown(raw):
+    return repr(bytes(raw))[1:]
+
+
 def _sniff_isobmff(head):
     """HEIC and AVIF are ISO media files: an ``ftyp`` box naming brands."""
     if head[4:8] != b"ftyp" or len(head) < 12:
@@ -83,6 +232,9 @@ def _sniff_isobmff(head):
     if major in _HEIF_BRANDS:
         return HEIF
     return None
+
+
+_VERIFIERS = {PNG: _png, JPEG: _jpeg, GIF: _gif, BMP: _bmp, TIFF: _tiff}
 
 
 def name(image_type):

@@ -1,16 +1,26 @@
 """Logging set-up shared by the front end and the worker processes.
 
 Every line carries the process id, so the interleaved output of a pool can be told
-apart. ``json`` emits one object per line for log shippers.
+apart, and its time in ISO 8601 UTC with milliseconds (``2026-11-29T21:41:15.753Z``),
+the format of the API's timestamps. ``json`` emits one object per line for log shippers.
 """
 import json
 import logging
 import sys
 
+from .jobs import format_timestamp
+
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d %(name)s] %(message)s"
 
 
-class JsonFormatter(logging.Formatter):
+class UtcFormatter(logging.Formatter):
+    """A formatter whose ``asctime`` is UTC ``YYYY-MM-DDTHH:mm:ss.sssZ``, whatever the locale."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt=None) -> str:
+        return format_timestamp(record.created)
+
+
+class JsonFormatter(UtcFormatter):
     """One JSON object per line: time, level, pid, logger, message and any ``extra`` fields."""
 
     _standard = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
@@ -32,10 +42,11 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     """Configure the root logger once per process (workers call it after spawning)."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else UtcFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # Tornado logs every request at INFO; keep that for debugging only.
+    # The front end writes its own access line (logger uploader.access, see access.py);
+    # Tornado's would say it again, so it stays quiet unless something goes to it directly.
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)

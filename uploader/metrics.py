@@ -2,18 +2,28 @@
 
 Workers do not export metrics themselves: every figure travels back inside the ``Result``
 (timings, sizes, failure class, Imgur's budgets), so one registry in the one process that
-serves ``/metrics`` sees the whole pool, with no multiprocess-mode files to manage.
+serves ``/metrics`` sees the whole pool, with no multiprocess-mode files to manage. The
+front end adds its own: HTTP requests by route pattern (never the raw path, which a
+client chooses) and status, its process's CPU and memory, and the running version.
 """
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
+                               disable_created_metrics, generate_latest)
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the handler)
 
-from . import jobs
+from . import __version__, jobs
 from .hosts.imgur import UPLOAD_CREDITS
 from .ratelimit import Budget
 
+# A ``<counter>_created`` series per counter and label set doubles the output for a start
+# time nobody graphs. The switch is process-wide in prometheus_client.
+disable_created_metrics()
+
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+"""Methods kept as label values; any other (a client may send anything) counts as ``other``."""
 
 
 class Metrics:
@@ -50,6 +60,16 @@ class Metrics:
         self.dedup_reuses = Counter("uploader_dedup_reuses",
                                     "URLs whose bytes were already uploaded (no credit spent).",
                                     registry=r)
+        self.http_requests = Counter(
+            "uploader_http_requests", "HTTP requests answered, by route pattern, method and status.",
+            ["route", "method", "status"], registry=r)
+        self.http_seconds = Histogram(
+            "uploader_http_request_seconds", "Time to answer an HTTP request, by route pattern "
+            "and status.", ["route", "status"], buckets=HTTP_BUCKETS, registry=r)
+        self.build_info = Gauge("uploader_build_info", "The running version; always 1.", ["version"],
+                                registry=r)
+        self.build_info.labels(__version__).set(1)
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
 
     def job_submitted(self, url_count: int) -> None:
         self.jobs_submitted.inc()
@@ -87,6 +107,12 @@ class Metrics:
     def failed(self, failure_class: str) -> None:
         """A URL the front end failed itself (its worker or the service died under it)."""
         self.urls_finished.labels("failed", failure_class).inc()
+
+    def http_request(self, *, route: str, method: str, status: int, seconds: float) -> None:
+        """One answered request; ``route`` is its handler's pattern, or ``unmatched``."""
+        method = method if method in HTTP_METHODS else "other"
+        self.http_requests.labels(route, method, str(status)).inc()
+        self.http_seconds.labels(route, str(status)).observe(seconds)
 
     def worker_died(self) -> None:
         self.worker_restarts.inc()

@@ -4,7 +4,7 @@ The service downloads whatever URL a client names and publishes the bytes, so a
 URL must never reach inside the network (SSRF). The fetcher resolves a host once,
 asks this module about every address, and connects only to an address that passed.
 This module therefore judges addresses, not names; names matter only for the
-operator's allow and deny lists.
+operator's host lists (denied, only, private allowed).
 
 Host spellings are normalised the way the C resolver (``inet_aton``) reads them, so
 ``2130706433``, ``0x7f.1``, ``017700000001`` and ``127.1`` are all 127.0.0.1, and
@@ -15,7 +15,7 @@ by the IPv4 address inside.
 import ipaddress
 import re
 
-from .errors import ConfigError, FetchError
+from .errors import ConfigError, FetchError, InvalidSourceURL, SourceRefused
 
 
 _V4 = ipaddress.IPv4Network
@@ -126,11 +126,11 @@ def parse_ip_literal(host):
     if host.startswith("[") or ":" in host:
         inner = host[1:-1] if host.startswith("[") and host.endswith("]") else host
         if "%" in inner:
-            raise FetchError(f"refused: IPv6 zone ids are not allowed ('{host}')")
+            raise SourceRefused(f"refused: IPv6 zone ids are not allowed ('{host}')")
         try:
             return ipaddress.IPv6Address(inner)
         except ValueError:
-            raise FetchError(f"invalid IPv6 address '{host}'") from None
+            raise InvalidSourceURL(f"invalid IPv6 address '{host}'") from None
     labels = host.split(".")
     if len(labels) > 1 and labels[-1] == "":
         labels.pop()
@@ -142,7 +142,7 @@ def parse_ip_literal(host):
         values = None
     if not values or len(values) > 4 or any(v > 255 for v in values[:-1]) \
             or values[-1] >= 256 ** (5 - len(values)):
-        raise FetchError(f"invalid IPv4 address '{host}'")
+        raise InvalidSourceURL(f"invalid IPv4 address '{host}'")
     number = values[-1]
     for position, value in enumerate(values[:-1]):
         number += value << (8 * (3 - position))
@@ -167,13 +167,13 @@ def normalize_host(host):
     they cannot smuggle a numeric address past the checks); one trailing dot is dropped.
     """
     if not host:
-        raise FetchError("invalid URL: no host name")
+        raise InvalidSourceURL("invalid URL: no host name")
     if host.startswith("[") or ":" in host:
         return str(parse_ip_literal(host))
     try:
         ascii_host = host if host.isascii() else host.encode("idna").decode("ascii")
     except UnicodeError:
-        raise FetchError(f"invalid host name '{host}'") from None
+        raise InvalidSourceURL(f"invalid host name '{host}'") from None
     ascii_host = ascii_host.lower()
     ip = parse_ip_literal(ascii_host)
     if ip is not None:
@@ -181,7 +181,7 @@ def normalize_host(host):
     if ascii_host.endswith("."):
         ascii_host = ascii_host[:-1]
     if len(ascii_host) > 253 or not all(_LABEL.fullmatch(label) for label in ascii_host.split(".")):
-        raise FetchError(f"invalid host name '{host}'")
+        raise InvalidSourceURL(f"invalid host name '{host}'")
     return ascii_host
 
 
@@ -192,22 +192,32 @@ def _article(name):
 class AddressPolicy:
     """Decides whether a host and each of its addresses may be fetched from.
 
-    ``denied_hosts`` always wins. Entries are host names (``example.com``), suffix
-    patterns (``*.example.com``, sub-domains only) or CIDRs / single addresses. An
-    ``allowed_hosts`` entry lets its names or addresses past the special-address
-    refusal; ``allow_private_networks`` lets everything past it.
+    Entries of every list are host names (``example.com``), suffix patterns
+    (``*.example.com``, sub-domains only) or CIDRs / single addresses. In order:
+    ``denied_hosts`` always refuses; a non-empty ``only_hosts`` refuses every host it
+    does not name (by name, or by every address it resolves to); then special
+    addresses (private, loopback, ...) are refused unless ``allow_private_networks``,
+    or a ``private_hosts_allowed`` entry names the host or the address.
     """
 
-    def __init__(self, allow_private_networks=False, allowed_hosts=(), denied_hosts=()):
+    def __init__(self, allow_private_networks=False, *, private_hosts_allowed=(), only_hosts=(),
+                 denied_hosts=()):
         self.allow_private_networks = allow_private_networks
-        self._allowed = _HostList(allowed_hosts, "allowed_hosts")
+        self._private_allowed = _HostList(private_hosts_allowed, "private_hosts_allowed")
+        self._only = _HostList(only_hosts, "only_hosts")
         self._denied = _HostList(denied_hosts, "denied_hosts")
 
     def check_host(self, host):
-        """Refuse a host name the operator denied. Addresses are judged by ``check_address``."""
+        """Refuse a host name the operator denied, or did not list in ``only_hosts``.
+
+        Addresses, IP literals included, are judged by ``check_address``; so is a name
+        when ``only_hosts`` holds networks, which the name's addresses may fall into."""
         name = normalize_host(host)
         if self._denied.has_name(name):
-            raise FetchError(f"refused: host {name} is denied by configuration")
+            raise SourceRefused(f"refused: host {name} is denied by configuration")
+        if self._only and not self._only.networks and not self._only.has_name(name) \
+                and parse_ip_literal(name) is None:
+            raise SourceRefused(f"refused: host {name} is not in the allow-list (fetch.only_hosts)")
 
     def check_address(self, ip, host):
         """Refuse ``ip`` (an address ``host`` resolved to, or the literal itself) unless allowed."""
@@ -217,10 +227,13 @@ class AddressPolicy:
             lead, comma = (f"{ip} is", "") if same else (f"{host} is {ip}", ",")
         else:
             lead, comma = f"host {name} resolves to {ip}", ","
+        which = "which is " if comma else ""
         if self._denied.has_address(ip):
-            which = "which is " if comma else ""
-            raise FetchError(f"refused: {lead}{comma} {which}denied by configuration")
-        if self.allow_private_networks or self._allowed.has_address(ip) or self._allowed.has_name(name):
+            raise SourceRefused(f"refused: {lead}{comma} {which}denied by configuration")
+        if self._only and not (self._only.has_name(name) or self._only.has_address(ip)):
+            raise SourceRefused(f"refused: {lead}{comma} {which}not in the allow-list (fetch.only_hosts)")
+        if self.allow_private_networks or self._private_allowed.has_address(ip) \
+                or self._private_allowed.has_name(name):
             return
         class_name, wrapping = _classify(ip)
         if class_name is None:
@@ -228,7 +241,7 @@ class AddressPolicy:
         reason = f"refused: {lead}{comma} {_article(class_name)} {class_name} address"
         if wrapping:
             reason += f" ({wrapping})"
-        raise FetchError(reason)
+        raise SourceRefused(reason)
 
 
 class _HostList:
@@ -257,6 +270,9 @@ class _HostList:
                 self.networks.append(ipaddress.ip_network(ip))
             else:
                 self.names.add(name)
+
+    def __bool__(self):
+        return bool(self.names or self.suffixes or self.networks)
 
     def has_name(self, name):
         return name in self.names or any(name.endswith(suffix) for suffix in self.suffixes)

@@ -6,7 +6,7 @@ touches the network (addresses are judged when a URL is fetched, not when submit
 import json
 import re
 from typing import List
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 MAX_URL_LENGTH = 2048
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
@@ -26,6 +26,9 @@ def parse_submission(body: bytes, *, max_urls: int) -> List[str]:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise SubmissionError(400, f"body is not valid JSON: {exc}") from None
+    except RecursionError:  # the parser recurses per level: '[' * 100000 would be a 500
+        raise SubmissionError(400, 'JSON nested too deeply: a job is {"urls": ["https://..."]}') \
+            from None
     if not isinstance(data, dict):
         raise SubmissionError(400, 'body must be a JSON object like {"urls": ["https://..."]}')
     if "urls" not in data:
@@ -35,11 +38,14 @@ def parse_submission(body: bytes, *, max_urls: int) -> List[str]:
         raise SubmissionError(400, f"'urls' must be a list, got {_json_type(urls)}")
     if not urls:
         raise SubmissionError(400, "'urls' is empty: give at least one URL")
-    distinct = list(dict.fromkeys(u for u in urls if isinstance(u, str)))
     for index, url in enumerate(urls):
         problem = url_problem(url)
         if problem:
             raise SubmissionError(400, f"urls[{index}] {problem}")
+    first_spelling = {}
+    for url in urls:
+        first_spelling.setdefault(normalize_url(url), url)
+    distinct = list(first_spelling.values())
     if len(distinct) > max_urls:
         raise SubmissionError(
             413, f"too many URLs: {len(distinct)} distinct, at most {max_urls} per job")
@@ -71,6 +77,81 @@ def url_problem(url) -> str:
     if parts.username is not None or parts.password is not None:
         return f"{shown} contains user info (user:password@); credentials are not accepted"
     return ""
+
+
+# A URL every step of normalize_url leaves alone: lower-case http(s) scheme and host, no
+# port 80 or 443, a path of plain characters without dot segments, no escapes, no fragment.
+_ALREADY_NORMAL = re.compile(r"https?://[a-z0-9-]+(?:\.[a-z0-9-]+)*"
+                             r"(?::(?!(?:80|443)(?![0-9]))[1-9][0-9]{0,4})?"
+                             r"(?:/(?!\.\.?(?:[/?]|$))[A-Za-z0-9_~!$&'()*+,;=:@.-]*)+"
+                             r"(?:\?[A-Za-z0-9_~!$&'()*+,;=:@./?-]+)?")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_UNRESERVED = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_KEPT_AS_IS = "!$%&'()*+,/:;=?@[]~"  # reserved characters and escapes; the fetcher sends them so
+
+
+def normalize_url(url: str) -> str:
+    """The one spelling of the resource ``url`` names, to tell duplicates apart (RFC 3986 6.2).
+
+    Scheme and host are lower-cased (a non-ASCII host becomes its IDNA form), the
+    scheme's default port is dropped, as is the fragment (never sent to the server) and
+    an empty query; an empty path becomes "/"; "." and ".." segments are resolved;
+    characters a URI cannot hold are %-encoded as UTF-8, as the fetcher sends them;
+    escapes of unreserved characters (``%61``, ``%7E``) are decoded and every other
+    escape's hex is upper-cased (``%2f`` -> ``%2F``). Path case, the query's order and
+    its reserved characters (``&``, ``=``, ``+``, ``%26``) are kept: they may change
+    what the server answers. ``url`` must have passed ``url_problem``.
+    """
+    if _ALREADY_NORMAL.fullmatch(url):  # most URLs: a tenth of the work
+        return url
+    return _normalize(url)
+
+
+def _normalize(url: str) -> str:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if parts.netloc.endswith("]"):  # an IPv6 literal without a port
+        host, port = parts.netloc, ""
+    else:
+        host, _, port = parts.netloc.rpartition(":") if ":" in parts.netloc else (parts.netloc, "", "")
+    host = host.lower()
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            pass  # the fetcher refuses it; the spelling still names one URL
+    if port and int(port) != _DEFAULT_PORTS[scheme]:
+        host += f":{int(port)}"
+    path = _remove_dot_segments(_normalize_escapes(parts.path or "/"))
+    query = _normalize_escapes(parts.query)
+    return f"{scheme}://{host}{path}" + (f"?{query}" if query else "")
+
+
+def _normalize_escapes(text: str) -> str:
+    """%-encode what a URI cannot hold; decode unreserved escapes, upper-case the others."""
+    def fix(match):
+        char = chr(int(match.group(1), 16))
+        return char if char in _UNRESERVED else match.group(0).upper()
+
+    return _ESCAPE.sub(fix, quote(text, safe=_KEPT_AS_IS))
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 section 5.2.4 for an absolute path: "/a/./b/../c/." -> "/a/c/"."""
+    segments = path.split("/")[1:]
+    kept = []
+    for index, segment in enumerate(segments):
+        last = index == len(segments) - 1
+        if segment == "..":
+            if kept:
+                kept.pop()
+        elif segment != ".":
+            kept.append(segment)
+            continue
+        if last:
+            kept.append("")  # "/a/b/.." is the directory "/a/"
+    return "/" + "/".join(kept)
 
 
 def _json_type(value) -> str:

@@ -118,7 +118,8 @@ def build_fetcher(config) -> Fetcher:
         max_bytes=f.max_bytes,
         max_redirects=f.max_redirects,
         allow_private_networks=f.allow_private_networks,
-        allowed_hosts=f.allowed_hosts,
+        private_hosts_allowed=f.private_hosts_allowed,
+        only_hosts=f.only_hosts,
         denied_hosts=f.denied_hosts,
     )
 

@@ -5,7 +5,7 @@ stdlib ``ThreadingHTTPServer`` in a background thread and records every request 
 answers, so an SSRF test can prove that a refused URL never reached it.
 
 Routes: ``/img/<name>.<ext>`` (png jpg gif tiff bmp webp; bytes differ per name),
-``/sized/<n>.jpg[?...]`` (a valid JPEG of exactly n bytes, streamed; the bytes differ
+``/sized/<n>.jpg[?...]`` (a valid JPEG of exactly n bytes, n >= 159, streamed; the bytes differ
 per path and query, and ``pace=<seconds>`` waits between 64 KiB parts), ``/html``,
 ``/lying.jpg`` (HTML labelled image/jpeg), ``/status/<code>``, ``/redirect/<n>``,
 ``/redirect-to?url=<u>[&status=30x]``, ``/loop``, ``/slow/<seconds-per-byte>``,
@@ -139,8 +139,14 @@ def _webp(text):
 
 
 def sized_jpeg_parts(nbytes, tag="sized"):
-    """Yield a valid JPEG of exactly ``nbytes`` (padding is comment segments) in <=64 KiB parts."""
+    """Yield a JPEG of exactly ``nbytes`` (padding is comment segments) in <=64 KiB parts.
+
+    Valid from ``MIN_SIZED_JPEG`` bytes up: when the tag does not fit it is left out (so
+    such small images no longer differ per tag); below that minimum the image is cut short.
+    """
     core = make_image("jpg", tag)
+    if len(core) > nbytes:
+        core = make_image("jpg")
     fill = nbytes - len(core)
     if fill < 4:  # too small for a comment segment: trailing zeros (or a cut) instead
         yield (core + bytes(max(fill, 0)))[:nbytes]
@@ -154,6 +160,9 @@ def sized_jpeg_parts(nbytes, tag="sized"):
         yield memoryview(_ZEROS)[:size - 4]
         fill -= size
     yield core[2:]
+
+
+MIN_SIZED_JPEG = len(make_image("jpg"))
 
 
 # --- the server ----------------------------------------------------------------------------

@@ -1,0 +1,131 @@
+"""The metrics registry, rendered and parsed as Prometheus would, and request metrics in-process."""
+import shutil
+import tempfile
+import types
+
+import pytest
+import tornado.testing
+from prometheus_client.parser import text_string_to_metric_families
+
+import uploader
+from uploader import jobs
+from uploader.app import make_app
+from uploader.config import Config, LocalConfig
+from uploader.metrics import Metrics
+
+EXISTING = [  # every name the README lists under Operating it; none may go away
+    "uploader_jobs_submitted_total", "uploader_urls_submitted_total", "uploader_urls_finished_total",
+    "uploader_fetch_seconds_bucket", "uploader_upload_seconds_bucket", "uploader_fetched_bytes_total",
+    "uploader_uploaded_bytes_total", "uploader_urls_queued", "uploader_urls_in_flight",
+    "uploader_worker_restarts_total", "uploader_ratelimit_waits_total",
+    "uploader_imgur_remaining_credits", "uploader_dedup_reuses_total",
+]
+
+
+def samples(metrics, queued=0, in_flight=0):
+    """{(sample name, frozenset of labels): value}, as a scraper would read them."""
+    text = metrics.render(queued=queued, in_flight=in_flight).decode()
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def names(values):
+    return {name for name, _ in values}
+
+
+def busy_metrics():
+    """A registry that has seen one of everything, so every labelled series exists."""
+    metrics = Metrics()
+    metrics.job_submitted(2)
+    metrics.result(jobs.Result(url_id=1, worker=0, generation=0, state=jobs.COMPLETE, attempts=1,
+                               fetch_seconds=0.1, upload_seconds=0.2, fetched_bytes=10,
+                               uploaded_bytes=10, rate={"user_remaining": 100, "user_reset": 60}))
+    metrics.failed("worker_died")
+    metrics.worker_died()
+    metrics.waiting()
+    metrics.result(jobs.Result(url_id=2, worker=0, generation=0, state=jobs.COMPLETE, attempts=1,
+                               reused=True))
+    metrics.http_request(route="/v1/images", method="GET", status=200, seconds=0.004)
+    return metrics
+
+
+def test_every_existing_metric_is_still_there():
+    assert set(EXISTING) <= names(samples(busy_metrics(), queued=3, in_flight=2))
+
+
+def test_no_created_series():
+    assert not [name for name in names(samples(busy_metrics())) if name.endswith("_created")]
+
+
+def test_build_info_names_the_version():
+    values = samples(Metrics())
+    assert values[("uploader_build_info", frozenset({"version": uploader.__version__}.items()))] == 1
+    assert [name for name, _ in values if name == "uploader_build_info"] == ["uploader_build_info"]
+
+
+def test_process_cpu_and_memory_of_this_process():
+    values = samples(Metrics())
+    assert values[("process_resident_memory_bytes", frozenset())] > 1024 * 1024
+    assert values[("process_cpu_seconds_total", frozenset())] > 0
+    assert {"process_virtual_memory_bytes", "process_start_time_seconds", "process_open_fds"} <= names(values)
+
+
+def test_http_requests_by_route_method_and_status():
+    metrics = Metrics()
+    for seconds in (0.002, 0.003, 0.2):
+        metrics.http_request(route="/v1/images/upload/([^/]+)", method="GET", status=200, seconds=seconds)
+    metrics.http_request(route="/v1/images/upload", method="POST", status=400, seconds=0.001)
+    metrics.http_request(route="unmatched", method="BREW", status=405, seconds=0.001)
+    values = samples(metrics)
+    job = {"route": "/v1/images/upload/([^/]+)", "status": "200"}
+    assert values[("uploader_http_requests_total", frozenset({**job, "method": "GET"}.items()))] == 3
+    assert values[("uploader_http_request_seconds_count", frozenset(job.items()))] == 3
+    assert values[("uploader_http_request_seconds_sum", frozenset(job.items()))] == pytest.approx(0.205)
+    assert values[("uploader_http_request_seconds_bucket", frozenset({**job, "le": "0.005"}.items()))] == 2
+    assert values[("uploader_http_requests_total", frozenset(
+        {"route": "/v1/images/upload", "method": "POST", "status": "400"}.items()))] == 1
+    assert values[("uploader_http_requests_total", frozenset(  # a made-up method is no new series
+        {"route": "unmatched", "method": "other", "status": "405"}.items()))] == 1
+
+
+class RequestMetricsTest(tornado.testing.AsyncHTTPTestCase):
+    """The real make_app counts requests under their route pattern, never their path."""
+
+    def setUp(self):
+        self.directory = tempfile.mkdtemp()
+        self.metrics = Metrics()
+        self.service = types.SimpleNamespace(
+            config=Config(local=LocalConfig(directory=self.directory)), stopping=False,
+            metrics=self.metrics)
+        super().setUp()
+
+    def tearDown(self):
+        super().tearDown()
+        shutil.rmtree(self.directory)
+
+    def get_app(self):
+        return make_app(self.service)
+
+    def requests_total(self):
+        return {dict(labels)["route"] + " " + dict(labels)["method"] + " " + dict(labels)["status"]: value
+                for (name, labels), value in samples(self.metrics).items()
+                if name == "uploader_http_requests_total"}
+
+    def test_requests_count_under_their_route_pattern(self):
+        for path in ("/v1/images/upload/abc", "/v1/images/upload/def", "/i/Abc1234.png", "/i/x/y",
+                     "/nothing/here/1", "/nothing/here/2", "/openapi.json"):
+            self.fetch(path)
+        self.fetch("/v1/images/upload", method="POST", body=b"[")
+        self.fetch("/v1/images/upload", method="PUT", body=b"{}")
+        assert self.requests_total() == {
+            "/v1/images/upload/([^/]+) GET 404": 2,
+            "/i/(.+) GET 404": 2,
+            "unmatched GET 404": 2,
+            "/openapi.json GET 200": 1,
+            "/v1/images/upload POST 400": 1,
+            "/v1/images/upload PUT 405": 1,
+        }
+        values = samples(self.metrics)
+        assert values[("uploader_http_request_seconds_count",
+                       frozenset({"route": "unmatched", "status": "404"}.items()))] == 2
+        assert not any("/nothing" in str(labels) or "abc" in str(labels) for _, labels in values)
