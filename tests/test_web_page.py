@@ -11,7 +11,6 @@ One browser serves the whole module. The page is tested twice over:
 
 The browser is required: without /usr/bin/chromium these tests fail (``.ci/run`` installs it).
 """
-import json
 import re
 import urllib.parse
 

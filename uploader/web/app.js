@@ -126,8 +126,8 @@ async function api(method, path, body) {
       await sleep(seconds * 1000);
       continue;
     }
-    if (!answer.ok) throw new ApiError(answer.status, await readError(answer));
     notice("");
+    if (!answer.ok) throw new ApiError(answer.status, await readError(answer));
     if (answer.status === 204) return null;
     return answer.json();
   }
