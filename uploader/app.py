@@ -262,6 +262,8 @@ class NotFoundHandler(BaseHandler):
 
 
 def make_app(service) -> tornado.web.Application:
+    from .page import web_routes  # here, not at the top: page.py builds on this module's JsonErrors
+
     args = {"service": service}
     return tornado.web.Application(
         [
@@ -272,6 +274,7 @@ def make_app(service) -> tornado.web.Application:
             (r"/metrics", MetricsHandler, args),
             (r"/openapi.json", OpenApiHandler, args),
             (r"/i/(.+)", LocalImageHandler, {"path": os.path.abspath(service.config.local.directory)}),
+            *web_routes(service.config),
         ],
         default_handler_class=NotFoundHandler,
         default_handler_args=args,
