@@ -63,10 +63,9 @@ class Captured(logging.Handler):
         self.records.append(entry)
 
 
-class FakeDispatcher:
-    @property
-    def progress(self):
-        raise RuntimeError("boom: a bug in the dispatcher")
+class FakeStore:
+    def read_job(self, job_id):
+        raise RuntimeError("boom: a bug in the store")
 
 
 class AccessLogTest(tornado.testing.AsyncHTTPTestCase):
@@ -74,7 +73,7 @@ class AccessLogTest(tornado.testing.AsyncHTTPTestCase):
         self.directory = tempfile.mkdtemp()
         self.service = types.SimpleNamespace(
             config=Config(local=LocalConfig(directory=self.directory)), stopping=False,
-            dispatcher=FakeDispatcher(), metrics=Metrics())
+            store=FakeStore(), readers=None, metrics=Metrics())
         self.captured = Captured()
         root = logging.getLogger()
         self.level = root.level

@@ -11,8 +11,9 @@ results, the dispatcher always sees a dead worker's last results before its deat
 can hand back exactly the URLs that were still in flight. In the embedded mode the
 manager also hosts what the workers share (``shared``): the upload gate (rate limit,
 pauses, Imgur's budgets), the Imgur credential (refreshed once for all) and the dedup
-index; with PostgreSQL those live in the database. Processes are spawned, not forked:
-the front end has threads.
+index; with PostgreSQL those live in the database. Processes are forked from a fork
+server, never from the front end (it has threads); the fork server ends with the front
+end, and every child watches its parent, so none outlives it.
 """
 import logging
 import os
@@ -65,7 +66,10 @@ class WorkerPool:
     def __init__(self, config, on_event: Callable[[object], None]):
         self.config = config
         self.on_event = on_event
-        self.ctx = multiprocess.get_context("spawn")
+        self.ctx = multiprocess.get_context("forkserver")
+        # The fork server imports the worker's modules once; each worker is then a fork of
+        # it (single-threaded, so safe), instead of a new interpreter importing everything.
+        self.ctx.set_forkserver_preload(["uploader.worker"])
         self.workers: Dict[int, WorkerHandle] = {}
         self._generation = 0
         self._closing = False
@@ -75,7 +79,7 @@ class WorkerPool:
         """Start the manager, then the workers; ``make_shared(manager)`` builds what every
         worker shares (objects in the manager, or handles to the shared database)."""
         self.manager = PoolManager(ctx=self.ctx)
-        self.manager.start(initializer=_manager_init, initargs=(os.getpid(),))
+        self.manager.start(initializer=_manager_init)
         self.results = self.manager.Queue()
         self.shared = make_shared(self.manager)
         for index in range(self.config.workers.processes):
@@ -188,7 +192,8 @@ class WorkerPool:
             self.on_event(ManagerLost(f"manager process exited with code {process.exitcode}"))
 
 
-def _manager_init(parent_pid: int) -> None:
-    """In the manager process: leave Ctrl-C to the front end, and die with it."""
+def _manager_init() -> None:
+    """In the manager process: leave Ctrl-C to the front end, and die with it (its parent,
+    the fork server, ends when the front end does)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    worker.exit_with_parent(parent_pid)
+    worker.exit_with_parent(os.getppid())
