@@ -4,11 +4,11 @@ and the same moment for the request metrics (``RequestLog``).
 Tornado would log each request on ``tornado.access`` and, for an ``HTTPError``, a
 second WARNING line first. Here the application's ``log_function`` writes the one
 line instead (logger ``uploader.access``), errors that are answers (4xx, a 503 while
-stopping) are told on that line with their reason, and only a real exception gets a
-line of its own, with its traceback.
+stopping or while the store is unreachable) are told on that line with their reason,
+and only a real exception gets a line of its own, with its traceback.
 
-Levels: INFO below 500; WARNING for a 503 while the service shuts down (expected, and
-said with Retry-After); ERROR for every other 5xx. In ``json`` format the fields are
+Levels: INFO below 500; WARNING for a 503 (the service shuts down or its store is
+unreachable: expected, and said with Retry-After); ERROR for every other 5xx. In ``json`` format the fields are
 keys: ``method``, ``path``, ``status``, ``duration_ms``, ``request_id`` and ``error``.
 """
 import json
@@ -86,15 +86,12 @@ def log_request(handler) -> None:
     error = getattr(handler, "error_reason", None)  # set by app.JsonErrors.write_error
     if error:
         fields["error"] = error
-    log.log(_level(handler, status), "%s %s %d %.1f ms id=%s%s", fields["method"], fields["path"],
+    log.log(_level(status), "%s %s %d %.1f ms id=%s%s", fields["method"], fields["path"],
             status, fields["duration_ms"], fields["request_id"],
             f" error={json.dumps(error)}" if error else "", extra=fields)
 
 
-def _level(handler, status: int) -> int:
+def _level(status: int) -> int:
     if status < 500:
         return logging.INFO
-    service = getattr(handler, "service", None)
-    if status == 503 and getattr(service, "stopping", False):
-        return logging.WARNING
-    return logging.ERROR
+    return logging.WARNING if status == 503 else logging.ERROR

@@ -50,3 +50,6 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     # Tornado's would say it again, so it stays quiet unless something goes to it directly.
     logging.getLogger("tornado.access").setLevel(logging.WARNING)
     logging.getLogger("urllib3").setLevel(logging.WARNING)
+    # The pool would log every failed reconnection of every process while the database is
+    # down; the store and the shared state say it once each, in a line of their own.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
