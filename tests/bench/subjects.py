@@ -48,7 +48,9 @@ class ServiceUnderTest:
     """``python -m uploader.cli`` with a temporary config, in its own process group."""
 
     def __init__(self, directory: Path, imgur_url: str, *, processes: int, slots: int,
-                 storage: Optional[Path] = None, server: Optional[dict] = None):
+                 storage: Optional[Path] = None, server: Optional[dict] = None,
+                 database: Optional[str] = None, lease_seconds: Optional[float] = None):
+        """``database``: a PostgreSQL URL (instances on one database act as one service)."""
         self.directory = directory
         self.slots = processes * slots
         config = {
@@ -61,7 +63,9 @@ class ServiceUnderTest:
                       "rate_limit": {"uploads_per_second": 0, "burst": 1}},
             "fetch": {"allow_private_networks": True, "timeout_seconds": 60,
                       "denied_hosts": [DENIED]},
-            "storage": {"path": str(storage or directory / "store.sqlite3")},
+            "storage": {"path": str(storage or directory / "store.sqlite3"),
+                        **({"url": database} if database else {}),
+                        **({"lease_seconds": lease_seconds} if lease_seconds else {})},
             "local": {"directory": str(directory / "images")},
             "logging": {"level": "INFO"},
         }
