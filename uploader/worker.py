@@ -135,6 +135,7 @@ class Worker:
         self.coordinator = shared.coordinator
         self.fetcher = build_fetcher(config)
         self.uploader = hosts.build_uploader(config, shared, (index, generation))
+        self.progress = ProgressBoard(results)
 
     def serve(self, tasks) -> None:
         while True:
@@ -182,15 +183,18 @@ class Worker:
     def _fetch(self, task, report):
         """Fetch, trying again (``fetch.retries`` times, 1 s then 2 s apart) while the source
         fails in a way that may pass: busy, unreachable, or a body cut short."""
-        for retry in range(self.config.fetch.retries + 1):
-            try:
-                return self.fetcher.fetch(task.url, on_progress=report.progress)
-            except FetchError as exc:
-                if retry == self.config.fetch.retries or not source_may_recover(exc):
-                    raise
-                log.info("job %s: %s: %s; fetching again in %d s", task.job_id, task.url, exc,
-                         2 ** retry)
-                time.sleep(2 ** retry)
+        try:
+            for retry in range(self.config.fetch.retries + 1):
+                try:
+                    return self.fetcher.fetch(task.url, on_progress=report.progress)
+                except FetchError as exc:
+                    if retry == self.config.fetch.retries or not source_may_recover(exc):
+                        raise
+                    log.info("job %s: %s: %s; fetching again in %d s", task.job_id, task.url,
+                             exc, 2 ** retry)
+                    time.sleep(2 ** retry)
+        finally:
+            self.progress.done(task.url_id)
 
     def _begin(self, digest: str, owner: tuple):
         """(link these bytes already have, None) or (None, the gate's first answer) once this
@@ -204,11 +208,49 @@ class Worker:
             time.sleep(DEDUP_POLL_SECONDS)
 
 
+class ProgressBoard:
+    """Fetch progress of the URLs this worker is downloading, passed on by a thread of its
+    own: a URL's first report once its download has taken ``FIRST`` seconds (a quick
+    download never reports; a slow one shows its size even before its first byte), then
+    at most every ``EVERY`` seconds while it changes."""
+
+    FIRST, EVERY = 0.25, 0.5
+
+    def __init__(self, outbox):
+        self.outbox = outbox
+        self._entries = {}  # url id -> [received, total, started, last sent, changed]
+        self._lock = threading.Lock()
+        threading.Thread(target=self._run, name="progress", daemon=True).start()
+
+    def update(self, url_id: int, received: int, total) -> None:
+        with self._lock:
+            entry = self._entries.get(url_id)
+            if entry is None:
+                self._entries[url_id] = [received, total, time.monotonic(), 0.0, True]
+            else:
+                entry[0], entry[1], entry[4] = received, total, True
+
+    def done(self, url_id: int) -> None:
+        with self._lock:
+            self._entries.pop(url_id, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.FIRST / 2)
+            now, due = time.monotonic(), []
+            with self._lock:
+                for url_id, entry in self._entries.items():
+                    received, total, started, sent, changed = entry
+                    if changed and now - started >= self.FIRST and now - sent >= self.EVERY:
+                        entry[3], entry[4] = now, False
+                        due.append(jobs.Progress(url_id, received, total))
+            for record in due:
+                self.outbox.put(record)
+
+
 class _Report:
     """What one URL's handling measured, turned into its Result at the end; also how the
     upload policy tells the job about retries and waits."""
-
-    PROGRESS_EVERY_SECONDS = 0.5
 
     def __init__(self, task, worker):
         self.task = task
@@ -220,7 +262,6 @@ class _Report:
         self.fetched_bytes = self.uploaded_bytes = 0
         self.rate = None
         self.grant_open = False  # a gate grant whose try has not been reported back yet
-        self._last_progress = None
 
     def describe(self) -> str:
         return f"job {self.task.job_id}: {self.task.url}"
@@ -229,11 +270,7 @@ class _Report:
         self.worker.results.put(record)
 
     def progress(self, received: int, total) -> None:
-        """Fetch progress: the first report at once, then at most twice a second."""
-        now = time.monotonic()
-        if self._last_progress is None or now - self._last_progress >= self.PROGRESS_EVERY_SECONDS:
-            self._last_progress = now
-            self._send(jobs.Progress(self.task.url_id, received, total))
+        self.worker.progress.update(self.task.url_id, received, total)
 
     def retrying(self) -> None:
         """Another try at the upload (counted at once, so a crash mid-retry still counts it)."""

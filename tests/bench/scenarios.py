@@ -16,7 +16,7 @@ from .fakes import FakeProcess
 from .measure import RssSampler, Usage, group_pids, median, percentile, rss_bytes
 from .subjects import DENIED, POLL_SECONDS, Baseline, Run, ServiceUnderTest
 
-SCENARIOS = ("latency", "cpu", "large", "frontend", "scale")
+SCENARIOS = ("latency", "cpu", "large", "frontend", "scale", "cluster")
 BUSY_FAKE = 0.85  # a fake using this much of one core is (close to) the bottleneck
 
 
@@ -309,6 +309,41 @@ class Bench:
         self.record(name, posts=posts, gets=gets, links_insert_seconds=inserted)
 
 
+    def cluster(self) -> None:
+        """One instance on PostgreSQL, then two on one database, on a latency-bound job."""
+        from tests.postgres_server import PostgresServer
+
+        name, count, latency = "cluster", self.scaled(640), 0.5
+        fakes = self.fakes(imgur_latency=latency)
+        server = PostgresServer().start()
+        self.stack.callback(server.destroy)
+        slots = self.args.processes * self.args.uploads_per_process
+        print(f"{name}: {count} URLs of 20 KB, Imgur +{latency * 1000:.0f} ms, {slots} slots an "
+              "instance, on PostgreSQL: one instance, then two")
+        rates = {}
+        for size in (1, 2):
+            runs = []
+            for r in range(self.repeat):
+                database = server.create_database()
+                instances = [self.service(f"{name}-{size}-{r}-{i}", fakes, database=database)
+                             for i in range(size)]
+                warm = sized_urls(fakes["source"].url, 20480, 2 * slots * size, f"warm{size}{r}")
+                instances[0].run(warm, len(warm), fakes)
+                urls = sized_urls(fakes["source"].url, 20480, count, f"c{size}-{r}")
+                run = instances[0].run(urls, count, fakes)
+                runs.append(run)
+                print(f"    {size} instance(s) run {r + 1}: {count} URLs in {run.seconds:.2f} s = "
+                      f"{run.rate:.0f}/s, {run.failed} failed", flush=True)
+                for instance in instances:
+                    instance.stop()
+            rates[size] = median(run.rate for run in runs)
+            bound = size * slots / (latency + 0.01)
+            self.add(name, f"{size} instance(s) URLs/s (bound {bound:.0f})", rates[size], "URLs/s")
+        ratio = rates[2] / rates[1]
+        self.add(name, "two instances / one", ratio, "x", ">= 1.6", ratio >= 1.6)
+        self.record(name, rates=rates)
+
+
 class ApiSampler:
     """Times ``GET /v1/images/upload/<id>`` (a small job) and ``POST`` of 10-URL jobs,
     from its own thread: four GETs, then one POST, 20 ms apart."""
@@ -373,16 +408,18 @@ class ApiSampler:
 
 def fill_links(path: Path, n: int) -> float:
     """Insert ``n`` links straight into a new store file; returns the seconds it took."""
-    from ..store import open_store
+    import sqlite3
+
+    from uploader.config import StorageConfig
+    from uploader.store import open_store
 
     started = time.perf_counter()
-    writer = open_store(str(path))
+    open_store(StorageConfig(path=str(path)), "bench").close()  # the schema
     now = time.time()
-    with writer.transaction():
-        writer.conn.executemany(
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.executemany(
             "INSERT INTO links (link, sha256, created) VALUES (?, ?, ?)",
             ((f"https://i.imgur.example/b{i:07d}.jpg", f"{i:064x}", now) for i in range(n)))
-    writer.conn.close()
     return time.perf_counter() - started
 
 

@@ -8,9 +8,9 @@ as their settings). The database's clock is the gate's clock, so instances on ho
 with skewed clocks keep one pace; answers are turned into this machine's monotonic
 clock before they are returned.
 
-- gate: one row (``gate.state``, JSON of ``GateState``), locked ``FOR UPDATE`` by each
-  call; uploads in flight are the ``gate_grants`` of live instances, per worker, so a
-  dead worker's or a dead instance's grants stop counting;
+- gate: one row (``gate.state``: JSON of ``GateState`` and of the grants in flight, by
+  worker), changed by compare-and-set on ``gate.version``, so no lock is held while a
+  busy worker process thinks; grants of a dead worker or a dead instance stop counting;
 - dedup: ``dedup_claims`` holds bytes being uploaded (one owner per SHA-256) and, once
   published, their link until the result is committed to ``links``;
 - token: one ``credentials`` row per configured credential, locked while one instance
@@ -51,12 +51,15 @@ class _Rows:
     def __init__(self, url: str):
         self.url = url
 
-    def run(self, work):
-        """``work(conn)`` in a transaction, again and again until the database answers."""
+    def run(self, work, *, transaction: bool = False):
+        """``work(conn)`` (in a transaction if asked), again and again until the database
+        answers. Without a transaction each statement commits on its own."""
         warned = False
         while True:
             try:
                 with driver_errors(), pool_for(self.url).connection() as conn:
+                    if not transaction:
+                        return work(conn)
                     with conn.transaction():
                         return work(conn)
             except StoreUnavailable as exc:
@@ -111,25 +114,32 @@ class PgCoordinator(_Rows):
         self.run(work)
 
     def _claim(self, conn, sha256: str, owner: tuple):
-        row = conn.execute("SELECT link FROM links WHERE sha256 = %s AND host = %s"
-                           " ORDER BY id LIMIT 1", (sha256, self.dedup_host)).fetchone()
-        if row:
-            return "reuse", row[0]
+        """Claim first, then look for a committed link: the result that commits a link also
+        deletes its claim, in one transaction, so whichever way the two race, nobody
+        uploads bytes that already have a link."""
         me = (self.instance, *owner)
         taken = conn.execute(
             "INSERT INTO dedup_claims (sha256, host, instance, worker, generation, thread)"
             " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (sha256, host) DO NOTHING RETURNING 1",
             (sha256, self.dedup_host, *me)).fetchone()
-        if taken:
-            return "upload", None
-        row = conn.execute(
-            "SELECT instance, worker, generation, thread, link FROM dedup_claims"
-            " WHERE sha256 = %s AND host = %s", (sha256, self.dedup_host)).fetchone()
-        if row is None:  # released between our two statements: try again
-            return "wait", None
-        if row[4]:
-            return "reuse", row[4]
-        return ("upload", None) if tuple(row[:4]) == me else ("wait", None)
+        if not taken:
+            row = conn.execute(
+                "SELECT instance, worker, generation, thread, link FROM dedup_claims"
+                " WHERE sha256 = %s AND host = %s", (sha256, self.dedup_host)).fetchone()
+            if row is None:  # released between our two statements: ask again
+                return "wait", None
+            if row[4]:
+                return "reuse", row[4]  # published by its uploader, not yet committed
+            if tuple(row[:4]) != me:
+                return "wait", None
+        row = conn.execute("SELECT link FROM links WHERE sha256 = %s AND host = %s"
+                           " ORDER BY id LIMIT 1", (sha256, self.dedup_host)).fetchone()
+        if row:
+            conn.execute("DELETE FROM dedup_claims WHERE sha256 = %s AND host = %s"
+                         " AND instance = %s AND link IS NULL",
+                         (sha256, self.dedup_host, self.instance))
+            return "reuse", row[0]
+        return "upload", None
 
     # -- the gate ----------------------------------------------------------------------------
     def reserve(self, owner: tuple) -> Optional[tuple]:
@@ -141,27 +151,21 @@ class PgCoordinator(_Rows):
         if self.rules is None:
             return True, 0.0, ""
 
-        def work(conn):
-            state, now = self._gate_state(conn)
+        def change(state, grants, now):
             answer = self.rules.confirm(state, now)
             if not answer[0]:
-                self._count(conn, owner, -1)
-            return self._local(answer, now)
-        return self.run(work)
+                self._count(grants, owner, -1)  # withdrawn
+            return answer
+        return self.run(lambda conn: self._gate(conn, change))
 
     def observe(self, report: Optional[dict], owner: tuple) -> None:
         if self.rules is not None:
             self.run(lambda conn: self._observe(conn, report, owner))
 
     def pause(self, seconds: float, why: str) -> None:
-        if self.rules is None:
-            return
-
-        def work(conn):
-            state, now = self._gate_state(conn)
-            self.rules.pause(state, now, seconds, why)
-            self._save(conn, state)
-        self.run(work)
+        if self.rules is not None:
+            self.run(lambda conn: self._gate(
+                conn, lambda state, grants, now: self.rules.pause(state, now, seconds, why)))
 
     def release_owner(self, worker: int, generation: int) -> None:
         """A worker process of this instance ended: its claims and grants are void."""
@@ -169,50 +173,68 @@ class PgCoordinator(_Rows):
             conn.execute("DELETE FROM dedup_claims WHERE instance = %s AND worker = %s"
                          " AND generation = %s AND link IS NULL",
                          (self.instance, worker, generation))
-            conn.execute("DELETE FROM gate_grants WHERE instance = %s AND worker = %s"
-                         " AND generation = %s", (self.instance, worker, generation))
+            if self.rules is not None:
+                self._gate(conn, lambda state, grants, now: grants.pop(
+                    self._key((worker, generation)), None))
         self.run(work)
 
     def _reserve(self, conn, owner: tuple) -> Optional[tuple]:
         if self.rules is None:
             return None
-        state, now = self._gate_state(conn)
-        in_flight = conn.execute(
-            "SELECT COALESCE(SUM(g.n), 0) FROM gate_grants g JOIN instances i"
-            f" ON i.id = g.instance WHERE i.heartbeat >= {NOW} - %s",
-            (self.lease_seconds,)).fetchone()[0]
-        answer = self.rules.reserve_slot(state, now, int(in_flight))
-        self._save(conn, state)
-        if answer[0]:
-            self._count(conn, owner, +1)
-        return self._local(answer, now)
+
+        def change(state, grants, now):
+            answer = self.rules.reserve_slot(state, now, sum(grants.values()))
+            if answer[0]:
+                self._count(grants, owner, +1)
+            return answer
+        return self._gate(conn, change)
 
     def _observe(self, conn, report: Optional[dict], owner: tuple) -> None:
-        state, now = self._gate_state(conn)
-        self.rules.observe(state, now, report)
-        self._save(conn, state)
-        self._count(conn, owner, -1)
+        def change(state, grants, now):
+            self._count(grants, owner, -1)
+            self.rules.observe(state, now, report)
+        self._gate(conn, change)
 
-    def _gate_state(self, conn) -> Tuple[GateState, float]:
-        row = conn.execute(f"SELECT state, {NOW} FROM gate WHERE id = 1 FOR UPDATE").fetchone()
-        if row is None:
-            now = conn.execute(f"SELECT {NOW}").fetchone()[0]
-            conn.execute("INSERT INTO gate (id, state) VALUES (1, %s) ON CONFLICT (id) DO NOTHING",
-                         (json.dumps(self.rules.new_state(now).to_dict()),))
-            row = conn.execute(f"SELECT state, {NOW} FROM gate WHERE id = 1 FOR UPDATE").fetchone()
-        return GateState.from_dict(json.loads(row[0])), row[1]
+    def _gate(self, conn, change):
+        """Compare-and-set on the gate row: ``change(state, grants, now)`` is applied to a
+        fresh copy until our write wins (no lock is held while this process thinks).
+        ``grants``: uploads granted and not yet answered, by worker of a live instance;
+        those of instances found dead are dropped on the way. Answers come back on this
+        machine's monotonic clock."""
+        while True:
+            row = conn.execute(
+                f"SELECT version, state, {NOW}, ARRAY(SELECT id FROM instances"
+                f" WHERE heartbeat >= {NOW} - %s) FROM gate WHERE id = 1",
+                (self.lease_seconds,)).fetchone()
+            if row is None:
+                now = conn.execute(f"SELECT {NOW}").fetchone()[0]
+                first = {"gate": self.rules.new_state(now).to_dict(), "grants": {}}
+                conn.execute("INSERT INTO gate (id, version, state) VALUES (1, 0, %s)"
+                             " ON CONFLICT (id) DO NOTHING", (json.dumps(first),))
+                continue
+            version, text, now, live = row
+            data = json.loads(text)
+            state = GateState.from_dict(data["gate"])
+            grants = {key: n for key, n in data["grants"].items()
+                      if key.split("/", 1)[0] in live}
+            answer = change(state, grants, now)
+            written = conn.execute(
+                "UPDATE gate SET version = version + 1, state = %s WHERE id = 1 AND version = %s",
+                (json.dumps({"gate": state.to_dict(), "grants": grants}), version)).rowcount
+            if written:
+                return self._local(answer, now) if isinstance(answer, tuple) else answer
 
-    @staticmethod
-    def _save(conn, state: GateState) -> None:
-        conn.execute("UPDATE gate SET state = %s WHERE id = 1", (json.dumps(state.to_dict()),))
-
-    def _count(self, conn, owner: tuple, change: int) -> None:
+    def _key(self, owner: tuple) -> str:
         worker, generation = owner
-        conn.execute(
-            "INSERT INTO gate_grants (instance, worker, generation, n) VALUES (%s, %s, %s, %s)"
-            " ON CONFLICT (instance, worker, generation)"
-            " DO UPDATE SET n = GREATEST(gate_grants.n + %s, 0)",
-            (self.instance, worker, generation, max(change, 0), change))
+        return f"{self.instance}/{worker}/{generation}"
+
+    def _count(self, grants: dict, owner: tuple, change: int) -> None:
+        key = self._key(owner)
+        left = grants.get(key, 0) + change
+        if left > 0:
+            grants[key] = left
+        else:
+            grants.pop(key, None)
 
     @staticmethod
     def _local(answer: tuple, now: float) -> tuple:
@@ -254,7 +276,7 @@ class PgCredentials(_Rows):
                          (token.access_token, token.refresh_token, token.version,
                           token.rejected, self.key))
             return token.current()
-        return self.run(work)
+        return self.run(work, transaction=True)
 
     def forgive(self) -> None:
         """At an instance's start: try a credential given up on again (as a restart of the

@@ -9,9 +9,9 @@ Tables:
 - ``jobs``, ``urls`` (the queue: a URL is queued, in flight under an instance's lease,
   or final), ``links`` (every link uploaded, oldest first);
 - PostgreSQL only, the state every instance shares: ``instances`` (who is alive),
-  ``gate`` (the upload gate's state) and ``gate_grants`` (uploads granted and not yet
-  answered, by worker), ``dedup_claims`` (bytes being uploaded right now, and by whom),
-  ``credentials`` (the shared Imgur token).
+  ``gate`` (the upload gate's state with the uploads granted and not yet answered, by
+  worker, changed by compare-and-set on ``version``), ``dedup_claims`` (bytes being
+  uploaded right now, and by whom), ``credentials`` (the shared Imgur token).
 """
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -69,13 +69,10 @@ MIGRATIONS = (
             pid       INTEGER NOT NULL,
             started   {real} NOT NULL,
             heartbeat {real} NOT NULL)""",
-        "CREATE TABLE gate (id INTEGER PRIMARY KEY, state TEXT NOT NULL)",
-        """CREATE TABLE gate_grants (
-            instance   TEXT NOT NULL,
-            worker     INTEGER NOT NULL,
-            generation INTEGER NOT NULL,
-            n          INTEGER NOT NULL,
-            PRIMARY KEY (instance, worker, generation))""",
+        """CREATE TABLE gate (
+            id      INTEGER PRIMARY KEY,
+            version BIGINT NOT NULL,
+            state   TEXT NOT NULL)""",
         """CREATE TABLE dedup_claims (
             sha256     TEXT NOT NULL,
             host       TEXT NOT NULL,
