@@ -89,8 +89,10 @@ def test_budget_at_reserve_pauses_the_pool_until_reset(start_service, image_sour
     assert statuses == [200] * len(urls)  # Imgur never had to refuse us
     arrivals = sorted(r.at for r in fake_imgur.requests_seen)
     gaps = [later - earlier for earlier, later in zip(arrivals, arrivals[1:])]
-    # 60 credits with 10 kept back: five uploads, then a pause that lasts until the reset
-    assert [n for n, gap in enumerate(gaps, start=1) if gap > 2.0] == [5]
+    # 60 credits with 10 kept back: five uploads, then a pause that lasts until the reset.
+    # An answer may already count an upload the gate still holds in flight (the fake reports
+    # its budget as it sends the answer), so the gate may stop one early: never late.
+    assert [n for n, gap in enumerate(gaps, start=1) if gap > 2.0] in ([4], [5])
 
 
 def test_expired_token_is_refreshed_once_for_the_whole_pool(start_service, image_source, fake_imgur):
