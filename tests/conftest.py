@@ -43,14 +43,38 @@ def backend(request):
     return request.param
 
 
-@pytest.fixture
-def storage(backend, request, tmp_path):
-    """The ``storage`` section of this test's backend."""
-    section = {"path": str(tmp_path / "store.sqlite3")}
+def storage_section(backend, directory, request) -> dict:
+    """A ``storage`` section for ``backend``: a SQLite file in ``directory``, or a fresh
+    database on the session's PostgreSQL server."""
+    section = {"path": str(directory / "store.sqlite3")}
     if backend == "postgresql":
         server = request.getfixturevalue("postgres")
         section.update(url=server.create_database(), lease_seconds=3, poll_seconds=0.5)
     return section
+
+
+@pytest.fixture
+def storage(backend, request, tmp_path):
+    """The ``storage`` section of this test's backend."""
+    return storage_section(backend, tmp_path, request)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def module_service(request, tmp_path_factory):
+    """``module_service(**sections)``: one service per module and backend, for tests that
+    only ask it questions (each must leave it as it found it, or not care)."""
+    started = {}
+
+    def start(**sections):
+        if "service" not in started:
+            directory = tmp_path_factory.mktemp(f"module-{request.param}")
+            sections["storage"] = storage_section(request.param, directory, request)
+            started["service"] = ServiceProcess(write_config(directory, **sections)).start()
+        return started["service"]
+
+    yield start
+    if "service" in started:
+        started["service"].kill()
 
 
 @pytest.fixture

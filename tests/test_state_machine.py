@@ -210,10 +210,10 @@ class SharedJobLifecycle(JobLifecycle):
             other.close()
 
 
-JobLifecycle.TestCase.settings = settings(max_examples=100, stateful_step_count=30, deadline=None)
+JobLifecycle.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
 TestJobLifecycle = JobLifecycle.TestCase
 
-SharedJobLifecycle.TestCase.settings = settings(max_examples=25, stateful_step_count=30,
+SharedJobLifecycle.TestCase.settings = settings(max_examples=20, stateful_step_count=30,
                                                 deadline=None)
 
 
