@@ -172,6 +172,20 @@ def test_identical_bytes_are_uploaded_once_across_instances(cluster, image_sourc
     assert len({e["link"] for e in entries}) == 3
 
 
+def test_an_expired_token_is_refreshed_once_for_the_whole_cluster(cluster, image_source,
+                                                                    fake_imgur):
+    fake_imgur.expire_token("test-token")
+    a, b = cluster(2, workers={"processes": 2, "uploads_per_process": 4},
+                   **imgur_config(fake_imgur, refresh_token="test-refresh",
+                                  client_id="test-client", client_secret="test-secret"))
+    urls = [image_source.url_for(f"/img/cluster-refresh-{n}.png") for n in range(16)]
+    first, second = a.post_job(urls[:8]), b.post_job(urls[8:])
+    for service, job_id in ((a, first), (b, second)):
+        assert len(service.wait_job(job_id, timeout=30)["uploaded"]["complete"]) == 8
+    assert [r.status for r in fake_imgur.refresh_requests] == [200]  # one refresh for both
+    assert outcomes(a) and outcomes(b)
+
+
 def test_every_instance_answers_the_same(cluster, image_source):
     a, b = cluster(2, image_host="local", server={"host": "127.0.0.1", "port": 0})
     job_id = a.post_job([image_source.url_for("/img/everywhere.png"),
