@@ -13,6 +13,10 @@ The bytes are then judged by their magic number, never by Content-Type or extens
 
 Plain ``http.client`` on a socket we opened ourselves keeps the pinning obvious: no
 library between us and the wire resolves names or follows redirects on our behalf.
+
+The steps of a hop are module functions (``parse_target``, ``resolve_checked``,
+``connect_pinned``, ``redirect_url``, ``translate_error``) and ``Guard`` is the deadline,
+so every outgoing request of the service (``webhook.py`` too) is pinned and judged alike.
 """
 
 import dataclasses
@@ -42,7 +46,7 @@ _CHUNK = 16 * 1024  # the most one read takes; progress is reported after every 
 _SMALL_READ = 4096  # reads shorter than this are gathered before they are kept
 _SAFE_URL_CHARS = "!#$%&'()*+,/:;=?@[]~"
 # What a misbehaving server or network can make http.client, ssl and sockets raise.
-_WIRE_ERRORS = (OSError, http.client.HTTPException, ValueError)
+WIRE_ERRORS = (OSError, http.client.HTTPException, ValueError)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +74,7 @@ def format_size(n):
 
 
 @dataclasses.dataclass(frozen=True)
-class _Target:
+class Target:
     """One hop's URL, parsed and checked."""
 
     url: str
@@ -82,8 +86,10 @@ class _Target:
     path: str
 
 
-class _Guard:
-    """One download's deadline: the watchdog shuts the current socket down when time is up."""
+class Guard:
+    """One request's deadline: the watchdog shuts the current socket down when time is up.
+
+    ``close()`` it when the request is over, finished or not."""
 
     def __init__(self, timeout):
         self.timeout = timeout
@@ -214,6 +220,98 @@ def _shutdown(sock):
         pass
 
 
+def parse_target(url, policy):
+    """Parse and check one hop's URL; refuses bad schemes, hosts and names ``policy`` denies."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        port = parts.port
+    except ValueError as exc:
+        raise InvalidSourceURL(f"invalid URL: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https"):
+        raise InvalidSourceURL(f"unsupported URL scheme '{scheme}'" if scheme else "invalid URL: no scheme")
+    if parts.hostname is None:
+        raise InvalidSourceURL("invalid URL: no host name")
+    host = normalize_host(parts.hostname)
+    policy.check_host(host)
+    default_port = 443 if scheme == "https" else 80
+    port = default_port if port is None else port
+    if port == 0:
+        raise InvalidSourceURL("invalid URL: port 0")
+    shown = f"[{host}]" if ":" in host else host
+    host_header = shown if port == default_port else f"{shown}:{port}"
+    path = urllib.parse.quote(parts.path or "/", safe=_SAFE_URL_CHARS)
+    if parts.query:
+        path += "?" + urllib.parse.quote(parts.query, safe=_SAFE_URL_CHARS)
+    return Target(url, scheme, host, parts.hostname, port, host_header, path)
+
+
+def resolve_checked(target, policy, resolver):
+    """Resolve the host once and check every answer: one bad address refuses the host."""
+    literal = parse_ip_literal(target.host)
+    if literal is not None:
+        answers = [literal]
+    else:
+        try:
+            answers = [ipaddress.ip_address(a) for a in resolver(target.host, target.port)]
+        except (OSError, UnicodeError, ValueError) as exc:
+            log.debug("resolving %s failed: %s", target.host, exc)
+            raise SourceUnreachable(f"could not resolve host '{target.host}'") from None
+        if not answers:
+            raise SourceUnreachable(f"could not resolve host '{target.host}'")
+    for ip in answers:
+        policy.check_address(ip, target.spelled)
+    return answers
+
+
+def connect_pinned(target, addresses, guard, ca_certs, *, peer="source"):
+    """Connect to the first of the checked ``addresses`` that answers, never to the name.
+
+    For https the certificate is verified against the original name, which is also sent
+    as SNI. Returns the socket, watched by ``guard``; raises FetchError (``peer`` names the
+    other end in the reason).
+    """
+    last_error = None
+    for ip in addresses:
+        where = f"[{ip}]:{target.port}" if ip.version == 6 else f"{ip}:{target.port}"
+        log.debug("connecting to %s for %s", where, target.url)
+        try:
+            sock = socket.create_connection((str(ip), target.port), timeout=guard.remaining())
+        except ConnectionRefusedError:
+            last_error = SourceUnreachable(f"connection refused by {where}")
+            continue
+        except TimeoutError:
+            last_error = guard.error()
+            continue
+        except OSError as exc:
+            last_error = SourceUnreachable(f"could not connect to {where}: {exc.strerror or exc}")
+            continue
+        guard.attach(sock)
+        if target.scheme == "http":
+            return sock
+        tls = None
+        try:
+            tls = _tls_context(ca_certs).wrap_socket(
+                sock, server_hostname=target.host, do_handshake_on_connect=False)
+            guard.attach(tls)  # wrapping detached ``sock``; watch the TLS socket instead
+            tls.settimeout(guard.remaining())
+            tls.do_handshake()
+            return tls
+        except (FetchError, *WIRE_ERRORS) as exc:
+            (tls or sock).close()
+            raise translate_error(exc, guard, target, peer=peer) from None
+    raise last_error
+
+
+def redirect_url(from_url, location):
+    """The absolute URL a redirect's ``Location`` (as http.client decoded it) points to."""
+    try:
+        location = location.encode("latin-1").decode("utf-8")  # http.client decodes as latin-1
+    except UnicodeError:
+        pass
+    return urllib.parse.urljoin(from_url, location)
+
+
 class Fetcher:
     """Downloads images from URLs without ever reaching a refused network address.
 
@@ -242,11 +340,11 @@ class Fetcher:
         in (``0``, and the size from Content-Length or None), then after every read of at
         most 16 KiB; a caller that passes progress on throttles it itself.
         """
-        guard = _Guard(self.timeout_seconds)
+        guard = Guard(self.timeout_seconds)
         try:
             for _hop in range(self.max_redirects + 1):
-                target = self._target(url)
-                addresses = self._addresses(target)
+                target = parse_target(url, self.policy)
+                addresses = resolve_checked(target, self.policy, self.resolver)
                 conn, response, sock = self._request(target, addresses, guard)
                 try:
                     if response.status in REDIRECT_STATUSES:
@@ -264,51 +362,9 @@ class Fetcher:
         finally:
             guard.close()
 
-    def _target(self, url):
-        """Parse and check one hop's URL; refuses bad schemes, hosts and denied names."""
-        try:
-            parts = urllib.parse.urlsplit(url.strip())
-            port = parts.port
-        except ValueError as exc:
-            raise InvalidSourceURL(f"invalid URL: {exc}") from None
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https"):
-            raise InvalidSourceURL(f"unsupported URL scheme '{scheme}'" if scheme else "invalid URL: no scheme")
-        if parts.hostname is None:
-            raise InvalidSourceURL("invalid URL: no host name")
-        host = normalize_host(parts.hostname)
-        self.policy.check_host(host)
-        default_port = 443 if scheme == "https" else 80
-        port = default_port if port is None else port
-        if port == 0:
-            raise InvalidSourceURL("invalid URL: port 0")
-        shown = f"[{host}]" if ":" in host else host
-        host_header = shown if port == default_port else f"{shown}:{port}"
-        path = urllib.parse.quote(parts.path or "/", safe=_SAFE_URL_CHARS)
-        if parts.query:
-            path += "?" + urllib.parse.quote(parts.query, safe=_SAFE_URL_CHARS)
-        return _Target(url, scheme, host, parts.hostname, port, host_header, path)
-
-    def _addresses(self, target):
-        """Resolve the host once and check every answer: one bad address refuses the host."""
-        literal = parse_ip_literal(target.host)
-        if literal is not None:
-            answers = [literal]
-        else:
-            try:
-                answers = [ipaddress.ip_address(a) for a in self.resolver(target.host, target.port)]
-            except (OSError, UnicodeError, ValueError) as exc:
-                log.debug("resolving %s failed: %s", target.host, exc)
-                raise SourceUnreachable(f"could not resolve host '{target.host}'") from None
-            if not answers:
-                raise SourceUnreachable(f"could not resolve host '{target.host}'")
-        for ip in answers:
-            self.policy.check_address(ip, target.spelled)
-        return answers
-
     def _request(self, target, addresses, guard):
         """Connect to the first checked address that answers and send the GET."""
-        sock = self._connect(target, addresses, guard)
+        sock = connect_pinned(target, addresses, guard, self.ca_certs)
         conn = http.client.HTTPConnection(target.host, target.port)  # never connects: we give it a socket
         conn.sock = sock
         try:
@@ -320,54 +376,18 @@ class Fetcher:
             conn.endheaders()
             sock.settimeout(guard.remaining())
             return conn, conn.getresponse(), sock
-        except (FetchError, *_WIRE_ERRORS) as exc:
+        except (FetchError, *WIRE_ERRORS) as exc:
             conn.close()
             sock.close()
-            raise _translate(exc, guard, target) from None
-
-    def _connect(self, target, addresses, guard):
-        last_error = None
-        for ip in addresses:
-            where = f"[{ip}]:{target.port}" if ip.version == 6 else f"{ip}:{target.port}"
-            log.debug("connecting to %s for %s", where, target.url)
-            try:
-                sock = socket.create_connection((str(ip), target.port), timeout=guard.remaining())
-            except ConnectionRefusedError:
-                last_error = SourceUnreachable(f"connection refused by {where}")
-                continue
-            except TimeoutError:
-                last_error = guard.error()
-                continue
-            except OSError as exc:
-                last_error = SourceUnreachable(f"could not connect to {where}: {exc.strerror or exc}")
-                continue
-            guard.attach(sock)
-            if target.scheme == "http":
-                return sock
-            tls = None
-            try:
-                tls = _tls_context(self.ca_certs).wrap_socket(
-                    sock, server_hostname=target.host, do_handshake_on_connect=False)
-                guard.attach(tls)  # wrapping detached ``sock``; watch the TLS socket instead
-                tls.settimeout(guard.remaining())
-                tls.do_handshake()
-                return tls
-            except (FetchError, *_WIRE_ERRORS) as exc:
-                (tls or sock).close()
-                raise _translate(exc, guard, target) from None
-        raise last_error
+            raise translate_error(exc, guard, target) from None
 
     def _next_url(self, target, response):
         location = response.getheader("Location")
         if not location:
             raise SourceHTTPError(response.status,
                                   f"HTTP {response.status} from source without a Location header")
-        try:
-            location = location.encode("latin-1").decode("utf-8")  # http.client decodes as latin-1
-        except UnicodeError:
-            pass
         log.debug("%s redirects to %s", target.url, location)
-        return urllib.parse.urljoin(target.url, location)
+        return redirect_url(target.url, location)
 
     def _read_body(self, response, sock, guard, on_progress):
         """Stream the body under the byte cap and the deadline; fail early on a non-image.
@@ -415,8 +435,8 @@ class Fetcher:
             if guard.expired:
                 raise guard.error() from None
             raise SourceBroken(f"truncated: the chunked body ended after {size} bytes") from None
-        except _WIRE_ERRORS as exc:
-            raise _translate(exc, guard, None) from None
+        except WIRE_ERRORS as exc:
+            raise translate_error(exc, guard, None) from None
         if total is not None and size < total:
             raise SourceBroken(f"truncated: got {size} of {total} bytes")
         chunks.append(dribble)
@@ -438,8 +458,10 @@ class Fetcher:
         return Fetched(data=bytes(data), mime=kind.mime, ext=kind.ext, final_url=final_url)
 
 
-def _translate(exc, guard, target):
-    """Turn a network or protocol exception into a FetchError with a human reason."""
+def translate_error(exc, guard, target, *, peer="source"):
+    """Turn a network or protocol exception into a FetchError with a human reason.
+
+    ``peer`` names the other end in the reason ("source", "the callback")."""
     if isinstance(exc, FetchError):
         return exc
     if guard.expired or isinstance(exc, TimeoutError):
@@ -449,12 +471,12 @@ def _translate(exc, guard, target):
     if isinstance(exc, ssl.SSLError):
         return SourceUnreachable(f"TLS handshake with {target.host} failed: {exc.reason or exc}")
     if isinstance(exc, http.client.RemoteDisconnected):
-        return SourceUnreachable("connection closed by source before it answered")
+        return SourceUnreachable(f"connection closed by {peer} before it answered")
     if isinstance(exc, ConnectionResetError):
-        return SourceUnreachable("connection reset by source")
+        return SourceUnreachable(f"connection reset by {peer}")
     if isinstance(exc, OSError):
         return SourceUnreachable(f"network error: {exc.strerror or exc}")
-    return SourceUnreachable(f"bad HTTP response from source: {type(exc).__name__}: {exc}")
+    return SourceUnreachable(f"bad HTTP response from {peer}: {type(exc).__name__}: {exc}")
 
 
 @functools.lru_cache(maxsize=None)
