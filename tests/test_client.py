@@ -149,7 +149,8 @@ def test_refused_job_prints_the_error_and_exits_2(service, capsys):
 def test_unknown_job_exits_2(service, capsys, monkeypatch):
     monkeypatch.setattr(service, "submit", lambda body: (202, {"jobId": "other"}))
     assert run(service, "http://a.example/1.png") == 2
-    assert "no job other" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        "upload: error: no such job other (or it belongs to another key)\n")
 
 
 def test_unreachable_service_exits_2_without_traceback(service, capsys):
@@ -248,3 +249,155 @@ def test_bin_upload_wrapper(service):
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "OK    http://a.example/1.png  ->  https://i.example/0.png\n"
+
+
+# -- the job-control contract (issue 11), against requests-mock -----------------------------
+
+SERVER = "http://127.0.0.1:9"  # never reached: requests-mock answers in the service's place
+UPLOAD = f"{SERVER}/v1/images/upload"
+KEY = "s3cret-Key_0123456789"
+
+
+def entry(url, state="complete", link=None, reason=None, image_id=None, deleted=False):
+    return {"url": url, "state": state, "link": link, "reason": reason, "attempts": 1,
+            "reused": False, "waiting": None, "image_id": image_id, "deleted": deleted}
+
+
+def job_doc(job_id, *entries, status="complete", callback=None, **extra):
+    finished = status == "complete"
+    return {"id": job_id, "created": "2026-11-27T03:10:41.512Z",
+            "finished": "2026-11-27T03:10:43.018Z" if finished else None, "status": status,
+            "uploaded": {"pending": [e["url"] for e in entries if e["state"] not in FINAL],
+                         "complete": [e["link"] for e in entries if e["state"] == "complete"],
+                         "failed": [e["url"] for e in entries if e["state"] == "failed"]},
+            "urls": list(entries), "callback": callback, **extra}
+
+
+FINAL = ("complete", "failed")
+CAT = entry("http://a.example/cat.png", link="https://i.example/cat.png", image_id="img-cat")
+DOG = entry("http://a.example/dog.png", "failed", reason="HTTP 404 from source")
+
+
+def cli(*args):
+    return client.main(["--server", SERVER, "--interval", "0", *args])
+
+
+def mock_upload(requests_mock, doc, job_id="job-1"):
+    """A submission answered with ``job_id``, whose document is ``doc``."""
+    requests_mock.post(UPLOAD, status_code=202, json={"jobId": job_id},
+                       headers={"Location": f"/v1/images/upload/{job_id}"})
+    requests_mock.get(f"{UPLOAD}/{job_id}", json=doc)
+
+
+def authorizations(requests_mock):
+    return [request.headers.get("Authorization") for request in requests_mock.request_history]
+
+
+def test_the_key_is_sent_on_every_request_and_never_printed(requests_mock, capsys):
+    mock_upload(requests_mock, job_doc("job-1", CAT))
+    assert cli("--key", KEY, CAT["url"]) == 0
+    assert authorizations(requests_mock) == [f"Bearer {KEY}"] * 2
+    out, err = capsys.readouterr()
+    assert KEY not in out + err
+
+
+def test_the_key_defaults_to_uploader_api_key(requests_mock, monkeypatch, capsys):
+    monkeypatch.setenv("UPLOADER_API_KEY", KEY)
+    mock_upload(requests_mock, job_doc("job-1", CAT))
+    assert cli(CAT["url"]) == 0
+    assert authorizations(requests_mock) == [f"Bearer {KEY}"] * 2
+    requests_mock.reset_mock()
+    assert cli("--key", "other-key", CAT["url"]) == 0  # the option wins over the variable
+    assert authorizations(requests_mock) == ["Bearer other-key"] * 2
+
+
+@pytest.mark.parametrize("env", [None, "", "  "])
+def test_without_a_key_no_authorization_is_sent(requests_mock, monkeypatch, env):
+    if env is None:
+        monkeypatch.delenv("UPLOADER_API_KEY", raising=False)
+    else:
+        monkeypatch.setenv("UPLOADER_API_KEY", env)
+    mock_upload(requests_mock, job_doc("job-1", CAT))
+    assert cli(CAT["url"]) == 0
+    assert authorizations(requests_mock) == [None, None]
+
+
+def test_a_netrc_entry_does_not_replace_the_key(requests_mock, monkeypatch, tmp_path):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password elsewhere\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    mock_upload(requests_mock, job_doc("job-1", CAT))
+    assert cli("--key", KEY, CAT["url"]) == 0
+    assert authorizations(requests_mock) == [f"Bearer {KEY}"] * 2
+
+
+@pytest.mark.parametrize("key", ["two words", "line\nbreak", "caf\u00e9"])
+def test_a_key_no_header_can_carry_is_refused_without_showing_it(requests_mock, capsys, key):
+    assert cli("--key", key, CAT["url"]) == 2
+    out, err = capsys.readouterr()
+    assert err == ("upload: error: the API key has characters an HTTP header cannot carry "
+                   "(spaces, control or non-ASCII characters)\n")
+    assert out == "" and not requests_mock.called
+
+
+def test_the_help_does_not_show_the_key(monkeypatch, capsys):
+    monkeypatch.setenv("UPLOADER_API_KEY", KEY)
+    with pytest.raises(SystemExit) as info:
+        client.main(["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--key KEY" in out and KEY not in out
+
+
+def unauthorized(requests_mock, method, url):
+    requests_mock.register_uri(method, url, status_code=401, headers={"WWW-Authenticate": "Bearer"},
+                               json={"error": "a valid API key is required"})
+
+
+def test_401_without_a_key_says_how_to_give_one(requests_mock, monkeypatch, capsys):
+    monkeypatch.delenv("UPLOADER_API_KEY", raising=False)
+    unauthorized(requests_mock, "POST", UPLOAD)
+    assert cli(CAT["url"]) == 2
+    assert capsys.readouterr() == (
+        "", "upload: error: the service needs an API key: pass --key or set UPLOADER_API_KEY\n")
+
+
+def test_401_with_a_key_says_it_was_refused_without_showing_it(requests_mock, capsys):
+    unauthorized(requests_mock, "POST", UPLOAD)
+    assert cli("--key", KEY, CAT["url"]) == 2
+    assert capsys.readouterr() == ("", "upload: error: the service refused this API key\n")
+
+
+def test_a_job_of_another_key_is_no_such_job(requests_mock, capsys):
+    requests_mock.post(UPLOAD, status_code=202, json={"jobId": "job-1"})
+    requests_mock.get(f"{UPLOAD}/job-1", status_code=404, json={"error": "no job 'job-1'"})
+    assert cli("--key", KEY, CAT["url"]) == 2
+    assert capsys.readouterr().err == (
+        "upload: error: no such job job-1 (or it belongs to another key)\n")
+
+
+@pytest.mark.parametrize("status, error", [
+    (400, "urls[0] is not an absolute http(s) URL"),
+    (415, "Content-Type must be application/json"),
+    (413, "more than 1000 distinct URLs"),
+])
+def test_a_refused_submission_shows_the_services_reason(requests_mock, capsys, status, error):
+    requests_mock.post(UPLOAD, status_code=status, json={"error": error})
+    assert cli(CAT["url"]) == 2
+    assert capsys.readouterr() == ("", f"upload: error: service refused the job ({status}): {error}\n")
+
+
+def test_a_submission_is_json(requests_mock):
+    mock_upload(requests_mock, job_doc("job-1", CAT))
+    assert cli(CAT["url"]) == 0
+    post = requests_mock.request_history[0]
+    assert post.headers["Content-Type"] == "application/json"
+    assert post.json() == {"urls": [CAT["url"]]}
+
+
+def test_a_job_id_is_quoted_into_the_path(requests_mock):
+    requests_mock.post(UPLOAD, status_code=202, json={"jobId": "../../images/x"})
+    requests_mock.get(f"{UPLOAD}/..%2F..%2Fimages%2Fx", json=job_doc("x", CAT))
+    assert cli(CAT["url"]) == 0
+    assert requests_mock.last_request.path == "/v1/images/upload/..%2f..%2fimages%2fx"

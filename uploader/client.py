@@ -1,25 +1,29 @@
 """Command-line client of a running service: submit URLs, watch the job, print the links.
 
-    bin/upload [--server URL] [--interval S] [--timeout S] URL... | -f FILE
+    bin/upload [--server URL] [--key KEY] [--interval S] [--timeout S] URL... | -f FILE
 
 It talks to the service only over its public HTTP API (submit, then poll the job), so
-it works the same against a local process or a container. Exit codes: 0 every URL
-uploaded, 1 some failed, 2 nothing to report (bad usage, service unreachable or
-refusing, or --timeout reached).
+it works the same against a local process or a container. The server is --server, else
+$UPLOADER_URL; the API key (sent as ``Authorization: Bearer``, never printed) is --key,
+else $UPLOADER_API_KEY. Exit codes: 0 every URL uploaded, 1 some failed, 2 nothing to
+report (bad usage, service unreachable or refusing, or --timeout reached), 130 Ctrl-C.
 """
 import argparse
 import os
+import re
 import sys
 import time
+from urllib.parse import quote
 
 import requests
+from requests.auth import AuthBase
 
 try:
     from tqdm import tqdm
 except ImportError:  # optional: plain progress lines without it
     tqdm = None
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR = 0, 1, 2
+EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 REQUEST_TIMEOUT = 30.0  # seconds for one HTTP request to the service
 DEFAULT_SERVER = "http://localhost:8000"
 FINAL_STATES = ("complete", "failed")
@@ -53,27 +57,100 @@ def _error_text(response):
     return str(error) if error else (response.text.strip()[:200] or response.reason)
 
 
-def submit(session, server, urls):
-    """POST the URLs; return the new job's id."""
-    response = session.post(f"{server}/v1/images/upload", json={"urls": urls},
-                            timeout=REQUEST_TIMEOUT)
-    if response.status_code != 202:
-        raise ClientError(f"service refused the job ({response.status_code}): {_error_text(response)}")
-    try:
-        return response.json()["jobId"]
-    except (ValueError, KeyError, TypeError):
-        raise ClientError(f"service answered 202 without a jobId: {response.text[:200]!r}") from None
+def check_key(key):
+    """The API key as given, stripped; ``None`` when empty. A key an HTTP header cannot carry
+    is refused here, in words that do not repeat it (``requests`` would quote it)."""
+    key = (key or "").strip()
+    if key and not _KEY_CHARACTERS.fullmatch(key):
+        raise ClientError("the API key has characters an HTTP header cannot carry "
+                          "(spaces, control or non-ASCII characters)")
+    return key or None
 
 
-def fetch_job(session, server, job_id):
-    """GET the job's current state."""
-    response = session.get(f"{server}/v1/images/upload/{job_id}", timeout=REQUEST_TIMEOUT)
-    if response.status_code != 200:
-        raise ClientError(f"cannot read job {job_id} ({response.status_code}): {_error_text(response)}")
-    try:
-        return response.json()
-    except ValueError:
-        raise ClientError(f"job {job_id}: the service sent invalid JSON") from None
+_KEY_CHARACTERS = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what a Bearer token may hold
+
+
+class _Bearer(AuthBase):
+    """``Authorization: Bearer <key>``; its repr does not show the key."""
+
+    def __init__(self, key):
+        self.key = key
+
+    def __call__(self, request):
+        request.headers["Authorization"] = f"Bearer {self.key}"
+        return request
+
+    def __repr__(self):
+        return "<Bearer ***>"
+
+
+class Api:
+    """The service's HTTP API as this client uses it.
+
+    Every call is one request; a network failure or a refusal becomes one ClientError
+    saying what was being done. The key travels in the session's ``Authorization``
+    header only and appears in no message.
+    """
+
+    def __init__(self, session, server, key=None):
+        self.session, self.server, self.key = session, server.rstrip("/"), key
+        if key:  # an auth object, not a header: ~/.netrc cannot replace it, and requests
+            session.auth = _Bearer(key)  # drops it on a redirect to another host
+
+    def request(self, method, path, doing, **kwargs):
+        try:
+            return self.session.request(method, f"{self.server}{path}", timeout=REQUEST_TIMEOUT,
+                                        **kwargs)
+        except requests.RequestException as exc:
+            why = "is the service running?" if isinstance(exc, requests.ConnectionError) else exc
+            raise ClientError(f"cannot reach {self.server} {doing}: {why}") from None
+
+    def refused(self, response, what, missing=None):
+        """The ClientError for an unexpected answer: ``what (status): the service's reason``,
+        or for 401 what to do about the key, for 404 ``missing``."""
+        status = response.status_code
+        if status == 401:
+            return ClientError("the service refused this API key" if self.key else
+                               "the service needs an API key: pass --key or set UPLOADER_API_KEY")
+        if status == 404 and missing:
+            return ClientError(missing)
+        return ClientError(f"{what} ({status}): {_error_text(response)}")
+
+    @staticmethod
+    def json(response, what):
+        try:
+            return response.json()
+        except ValueError:
+            raise ClientError(f"{what}: the service sent invalid JSON") from None
+
+    def submit(self, urls):
+        """POST the URLs; return the new job's id."""
+        response = self.request("POST", "/v1/images/upload", "to submit the job",
+                                json={"urls": urls})
+        if response.status_code != 202:
+            raise self.refused(response, "service refused the job")
+        return self.job_id(response)
+
+    def job_id(self, response):
+        try:
+            return response.json()["jobId"]
+        except (ValueError, KeyError, TypeError):
+            raise ClientError(f"service answered 202 without a jobId: {response.text[:200]!r}") from None
+
+    def job(self, job_id):
+        """GET the job's current state."""
+        response = self.request("GET", _job_path(job_id), f"while waiting for job {job_id}")
+        if response.status_code != 200:
+            raise self.refused(response, f"cannot read job {job_id}", missing=_no_such_job(job_id))
+        return self.json(response, f"job {job_id}")
+
+
+def _job_path(job_id):
+    return f"/v1/images/upload/{quote(str(job_id), safe='')}"
+
+
+def _no_such_job(job_id):
+    return f"no such job {job_id} (or it belongs to another key)"
 
 
 class _Progress:
@@ -109,13 +186,13 @@ def job_progress(job, submitted):
     return done, (done + len(uploaded.get("pending") or ())) or submitted
 
 
-def wait(session, server, job_id, submitted, *, interval, timeout=None):
+def wait(api, job_id, submitted, *, interval, timeout=None):
     """Poll until the job is complete, showing progress; return the final job."""
     deadline = None if timeout is None else time.monotonic() + timeout
     progress = None
     try:
         while True:
-            job = fetch_job(session, server, job_id)
+            job = api.job(job_id)
             done, total = job_progress(job, submitted)
             if progress is None:  # the first answer says how many URLs the job really has
                 progress = _Progress(total, job_id)
@@ -166,6 +243,9 @@ def parse_args(argv):
     parser.add_argument("--server", metavar="URL",
                         default=os.environ.get("UPLOADER_URL") or DEFAULT_SERVER,
                         help=f"service base URL (default: $UPLOADER_URL or {DEFAULT_SERVER})")
+    parser.add_argument("--key", metavar="KEY", default=os.environ.get("UPLOADER_API_KEY"),
+                        help="API key, sent as 'Authorization: Bearer KEY' (default: "
+                             "$UPLOADER_API_KEY, which other users cannot see in ps)")
     parser.add_argument("--interval", metavar="SECONDS", type=_seconds, default=0.5,
                         help="seconds between polls of the job (default: %(default)s)")
     parser.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=None,
@@ -176,34 +256,38 @@ def parse_args(argv):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    server = args.server.rstrip("/")
-    job_id = None
+def upload(api, args):
+    """Submit the URLs of the command line or of -f FILE, then watch the job."""
+    urls = read_url_file(args.file) if args.file else args.urls
+    if not urls:
+        raise ClientError(f"no URLs in {args.file}")
+    return watch(api, api.submit(urls), len(urls), args)
+
+
+def watch(api, job_id, submitted, args):
+    """Follow the job to its end with a progress bar, print its table; the exit code."""
     try:
-        urls = read_url_file(args.file) if args.file else args.urls
-        if not urls:
-            raise ClientError(f"no URLs in {args.file}")
-        with requests.Session() as session:
-            job_id = submit(session, server, urls)
-            job = wait(session, server, job_id, len(urls), interval=args.interval,
-                       timeout=args.timeout)
-    except ClientError as exc:
-        print(f"upload: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    except requests.RequestException as exc:
-        doing = f"while waiting for job {job_id}" if job_id else "to submit the job"
-        why = "is the service running?" if isinstance(exc, requests.ConnectionError) else exc
-        print(f"upload: error: cannot reach {server} {doing}: {why}", file=sys.stderr)
-        return EXIT_ERROR
+        job = wait(api, job_id, submitted, interval=args.interval, timeout=args.timeout)
     except KeyboardInterrupt:
-        if job_id:
-            print(f"\nupload: interrupted; job {job_id} goes on in the service", file=sys.stderr)
-        return 130
+        print(f"\nupload: interrupted; job {job_id} goes on in the service", file=sys.stderr)
+        return EXIT_INTERRUPTED
     lines, all_ok = report(job)
     for line in lines:
         print(line)
     return EXIT_OK if all_ok else EXIT_SOME_FAILED
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        key = check_key(args.key)
+        with requests.Session() as session:
+            return upload(Api(session, args.server, key), args)
+    except ClientError as exc:
+        print(f"upload: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":
