@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -401,3 +402,85 @@ def test_a_job_id_is_quoted_into_the_path(requests_mock):
     requests_mock.get(f"{UPLOAD}/..%2F..%2Fimages%2Fx", json=job_doc("x", CAT))
     assert cli(CAT["url"]) == 0
     assert requests_mock.last_request.path == "/v1/images/upload/..%2f..%2fimages%2fx"
+
+
+HOOK = "https://hooks.example/done"
+
+
+def callback(state, attempts=1, last_error=None):
+    return {"url": HOOK, "state": state, "attempts": attempts, "last_error": last_error}
+
+
+def test_callback_is_sent_as_callback_url(requests_mock, capsys):
+    mock_upload(requests_mock, job_doc("job-1", CAT, callback=callback("delivered")))
+    assert cli("--callback", HOOK, CAT["url"]) == 0
+    assert requests_mock.request_history[0].json() == {"urls": [CAT["url"]], "callback_url": HOOK}
+    assert capsys.readouterr().out.splitlines() == [
+        f"OK    {CAT['url']}  ->  {CAT['link']}  (image img-cat)",
+        f"callback  {HOOK}  :  delivered, 1 attempt",
+    ]
+
+
+def test_a_refused_callback_url_shows_the_services_reason(requests_mock, capsys):
+    requests_mock.post(UPLOAD, status_code=400,
+                       json={"error": "callback_url must be an absolute http(s) URL"})
+    assert cli("--callback", "ftp://hooks.example/", CAT["url"]) == 2
+    assert capsys.readouterr().err == ("upload: error: service refused the job (400): "
+                                       "callback_url must be an absolute http(s) URL\n")
+
+
+def test_a_failed_callback_shows_its_last_error_and_leaves_the_exit_code(requests_mock, capsys):
+    doc = job_doc("job-1", CAT, callback=callback("failed", 5, "HTTP 500 from the callback"))
+    mock_upload(requests_mock, doc)
+    assert cli("--callback", HOOK, CAT["url"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"callback  {HOOK}  :  failed, 5 attempts; last error: HTTP 500 from the callback")
+
+
+def test_a_pending_callback_is_watched_until_delivered(requests_mock, capsys):
+    mock_upload(requests_mock, None)
+    requests_mock.get(f"{UPLOAD}/job-1", [
+        {"json": job_doc("job-1", entry(CAT["url"], "queued"), status="pending",
+                         callback=callback("pending", 0))},
+        {"json": job_doc("job-1", CAT, callback=callback("pending", 0))},
+        {"json": job_doc("job-1", CAT, callback=callback("pending", 1, "connection refused"))},
+        {"json": job_doc("job-1", CAT, callback=callback("delivered", 2))},
+    ])
+    assert cli("--callback", HOOK, CAT["url"]) == 0
+    assert requests_mock.call_count == 5  # the POST and four polls
+    assert capsys.readouterr().out.splitlines()[-1] == f"callback  {HOOK}  :  delivered, 2 attempts"
+
+
+@pytest.mark.parametrize("grace, timeout", [(0.05, None), (60, "0.05")])
+def test_a_pending_callback_is_waited_for_a_little_only(requests_mock, monkeypatch, capsys,
+                                                        grace, timeout):
+    """CALLBACK_GRACE bounds the wait, and so does --timeout, without calling it a time-out:
+    the job itself is finished."""
+    monkeypatch.setattr(client, "CALLBACK_GRACE", grace)
+    mock_upload(requests_mock, job_doc("job-1", CAT, callback=callback("pending", 0)))
+    args = ["--interval", "0.01"] + (["--timeout", timeout] if timeout else [])
+    started = time.monotonic()
+    assert cli(*args, "--callback", HOOK, CAT["url"]) == 0
+    assert time.monotonic() - started < 30  # not the 60 s of the grace
+    out, err = capsys.readouterr()
+    assert out.splitlines()[-1] == f"callback  {HOOK}  :  pending, 0 attempts"
+    assert "timed out" not in err
+
+
+def test_the_table_shows_image_ids_and_marks_deleted_images(requests_mock, capsys):
+    gone = entry("http://a.example/old.png", link="https://i.example/old.png",
+                 image_id="img-old", deleted=True)
+    mock_upload(requests_mock, job_doc("job-1", CAT, gone, DOG))
+    assert cli(CAT["url"], gone["url"], DOG["url"]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"OK    {CAT['url']}  ->  {CAT['link']}  (image img-cat)",
+        f"GONE  {gone['url']}  ->  {gone['link']}  (image img-old, deleted)",
+        f"FAIL  {DOG['url']}  :  HTTP 404 from source",
+    ]
+
+
+def test_a_deleted_image_still_counts_as_uploaded(requests_mock, capsys):
+    gone = dict(CAT, deleted=True)
+    mock_upload(requests_mock, job_doc("job-1", gone))
+    assert cli(CAT["url"]) == 0
+    assert capsys.readouterr().out.startswith("GONE  ")

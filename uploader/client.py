@@ -1,6 +1,7 @@
 """Command-line client of a running service: submit URLs, watch the job, print the links.
 
-    bin/upload [--server URL] [--key KEY] [--interval S] [--timeout S] URL... | -f FILE
+    bin/upload [--server URL] [--key KEY] [--callback URL] [--interval S] [--timeout S]
+               URL... | -f FILE
 
 It talks to the service only over its public HTTP API (submit, then poll the job), so
 it works the same against a local process or a container. The server is --server, else
@@ -27,6 +28,7 @@ EXIT_OK, EXIT_SOME_FAILED, EXIT_ERROR, EXIT_INTERRUPTED = 0, 1, 2, 130
 REQUEST_TIMEOUT = 30.0  # seconds for one HTTP request to the service
 DEFAULT_SERVER = "http://localhost:8000"
 FINAL_STATES = ("complete", "failed")
+CALLBACK_GRACE = 5.0  # seconds a finished job is watched further while its webhook is pending
 
 
 class ClientError(Exception):
@@ -123,10 +125,12 @@ class Api:
         except ValueError:
             raise ClientError(f"{what}: the service sent invalid JSON") from None
 
-    def submit(self, urls):
-        """POST the URLs; return the new job's id."""
-        response = self.request("POST", "/v1/images/upload", "to submit the job",
-                                json={"urls": urls})
+    def submit(self, urls, callback=None):
+        """POST the URLs (and the webhook's address, if any); return the new job's id."""
+        body = {"urls": urls}
+        if callback:
+            body["callback_url"] = callback
+        response = self.request("POST", "/v1/images/upload", "to submit the job", json=body)
         if response.status_code != 202:
             raise self.refused(response, "service refused the job")
         return self.job_id(response)
@@ -187,9 +191,14 @@ def job_progress(job, submitted):
 
 
 def wait(api, job_id, submitted, *, interval, timeout=None):
-    """Poll until the job is complete, showing progress; return the final job."""
+    """Poll until the job is complete, showing progress; return the final job.
+
+    A webhook is delivered after its job completes: while it is still ``pending`` the
+    polls go on for up to CALLBACK_GRACE seconds (never past --timeout), so the report
+    can say how it went; then the job is reported whatever the webhook's state.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
-    progress = None
+    progress = completed = None
     try:
         while True:
             job = api.job(job_id)
@@ -197,9 +206,15 @@ def wait(api, job_id, submitted, *, interval, timeout=None):
             if progress is None:  # the first answer says how many URLs the job really has
                 progress = _Progress(total, job_id)
             progress.update(done)
+            now = time.monotonic()
             if job.get("status") == "complete":
-                return job
-            if deadline is not None and time.monotonic() + interval > deadline:
+                completed = completed or now
+                patience = completed + CALLBACK_GRACE
+                if deadline is not None:
+                    patience = min(patience, deadline)
+                if _callback(job).get("state") != "pending" or now + interval > patience:
+                    return job
+            elif deadline is not None and now + interval > deadline:
                 raise ClientError(f"timed out after {timeout:g}s; job {job_id} goes on in the service")
             time.sleep(interval)
     finally:
@@ -207,12 +222,23 @@ def wait(api, job_id, submitted, *, interval, timeout=None):
             progress.close()
 
 
+def _callback(job):
+    callback = job.get("callback")
+    return callback if isinstance(callback, dict) else {}
+
+
 def report(job):
-    """The final table, one line per URL, and whether every URL was uploaded."""
+    """The final table, one line per URL (with the webhook's state last, if the job has
+    one), and whether every URL was uploaded. An uploaded entry shows its image id, for
+    ``bin/upload delete``; one deleted since is marked GONE (it was uploaded: it counts
+    as such)."""
     lines, all_ok = [], True
     for item in job.get("urls") or []:
         if item.get("state") == "complete" and item.get("link"):
-            lines.append(f"OK    {item.get('url')}  ->  {item['link']}")
+            notes = [f"image {item['image_id']}"] if item.get("image_id") else []
+            notes += ["deleted"] if item.get("deleted") else []
+            lines.append(f"{'GONE' if item.get('deleted') else 'OK':<4}  {item.get('url')}  ->  "
+                         f"{item['link']}" + (f"  ({', '.join(notes)})" if notes else ""))
         else:
             all_ok = False
             reason = item.get("reason") or f"not uploaded ({item.get('state')})"
@@ -222,6 +248,14 @@ def report(job):
         lines += [f"OK    {link}" for link in uploaded.get("complete", ())]
         lines += [f"FAIL  {url}  :  failed" for url in uploaded.get("failed", ())]
         all_ok = not uploaded.get("failed")
+    callback = _callback(job)
+    if callback:
+        attempts = callback.get("attempts") or 0
+        line = (f"callback  {callback.get('url')}  :  {callback.get('state')}, "
+                f"{attempts} attempt{'' if attempts == 1 else 's'}")
+        if callback.get("last_error"):
+            line += f"; last error: {callback['last_error']}"
+        lines.append(line)
     return lines, all_ok
 
 
@@ -246,6 +280,9 @@ def parse_args(argv):
     parser.add_argument("--key", metavar="KEY", default=os.environ.get("UPLOADER_API_KEY"),
                         help="API key, sent as 'Authorization: Bearer KEY' (default: "
                              "$UPLOADER_API_KEY, which other users cannot see in ps)")
+    parser.add_argument("--callback", metavar="URL",
+                        help="ask the service to POST the finished job to this http(s) URL "
+                             "(a webhook); the report shows whether it was delivered")
     parser.add_argument("--interval", metavar="SECONDS", type=_seconds, default=0.5,
                         help="seconds between polls of the job (default: %(default)s)")
     parser.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=None,
@@ -261,7 +298,7 @@ def upload(api, args):
     urls = read_url_file(args.file) if args.file else args.urls
     if not urls:
         raise ClientError(f"no URLs in {args.file}")
-    return watch(api, api.submit(urls), len(urls), args)
+    return watch(api, api.submit(urls, args.callback), len(urls), args)
 
 
 def watch(api, job_id, submitted, args):
