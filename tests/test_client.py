@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import requests
 
 from uploader import client
 from uploader.submission import normalize_url
@@ -484,3 +485,173 @@ def test_a_deleted_image_still_counts_as_uploaded(requests_mock, capsys):
     mock_upload(requests_mock, job_doc("job-1", gone))
     assert cli(CAT["url"]) == 0
     assert capsys.readouterr().out.startswith("GONE  ")
+
+
+# -- retry and cancel ------------------------------------------------------------------------
+
+def test_retry_submits_the_retry_then_watches_the_new_job(requests_mock, capsys):
+    requests_mock.post(f"{UPLOAD}/job-1/retry", status_code=202, json={"jobId": "job-2"},
+                       headers={"Location": "/v1/images/upload/job-2"})
+    requests_mock.get(f"{UPLOAD}/job-2", [
+        {"json": job_doc("job-2", entry(DOG["url"], "queued"), status="pending",
+                         retry_of="job-1")},
+        {"json": job_doc("job-2", DOG, retry_of="job-1")},
+    ])
+    assert cli("--key", KEY, "retry", "job-1") == 1  # the URL failed again
+    post = requests_mock.request_history[0]
+    assert (post.method, post.path) == ("POST", "/v1/images/upload/job-1/retry")
+    assert post.headers["Content-Type"] == "application/json" and post.json() == {}
+    assert authorizations(requests_mock) == [f"Bearer {KEY}"] * 3
+    out, err = capsys.readouterr()
+    assert out == f"FAIL  {DOG['url']}  :  HTTP 404 from source\n"
+    assert "job job-2" in err and "1/1" in err  # the progress bar of the new job
+    assert KEY not in out + err
+
+
+def test_retry_exits_0_when_every_url_is_uploaded_this_time(requests_mock, capsys):
+    requests_mock.post(f"{UPLOAD}/job-1/retry", status_code=202, json={"jobId": "job-2"})
+    requests_mock.get(f"{UPLOAD}/job-2", json=job_doc("job-2", CAT, retry_of="job-1"))
+    assert cli("retry", "job-1") == 0
+    assert capsys.readouterr().out == f"OK    {CAT['url']}  ->  {CAT['link']}  (image img-cat)\n"
+
+
+@pytest.mark.parametrize("status, body, message", [
+    (409, {"error": "job job-1 has no failed URL to retry"},
+     "service refused to retry job job-1 (409): job job-1 has no failed URL to retry"),
+    (409, {"error": "job job-1 is not complete"},
+     "service refused to retry job job-1 (409): job job-1 is not complete"),
+    (404, {"error": "no job 'job-1'"}, "no such job job-1 (or it belongs to another key)"),
+    (415, {"error": "Content-Type must be application/json"},
+     "service refused to retry job job-1 (415): Content-Type must be application/json"),
+    (401, {"error": "a valid API key is required"}, "the service refused this API key"),
+])
+def test_a_refused_retry_is_one_line_and_exit_2(requests_mock, capsys, status, body, message):
+    requests_mock.post(f"{UPLOAD}/job-1/retry", status_code=status, json=body)
+    assert cli("--key", KEY, "retry", "job-1") == 2
+    assert capsys.readouterr() == ("", f"upload: error: {message}\n")
+    assert requests_mock.call_count == 1
+
+
+def test_an_unreachable_service_during_a_retry(requests_mock, capsys):
+    requests_mock.post(f"{UPLOAD}/job-1/retry", exc=requests.ConnectionError("refused"))
+    assert cli("retry", "job-1") == 2
+    assert capsys.readouterr().err == (
+        f"upload: error: cannot reach {SERVER} to retry job job-1: is the service running?\n")
+
+
+def test_interrupting_a_retry_names_the_new_job(requests_mock, monkeypatch, capsys):
+    requests_mock.post(f"{UPLOAD}/job-1/retry", status_code=202, json={"jobId": "job-2"})
+    requests_mock.get(f"{UPLOAD}/job-2", json=job_doc("job-2", entry(DOG["url"], "queued"),
+                                                      status="pending"))
+
+    def interrupt(seconds):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(client.time, "sleep", interrupt)
+    assert cli("retry", "job-1") == 130
+    assert capsys.readouterr().err.endswith(
+        "upload: interrupted; job job-2 goes on in the service\n")
+
+
+CANCELLED = "cancelled at the client's request"
+
+
+def test_cancel_waits_for_the_urls_in_flight_then_prints_the_table(requests_mock, capsys):
+    slow = "http://a.example/slow.png"
+    queued = entry("http://a.example/queued.png", "failed", reason=CANCELLED)
+    requests_mock.delete(f"{UPLOAD}/job-1", json=job_doc(
+        "job-1", CAT, entry(slow, "in_flight"), queued, status="in-progress"))
+    requests_mock.get(f"{UPLOAD}/job-1", [
+        {"json": job_doc("job-1", CAT, entry(slow, "in_flight"), queued, status="in-progress")},
+        {"json": job_doc("job-1", CAT, entry(slow, link="https://i.example/slow.png",
+                                             image_id="img-slow"), queued)},
+    ])
+    assert cli("--key", KEY, "cancel", "job-1") == 1  # a cancelled URL is a failed one
+    assert [(r.method, r.path) for r in requests_mock.request_history] == [
+        ("DELETE", "/v1/images/upload/job-1"), ("GET", "/v1/images/upload/job-1"),
+        ("GET", "/v1/images/upload/job-1")]
+    assert authorizations(requests_mock) == [f"Bearer {KEY}"] * 3
+    assert capsys.readouterr().out.splitlines() == [
+        f"OK    {CAT['url']}  ->  {CAT['link']}  (image img-cat)",
+        f"OK    {slow}  ->  https://i.example/slow.png  (image img-slow)",
+        f"FAIL  {queued['url']}  :  {CANCELLED}",
+    ]
+
+
+def test_cancel_of_a_job_with_nothing_left_to_cancel_exits_0(requests_mock, capsys):
+    requests_mock.delete(f"{UPLOAD}/job-1", json=job_doc("job-1", CAT))
+    requests_mock.get(f"{UPLOAD}/job-1", json=job_doc("job-1", CAT))
+    assert cli("cancel", "job-1") == 0
+    assert capsys.readouterr().out == f"OK    {CAT['url']}  ->  {CAT['link']}  (image img-cat)\n"
+
+
+@pytest.mark.parametrize("status, body, message", [
+    (404, {"error": "no job 'job-1'"}, "no such job job-1 (or it belongs to another key)"),
+    (409, {"error": "the job is already complete"},
+     "service refused to cancel job job-1 (409): the job is already complete"),
+    (503, {"error": "the service is shutting down"},
+     "service refused to cancel job job-1 (503): the service is shutting down"),
+])
+def test_a_refused_cancel_is_one_line_and_exit_2(requests_mock, capsys, status, body, message):
+    requests_mock.delete(f"{UPLOAD}/job-1", status_code=status, json=body)
+    assert cli("cancel", "job-1") == 2
+    assert capsys.readouterr() == ("", f"upload: error: {message}\n")
+
+
+def test_a_cancel_without_a_key_says_how_to_give_one(requests_mock, monkeypatch, capsys):
+    monkeypatch.delenv("UPLOADER_API_KEY", raising=False)
+    unauthorized(requests_mock, "DELETE", f"{UPLOAD}/job-1")
+    assert cli("cancel", "job-1") == 2
+    assert capsys.readouterr().err == (
+        "upload: error: the service needs an API key: pass --key or set UPLOADER_API_KEY\n")
+
+
+# -- telling commands from URLs --------------------------------------------------------------
+
+def test_options_may_come_before_or_after_the_command(requests_mock):
+    requests_mock.delete(f"{UPLOAD}/job-1", json=job_doc("job-1", CAT))
+    requests_mock.get(f"{UPLOAD}/job-1", json=job_doc("job-1", CAT))
+    assert client.main(["--server", SERVER, "--key", KEY, "--interval", "0",
+                        "cancel", "job-1"]) == 0
+    assert client.main(["cancel", "job-1", "--server", SERVER, "--key", KEY]) == 0
+    # after the command's name an option overrides the same option given before it
+    assert client.main(["--server", "http://127.0.0.1:1", "--key", "before", "cancel",
+                        "--server", SERVER, "--key", KEY, "job-1", "--interval", "0"]) == 0
+    assert authorizations(requests_mock) == [f"Bearer {KEY}"] * 6
+
+
+def test_a_command_word_as_an_options_value_is_not_a_command(requests_mock, tmp_path,
+                                                             monkeypatch):
+    mock_upload(requests_mock, job_doc("job-1", CAT))
+    assert cli("--key", "retry", CAT["url"]) == 0  # the key is "retry": an upload
+    assert authorizations(requests_mock) == ["Bearer retry"] * 2
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cancel").write_text(CAT["url"] + "\n")
+    assert cli("-f", "cancel") == 0  # a URL file named "cancel"
+    assert requests_mock.request_history[2].json() == {"urls": [CAT["url"]]}
+
+
+@pytest.mark.parametrize("argv", [["retry"], ["retry", "job-1", "job-2"], ["cancel"],
+                                  ["cancel", "job-1", "--callback", HOOK],
+                                  ["retry", "job-1", "--interval", "soon"]])
+def test_command_usage_errors_exit_2(argv, requests_mock, capsys):
+    with pytest.raises(SystemExit) as info:
+        client.main(argv)
+    assert info.value.code == 2
+    assert "usage: upload " in capsys.readouterr().err
+    assert not requests_mock.called
+
+
+@pytest.mark.parametrize("command", ["retry", "cancel"])
+def test_each_command_has_its_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        client.main([command, "--help"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"usage: upload {command} [-h]")
+
+
+def test_the_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit):
+        client.main(["--help"])
+    out = capsys.readouterr().out
+    assert all(f"upload [options] {command}" in out for command in client.COMMANDS)

@@ -1,12 +1,19 @@
 """Command-line client of a running service: submit URLs, watch the job, print the links.
 
-    bin/upload [--server URL] [--key KEY] [--callback URL] [--interval S] [--timeout S]
-               URL... | -f FILE
+    bin/upload [options] [--callback URL] URL... | -f FILE    submit, watch, print the table
+    bin/upload [options] retry JOB      a new job of JOB's failed URLs, watched the same way
+    bin/upload [options] cancel JOB     cancel JOB, wait for its URLs in flight, its table
+    options: --server URL, --key KEY, --interval S, --timeout S (before or after a command)
 
-It talks to the service only over its public HTTP API (submit, then poll the job), so
-it works the same against a local process or a container. The server is --server, else
-$UPLOADER_URL; the API key (sent as ``Authorization: Bearer``, never printed) is --key,
-else $UPLOADER_API_KEY. Exit codes: 0 every URL uploaded, 1 some failed, 2 nothing to
+A command is named by the first word that is neither an option nor an option's value;
+a URL starts with http(s):// and so never names one, and ``bin/upload URL...`` and
+``-f FILE`` work as they always did. It talks to the service only over its public HTTP
+API, so it works the same against a local process or a container. The server is
+--server, else $UPLOADER_URL; the API key (sent as ``Authorization: Bearer``, never
+printed) is --key, else $UPLOADER_API_KEY.
+
+Exit codes: 0 every URL of the job uploaded, 1 some failed (after ``cancel`` too: a
+cancelled URL is a failed one, so 0 means nothing was left to cancel), 2 nothing to
 report (bad usage, service unreachable or refusing, or --timeout reached), 130 Ctrl-C.
 """
 import argparse
@@ -141,6 +148,26 @@ class Api:
         except (ValueError, KeyError, TypeError):
             raise ClientError(f"service answered 202 without a jobId: {response.text[:200]!r}") from None
 
+    def retry(self, job_id):
+        """POST the retry of a job's failed URLs; return the new job's id."""
+        response = self.request("POST", f"{_job_path(job_id)}/retry", f"to retry job {job_id}",
+                                json={})
+        if response.status_code != 202:
+            raise self.refused(response, f"service refused to retry job {job_id}",
+                               missing=_no_such_job(job_id))
+        return self.job_id(response)
+
+    def cancel(self, job_id):
+        """DELETE the job: its queued URLs fail as cancelled. Return its document."""
+        response = self.request("DELETE", _job_path(job_id), f"to cancel job {job_id}")
+        if response.status_code != 200:
+            raise self.refused(response, f"service refused to cancel job {job_id}",
+                               missing=_no_such_job(job_id))
+        job = self.json(response, f"job {job_id}")
+        if not isinstance(job, dict):
+            raise ClientError(f"job {job_id}: the service sent {response.text[:200]!r}")
+        return job
+
     def job(self, job_id):
         """GET the job's current state."""
         response = self.request("GET", _job_path(job_id), f"while waiting for job {job_id}")
@@ -269,27 +296,93 @@ def _seconds(text):
     return value
 
 
-def parse_args(argv):
-    parser = argparse.ArgumentParser(
-        prog="upload", description="Re-host images through a running image-service.")
-    parser.add_argument("urls", nargs="*", metavar="URL", help="image URLs to upload")
-    parser.add_argument("-f", "--file", help="read URLs from FILE, one per line ('-' = stdin)")
+USAGE = """%(prog)s [options] URL... | -f FILE
+       %(prog)s [options] retry JOB
+       %(prog)s [options] cancel JOB"""
+
+COMMANDS_HELP = """\
+commands (a first word that is not a URL; 'upload COMMAND --help' says more):
+  retry JOB    submit a new job of JOB's failed URLs and watch it as an upload
+  cancel JOB   cancel JOB (its queued URLs fail as cancelled, the URLs in flight
+               finish), wait for it to complete and print its table
+
+exit codes: 0 every URL uploaded, 1 some URL failed (also when cancelled),
+2 nothing to report (bad usage; the service unreachable or refusing; --timeout)
+"""
+
+
+def _service_options(parser, *, defaults=True):
+    """--server and --key. A subcommand's copies default to SUPPRESS: given after the
+    command's name they override what was given before it, else they leave it."""
+    def default(value):
+        return value if defaults else argparse.SUPPRESS
     parser.add_argument("--server", metavar="URL",
-                        default=os.environ.get("UPLOADER_URL") or DEFAULT_SERVER,
+                        default=default(os.environ.get("UPLOADER_URL") or DEFAULT_SERVER),
                         help=f"service base URL (default: $UPLOADER_URL or {DEFAULT_SERVER})")
-    parser.add_argument("--key", metavar="KEY", default=os.environ.get("UPLOADER_API_KEY"),
+    parser.add_argument("--key", metavar="KEY", default=default(os.environ.get("UPLOADER_API_KEY")),
                         help="API key, sent as 'Authorization: Bearer KEY' (default: "
                              "$UPLOADER_API_KEY, which other users cannot see in ps)")
+
+
+def _watch_options(parser, *, defaults=True):
+    """--interval and --timeout, for the commands that follow a job to its end."""
+    parser.add_argument("--interval", metavar="SECONDS", type=_seconds,
+                        default=0.5 if defaults else argparse.SUPPRESS,
+                        help="seconds between polls of the job (default: 0.5)")
+    parser.add_argument("--timeout", metavar="SECONDS", type=_seconds,
+                        default=None if defaults else argparse.SUPPRESS,
+                        help="give up waiting after this many seconds (default: wait)")
+
+
+def _upload_parser(add_help=True):
+    parser = argparse.ArgumentParser(
+        prog="upload", usage=USAGE, add_help=add_help, epilog=COMMANDS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Re-host images through a running image-service: submit the URLs,\n"
+                    "show progress, print each URL's link (and image id) or reason.")
+    parser.add_argument("urls", nargs="*", metavar="URL", help="image URLs to upload")
+    parser.add_argument("-f", "--file", help="read URLs from FILE, one per line ('-' = stdin)")
+    _service_options(parser)
     parser.add_argument("--callback", metavar="URL",
                         help="ask the service to POST the finished job to this http(s) URL "
                              "(a webhook); the report shows whether it was delivered")
-    parser.add_argument("--interval", metavar="SECONDS", type=_seconds, default=0.5,
-                        help="seconds between polls of the job (default: %(default)s)")
-    parser.add_argument("--timeout", metavar="SECONDS", type=_seconds, default=None,
-                        help="give up waiting after this many seconds (default: wait)")
+    _watch_options(parser)
+    return parser
+
+
+def _commands_parser():
+    parser = argparse.ArgumentParser(prog="upload", usage=USAGE, epilog=COMMANDS_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    _service_options(parser)
+    _watch_options(parser)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, help_text in [
+            ("retry", "submit a new job of JOB's failed URLs, then watch it as an upload: "
+                      "progress, table, exit code 1 if a URL failed again"),
+            ("cancel", "cancel JOB: its queued URLs fail as cancelled, the URLs in flight "
+                       "finish; then wait for the job to complete and print its table "
+                       "(exit code 1 if any URL failed, as after an upload)")]:
+        command = commands.add_parser(name, prog=f"upload {name}", help=help_text,
+                                      description=help_text)
+        command.add_argument("job", metavar="JOB", help="the job's id")
+        _service_options(command, defaults=False)
+        _watch_options(command, defaults=False)
+    return parser
+
+
+def parse_args(argv):
+    """Today's upload arguments, unless the first word that is neither an option nor an
+    option's value names a command (a URL never does). The upload parser itself finds
+    that word, so it reads option values exactly as it would parse them."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    words = _upload_parser(add_help=False).parse_known_args(argv)[0].urls
+    if words and words[0] in COMMANDS:
+        return _commands_parser().parse_args(argv)
+    parser = _upload_parser()
     args = parser.parse_args(argv)
     if bool(args.urls) == bool(args.file):
         parser.error("give either URLs or -f FILE")
+    args.command = "upload"
     return args
 
 
@@ -299,6 +392,20 @@ def upload(api, args):
     if not urls:
         raise ClientError(f"no URLs in {args.file}")
     return watch(api, api.submit(urls, args.callback), len(urls), args)
+
+
+def retry(api, args):
+    """A new job of the failed URLs of args.job, watched as an upload is."""
+    return watch(api, api.retry(args.job), 0, args)
+
+
+def cancel(api, args):
+    """Cancel args.job, follow it until its URLs in flight are done, print its table."""
+    job = api.cancel(args.job)
+    return watch(api, job.get("id") or args.job, len(job.get("urls") or ()), args)
+
+
+COMMANDS = {"retry": retry, "cancel": cancel}
 
 
 def watch(api, job_id, submitted, args):
@@ -319,7 +426,8 @@ def main(argv=None):
     try:
         key = check_key(args.key)
         with requests.Session() as session:
-            return upload(Api(session, args.server, key), args)
+            api = Api(session, args.server, key)
+            return (upload if args.command == "upload" else COMMANDS[args.command])(api, args)
     except ClientError as exc:
         print(f"upload: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
