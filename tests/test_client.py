@@ -387,7 +387,8 @@ def test_a_job_of_another_key_is_no_such_job(requests_mock, capsys):
 def test_a_refused_submission_shows_the_services_reason(requests_mock, capsys, status, error):
     requests_mock.post(UPLOAD, status_code=status, json={"error": error})
     assert cli(CAT["url"]) == 2
-    assert capsys.readouterr() == ("", f"upload: error: service refused the job ({status}): {error}\n")
+    assert capsys.readouterr() == (
+        "", f"upload: error: service refused the job ({status}): {error}\n")
 
 
 def test_a_submission_is_json(requests_mock):
@@ -655,3 +656,149 @@ def test_the_help_lists_the_commands(capsys):
         client.main(["--help"])
     out = capsys.readouterr().out
     assert all(f"upload [options] {command}" in out for command in client.COMMANDS)
+
+
+# -- jobs and delete -------------------------------------------------------------------------
+
+def summary(job_id, status="complete", complete=1, failed=0, pending=0):
+    return {"id": job_id, "created": f"2026-11-27T03:10:4{job_id[-1]}.000Z",
+            "finished": None if status != "complete" else "2026-11-27T03:11:00.000Z",
+            "status": status,
+            "counts": {"pending": pending, "complete": complete, "failed": failed}}
+
+
+def mock_listing(requests_mock, jobs, page_size=50):
+    """Newest first; ``next`` is the last id of a page when more follow."""
+    def answer(request, context):
+        limit = int(request.qs.get("limit", [page_size])[0])
+        before = request.qs.get("before", [None])[0]
+        ids = [job["id"] for job in jobs]
+        rest = jobs[ids.index(before) + 1:] if before else jobs
+        page = rest[:limit]
+        return {"jobs": page, "next": page[-1]["id"] if len(rest) > limit else None}
+    requests_mock.get(UPLOAD, json=answer)
+
+
+LISTED = [summary("job-5", "in-progress", complete=1, pending=2), summary("job-4", failed=2),
+          summary("job-3"), summary("job-2", "pending", complete=0, pending=1),
+          summary("job-1", complete=3)]
+LINES = [
+    "job-5  2026-11-27T03:10:45.000Z  in-progress  1 complete, 0 failed, 2 pending",
+    "job-4  2026-11-27T03:10:44.000Z  complete     1 complete, 2 failed, 0 pending",
+    "job-3  2026-11-27T03:10:43.000Z  complete     1 complete, 0 failed, 0 pending",
+    "job-2  2026-11-27T03:10:42.000Z  pending      0 complete, 0 failed, 1 pending",
+    "job-1  2026-11-27T03:10:41.000Z  complete     3 complete, 0 failed, 0 pending",
+]
+
+
+def test_jobs_lists_one_page_newest_first(requests_mock, capsys):
+    mock_listing(requests_mock, LISTED)
+    assert cli("--key", KEY, "jobs") == 0
+    assert capsys.readouterr() == ("\n".join(LINES) + "\n", "")
+    assert [r.url for r in requests_mock.request_history] == [UPLOAD]  # the service's limit
+    assert authorizations(requests_mock) == [f"Bearer {KEY}"]
+
+
+def test_jobs_limit_shows_a_page_and_says_there_are_more(requests_mock, capsys):
+    mock_listing(requests_mock, LISTED)
+    assert cli("jobs", "--limit", "2") == 0
+    assert capsys.readouterr() == ("\n".join(LINES[:2]) + "\n",
+                                   "upload: there are more jobs: --all lists them all\n")
+    assert requests_mock.last_request.qs == {"limit": ["2"]}
+
+
+def test_jobs_all_follows_next(requests_mock, capsys):
+    mock_listing(requests_mock, LISTED)
+    assert cli("--key", KEY, "jobs", "--all", "--limit", "2") == 0
+    assert capsys.readouterr() == ("\n".join(LINES) + "\n", "")
+    assert [r.qs for r in requests_mock.request_history] == [
+        {"limit": ["2"]}, {"limit": ["2"], "before": ["job-4"]},
+        {"limit": ["2"], "before": ["job-2"]}]
+    assert authorizations(requests_mock) == [f"Bearer {KEY}"] * 3
+
+
+def test_jobs_all_stops_when_a_cursor_comes_back(requests_mock, capsys):
+    requests_mock.get(UPLOAD, json={"jobs": [summary("job-1", complete=3)], "next": "job-1"})
+    assert cli("jobs", "--all") == 2
+    out, err = capsys.readouterr()
+    assert out == (LINES[-1] + "\n") * 2
+    assert err == "upload: error: the service gave the cursor 'job-1' twice; stopping there\n"
+
+
+def test_jobs_without_any_says_so(requests_mock, capsys):
+    requests_mock.get(UPLOAD, json={"jobs": [], "next": None})
+    assert cli("jobs") == 0
+    assert capsys.readouterr() == ("", "upload: no jobs\n")
+
+
+@pytest.mark.parametrize("status, body, message", [
+    (400, {"error": "limit must be between 1 and 500"},
+     "service refused to list the jobs (400): limit must be between 1 and 500"),
+    (405, {"error": "method GET is not allowed on /v1/images/upload"},
+     "service refused to list the jobs (405): method GET is not allowed on /v1/images/upload"),
+    (401, {"error": "a valid API key is required"},
+     "the service needs an API key: pass --key or set UPLOADER_API_KEY"),
+    (200, {"uploaded": []}, "the list of jobs: the service sent '{\"uploaded\": []}'"),
+])
+def test_a_refused_listing_is_one_line_and_exit_2(requests_mock, monkeypatch, capsys,
+                                                  status, body, message):
+    monkeypatch.delenv("UPLOADER_API_KEY", raising=False)
+    requests_mock.get(UPLOAD, status_code=status, json=body)
+    assert cli("jobs", "--limit", "501") == 2
+    assert capsys.readouterr() == ("", f"upload: error: {message}\n")
+
+
+@pytest.mark.parametrize("limit", ["0", "-3", "ten"])
+def test_jobs_limit_must_be_a_positive_number(requests_mock, capsys, limit):
+    with pytest.raises(SystemExit) as info:
+        client.main(["jobs", "--limit", limit])
+    assert info.value.code == 2
+    assert "usage: upload jobs" in capsys.readouterr().err
+    assert not requests_mock.called
+
+
+IMAGES = f"{SERVER}/v1/images"
+
+
+def test_delete_deletes_each_image_once_one_line_each(requests_mock, capsys):
+    requests_mock.delete(f"{IMAGES}/img-cat", status_code=204)
+    requests_mock.delete(f"{IMAGES}/img-dog", status_code=204)
+    assert cli("--key", KEY, "delete", "img-cat", "img-dog", "img-cat") == 0
+    assert capsys.readouterr() == ("OK    img-cat  deleted\nOK    img-dog  deleted\n", "")
+    assert [(r.method, r.path) for r in requests_mock.request_history] == [
+        ("DELETE", "/v1/images/img-cat"), ("DELETE", "/v1/images/img-dog")]
+    assert authorizations(requests_mock) == [f"Bearer {KEY}"] * 2
+
+
+def test_delete_goes_on_past_an_image_it_cannot_delete_and_exits_1(requests_mock, capsys):
+    requests_mock.delete(f"{IMAGES}/img-gone", status_code=404, json={"error": "no image"})
+    requests_mock.delete(f"{IMAGES}/img-odd", status_code=409, json={"error": "still uploading"})
+    requests_mock.delete(f"{IMAGES}/img-cat", status_code=204)
+    assert cli("delete", "img-gone", "img-odd", "img-cat") == 1
+    assert capsys.readouterr() == (
+        "FAIL  img-gone  :  no such image (already deleted, or it belongs to another key)\n"
+        "FAIL  img-odd  :  service refused (409): still uploading\n"
+        "OK    img-cat  deleted\n", "")
+
+
+def test_delete_quotes_the_id_into_the_path(requests_mock):
+    requests_mock.delete(f"{IMAGES}/..%2Fupload%2Fjob-1", status_code=204)
+    assert cli("delete", "../upload/job-1") == 0
+    assert requests_mock.last_request.path == "/v1/images/..%2fupload%2fjob-1"
+
+
+def test_delete_stops_at_a_401_without_showing_the_key(requests_mock, capsys):
+    unauthorized(requests_mock, "DELETE", f"{IMAGES}/img-cat")
+    assert cli("--key", KEY, "delete", "img-cat", "img-dog") == 2
+    assert capsys.readouterr() == ("", "upload: error: the service refused this API key\n")
+    assert requests_mock.call_count == 1
+
+
+def test_delete_stops_when_the_service_cannot_be_reached(requests_mock, capsys):
+    requests_mock.delete(f"{IMAGES}/img-cat", status_code=204)
+    requests_mock.delete(f"{IMAGES}/img-dog", exc=requests.ConnectTimeout("timed out"))
+    assert cli("delete", "img-cat", "img-dog", "img-owl") == 2
+    out, err = capsys.readouterr()
+    assert out == "OK    img-cat  deleted\n"
+    assert err == (f"upload: error: cannot reach {SERVER} to delete image img-dog: "
+                   "is the service running?\n")

@@ -3,6 +3,8 @@
     bin/upload [options] [--callback URL] URL... | -f FILE    submit, watch, print the table
     bin/upload [options] retry JOB      a new job of JOB's failed URLs, watched the same way
     bin/upload [options] cancel JOB     cancel JOB, wait for its URLs in flight, its table
+    bin/upload [options] jobs [--limit N] [--all]   your jobs, newest first, a line each
+    bin/upload [options] delete IMAGE_ID...         delete uploaded images, a line each
     options: --server URL, --key KEY, --interval S, --timeout S (before or after a command)
 
 A command is named by the first word that is neither an option nor an option's value;
@@ -15,6 +17,8 @@ printed) is --key, else $UPLOADER_API_KEY.
 Exit codes: 0 every URL of the job uploaded, 1 some failed (after ``cancel`` too: a
 cancelled URL is a failed one, so 0 means nothing was left to cancel), 2 nothing to
 report (bad usage, service unreachable or refusing, or --timeout reached), 130 Ctrl-C.
+``jobs`` exits 0 once listed; ``delete`` 0 when every image was deleted, 1 when one
+was not (unknown, deleted already, or another key's), 2 on 401 or a network failure.
 """
 import argparse
 import os
@@ -168,6 +172,31 @@ class Api:
             raise ClientError(f"job {job_id}: the service sent {response.text[:200]!r}")
         return job
 
+    def jobs(self, limit=None, before=None):
+        """One page of the caller's jobs, newest first: ``{"jobs": [...], "next": cursor}``."""
+        params = {name: value for name, value in (("limit", limit), ("before", before))
+                  if value is not None}
+        response = self.request("GET", "/v1/images/upload", "to list the jobs", params=params)
+        if response.status_code != 200:
+            raise self.refused(response, "service refused to list the jobs")
+        page = self.json(response, "the list of jobs")
+        if not isinstance(page, dict) or not isinstance(page.get("jobs"), list):
+            raise ClientError(f"the list of jobs: the service sent {response.text[:200]!r}")
+        return page
+
+    def delete_image(self, image_id):
+        """DELETE an uploaded image: ``None`` once deleted, else why not. A 401 raises, as
+        a network failure does: every other image would meet the same refusal."""
+        response = self.request("DELETE", f"/v1/images/{quote(image_id, safe='')}",
+                                f"to delete image {image_id}")
+        if response.status_code in (200, 204):
+            return None
+        if response.status_code == 401:
+            raise self.refused(response, "")
+        if response.status_code == 404:
+            return "no such image (already deleted, or it belongs to another key)"
+        return f"service refused ({response.status_code}): {_error_text(response)}"
+
     def job(self, job_id):
         """GET the job's current state."""
         response = self.request("GET", _job_path(job_id), f"while waiting for job {job_id}")
@@ -298,17 +327,33 @@ def _seconds(text):
 
 USAGE = """%(prog)s [options] URL... | -f FILE
        %(prog)s [options] retry JOB
-       %(prog)s [options] cancel JOB"""
+       %(prog)s [options] cancel JOB
+       %(prog)s [options] jobs [--limit N] [--all]
+       %(prog)s [options] delete IMAGE_ID..."""
 
 COMMANDS_HELP = """\
 commands (a first word that is not a URL; 'upload COMMAND --help' says more):
   retry JOB    submit a new job of JOB's failed URLs and watch it as an upload
   cancel JOB   cancel JOB (its queued URLs fail as cancelled, the URLs in flight
                finish), wait for it to complete and print its table
+  jobs         your jobs, newest first, one line each: id, created, status, counts
+  delete IMAGE_ID...
+               delete uploaded images (the table shows each one's image id)
 
-exit codes: 0 every URL uploaded, 1 some URL failed (also when cancelled),
-2 nothing to report (bad usage; the service unreachable or refusing; --timeout)
+exit codes: 0 every URL uploaded (every image deleted), 1 some URL failed (also
+when cancelled; some image not deleted), 2 nothing to report (bad usage; the
+service unreachable or refusing; --timeout reached)
 """
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
 
 
 def _service_options(parser, *, defaults=True):
@@ -367,6 +412,20 @@ def _commands_parser():
         command.add_argument("job", metavar="JOB", help="the job's id")
         _service_options(command, defaults=False)
         _watch_options(command, defaults=False)
+    listing = "your jobs, newest first, one line each: id, created, status, counts"
+    command = commands.add_parser("jobs", prog="upload jobs", help=listing, description=listing)
+    command.add_argument("--limit", metavar="N", type=_positive_int,
+                         help="at most N jobs (a page of N with --all; the service's "
+                              "default is 50, its maximum 500)")
+    command.add_argument("--all", action="store_true", help="every job, page after page")
+    _service_options(command, defaults=False)
+    removal = ("delete uploaded images, one line each; exit code 1 if one was not "
+               "deleted (unknown, deleted already, or another key's)")
+    command = commands.add_parser("delete", prog="upload delete", help=removal,
+                                  description=removal)
+    command.add_argument("image_ids", nargs="+", metavar="IMAGE_ID",
+                         help="an image id, as the table after an upload shows it")
+    _service_options(command, defaults=False)
     return parser
 
 
@@ -405,7 +464,46 @@ def cancel(api, args):
     return watch(api, job.get("id") or args.job, len(job.get("urls") or ()), args)
 
 
-COMMANDS = {"retry": retry, "cancel": cancel}
+def jobs(api, args):
+    """The caller's jobs, newest first, one line each; with --all every page."""
+    cursor, cursors, shown = None, set(), 0
+    while True:
+        page = api.jobs(args.limit, cursor)
+        for job in page["jobs"]:
+            print(job_line(job))
+        shown += len(page["jobs"])
+        cursor = page.get("next")
+        if not cursor:
+            break
+        if not args.all:
+            print("upload: there are more jobs: --all lists them all", file=sys.stderr)
+            break
+        if cursor in cursors:
+            raise ClientError(f"the service gave the cursor {cursor!r} twice; stopping there")
+        cursors.add(cursor)
+    if not shown:
+        print("upload: no jobs", file=sys.stderr)
+    return EXIT_OK
+
+
+def job_line(job):
+    """``id  created  status  N complete, N failed, N pending``."""
+    counts = job.get("counts") or {}
+    tally = ", ".join(f"{counts.get(name, 0)} {name}" for name in ("complete", "failed", "pending"))
+    return f"{job.get('id')}  {job.get('created')}  {job.get('status', '?'):<11}  {tally}"
+
+
+def delete(api, args):
+    """Delete each image (once, however often named), one line each."""
+    all_ok = True
+    for image_id in dict.fromkeys(args.image_ids):
+        why = api.delete_image(image_id)
+        print(f"OK    {image_id}  deleted" if why is None else f"FAIL  {image_id}  :  {why}")
+        all_ok = all_ok and why is None
+    return EXIT_OK if all_ok else EXIT_SOME_FAILED
+
+
+COMMANDS = {"retry": retry, "cancel": cancel, "jobs": jobs, "delete": delete}
 
 
 def watch(api, job_id, submitted, args):
