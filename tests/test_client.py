@@ -1,6 +1,10 @@
-"""The command-line client against a small fake of the service's two job endpoints."""
+"""The command-line client: against a small fake of the service's two job endpoints, the
+job-control contract of issue 11 (retry, cancel, jobs, delete, callbacks, API keys) against
+requests-mock, and every command over real HTTP against the job API fake of the web page's
+tests (``tests/fakes/job_api.py``)."""
 import io
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -11,6 +15,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.fakes.job_api import CANCELLED as FAKE_CANCELLED
+from tests.fakes.job_api import MISSING as FAKE_MISSING
+from tests.fakes.job_api import FakeJobApi
 from uploader import client
 from uploader.submission import normalize_url
 
@@ -802,3 +809,66 @@ def test_delete_stops_when_the_service_cannot_be_reached(requests_mock, capsys):
     assert out == "OK    img-cat  deleted\n"
     assert err == (f"upload: error: cannot reach {SERVER} to delete image img-dog: "
                    "is the service running?\n")
+
+
+# -- every command over real HTTP: the job-control fake the web page's tests use ----------
+
+@pytest.fixture
+def job_api():
+    with FakeJobApi() as api:
+        api.key = KEY
+        api.server = f"http://127.0.0.1:{api.port}"  # its own url says localhost
+        yield api
+
+
+def test_every_command_against_the_job_api_fake(job_api, capsys):
+    def upload(*args):
+        code = client.main(["--server", job_api.server, "--key", KEY, "--interval", "0", *args])
+        out, err = capsys.readouterr()
+        assert KEY not in out + err
+        return code, out.splitlines()
+
+    ok, bad, slow = ("http://images.example/ok.png", "http://images.example/fail.png",
+                     "http://images.example/slow.png")
+    code, table = upload(ok, bad)
+    assert code == 1
+    first = next(iter(job_api.jobs))
+    image_id = job_api.jobs[first]["urls"][0]["image_id"]
+    assert table == [f"OK    {ok}  ->  {job_api.url}/i/{image_id}.png  (image {image_id})",
+                     f"FAIL  {bad}  :  {FAKE_MISSING}"]
+
+    assert upload("retry", first) == (1, [f"FAIL  {bad}  :  {FAKE_MISSING}"])
+    second = list(job_api.jobs)[-1]
+    assert job_api.jobs[second]["retry_of"] == first
+
+    job_api.callback = {"url": HOOK, "state": "delivered", "attempts": 1, "last_error": None}
+    third = job_api.create([slow])  # stays queued until cancelled
+    assert upload("cancel", third) == (1, [f"FAIL  {slow}  :  {FAKE_CANCELLED}",
+                                           f"callback  {HOOK}  :  delivered, 1 attempt"])
+
+    code, lines = upload("jobs", "--all", "--limit", "2")
+    assert code == 0 and [line.split()[0] for line in lines] == [third, second, first]
+
+    assert upload("delete", image_id, "no-such-image") == (1, [
+        f"OK    {image_id}  deleted",
+        "FAIL  no-such-image  :  no such image (already deleted, or it belongs to another key)"])
+    assert job_api.jobs[first]["urls"][0]["deleted"] is True
+
+    assert {authorization for *_, authorization in job_api.requests} == {f"Bearer {KEY}"}
+    assert {method for method, *_ in job_api.requests} == {"GET", "POST", "DELETE"}
+
+
+def test_bin_upload_runs_a_command_with_the_key_from_the_environment(job_api):
+    job_api.seed(2)
+    result = subprocess.run([str(ROOT / "bin" / "upload"), "jobs"], capture_output=True,
+                            text=True, timeout=60,
+                            env={**os.environ, "UPLOADER_URL": job_api.server,
+                                 "UPLOADER_API_KEY": KEY})
+    assert result.returncode == 0, result.stderr
+    assert [line.split()[0] for line in result.stdout.splitlines()] == list(job_api.jobs)[::-1]
+    assert KEY not in result.stdout + result.stderr
+    refused = subprocess.run([str(ROOT / "bin" / "upload"), "--server", job_api.server, "jobs"],
+                             capture_output=True, text=True, timeout=60,
+                             env={k: v for k, v in os.environ.items() if k != "UPLOADER_API_KEY"})
+    assert (refused.returncode, refused.stdout, refused.stderr) == (
+        2, "", "upload: error: the service needs an API key: pass --key or set UPLOADER_API_KEY\n")
