@@ -640,13 +640,25 @@ def test_a_command_word_as_an_options_value_is_not_a_command(requests_mock, tmp_
 
 
 @pytest.mark.parametrize("argv", [["retry"], ["retry", "job-1", "job-2"], ["cancel"],
-                                  ["cancel", "job-1", "--callback", HOOK],
-                                  ["retry", "job-1", "--interval", "soon"]])
+                                  ["retry", "job-1", "--interval", "soon"],
+                                  ["delete"], ["jobs", "job-1"]])
 def test_command_usage_errors_exit_2(argv, requests_mock, capsys):
     with pytest.raises(SystemExit) as info:
         client.main(argv)
     assert info.value.code == 2
     assert "usage: upload " in capsys.readouterr().err
+    assert not requests_mock.called
+
+
+@pytest.mark.parametrize("argv", [["cancel", "job-1", "--callback", HOOK],
+                                  ["--callback", HOOK, "jobs"], ["-f", "urls.txt", "retry", "x"]])
+def test_upload_options_with_a_command_are_named_in_the_error(argv, requests_mock, capsys):
+    with pytest.raises(SystemExit) as info:
+        client.main(argv)
+    assert info.value.code == 2
+    command = next(word for word in argv if word in client.COMMANDS)
+    assert capsys.readouterr().err.endswith(
+        f"upload: error: --callback and -f belong to an upload, not to {command}\n")
     assert not requests_mock.called
 
 
@@ -872,3 +884,8 @@ def test_bin_upload_runs_a_command_with_the_key_from_the_environment(job_api):
                              env={k: v for k, v in os.environ.items() if k != "UPLOADER_API_KEY"})
     assert (refused.returncode, refused.stdout, refused.stderr) == (
         2, "", "upload: error: the service needs an API key: pass --key or set UPLOADER_API_KEY\n")
+
+
+def test_a_job_line_survives_missing_fields():
+    assert client.job_line({"id": "job-9", "created": None, "status": None}) == (
+        "job-9  ?  ?            0 complete, 0 failed, 0 pending")

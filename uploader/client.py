@@ -70,6 +70,9 @@ def _error_text(response):
     return str(error) if error else (response.text.strip()[:200] or response.reason)
 
 
+_KEY_CHARACTERS = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what a Bearer token may hold
+
+
 def check_key(key):
     """The API key as given, stripped; ``None`` when empty. A key an HTTP header cannot carry
     is refused here, in words that do not repeat it (``requests`` would quote it)."""
@@ -78,9 +81,6 @@ def check_key(key):
         raise ClientError("the API key has characters an HTTP header cannot carry "
                           "(spaces, control or non-ASCII characters)")
     return key or None
-
-
-_KEY_CHARACTERS = re.compile(r"[\x21-\x7e]+")  # visible ASCII: what a Bearer token may hold
 
 
 class _Bearer(AuthBase):
@@ -434,15 +434,31 @@ def parse_args(argv):
     option's value names a command (a URL never does). The upload parser itself finds
     that word, so it reads option values exactly as it would parse them."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    words = _upload_parser(add_help=False).parse_known_args(argv)[0].urls
-    if words and words[0] in COMMANDS:
-        return _commands_parser().parse_args(argv)
+    known = _upload_parser(add_help=False).parse_known_args(argv)[0]
+    if known.urls and known.urls[0] in COMMANDS:
+        parser = _commands_parser()
+        if known.callback is not None or known.file is not None:
+            parser.error(f"--callback and -f belong to an upload, not to {known.urls[0]}")
+        return parser.parse_args(argv)
     parser = _upload_parser()
     args = parser.parse_args(argv)
     if bool(args.urls) == bool(args.file):
         parser.error("give either URLs or -f FILE")
     args.command = "upload"
     return args
+
+
+def watch(api, job_id, submitted, args):
+    """Follow the job to its end with a progress bar, print its table; the exit code."""
+    try:
+        job = wait(api, job_id, submitted, interval=args.interval, timeout=args.timeout)
+    except KeyboardInterrupt:
+        print(f"\nupload: interrupted; job {job_id} goes on in the service", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    lines, all_ok = report(job)
+    for line in lines:
+        print(line)
+    return EXIT_OK if all_ok else EXIT_SOME_FAILED
 
 
 def upload(api, args):
@@ -490,7 +506,8 @@ def job_line(job):
     """``id  created  status  N complete, N failed, N pending``."""
     counts = job.get("counts") or {}
     tally = ", ".join(f"{counts.get(name, 0)} {name}" for name in ("complete", "failed", "pending"))
-    return f"{job.get('id')}  {job.get('created')}  {job.get('status', '?'):<11}  {tally}"
+    job_id, created, status = (str(job.get(name) or "?") for name in ("id", "created", "status"))
+    return f"{job_id}  {created}  {status:<11}  {tally}"
 
 
 def delete(api, args):
@@ -504,19 +521,6 @@ def delete(api, args):
 
 
 COMMANDS = {"retry": retry, "cancel": cancel, "jobs": jobs, "delete": delete}
-
-
-def watch(api, job_id, submitted, args):
-    """Follow the job to its end with a progress bar, print its table; the exit code."""
-    try:
-        job = wait(api, job_id, submitted, interval=args.interval, timeout=args.timeout)
-    except KeyboardInterrupt:
-        print(f"\nupload: interrupted; job {job_id} goes on in the service", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    lines, all_ok = report(job)
-    for line in lines:
-        print(line)
-    return EXIT_OK if all_ok else EXIT_SOME_FAILED
 
 
 def main(argv=None):
