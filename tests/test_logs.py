@@ -64,7 +64,7 @@ class Captured(logging.Handler):
 
 
 class FakeStore:
-    def read_job(self, job_id):
+    def read_job(self, job_id, account=None):
         raise RuntimeError("boom: a bug in the store")
 
 
@@ -135,7 +135,8 @@ class AccessLogTest(tornado.testing.AsyncHTTPTestCase):
                 ("POST", "/v1/images/upload", b"not json %s", 400),
                 ("DELETE", "/v1/images", None, 405)]:
             self.captured.records.clear()
-            response = self.fetch(path, method=method, body=body)
+            response = self.fetch(path, method=method, body=body,
+                                  headers={"Content-Type": "application/json"})
             assert response.code == status
             (line,) = self.lines()
             assert (line.name, line.levelno, line.status) == ("uploader.access", logging.INFO, status)
@@ -156,7 +157,7 @@ class AccessLogTest(tornado.testing.AsyncHTTPTestCase):
         assert response.code == 500
         assert "boom" not in response.body.decode()
         bug, line = self.lines()
-        assert (bug.name, bug.levelno) == ("uploader.app", logging.ERROR)
+        assert (bug.name, bug.levelno) == ("uploader.handlers", logging.ERROR)
         assert "req-42" in bug.getMessage() and bug.exc_info[0] is RuntimeError
         assert (line.name, line.levelno, line.status) == ("uploader.access", logging.ERROR, 500)
         assert not hasattr(line, "error")

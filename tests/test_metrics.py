@@ -115,7 +115,8 @@ class RequestMetricsTest(tornado.testing.AsyncHTTPTestCase):
         for path in ("/v1/images/upload/abc", "/v1/images/upload/def", "/i/Abc1234.png", "/i/x/y",
                      "/nothing/here/1", "/nothing/here/2", "/openapi.json"):
             self.fetch(path)
-        self.fetch("/v1/images/upload", method="POST", body=b"[")
+        self.fetch("/v1/images/upload", method="POST", body=b"[",
+                   headers={"Content-Type": "application/json"})
         self.fetch("/v1/images/upload", method="PUT", body=b"{}")
         assert self.requests_total() == {
             "/v1/images/upload/([^/]+) GET 404": 2,

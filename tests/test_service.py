@@ -24,7 +24,9 @@ def test_mixed_job_ends_with_exact_links_and_failures(start_service, image_sourc
     order = ["pending", "in-progress", "complete"]
     assert [order.index(s) for s in statuses] == sorted(order.index(s) for s in statuses)
     assert job["id"] == job_id and job["finished"] is not None
-    assert set(job) == {"id", "created", "finished", "status", "uploaded", "urls"}
+    assert set(job) == {"id", "created", "finished", "status", "uploaded", "retry_of", "callback",
+                        "urls"}
+    assert job["retry_of"] is None and job["callback"] is None
     assert job["uploaded"]["pending"] == []
     assert job["uploaded"]["failed"] == [missing, html]
     assert len(job["uploaded"]["complete"]) == len(good)
@@ -112,7 +114,8 @@ def test_chunked_body_over_the_limit_is_refused(small_service):
             yield b'{"urls": ["' + b"x" * 100
 
     before = count_jobs(small_service)
-    answer = requests.post(f"{small_service.url}/v1/images/upload", data=chunks(), timeout=5)
+    answer = requests.post(f"{small_service.url}/v1/images/upload", data=chunks(), timeout=5,
+                           headers={"Content-Type": "application/json"})
     assert answer.status_code == 413
     assert "limit" in answer.json()["error"]
     assert count_jobs(small_service) == before
@@ -129,7 +132,7 @@ def test_accepted_job_answers_202_with_location(small_service):
 
 
 @pytest.mark.parametrize("method, path", [
-    ("GET", "/v1/images/upload"), ("PUT", "/v1/images/upload"), ("DELETE", "/v1/images"),
+    ("PATCH", "/v1/images/upload"), ("PUT", "/v1/images/upload"), ("DELETE", "/v1/images"),
     ("POST", "/v1/images"), ("POST", "/v1/images/upload/6f1c8b8e-3f9c-4c1e-9a55-0b7b1c1d2e3f"),
 ])
 def test_other_methods_answer_405_json(small_service, method, path):

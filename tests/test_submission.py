@@ -14,7 +14,7 @@ def body(value) -> bytes:
 
 def test_distinct_urls_in_first_seen_order():
     urls = ["https://a.example/1.png", "http://b.example/2.jpg", "https://a.example/1.png"]
-    assert parse_submission(body({"urls": urls}), max_urls=10) == urls[:2]
+    assert parse_submission(body({"urls": urls}), max_urls=10).urls == urls[:2]
 
 
 @pytest.mark.parametrize("raw, status, fragment", [
@@ -45,7 +45,7 @@ def test_bad_submissions_are_refused_with_a_reason(raw, status, fragment):
 
 def test_duplicates_do_not_count_against_the_limit():
     urls = ["https://a.example/x.png"] * 5
-    assert parse_submission(body({"urls": urls}), max_urls=1) == urls[:1]
+    assert parse_submission(body({"urls": urls}), max_urls=1).urls == urls[:1]
 
 
 def test_a_body_nested_too_deeply_is_a_400():
@@ -119,13 +119,13 @@ def test_distinct_resources_stay_distinct(one, other):
 def test_duplicates_keep_the_first_spelling_in_first_seen_order():
     urls = ["HTTP://Host.example/a.png", "https://b.example/1.jpg", "http://host.example:80/./a.png#top",
             "http://host.example/%61.png", "https://b.example/1.jpg?", "http://host.example/A.png"]
-    assert parse_submission(body({"urls": urls}), max_urls=10) == [
+    assert parse_submission(body({"urls": urls}), max_urls=10).urls == [
         "HTTP://Host.example/a.png", "https://b.example/1.jpg", "http://host.example/A.png"]
 
 
 def test_spellings_of_one_url_count_once_against_the_limit():
     urls = ["http://host.example/a.png", "HTTP://host.example/a.png", "http://host.example:80/a.png"]
-    assert parse_submission(body({"urls": urls}), max_urls=1) == urls[:1]
+    assert parse_submission(body({"urls": urls}), max_urls=1).urls == urls[:1]
 
 
 URL_TEXT = st.text(alphabet="aAzZ09-._~!$&'()*+,;=:@/?%#.\u00e9", max_size=30)
@@ -141,3 +141,24 @@ def test_normalizing_is_idempotent_and_the_shortcut_agrees(scheme, host, port, r
     assert normalize_url(once) == once
     assert submission._normalize(url) == once
     assert not url_problem(once)
+
+
+def test_a_callback_url_is_taken_and_checked_like_a_source():
+    taken = parse_submission(body({"urls": ["https://a.example/x.png"],
+                                   "callback_url": "https://hooks.example/done"}), max_urls=10)
+    assert taken.callback_url == "https://hooks.example/done"
+    assert parse_submission(body({"urls": ["https://a.example/x.png"]}), max_urls=10).callback_url is None
+    for bad, fragment in [("ftp://hooks.example/x", "absolute http or https"),
+                          ("https://user:pw@hooks.example/", "user info"),
+                          ("https://hooks.example/" + "x" * 2048, "longer than 2048"),
+                          (42, "must be a string")]:
+        with pytest.raises(SubmissionError, match=fragment) as refused:
+            parse_submission(body({"urls": ["https://a.example/x.png"], "callback_url": bad}),
+                             max_urls=10)
+        assert refused.value.status == 400 and str(refused.value).startswith("callback_url ")
+
+
+def test_an_unknown_key_is_refused_with_a_suggestion():
+    with pytest.raises(SubmissionError, match="unknown key \"callback\" \\(did you mean 'callback_url'\\?\\)"):
+        parse_submission(body({"urls": ["https://a.example/x.png"], "callback": "https://h/"}),
+                         max_urls=10)

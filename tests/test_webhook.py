@@ -23,7 +23,8 @@ import pytest
 import uploader
 from tests.fakes.webhook_receiver import Answer, WebhookReceiver
 from tests.test_fetch import CERT, KEY, raw_server, resolver_for
-from uploader.webhook import (ANSWER_CAP, Outcome, WebhookSender, backoff_seconds, callback_url_problem,
+from uploader.submission import callback_url_problem
+from uploader.webhook import (ANSWER_CAP, Outcome, WebhookSender, backoff_seconds,
                               sign, verify)
 
 LOCAL = ["127.0.0.1/32"]

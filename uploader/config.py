@@ -53,6 +53,8 @@ NON_EMPTY = (bool, "a non-empty string")
 HTTP_URL = (_is_http_url, "an http(s) URL")
 OPTIONAL_URL = (lambda v: v == "" or _is_http_url(v), 'an http(s) URL or ""')
 HOST_PATTERN = (_is_host_pattern, "a hostname, *.suffix, IP address or CIDR network")
+API_KEY = (lambda v: len(v) >= 16 and v.isprintable() and " " not in v and "," not in v,
+           "an API key of at least 16 printable characters, without spaces or commas")
 
 
 def _one_of(*choices):
@@ -80,6 +82,7 @@ class ServerConfig:
     max_urls_per_job: int = _opt(1000, POSITIVE_INT)
     max_body_bytes: int = _opt(1048576, POSITIVE_INT)
     public_url: str = _opt("", OPTIONAL_URL)
+    api_keys: tuple[str, ...] = _opt((), API_KEY, secret=True)
 
     @property
     def base_url(self):
@@ -138,6 +141,24 @@ class ImgurConfig:
     max_attempts: int = _opt(5, POSITIVE_INT)
     backoff: BackoffConfig = _section(BackoffConfig)
     dedup: bool = _opt(True)
+
+
+@dataclass(frozen=True)
+class WebhookBackoffConfig:
+    """Exponential backoff, with full jitter, between attempts at a webhook delivery."""
+
+    base_seconds: float = _opt(1.0, POSITIVE)
+    max_seconds: float = _opt(300.0, POSITIVE)
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    """Completion webhooks: signed with ``secret`` when set, retried until delivered."""
+
+    secret: str = _opt("", secret=True)
+    max_attempts: int = _opt(8, POSITIVE_INT)
+    timeout_seconds: float = _opt(10.0, POSITIVE)
+    backoff: WebhookBackoffConfig = _section(WebhookBackoffConfig)
 
 
 @dataclass(frozen=True)
@@ -240,6 +261,7 @@ class Config:
     imgur: ImgurConfig = _section(ImgurConfig)
     local: LocalConfig = _section(LocalConfig)
     fetch: FetchConfig = _section(FetchConfig)
+    webhooks: WebhooksConfig = _section(WebhooksConfig)
     storage: StorageConfig = _section(StorageConfig)
     logging: LoggingConfig = _section(LoggingConfig)
 
@@ -273,6 +295,8 @@ ENV_OVERRIDES = {
     "IMGUR_REFRESH_TOKEN": "imgur.refresh_token",
     "PORT": "server.port",
     "DATABASE_URL": "storage.url",
+    "UPLOADER_API_KEYS": "server.api_keys",  # comma-separated
+    "WEBHOOK_SECRET": "webhooks.secret",
 }
 
 
@@ -385,6 +409,8 @@ def _override(obj, path, raw, label):
         return dataclasses.replace(obj, **{name: _override(getattr(obj, name), rest, raw, label)})
     tp, meta = get_type_hints(type(obj))[name], obj.__dataclass_fields__[name].metadata
     value = int(raw) if tp is int and re.fullmatch(r"[+-]?\d+", raw) else raw
+    if get_origin(tp) is tuple:  # a list from the environment: comma-separated
+        value = [item.strip() for item in raw.split(",") if item.strip()]
     return dataclasses.replace(obj, **{name: _coerce(tp, value, label, meta)})
 
 
@@ -395,7 +421,7 @@ def _as_dict(obj):
         if dataclasses.is_dataclass(value):
             value = _as_dict(value)
         elif isinstance(value, tuple):
-            value = list(value)
+            value = ["***"] * len(value) if f.metadata.get("secret") else list(value)
         elif f.metadata.get("secret") and value:
             value = "***"
         elif f.metadata.get("shown") and value:

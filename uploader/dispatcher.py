@@ -1,13 +1,15 @@
 """The dispatcher: one thread per instance that owns its writes and its workers' work.
 
     POST handler --submit------------> events --+
+    handlers, courier --call(fn)-----> events --+
     result reader (worker reports) --> events --+--> dispatcher thread --> store (a commit a turn)
     store listener (work elsewhere) -> events --+          |
                                                           +--> pool.send(worker, tasks)
 
 It is an actor: everything reaches it as an event on one in-process queue, and it alone
 decides what this instance has in flight where. Each turn commits new jobs first, in a
-small transaction of their own (a POST waits for it); then it applies every other event,
+small transaction of their own (a POST waits for it), and runs each call (a cancel, a
+deletion, the courier's claims) in one of its own; then it applies every other event,
 claims queued URLs for free worker slots, and commits all of it in ONE transaction. Only
 then does anything happen outside: tasks are sent, metrics counted, outcomes logged. A
 turn works on a copy of the dispatcher's state, kept only once the commit succeeded, so a
@@ -26,7 +28,7 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 from . import jobs
 from .errors import PoolBroken, StoreConflict, StoreUnavailable
@@ -45,6 +47,16 @@ RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)  # between turns while the store is un
 class _Submit:
     job_id: str
     urls: Sequence[str]
+    future: Future
+    options: dict = field(default_factory=dict)  # account, retry_of, callback_url
+
+
+@dataclass
+class _Call:
+    """Run ``fn(store)`` in a transaction of its own on the dispatcher's thread (the one
+    writer); ``future`` gets its result or its exception."""
+
+    fn: Callable
     future: Future
 
 
@@ -88,7 +100,7 @@ class _State:
 class Dispatcher:
     """Claims queued URLs for free worker slots and records what comes back."""
 
-    def __init__(self, *, store, pool, config, metrics=None, on_fatal=None):
+    def __init__(self, *, store, pool, config, metrics=None, on_fatal=None, on_outbox=None):
         self.store = store
         self.pool = pool
         self.metrics = metrics or Metrics()
@@ -96,6 +108,7 @@ class Dispatcher:
         self.max_attempts = config.imgur.max_attempts
         self.host = config.resolved_image_host
         self.on_fatal = on_fatal or (lambda reason: None)
+        self.on_outbox = on_outbox or (lambda: None)  # a commit added effects to carry out
         self.shared = config.storage.shared
         self.lease_seconds = config.storage.lease_seconds
         self.poll_seconds = config.storage.poll_seconds
@@ -134,10 +147,17 @@ class Dispatcher:
     def wake(self) -> None:
         self.post(_Wake())
 
-    def submit(self, job_id: str, urls: Sequence[str]) -> Future:
-        """Create a job; the future resolves once it is committed (or fails: StoreUnavailable)."""
+    def submit(self, job_id: str, urls: Sequence[str], **options) -> Future:
+        """Create a job (``options``: ``account``, ``retry_of``, ``callback_url``); the
+        future resolves once it is committed (or fails: StoreUnavailable)."""
         future: Future = Future()
-        self.post(_Submit(job_id, urls, future))
+        self.post(_Submit(job_id, urls, future, options))
+        return future
+
+    def call(self, fn: Callable) -> Future:
+        """Run ``fn(store)`` in a transaction on the writer's thread; a future of its result."""
+        future: Future = Future()
+        self.post(_Call(fn, future))
         return future
 
     def stop(self, grace: float, immediate: bool = False) -> None:
@@ -190,7 +210,9 @@ class Dispatcher:
         submits = [event for event in batch if isinstance(event, _Submit)]
         if submits:
             self._create_jobs(submits)
-            batch = [event for event in batch if not isinstance(event, _Submit)]
+        for call in (event for event in batch if isinstance(event, _Call)):
+            self._run_call(call)
+        batch = [event for event in batch if not isinstance(event, (_Submit, _Call))]
         if self._retry_at is not None and time.monotonic() < self._retry_at:
             self._held = batch  # the store was unreachable a moment ago: wait a little more
             return
@@ -220,6 +242,7 @@ class Dispatcher:
             sends = {} if state.lost or state.stopping is not None else self._fill_slots(state)
         self.state = state
         self._schedule(now)
+        self._outbox_news()
         for effect in effects:
             try:
                 effect()
@@ -306,6 +329,28 @@ class Dispatcher:
         self._failures += 1
         self._retry_at = time.monotonic() + delay
 
+    def _run_call(self, call: _Call) -> None:
+        if self._retry_at is not None and time.monotonic() < self._retry_at:
+            call.future.set_exception(StoreUnavailable(self.store_problem or "store down"))
+            return
+        try:
+            with self.store.transaction():
+                result = call.fn(self.store)
+        except Exception as exc:
+            if isinstance(exc, StoreUnavailable):
+                self._store_failed(exc)
+            call.future.set_exception(exc)
+            return
+        self._store_ok()
+        self._outbox_news()
+        call.future.set_result(result)
+
+    def _outbox_news(self) -> None:
+        """A commit added effects for the outbox: the courier should look."""
+        if self.store.outbox_added:
+            self.store.outbox_added = False
+            self.on_outbox()
+
     def _create_jobs(self, submits: List[_Submit]) -> None:
         """Store new jobs and answer their submitters once committed."""
         if self._retry_at is not None and time.monotonic() < self._retry_at:
@@ -317,7 +362,7 @@ class Dispatcher:
             with self.store.transaction():
                 for event in submits:
                     try:
-                        self.store.create_job(event.job_id, event.urls)
+                        self.store.create_job(event.job_id, event.urls, **event.options)
                     except (StoreUnavailable, StoreConflict):
                         raise
                     except Exception as exc:  # one bad job must not stop the service
@@ -374,7 +419,8 @@ class Dispatcher:
         state.quarantine.finished(result.url_id)
         recorded = self.store.finish(
             task, result.state, attempts=result.attempts, link=result.link,
-            reason=result.reason, sha256=result.sha256, reused=result.reused, host=self.host)
+            reason=result.reason, sha256=result.sha256, reused=result.reused, host=self.host,
+            deletehash=result.deletehash)
         if not recorded:
             log.warning("refused a late result for URL #%d (%s): this instance no longer "
                         "holds it", result.url_id, result.state)

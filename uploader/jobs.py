@@ -74,6 +74,7 @@ class Task:
     attempt: int  # 1 for the first try; counts every try, including ones a crash cut short
     lease: int = 0  # the claim's token: a result counts only while the store still holds it
     suspect: bool = False  # in flight when a worker died in company: runs alone (quarantine)
+    account: str = ""  # who owns the job: dedup and links are per account
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class Result:
     reason: Optional[str] = None
     sha256: Optional[str] = None
     reused: bool = False
+    deletehash: Optional[str] = None  # what the host needs to delete the image again
     failure_class: Optional[str] = None  # errors.failure_class of a failure
     seconds: float = 0.0  # the whole handling, fetch to answer
     fetch_seconds: Optional[float] = None

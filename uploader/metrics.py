@@ -60,6 +60,13 @@ class Metrics:
         self.dedup_reuses = Counter("uploader_dedup_reuses",
                                     "URLs whose bytes were already uploaded (no credit spent).",
                                     registry=r)
+        self.webhook_deliveries = Counter(
+            "uploader_webhook_deliveries", "Webhook delivery attempts by outcome (delivered, "
+            "retried, failed: out of tries, refused: an address the policy refuses).",
+            ["outcome"], registry=r)
+        self.host_deletions = Counter(
+            "uploader_host_deletions", "Deletions at the image host tried again after the "
+            "client's request, by outcome (deleted, retried, failed).", ["outcome"], registry=r)
         self.http_requests = Counter(
             "uploader_http_requests", "HTTP requests answered, by route pattern, method and status.",
             ["route", "method", "status"], registry=r)
@@ -70,6 +77,14 @@ class Metrics:
                                 registry=r)
         self.build_info.labels(__version__).set(1)
         ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+
+    def webhook(self, outcome: str) -> None:
+        """One delivery attempt: delivered, retried, failed (out of tries) or refused."""
+        self.webhook_deliveries.labels(outcome).inc()
+
+    def host_deletion(self, outcome: str) -> None:
+        """A deletion at the host tried again later: deleted, retried or failed."""
+        self.host_deletions.labels(outcome).inc()
 
     def job_submitted(self, url_count: int) -> None:
         self.jobs_submitted.inc()

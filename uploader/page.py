@@ -15,7 +15,7 @@ import urllib.parse
 
 import tornado.web
 
-from .app import JsonErrors
+from .handlers import JsonErrors
 
 WEB_DIR = os.path.join(os.path.dirname(__file__), "web")
 ASSETS = {

@@ -13,7 +13,9 @@ from dataclasses import replace
 import tornado.httpserver
 import tornado.netutil
 
+from . import hosts
 from .app import make_app
+from .courier import Courier
 from .dispatcher import Dispatcher
 from .metrics import Metrics
 from .pool import WorkerPool
@@ -53,9 +55,14 @@ class Service:
         self.pool = WorkerPool(self.config, on_event=lambda event: self.dispatcher.post(event))
         self.metrics = Metrics()
         self.dispatcher = Dispatcher(store=self.store, pool=self.pool, config=self.config,
-                                     metrics=self.metrics, on_fatal=self._on_fatal)
+                                     metrics=self.metrics, on_fatal=self._on_fatal,
+                                     on_outbox=lambda: self.courier.wake())
         self.pool.start(lambda manager: make_shared(self.config, manager, self.instance))
+        self.delete_at_host = hosts.build_deleter(self.config, self.pool.shared)
+        self.courier = Courier(dispatcher=self.dispatcher, store=self.store, config=self.config,
+                               metrics=self.metrics, delete_at_host=self.delete_at_host)
         self.dispatcher.start()
+        self.courier.start()
         if self.config.storage.shared:
             self.store.listen(self.dispatcher.wake)
         self.http = tornado.httpserver.HTTPServer(make_app(self))
@@ -90,6 +97,7 @@ class Service:
         self.stopping = True
 
     def _finish(self) -> None:
+        self.courier.stop()
         self.http.stop()
         self.readers.shutdown(wait=False)
         self.store.close()

@@ -1,12 +1,18 @@
-"""Validation of a job submission: the POST body in, a clean list of distinct URLs out.
+"""Validation of a job submission: the POST body in, a clean list of distinct URLs (and the
+optional completion callback) out.
 
 Every rejection names the bad entry, so a client can fix its request; nothing here
 touches the network (addresses are judged when a URL is fetched, not when submitted).
 """
+import difflib
 import json
 import re
-from typing import List
+from dataclasses import dataclass
+from typing import List, Optional
 from urllib.parse import quote, urlsplit
+
+from .errors import FetchError
+from .netpolicy import normalize_host
 
 MAX_URL_LENGTH = 2048
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
@@ -20,8 +26,17 @@ class SubmissionError(Exception):
         self.status = status
 
 
-def parse_submission(body: bytes, *, max_urls: int) -> List[str]:
-    """The distinct URLs of a POST body, in first-seen order, or a SubmissionError."""
+KEYS = ("urls", "callback_url")
+
+
+@dataclass(frozen=True)
+class Submission:
+    urls: List[str]  # distinct, in first-seen order, each in the client's first spelling
+    callback_url: Optional[str] = None  # POSTed the job document when the job completes
+
+
+def parse_submission(body: bytes, *, max_urls: int) -> Submission:
+    """The job a POST body asks for, or a SubmissionError naming what is wrong."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
@@ -31,8 +46,19 @@ def parse_submission(body: bytes, *, max_urls: int) -> List[str]:
             from None
     if not isinstance(data, dict):
         raise SubmissionError(400, 'body must be a JSON object like {"urls": ["https://..."]}')
+    for key in data:
+        if key not in KEYS:
+            close = difflib.get_close_matches(str(key), KEYS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise SubmissionError(400, f"unknown key {json.dumps(key)}{hint}; a job takes "
+                                       "'urls' and optionally 'callback_url'")
     if "urls" not in data:
         raise SubmissionError(400, "missing key 'urls'")
+    callback_url = data.get("callback_url")
+    if "callback_url" in data:  # null too: leave the key out for no callback
+        problem = callback_url_problem(callback_url)
+        if problem:
+            raise SubmissionError(400, f"callback_url {problem}")
     urls = data["urls"]
     if not isinstance(urls, list):
         raise SubmissionError(400, f"'urls' must be a list, got {_json_type(urls)}")
@@ -49,7 +75,7 @@ def parse_submission(body: bytes, *, max_urls: int) -> List[str]:
     if len(distinct) > max_urls:
         raise SubmissionError(
             413, f"too many URLs: {len(distinct)} distinct, at most {max_urls} per job")
-    return distinct
+    return Submission(distinct, callback_url)
 
 
 def url_problem(url) -> str:
@@ -152,6 +178,25 @@ def _remove_dot_segments(path: str) -> str:
         if last:
             kept.append("")  # "/a/b/.." is the directory "/a/"
     return "/" + "/".join(kept)
+
+
+def callback_url_problem(url: object) -> str:
+    """Why ``url`` is not acceptable as a callback URL, or '' when it is.
+
+    The rules of a job's image URLs (``submission.url_problem``: a string, an absolute
+    http or https URL with a host, at most 2,048 characters, no spaces or control
+    characters, no user:password@), and a host that can be a host at all. Addresses are
+    judged when the callback is sent, not here.
+    """
+    problem = url_problem(url)
+    if problem:
+        return problem
+    try:
+        normalize_host(urlsplit(url).hostname)
+    except FetchError as exc:
+        shown = url if len(url) <= 100 else url[:100] + "..."
+        return f'"{shown}" has an invalid host: {exc}'
+    return ""
 
 
 def _json_type(value) -> str:

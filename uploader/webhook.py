@@ -42,8 +42,7 @@ from . import __version__
 from .errors import FetchError, InvalidSourceURL, SourceRefused
 from .fetch import (WIRE_ERRORS, Guard, Target, connect_pinned, default_resolver, parse_target,
                     redirect_url, resolve_checked, translate_error)
-from .netpolicy import AddressPolicy, normalize_host
-from .submission import url_problem
+from .netpolicy import AddressPolicy
 
 log = logging.getLogger(__name__)
 
@@ -136,25 +135,6 @@ def backoff_seconds(attempt: int, *, base: float, maximum: float,
         raise ValueError("base and maximum must not be negative")
     ceiling = min(maximum, base * 2.0 ** min(attempt - 1, 1023))  # 2.0 ** 1024 would overflow
     return rng.uniform(0.0, ceiling)
-
-
-def callback_url_problem(url: object) -> str:
-    """Why ``url`` is not acceptable as a callback URL, or '' when it is.
-
-    The rules of a job's image URLs (``submission.url_problem``: a string, an absolute
-    http or https URL with a host, at most 2,048 characters, no spaces or control
-    characters, no user:password@), and a host that can be a host at all. Addresses are
-    judged when the callback is sent, not here.
-    """
-    problem = url_problem(url)
-    if problem:
-        return problem
-    try:
-        normalize_host(urllib.parse.urlsplit(url).hostname)
-    except FetchError as exc:
-        shown = url if len(url) <= 100 else url[:100] + "..."
-        return f'"{shown}" has an invalid host: {exc}'
-    return ""
 
 
 class WebhookSender:

@@ -159,20 +159,22 @@ class Worker:
             report.fetched(len(fetched.data))
             digest = report.sha256 = hashlib.sha256(fetched.data).hexdigest()
             owner = (self.index, self.generation, threading.get_ident())
-            reused, grant = self._begin(digest, owner)
+            reused, grant = self._begin(digest, task.account, owner)
             if reused:
                 return report.result(jobs.COMPLETE, link=reused, reused=True)
             link = None
             started = time.monotonic()
             try:
                 filename = upload_name(fetched.final_url, fetched.ext)
-                link = self.uploader.upload(fetched.data, filename=filename, mime=fetched.mime,
-                                            report=report, grant=grant).link
+                uploaded = self.uploader.upload(fetched.data, filename=filename,
+                                                mime=fetched.mime, report=report, grant=grant)
+                link = uploaded.link
             finally:  # one round trip: the last answer's budgets, and publish (or release) the bytes
                 report.upload_seconds = time.monotonic() - started
-                self.coordinator.end(digest, link, report.rate, owner, observe=report.grant_open)
+                self.coordinator.end(digest, task.account, link, report.rate, owner,
+                                     observe=report.grant_open)
             report.uploaded_bytes = len(fetched.data)
-            return report.result(jobs.COMPLETE, link=link)
+            return report.result(jobs.COMPLETE, link=link, deletehash=uploaded.deletehash)
         except (FetchError, HostError) as exc:
             return report.result(jobs.FAILED, reason=str(exc), failure_class=failure_class(exc))
         except Exception as exc:  # a bug must not kill the slot or lose the URL
@@ -196,11 +198,11 @@ class Worker:
         finally:
             self.progress.done(task.url_id)
 
-    def _begin(self, digest: str, owner: tuple):
+    def _begin(self, digest: str, account: str, owner: tuple):
         """(link these bytes already have, None) or (None, the gate's first answer) once this
         slot owns their upload; waits while another slot uploads the same bytes."""
         while True:
-            decision, link, grant = self.coordinator.begin(digest, owner)
+            decision, link, grant = self.coordinator.begin(digest, account, owner)
             if decision == "reuse":
                 return link, None
             if decision == "upload":

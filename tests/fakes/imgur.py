@@ -8,6 +8,7 @@ tokens (``expire_token``); it records every upload request it answered. With
 ``keep_images=False`` it answers uploads as usual but keeps no bytes (benchmarks).
 
     POST /3/image, /3/upload (.json)  -> auth, budgets, sniff bytes, store, answer JSON
+    DELETE /3/image/{deletehash}      -> auth, forget the image (its link then 404s)
     POST /oauth2/token                -> new access token (answer not wrapped in data)
     GET  /3/credits                   -> the budgets as JSON
     GET  /{id}.{ext}                  -> the stored bytes, so links open in a browser
@@ -62,6 +63,16 @@ class UploadRecord:
     size: int
     status: int
     image_id: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class DeleteRecord:
+    """One DELETE /3/image/{deletehash} request and the status it got."""
+
+    at: float
+    deletehash: str
+    auth: str
+    status: int
 
 
 @dataclass(frozen=True)
@@ -159,6 +170,9 @@ class FakeImgur:
         self._always = None
         self._requests = []
         self.refresh_requests = []
+        self.deletes = []  # DeleteRecord of every DELETE answered
+        self._deletehashes = {}  # deletehash -> image id
+        self._delete_failures = []
         self.stored = {}
         self._mimes = {}
         self._budgets = {"user": _Budget(500, 500, 3600), "client": _Budget(12500, 12500, 86400),
@@ -291,6 +305,31 @@ class FakeImgur:
             self._requests.append(record)
         return answer
 
+    def fail_next_delete(self, n=1, status=500, body="Internal Server Error"):
+        """Answer the next ``n`` deletions with this failure."""
+        with self._lock:
+            self._delete_failures.extend([error_answer(status, body)] * n)
+
+    def _handle_delete(self, path, auth_header):
+        deletehash = path.rsplit("/", 1)[-1].split(".", 1)[0]
+        answer = self._check_auth(auth_header, path)
+        with self._lock:
+            if answer is None and self._delete_failures:
+                answer = self._delete_failures.pop(0)
+            if answer is None:
+                image_id = self._deletehashes.pop(deletehash, None)
+                if image_id is None:
+                    answer = error_answer(404, "Unable to find an image with the id, "
+                                               f"{deletehash}", request=path, method="DELETE")
+                else:
+                    self.stored.pop(image_id, None)
+                    self._mimes.pop(image_id, None)
+                    answer = _Answer(200, json.dumps({"data": True, "success": True,
+                                                      "status": 200}).encode())
+            self.deletes.append(DeleteRecord(time.monotonic(), deletehash,
+                                             _auth_kind(auth_header), answer.status))
+        return answer
+
     def _check_auth(self, header, path):
         scheme, _, credential = (header or "").partition(" ")
         with self._lock:
@@ -329,6 +368,7 @@ class FakeImgur:
             return error_answer(400, "We don't support that file type!", request=path), None
         mime, ext = sniffed
         image_id = "".join(secrets.choice(_ALNUM) for _ in range(7))
+        deletehash = "".join(secrets.choice(_ALNUM) for _ in range(15))
         width, height = _dimensions(image, mime)
         with self._lock:
             exhausted = self._budget_error_locked(path)  # again: a parallel upload may have won
@@ -336,6 +376,7 @@ class FakeImgur:
                 return exhausted, None
             if self.keep_images:
                 self.stored[image_id], self._mimes[image_id] = image, mime
+                self._deletehashes[deletehash] = image_id
             for name in ("user", "client"):
                 self._budgets[name].remaining = max(0, self._budgets[name].remaining - UPLOAD_COST)
             self._budgets["post"].remaining = max(0, self._budgets["post"].remaining - 1)
@@ -347,7 +388,7 @@ class FakeImgur:
             "account_url": "tester" if kind == "bearer" else None,
             "account_id": 1 if kind == "bearer" else 0, "is_ad": False, "in_most_viral": False,
             "has_sound": False, "tags": [], "ad_type": 0, "ad_url": "", "edited": "0",
-            "in_gallery": False, "deletehash": "".join(secrets.choice(_ALNUM) for _ in range(15)),
+            "in_gallery": False, "deletehash": deletehash,
             "name": form.get("name", ""),
             "link": f"{self.public_base or self.url}/{image_id}.{ext}",
         }
@@ -446,6 +487,12 @@ class _Handler(BaseHTTPRequestHandler):
                                                  content_type, body))
         if path == "/oauth2/token":
             return self._send(fake._handle_token(content_type, body))
+        self._send(error_answer(404, "Not found", request=path))
+
+    def do_DELETE(self):
+        path = urllib.parse.urlsplit(self.path).path
+        if re.fullmatch(r"/3/image/[A-Za-z0-9]+(?:\.json)?", path):
+            return self._send(self.server.fake._handle_delete(path, self.headers.get("Authorization")))
         self._send(error_answer(404, "Not found", request=path))
 
     def do_GET(self):

@@ -1,7 +1,8 @@
 """Image hosts: where fetched bytes are re-hosted, and the policy of uploading there.
 
-Every host client offers one call, ``upload(data, *, filename, mime) -> Uploaded``, and
-raises ``uploader.errors.HostError`` subclasses on failure. A client knows nothing of
+Every host client offers ``upload(data, *, filename, mime) -> Uploaded`` and
+``delete(deletehash) -> bool`` (False: not there), and raises ``uploader.errors.HostError``
+subclasses on failure. A client knows nothing of
 jobs, queues or Tornado. What a host asks of the rest of the service is decided here,
 so the worker stays a generic pipeline: ``gate_settings`` (a shared upload gate and its
 credit costs: Imgur's), ``credential_settings`` (a token shared and refreshed by all:
@@ -41,12 +42,15 @@ class Uploaded:
 
 
 class ImageHost(Protocol):
-    """What the worker needs of a host."""
+    """What the service needs of a host."""
 
     name: str
 
     def upload(self, data: bytes, *, filename: str, mime: str) -> Uploaded:
         """Upload ``data``; return its link or raise a ``HostError``."""
+
+    def delete(self, deletehash: str) -> bool:
+        """Delete an upload; False when the host does not have it (any more)."""
 
 
 def gate_settings(config) -> Optional[dict]:
@@ -103,3 +107,23 @@ def build_uploader(config, shared, owner: tuple):
 
     return DirectUploader(LocalHost(directory=config.local.directory,
                                     base_url=config.server.base_url))
+
+
+def build_deleter(config, shared):
+    """``delete(deletehash) -> bool`` for the configured host, for the front end: Imgur's
+    with the shared current token, the local host's on its directory."""
+    if config.resolved_image_host == "imgur":
+        from .imgur import ImgurHost
+
+        def delete(deletehash: str) -> bool:
+            token = shared.credentials.current()[0] if shared.credentials is not None else ""
+            client = ImgurHost(api_url=config.imgur.api_url,
+                               access_token=token or config.imgur.access_token,
+                               client_id=config.imgur.client_id,
+                               timeout_seconds=config.imgur.timeout_seconds)
+            return client.delete(deletehash)
+
+        return delete
+    from .local import LocalHost
+
+    return LocalHost(directory=config.local.directory, base_url=config.server.base_url).delete

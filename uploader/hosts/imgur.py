@@ -1,4 +1,4 @@
-"""Imgur API v3 client: upload bytes, read the rate budgets, refresh the OAuth token.
+"""Imgur API v3 client: upload bytes, delete them again, read the rate budgets, refresh the OAuth token.
 
 Every wire answer becomes an ``Uploaded`` or a ``uploader.errors.HostError`` subclass
 carrying Imgur's own reason. Imgur's error bodies come in several shapes (classic
@@ -64,17 +64,17 @@ class ImgurHost:
             session.trust_env = False
         self.session = session
 
+    def _auth(self) -> str:
+        if self.access_token:
+            return f"Bearer {self.access_token}"
+        if self.client_id:
+            return f"Client-ID {self.client_id}"
+        raise _with_rate(AuthRejectedError("Imgur: no access token or client id configured"), None)
+
     def upload(self, data: bytes, *, filename: str, mime: str) -> Uploaded:
         """POST the bytes to /3/image and return the link Imgur chose (never built here)."""
-        if self.access_token:
-            auth = f"Bearer {self.access_token}"
-        elif self.client_id:
-            auth = f"Client-ID {self.client_id}"
-        else:
-            raise _with_rate(AuthRejectedError("Imgur: no access token or client id configured"),
-                             None)
         response = self._post(
-            "/3/image", auth=auth,
+            "/3/image", auth=self._auth(),
             files={"image": (filename, data, mime)},
             data={"type": "file", "name": filename},
         )
@@ -94,6 +94,18 @@ class ImgurHost:
                 raise _with_rate(self._classify(body_status, response, body, rate), rate)
             raise _with_rate(RetryableHostError("Imgur answered without a link"), rate)
         raise _with_rate(self._classify(response.status_code, response, body, rate), rate)
+
+    def delete(self, deletehash: str) -> bool:
+        """DELETE /3/image/{deletehash}: True once Imgur has removed it, False when Imgur
+        does not know it (gone already); a ``HostError`` otherwise."""
+        response = self._send("DELETE", f"/3/image/{deletehash}", auth=self._auth())
+        body = _json_or_none(response)
+        if 200 <= response.status_code < 300:
+            return True
+        if response.status_code == 404:
+            return False
+        raise _with_rate(self._classify(response.status_code, response, body,
+                                        parse_rate_limits(response.headers)), None)
 
     def refresh_access_token(self, *, refresh_token, client_id, client_secret) -> dict:
         """Trade the refresh token for a new access token, which later uploads then use."""
@@ -119,13 +131,17 @@ class ImgurHost:
         return body
 
     def _post(self, path, *, auth, **kwargs):
-        """Send one POST, turning requests' transport errors into retryable host errors."""
+        return self._send("POST", path, auth=auth, **kwargs)
+
+    def _send(self, method, path, *, auth, **kwargs):
+        """Send one request, turning requests' transport errors into retryable host errors."""
         headers = {"User-Agent": self.user_agent, "Accept": "application/json"}
         if auth:
             headers["Authorization"] = auth
         try:
-            return self.session.post(self.api_url + path, headers=headers,
-                                     timeout=self.timeout_seconds, allow_redirects=False, **kwargs)
+            return self.session.request(method, self.api_url + path, headers=headers,
+                                        timeout=self.timeout_seconds, allow_redirects=False,
+                                        **kwargs)
         except requests.Timeout:
             message = f"Imgur timed out after {self.timeout_seconds:g} s"
             raise _with_rate(RetryableHostError(message), None) from None

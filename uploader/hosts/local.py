@@ -48,4 +48,14 @@ class LocalHost:
                     continue
         finally:
             os.unlink(tmp)
-        return Uploaded(link=f"{self.base_url}/i/{name}")
+        return Uploaded(link=f"{self.base_url}/i/{name}", deletehash=name)
+
+    def delete(self, deletehash: str) -> bool:
+        """Remove a stored image (its link then answers 404); False when it was not there."""
+        if not NAME_PATTERN.match(deletehash):
+            return False
+        try:
+            os.unlink(os.path.join(self.directory, deletehash))
+            return True
+        except FileNotFoundError:
+            return False

@@ -23,28 +23,33 @@ class Coordinator:
 
             store = SqliteStore(dedup["store"].path, "dedup", read_only=True)
             host = dedup["host"]
-            self.dedup = DedupIndex(lambda sha256: store.link_for(sha256, host))
+            self.dedup = DedupIndex(lambda key: store.link_for(key[1], host, key[0]))
 
-    def begin(self, sha256: str, owner: tuple) -> Tuple[str, Optional[str], Optional[tuple]]:
+    def begin(self, sha256: str, account: str, owner: tuple) -> Tuple[str, Optional[str], Optional[tuple]]:
         """(decision, link, grant): decision ``reuse`` (with the link), ``wait`` (ask again),
         or ``upload`` with the gate's first ``reserve()`` answer (None without a gate).
-        ``owner``: (worker, generation, thread)."""
+        Bytes are the same only within an account. ``owner``: (worker, generation, thread)."""
         if self.dedup is not None:
-            decision, link = self.dedup.claim(sha256, owner)
+            decision, link = self.dedup.claim((account, sha256), owner)
             if decision != "upload":
                 return decision, link, None
         return "upload", None, self.reserve(owner[:2])
 
-    def end(self, sha256: str, link: Optional[str], report: Optional[dict], owner: tuple, *,
-            observe: bool) -> None:
+    def end(self, sha256: str, account: str, link: Optional[str], report: Optional[dict],
+            owner: tuple, *, observe: bool) -> None:
         """After the last try: tell the gate (when a grant is still open), publish or release."""
         if observe:
             self.observe(report, owner[:2])
         if self.dedup is not None:
             if link:
-                self.dedup.publish(sha256, link)
+                self.dedup.publish((account, sha256), link)
             else:
-                self.dedup.release(sha256)
+                self.dedup.release((account, sha256))
+
+    def forget(self, sha256: str, account: str) -> None:
+        """These bytes' link was deleted: upload them afresh next time."""
+        if self.dedup is not None:
+            self.dedup.forget((account, sha256))
 
     def reserve(self, owner: tuple) -> Optional[tuple]:
         return self.gate.reserve(owner) if self.gate is not None else None

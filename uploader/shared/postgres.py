@@ -89,43 +89,50 @@ class PgCoordinator(_Rows):
         self.__init__(*state.pop("args"), **state)
 
     # -- dedup and gate around one upload ----------------------------------------------------
-    def begin(self, sha256: str, owner: tuple) -> Tuple[str, Optional[str], Optional[tuple]]:
+    def begin(self, sha256: str, account: str,
+              owner: tuple) -> Tuple[str, Optional[str], Optional[tuple]]:
         def work(conn):
             if self.dedup_host is not None:
-                decision, link = self._claim(conn, sha256, owner)
+                decision, link = self._claim(conn, sha256, account, owner)
                 if decision != "upload":
                     return decision, link, None
             return "upload", None, self._reserve(conn, owner[:2])
         return self.run(work)
 
-    def end(self, sha256: str, link: Optional[str], report: Optional[dict], owner: tuple, *,
-            observe: bool) -> None:
+    def end(self, sha256: str, account: str, link: Optional[str], report: Optional[dict],
+            owner: tuple, *, observe: bool) -> None:
         def work(conn):
             if observe:
                 self._observe(conn, report, owner[:2])
             if self.dedup_host is not None:
                 if link:
-                    conn.execute("UPDATE dedup_claims SET link = %s WHERE sha256 = %s AND host = %s",
-                                 (link, sha256, self.dedup_host))
+                    conn.execute("UPDATE dedup_claims SET link = %s WHERE sha256 = %s"
+                                 " AND host = %s AND account = %s",
+                                 (link, sha256, self.dedup_host, account))
                 else:
                     conn.execute("DELETE FROM dedup_claims WHERE sha256 = %s AND host = %s"
-                                 " AND instance = %s AND link IS NULL",
-                                 (sha256, self.dedup_host, self.instance))
+                                 " AND account = %s AND instance = %s AND link IS NULL",
+                                 (sha256, self.dedup_host, account, self.instance))
         self.run(work)
 
-    def _claim(self, conn, sha256: str, owner: tuple):
+    def forget(self, sha256: str, account: str) -> None:
+        """These bytes' link was deleted (committed already): nothing is kept here to forget,
+        since a published link leaves ``dedup_claims`` when it is committed to ``links``."""
+
+    def _claim(self, conn, sha256: str, account: str, owner: tuple):
         """Claim first, then look for a committed link: the result that commits a link also
         deletes its claim, in one transaction, so whichever way the two race, nobody
         uploads bytes that already have a link."""
         me = (self.instance, *owner)
         taken = conn.execute(
-            "INSERT INTO dedup_claims (sha256, host, instance, worker, generation, thread)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (sha256, host) DO NOTHING RETURNING 1",
-            (sha256, self.dedup_host, *me)).fetchone()
+            "INSERT INTO dedup_claims (sha256, host, account, instance, worker, generation, thread)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (sha256, host, account) DO NOTHING"
+            " RETURNING 1", (sha256, self.dedup_host, account, *me)).fetchone()
         if not taken:
             row = conn.execute(
                 "SELECT instance, worker, generation, thread, link FROM dedup_claims"
-                " WHERE sha256 = %s AND host = %s", (sha256, self.dedup_host)).fetchone()
+                " WHERE sha256 = %s AND host = %s AND account = %s",
+                (sha256, self.dedup_host, account)).fetchone()
             if row is None:  # released between our two statements: ask again
                 return "wait", None
             if row[4]:
@@ -133,11 +140,12 @@ class PgCoordinator(_Rows):
             if tuple(row[:4]) != me:
                 return "wait", None
         row = conn.execute("SELECT link FROM links WHERE sha256 = %s AND host = %s"
-                           " ORDER BY id LIMIT 1", (sha256, self.dedup_host)).fetchone()
+                           " AND account = %s AND deleted IS NULL ORDER BY id LIMIT 1",
+                           (sha256, self.dedup_host, account)).fetchone()
         if row:
             conn.execute("DELETE FROM dedup_claims WHERE sha256 = %s AND host = %s"
-                         " AND instance = %s AND link IS NULL",
-                         (sha256, self.dedup_host, self.instance))
+                         " AND account = %s AND instance = %s AND link IS NULL",
+                         (sha256, self.dedup_host, account, self.instance))
             return "reuse", row[0]
         return "upload", None
 

@@ -1,13 +1,17 @@
 """The SQL schema, the one place it is written, and its migrations for both backends.
 
-Statements use a few macros that each dialect fills in (``{id}``, ``{real}``), so one
-text describes the embedded SQLite store and the shared PostgreSQL one. Migrations run
+Statements use a few words that each dialect fills in (``SCHEMA_WORDS`` of each store:
+``{id}``, ``{real}``, ``{job_seq}`` the statement that gives jobs their order of
+creation, ``{account_seq}`` the columns that list an account's jobs in it), so one text
+describes the embedded SQLite store and the shared PostgreSQL one. Migrations run
 in order at start-up, each once, recorded in ``schema_version``; PostgreSQL instances
 starting together serialise on an advisory lock, so none trips over another.
 
 Tables:
-- ``jobs``, ``urls`` (the queue: a URL is queued, in flight under an instance's lease,
-  or final), ``links`` (every link uploaded, oldest first);
+- ``jobs`` (with the account, i.e. API key, that owns each), ``urls`` (the queue: a URL is
+  queued, in flight under an instance's lease, or final), ``links`` (every link uploaded,
+  oldest first, with its image id, the host's delete hash and when it was deleted),
+  ``outbox`` (effects to carry out outside, durably: webhook deliveries, host deletions);
 - PostgreSQL only, the state every instance shares: ``instances`` (who is alive),
   ``gate`` (the upload gate's state with the uploads granted and not yet answered, by
   worker, changed by compare-and-set on ``version``), ``dedup_claims`` (bytes being
@@ -62,6 +66,45 @@ MIGRATIONS = (
         "ALTER TABLE urls ADD COLUMN progress_total BIGINT",
         "CREATE INDEX urls_in_flight ON urls(owner) WHERE state = 'in_flight'",
     )),
+    Migration(4, (  # job control: accounts (API keys), retries, callbacks, cancels, deletes
+        "ALTER TABLE jobs ADD COLUMN account TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE jobs ADD COLUMN retry_of TEXT",
+        "ALTER TABLE jobs ADD COLUMN callback_url TEXT",
+        "ALTER TABLE jobs ADD COLUMN cancelled INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN completed INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE jobs ADD COLUMN failed INTEGER NOT NULL DEFAULT 0",
+        "{job_seq}",
+        "UPDATE jobs SET completed = (SELECT COUNT(*) FROM urls WHERE urls.job_id = jobs.id"
+        " AND urls.state = 'complete'), failed = (SELECT COUNT(*) FROM urls"
+        " WHERE urls.job_id = jobs.id AND urls.state = 'failed')",
+        "CREATE INDEX jobs_by_account ON jobs({account_seq})",
+        "CREATE INDEX jobs_cancelled ON jobs(id) WHERE cancelled = 1 AND remaining > 0",
+        "ALTER TABLE links ADD COLUMN account TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE links ADD COLUMN image_id TEXT",
+        "ALTER TABLE links ADD COLUMN deletehash TEXT",
+        "ALTER TABLE links ADD COLUMN deleted {real}",
+        "UPDATE links SET image_id = 'L' || CAST(id AS TEXT)",  # earlier links: ids of their own
+        "CREATE UNIQUE INDEX links_by_image ON links(image_id)",
+        "DROP INDEX IF EXISTS links_by_sha",
+        "CREATE INDEX links_for_dedup ON links(sha256, host, account) WHERE deleted IS NULL",
+        "CREATE INDEX links_listed ON links(account, id) WHERE deleted IS NULL",
+        """CREATE TABLE outbox (
+            id         TEXT PRIMARY KEY,
+            kind       TEXT NOT NULL,
+            job_id     TEXT,
+            target     TEXT NOT NULL,
+            state      TEXT NOT NULL,
+            attempts   INTEGER NOT NULL DEFAULT 0,
+            next_at    {real} NOT NULL,
+            last_error TEXT,
+            body       TEXT,
+            holder     TEXT,
+            held_until {real},
+            created    {real} NOT NULL,
+            done       {real})""",
+        "CREATE INDEX outbox_due ON outbox(next_at) WHERE state = 'pending'",
+        "CREATE INDEX outbox_by_job ON outbox(job_id)",
+    )),
     Migration(3, (  # what every instance shares, kept where every instance can reach it
         """CREATE TABLE instances (
             id        TEXT PRIMARY KEY,
@@ -76,12 +119,13 @@ MIGRATIONS = (
         """CREATE TABLE dedup_claims (
             sha256     TEXT NOT NULL,
             host       TEXT NOT NULL,
+            account    TEXT NOT NULL,
             instance   TEXT NOT NULL,
             worker     INTEGER NOT NULL,
             generation INTEGER NOT NULL,
             thread     BIGINT NOT NULL,
             link       TEXT,
-            PRIMARY KEY (sha256, host))""",
+            PRIMARY KEY (sha256, host, account))""",
         "CREATE INDEX dedup_claims_by_owner ON dedup_claims(instance, worker, generation)",
         """CREATE TABLE credentials (
             key           TEXT PRIMARY KEY,
@@ -97,4 +141,5 @@ LATEST = max(m.version for m in MIGRATIONS)
 
 def pending(dialect: str, current: int):
     """The migrations a store at ``current`` still needs, in order."""
-    return [m for m in MIGRATIONS if m.version > current and m.only in (None, dialect)]
+    return sorted((m for m in MIGRATIONS if m.version > current and m.only in (None, dialect)),
+                  key=lambda m: m.version)

@@ -11,7 +11,8 @@ The queue lives in ``urls``. A URL is claimed by one instance at a time:
     in_flight --requeue (worker died, stop) or reap (owner died)--> queued
 
 A late result from an instance whose URLs were reaped no longer matches and is refused.
-The writer side (``transaction`` and what runs inside it) belongs to one thread, the
+Jobs belong to an account (a digest of the API key that made them, '' without keys) and
+so do their links; every read for a client names the account. The writer side (``transaction`` and what runs inside it) belongs to one thread, the
 dispatcher's; readers come from any thread and each read sees one snapshot.
 """
 import contextlib
@@ -20,28 +21,35 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .. import jobs
 from ..jobs import Task
+from .outbox import OutboxQueries
 
-URL_COLUMNS = ("id, url, state, link, reason, attempts, reused, waiting_until, waiting_reason,"
-               " progress_bytes, progress_total")
-JOB_COLUMNS = "id, created, finished, status"
+URL_COLUMNS = ("u.id, u.url, u.state, u.link, u.reason, u.attempts, u.reused, u.waiting_until,"
+               " u.waiting_reason, u.progress_bytes, u.progress_total, l.image_id, l.deleted")
+JOB_COLUMNS = "id, created, finished, status, retry_of, callback_url"
+LISTED_COLUMNS = "{seq}, id, created, finished, status, remaining, completed, failed"
 SERVICE_DIED = "the service died while uploading, on each of {attempts} attempts"
+CANCELLED = "cancelled by the client before it was uploaded"
+NO_CURSOR = 2 ** 62  # before any job
 _CLEARED = ("waiting_until = NULL, waiting_reason = NULL, progress_bytes = NULL,"
             " progress_total = NULL")
 
 
-class SqlStore:
+class SqlStore(OutboxQueries):
     """Queries shared by the backends; see the module docstring for the queue's rules."""
 
     dialect = ""
     NOW = ""  # SQL for the database's clock, in epoch seconds
     GREATEST = ""  # the two-argument maximum
     SKIP_LOCKED = ""  # appended to a claim's SELECT
+    SEQ = ""  # the column giving jobs their order of creation
 
     def __init__(self, instance: str):
         self.instance = instance
         self._queries: Dict[str, str] = {}
-        self._job_deltas: Dict[str, int] = {}
-        self._work_added = False
+        self._job_deltas: Dict[str, List[int]] = {}  # job id -> [final, complete, failed]
+        self._work_added = False  # queued URLs appeared (other instances may want to know)
+        self._requeued = False  # URLs went back to the queue (those of cancelled jobs fail)
+        self.outbox_added = False  # set when a commit added effects for the courier
 
     # -- backends provide ------------------------------------------------------------------
     def transaction(self):
@@ -63,8 +71,9 @@ class SqlStore:
     def _executemany(self, sql: str, rows) -> None:
         raise NotImplementedError
 
-    def _dead_owners(self) -> Tuple[str, tuple]:
-        """SQL condition (and its parameters) true of an in-flight row whose owner is dead."""
+    def _dead_owners(self, column: str = "owner") -> Tuple[str, tuple]:
+        """SQL condition (and its parameters) true of a row whose ``column`` names an
+        instance that is dead (or no instance)."""
         raise NotImplementedError
 
     def _stream_cursor(self, conn):
@@ -79,7 +88,7 @@ class SqlStore:
         done = self._queries.get(sql)
         if done is None:
             done = sql.format(now=self.NOW, greatest=self.GREATEST,
-                              skip_locked=self.SKIP_LOCKED)
+                              skip_locked=self.SKIP_LOCKED, seq=self.SEQ)
             done = self._queries[sql] = self._placeholders(done)
         return done
 
@@ -88,29 +97,46 @@ class SqlStore:
 
     def _before_commit(self) -> None:
         """Apply what the transaction accumulated: job counters, in one order for everyone
-        (so two instances finishing URLs of the same jobs never deadlock)."""
+        (so two instances finishing URLs of the same jobs never deadlock); a job that
+        completes with a callback gets its delivery in the outbox, in the same commit."""
+        if self._requeued:
+            self._fail_queued("job_id IN (SELECT id FROM jobs WHERE cancelled = 1"
+                              " AND remaining > 0)", ())
+            self._requeued = False
         deltas, self._job_deltas = self._job_deltas, {}
         for job_id in sorted(deltas):
-            done = deltas[job_id]
-            self._execute(
-                "UPDATE jobs SET remaining = remaining - ?,"
+            done, completed, failed = deltas[job_id]
+            row = self._execute(
+                "UPDATE jobs SET remaining = remaining - ?, completed = completed + ?,"
+                " failed = failed + ?,"
                 " status = CASE WHEN remaining - ? <= 0 THEN ? ELSE ? END,"
                 " finished = CASE WHEN remaining - ? <= 0 THEN {now} ELSE finished END"
-                " WHERE id = ?",
-                (done, done, jobs.JOB_COMPLETE, jobs.JOB_IN_PROGRESS, done, job_id))
+                " WHERE id = ? RETURNING remaining, callback_url",
+                (done, completed, failed, done, jobs.JOB_COMPLETE, jobs.JOB_IN_PROGRESS, done,
+                 job_id)).fetchone()
+            if row is not None and row[0] <= 0 and row[1]:
+                self.add_effect("webhook", row[1], job_id=job_id)
 
     def _after_rollback(self) -> None:
         self._job_deltas.clear()
-        self._work_added = False
+        self._work_added = self._requeued = self.outbox_added = False
+
+    def _count(self, job_id: str, state: str) -> None:
+        counts = self._job_deltas.setdefault(job_id, [0, 0, 0])
+        counts[0] += 1
+        counts[1 if state == jobs.COMPLETE else 2] += 1
 
     # -- the writer: jobs and the queue ------------------------------------------------------
-    def create_job(self, job_id: str, urls: Sequence[str]) -> None:
-        """Insert a job and its URLs; all or nothing, without spoiling the rest of the batch."""
+    def create_job(self, job_id: str, urls: Sequence[str], *, account: str = "",
+                   retry_of: Optional[str] = None, callback_url: Optional[str] = None) -> None:
+        """Insert a job and its URLs; all or nothing, without spoiling the rest of the batch.
+        ``account``: who owns it (a digest of the API key, '' when there are no keys)."""
         self._execute("SAVEPOINT create_job")
         try:
             self._execute(
-                "INSERT INTO jobs (id, created, status, remaining) VALUES (?, {now}, ?, ?)",
-                (job_id, jobs.JOB_PENDING, len(urls)))
+                "INSERT INTO jobs (id, created, status, remaining, account, retry_of, callback_url)"
+                " VALUES (?, {now}, ?, ?, ?, ?, ?)",
+                (job_id, jobs.JOB_PENDING, len(urls), account, retry_of, callback_url))
             self._insert_urls(job_id, urls)
         except BaseException:
             self._execute("ROLLBACK TO SAVEPOINT create_job")
@@ -118,6 +144,23 @@ class SqlStore:
         finally:
             self._execute("RELEASE SAVEPOINT create_job")
         self._work_added = True
+
+    def cancel(self, job_id: str, account: str) -> bool:
+        """Fail a job's queued URLs (those in flight finish); False: no such job here."""
+        found = self._execute("UPDATE jobs SET cancelled = 1 WHERE id = ? AND account = ?"
+                              " RETURNING id", (job_id, account)).fetchone()
+        if found is None:
+            return False
+        self._fail_queued("job_id = ?", (job_id,))
+        return True
+
+    def _fail_queued(self, condition: str, params: tuple) -> None:
+        rows = self._execute(
+            "UPDATE urls SET state = 'failed', reason = ?, " + _CLEARED +
+            f" WHERE state = 'queued' AND {condition} RETURNING job_id",
+            (CANCELLED, *params)).fetchall()
+        for (job_id,) in rows:
+            self._count(job_id, jobs.FAILED)
 
     def claim(self, limit: int) -> List[Task]:
         """Take up to ``limit`` queued URLs (suspects excepted), oldest first, under a new lease."""
@@ -140,14 +183,16 @@ class SqlStore:
             " WHERE id IN (SELECT id FROM picked) AND state = 'queued'"
             " RETURNING id, job_id, url, attempts, suspect",
             (limit, self.instance, lease)).fetchall()
-        tasks = [Task(url_id=r[0], job_id=r[1], url=r[2], attempt=r[3], lease=lease,
-                      suspect=bool(r[4])) for r in sorted(rows)]
-        job_ids = sorted({t.job_id for t in tasks})
-        if job_ids:
-            self._execute(
-                f"UPDATE jobs SET status = ? WHERE id IN ({_marks(job_ids)}) AND status = ?",
-                (jobs.JOB_IN_PROGRESS, *job_ids, jobs.JOB_PENDING))
-        return tasks
+        job_ids = sorted({r[1] for r in rows})
+        if not job_ids:
+            return []
+        self._execute(
+            f"UPDATE jobs SET status = ? WHERE id IN ({_marks(job_ids)}) AND status = ?",
+            (jobs.JOB_IN_PROGRESS, *job_ids, jobs.JOB_PENDING))
+        accounts = dict(self._execute(f"SELECT id, account FROM jobs WHERE id IN ({_marks(job_ids)})",
+                                      job_ids).fetchall())
+        return [Task(url_id=r[0], job_id=r[1], url=r[2], attempt=r[3], lease=lease,
+                     suspect=bool(r[4]), account=accounts[r[1]]) for r in sorted(rows)]
 
     def suspects_waiting(self) -> bool:
         """True while a suspect waits for its solitary run (on any instance's queue)."""
@@ -156,11 +201,13 @@ class SqlStore:
 
     def finish(self, task: Task, state: str, *, attempts: int, link: Optional[str] = None,
                reason: Optional[str] = None, sha256: Optional[str] = None,
-               reused: bool = False, host: Optional[str] = None) -> bool:
+               reused: bool = False, host: Optional[str] = None,
+               deletehash: Optional[str] = None) -> bool:
         """Record a URL's final state while this instance still holds its lease.
 
         Returns False, changing nothing, when the lease is gone (the URL was reaped and
-        maybe finished elsewhere) or the URL was final already."""
+        maybe finished elsewhere) or the URL was final already. A new link is recorded
+        for the job's account, with an image id of its own and the host's delete hash."""
         row = self._execute(
             "UPDATE urls SET state = ?, attempts = {greatest}(attempts, ?), link = ?,"
             " reason = ?, sha256 = ?, reused = ?, owner = NULL, lease = NULL, " + _CLEARED +
@@ -171,13 +218,14 @@ class SqlStore:
             return False
         if state == jobs.COMPLETE and link:
             self._execute(
-                "INSERT INTO links (link, sha256, host, created) VALUES (?, ?, ?, {now})"
-                " ON CONFLICT (link) DO NOTHING", (link, sha256, host))
-            self._link_recorded(sha256, host)
-        self._job_deltas[row[0]] = self._job_deltas.get(row[0], 0) + 1
+                "INSERT INTO links (link, sha256, host, created, account, image_id, deletehash)"
+                " VALUES (?, ?, ?, {now}, ?, ?, ?) ON CONFLICT (link) DO NOTHING",
+                (link, sha256, host, task.account, new_image_id(), deletehash))
+            self._link_recorded(sha256, host, task.account)
+        self._count(row[0], state)
         return True
 
-    def _link_recorded(self, sha256: Optional[str], host: Optional[str]) -> None:
+    def _link_recorded(self, sha256: Optional[str], host: Optional[str], account: str) -> None:
         """A link is committed with this transaction (the shared dedup claim can go)."""
 
     def requeue(self, task: Task, *, refund: bool = False, suspect: bool = False) -> bool:
@@ -191,7 +239,7 @@ class SqlStore:
             " attempts = attempts - ?, suspect = {greatest}(suspect, ?), " + _CLEARED +
             " WHERE id = ? AND state = 'in_flight' AND owner = ? AND lease = ?",
             (int(refund), int(suspect), task.url_id, self.instance, task.lease)).rowcount == 1
-        self._work_added = self._work_added or done
+        self._work_added = self._requeued = self._work_added or done
         return done
 
     def set_attempts(self, task: Task, attempts: int) -> None:
@@ -230,33 +278,69 @@ class SqlStore:
             self._execute(
                 "UPDATE urls SET state = ?, reason = ?, owner = NULL, lease = NULL, " + _CLEARED +
                 " WHERE id = ? AND state = 'in_flight'", (jobs.FAILED, reason, url_id))
-            self._job_deltas[job_id] = self._job_deltas.get(job_id, 0) + 1
+            self._count(job_id, jobs.FAILED)
             failed.append((url_id, job_id, url, attempts, reason))
         requeued = self._execute(
             "UPDATE urls SET state = 'queued', owner = NULL, lease = NULL, " + _CLEARED +
             f" WHERE state = 'in_flight' AND {dead}", params).rowcount
-        self._work_added = self._work_added or requeued > 0
+        if requeued > 0:
+            self._work_added = self._requeued = True
         return requeued, failed
 
+    # -- images ------------------------------------------------------------------------------
+    def mark_deleted(self, image_id: str, account: str) -> bool:
+        """The image is gone from its host: its link leaves the listing and dedup. False: no
+        such image for this account, or deleted already."""
+        return self._execute(
+            "UPDATE links SET deleted = {now} WHERE image_id = ? AND account = ? AND deleted IS NULL",
+            (image_id, account)).rowcount == 1
+
     # -- readers -----------------------------------------------------------------------------
-    def read_job(self, job_id: str) -> Optional[Tuple[tuple, List[tuple]]]:
-        """(job row, URL rows in submission order) from one snapshot, or None."""
+    def read_job(self, job_id: str, account: Optional[str] = None):
+        """(job row, URL rows in submission order, callback row or None) from one snapshot,
+        or None; with ``account``, only a job of that account."""
+        mine = "" if account is None else " AND account = ?"
         with self.reading() as conn:
-            job = conn.execute(self.q(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"),
-                               (job_id,)).fetchone()
+            job = conn.execute(self.q(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?{mine}"),
+                               (job_id,) if account is None else (job_id, account)).fetchone()
             if job is None:
                 return None
-            rows = conn.execute(self.q(f"SELECT {URL_COLUMNS} FROM urls WHERE job_id = ?"
-                                       " ORDER BY id"), (job_id,)).fetchall()
-        return tuple(job), [tuple(r) for r in rows]
+            rows = conn.execute(self.q(
+                f"SELECT {URL_COLUMNS} FROM urls u LEFT JOIN links l ON l.link = u.link"
+                " WHERE u.job_id = ? ORDER BY u.id"), (job_id,)).fetchall()
+            callback = conn.execute(self.q(
+                "SELECT state, attempts, last_error FROM outbox WHERE job_id = ?"
+                " AND kind = 'webhook'"), (job_id,)).fetchone()
+        return tuple(job), [tuple(r) for r in rows], None if callback is None else tuple(callback)
+
+    def list_jobs(self, account: str, limit: int, before: Optional[int] = None):
+        """(rows of an account's jobs, newest first, the cursor after them or None)."""
+        with self.reading() as conn:
+            rows = conn.execute(self.q(
+                f"SELECT {LISTED_COLUMNS} FROM jobs WHERE account = ? AND {{seq}} < ?"
+                " ORDER BY {seq} DESC LIMIT ?"),
+                (account, NO_CURSOR if before is None else before, limit + 1)).fetchall()
+        more = len(rows) > limit
+        rows = [tuple(r) for r in rows[:limit]]
+        return [r[1:] for r in rows], (str(rows[-1][0]) if more else None)
+
+    def image(self, image_id: str, account: str) -> Optional[tuple]:
+        """(link, host, delete hash, SHA-256) of an image of this account not deleted yet,
+        or None."""
+        with self.reading() as conn:
+            row = conn.execute(self.q(
+                "SELECT link, host, deletehash, sha256 FROM links WHERE image_id = ?"
+                " AND account = ? AND deleted IS NULL"), (image_id, account)).fetchone()
+        return None if row is None else tuple(row)
 
     @contextlib.contextmanager
-    def links(self, page_size: int):
-        """``with store.links(n) as pages:`` an iterator of pages of links, oldest first,
-        all from one snapshot however long the reading takes."""
+    def links(self, page_size: int, account: str = ""):
+        """``with store.links(n) as pages:`` an iterator of pages of an account's links,
+        oldest first, deleted ones left out, all from one snapshot however long it takes."""
         with self.reading() as conn:
             cursor = self._stream_cursor(conn)
-            cursor.execute(self.q("SELECT link FROM links ORDER BY id"))
+            cursor.execute(self.q("SELECT link FROM links WHERE account = ? AND deleted IS NULL"
+                                  " ORDER BY id"), (account,))
 
             def pages():
                 while True:
@@ -275,12 +359,19 @@ class SqlStore:
         with self.reading() as conn:
             return conn.execute("SELECT COUNT(*) FROM urls WHERE state = 'queued'").fetchone()[0]
 
-    def link_for(self, sha256: str, host: str) -> Optional[str]:
-        """The link these bytes already have on this host, if any (for dedup)."""
+    def link_for(self, sha256: str, host: str, account: str = "") -> Optional[str]:
+        """The link these bytes already have on this host for this account, if any and not
+        deleted (for dedup: deleted bytes are uploaded afresh)."""
         with self.reading() as conn:
-            row = conn.execute(self.q("SELECT link FROM links WHERE sha256 = ? AND host = ?"
-                                      " ORDER BY id LIMIT 1"), (sha256, host)).fetchone()
+            row = conn.execute(self.q(
+                "SELECT link FROM links WHERE sha256 = ? AND host = ? AND account = ?"
+                " AND deleted IS NULL ORDER BY id LIMIT 1"), (sha256, host, account)).fetchone()
         return row[0] if row else None
+
+
+def new_image_id() -> str:
+    """An image's public id: 12 URL-safe characters, unguessable."""
+    return secrets.token_urlsafe(9)
 
 
 def _marks(values: Iterable) -> str:

@@ -30,6 +30,9 @@ class SqliteStore(SqlStore):
     dialect = "sqlite"
     NOW = "((julianday('now') - 2440587.5) * 86400.0)"
     GREATEST = "max"
+    SEQ = "rowid"  # jobs are a rowid table: the rowid is their order of creation
+    SCHEMA_WORDS = {"id": "INTEGER PRIMARY KEY", "real": "REAL", "job_seq": "SELECT 1",
+                    "account_seq": "account"}  # an index entry ends with the rowid anyway
 
     def __init__(self, path: str, instance: str, *, read_only: bool = False):
         """``read_only``: a reader beside the instance that holds the store (no lock, no
@@ -53,7 +56,7 @@ class SqliteStore(SqlStore):
             current = row[0] or 0
             for migration in schema.pending(self.dialect, current):
                 for statement in migration.statements:
-                    self._execute(statement.format(id="INTEGER PRIMARY KEY", real="REAL"))
+                    self._execute(statement.format(**self.SCHEMA_WORDS))
                 current = migration.version
             self._execute("DELETE FROM schema_version")
             self._execute("INSERT INTO schema_version (version) VALUES (?)", (current,))
@@ -102,10 +105,11 @@ class SqliteStore(SqlStore):
                 conn.close()
 
     @contextlib.contextmanager
-    def links(self, page_size: int):
+    def links(self, page_size: int, account: str = ""):
         # Streamed across threads of the reading pool: a connection of its own.
         with self.reading(dedicated=True) as conn:
-            cursor = conn.execute("SELECT link FROM links ORDER BY id")
+            cursor = conn.execute("SELECT link FROM links WHERE account = ? AND deleted IS NULL"
+                                  " ORDER BY id", (account,))
 
             def pages():
                 while rows := cursor.fetchmany(page_size):
@@ -113,9 +117,9 @@ class SqliteStore(SqlStore):
 
             yield pages()
 
-    def _dead_owners(self):
+    def _dead_owners(self, column="owner"):
         # The lock guarantees no other instance runs: every other owner is a dead run.
-        return "(owner IS NULL OR owner <> ?)", (self.instance,)
+        return f"({column} IS NULL OR {column} <> ?)", (self.instance,)
 
     def problem(self):
         """Why the store cannot serve now, or None (for health checks)."""

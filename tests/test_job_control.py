@@ -1,0 +1,268 @@
+"""Job control with the real service, on both stores: list, retry, cancel, delete images,
+API keys, the strict content type and completion webhooks."""
+import hashlib
+import hmac
+import json
+import time
+
+import requests
+
+from tests.fakes.image_source import make_image
+from tests.fakes.webhook_receiver import Answer, WebhookReceiver
+
+from .support import ServiceProcess
+from .test_crash import wait_until
+from .test_imgur_citizen import imgur_config
+
+KEY_A, KEY_B = "key-a-0123456789abcdef", "key-b-0123456789abcdef"
+
+
+def api(service, method, path, key=None, **kwargs):
+    headers = kwargs.pop("headers", {})
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    if method == "POST" and "json" not in kwargs and "data" not in kwargs:
+        headers.setdefault("Content-Type", "application/json")
+    return requests.request(method, service.url + path, headers=headers, timeout=30, **kwargs)
+
+
+def submit(service, urls, key=None, **extra):
+    answer = api(service, "POST", "/v1/images/upload", key, json={"urls": urls, **extra})
+    assert answer.status_code == 202, answer.text
+    return answer.json()["jobId"]
+
+
+def wait_job(service, job_id, key=None, timeout=30):
+    return wait_until(lambda: (job := api(service, "GET", f"/v1/images/upload/{job_id}", key)
+                               .json())["status"] == "complete" and job, timeout=timeout)
+
+
+def test_jobs_are_listed_newest_first_a_page_at_a_time(start_service, image_source):
+    service = start_service()
+    ids = [submit(service, [image_source.url_for(f"/img/listed-{n}.png"),
+                            image_source.url_for("/status/404")]) for n in range(3)]
+    for job_id in ids:
+        wait_job(service, job_id)
+    first = api(service, "GET", "/v1/images/upload?limit=2").json()
+    assert [j["id"] for j in first["jobs"]] == ids[::-1][:2] and first["next"]
+    assert first["jobs"][0]["counts"] == {"pending": 0, "complete": 1, "failed": 1}
+    assert first["jobs"][0]["status"] == "complete" and first["jobs"][0]["finished"]
+    rest = api(service, "GET", f"/v1/images/upload?limit=2&before={first['next']}").json()
+    assert [j["id"] for j in rest["jobs"]] == [ids[0]] and rest["next"] is None
+    assert [j["id"] for j in api(service, "GET", "/v1/images/upload").json()["jobs"]] == ids[::-1]
+    for query in ("limit=0", "limit=501", "limit=x", "before=abc", "before=-1"):
+        answer = api(service, "GET", f"/v1/images/upload?{query}")
+        assert answer.status_code == 400 and answer.json()["error"], query
+
+
+def test_retry_makes_a_new_job_of_exactly_the_failed_urls(start_service, image_source):
+    service = start_service()
+    good = [image_source.url_for(f"/img/retry-{n}.png") for n in range(2)]
+    bad = [image_source.url_for("/status/404"), image_source.url_for("/html")]
+    job_id = submit(service, [good[0], bad[0], good[1], bad[1]])
+    before = wait_job(service, job_id)
+    answer = api(service, "POST", f"/v1/images/upload/{job_id}/retry")
+    assert answer.status_code == 202, answer.text
+    retry_id = answer.json()["jobId"]
+    assert retry_id != job_id and answer.headers["Location"] == f"/v1/images/upload/{retry_id}"
+    retried = wait_job(service, retry_id)
+    assert retried["retry_of"] == job_id and [u["url"] for u in retried["urls"]] == bad
+    assert api(service, "GET", f"/v1/images/upload/{job_id}").json() == before  # unchanged
+    assert before["retry_of"] is None
+    clean = wait_job(service, submit(service, [image_source.url_for("/img/retry-clean.png")]))
+    conflict = api(service, "POST", f"/v1/images/upload/{clean['id']}/retry")
+    assert conflict.status_code == 409 and "no failed URL" in conflict.json()["error"]
+    unknown = api(service, "POST", "/v1/images/upload/5f6c1c4a-3a0e-4f6e-8f1c-2b0b2b7f9d11/retry")
+    assert unknown.status_code == 404 and unknown.json()["error"]
+    image_source.latency = 1.0
+    running = submit(service, [image_source.url_for("/img/retry-slow.png")])
+    early = api(service, "POST", f"/v1/images/upload/{running}/retry")
+    assert early.status_code == 409 and "only a complete job" in early.json()["error"]
+
+
+def test_cancel_fails_what_is_queued_and_lets_in_flight_urls_finish(start_service, image_source):
+    service = start_service(workers={"processes": 1, "uploads_per_process": 2})
+    image_source.latency = 0.5
+    urls = [image_source.url_for(f"/img/cancel-{n}.png") for n in range(20)]
+    job_id = submit(service, urls)
+    wait_until(lambda: any(u["state"] == "in_flight" for u in
+                           api(service, "GET", f"/v1/images/upload/{job_id}").json()["urls"]))
+    answer = api(service, "DELETE", f"/v1/images/upload/{job_id}")
+    assert answer.status_code == 200
+    assert answer.json()["id"] == job_id
+    job = wait_job(service, job_id)
+    cancelled = [u for u in job["urls"] if u["state"] == "failed"]
+    finished = [u for u in job["urls"] if u["state"] == "complete"]
+    assert cancelled and finished and len(cancelled) + len(finished) == 20
+    assert all("cancelled" in u["reason"] for u in cancelled)
+    assert all(u["attempts"] == 0 for u in cancelled)  # never fetched
+    again = api(service, "DELETE", f"/v1/images/upload/{job_id}")
+    assert again.status_code == 200 and again.json() == job  # harmless
+    unknown = api(service, "DELETE", "/v1/images/upload/5f6c1c4a-3a0e-4f6e-8f1c-2b0b2b7f9d11")
+    assert unknown.status_code == 404
+
+
+def test_deleting_a_local_image_removes_it_everywhere(start_service, image_source):
+    service = start_service()
+    url = image_source.url_for("/img/deleted.png")
+    job_id = submit(service, [url])
+    (entry,) = wait_job(service, job_id)["urls"]
+    assert entry["image_id"] and entry["deleted"] is False
+    assert requests.get(entry["link"], timeout=10).status_code == 200
+    answer = api(service, "DELETE", f"/v1/images/{entry['image_id']}")
+    assert answer.status_code == 204 and answer.content == b""
+    assert requests.get(entry["link"], timeout=10).status_code == 404
+    assert entry["link"] not in service.links()
+    (after,) = api(service, "GET", f"/v1/images/upload/{job_id}").json()["urls"]
+    assert after["deleted"] is True and after["link"] == entry["link"]
+    again = api(service, "DELETE", f"/v1/images/{entry['image_id']}")
+    assert again.status_code == 404 and again.json()["error"]
+    (fresh,) = wait_job(service, submit(service, [url]))["urls"]  # the same bytes again
+    assert fresh["reused"] is False and fresh["link"] != entry["link"]
+    assert requests.get(fresh["link"], timeout=10).content == make_image("png", "deleted")
+
+
+def test_deleting_an_imgur_image_calls_imgur_with_its_deletehash(start_service, image_source,
+                                                                fake_imgur):
+    service = start_service(**imgur_config(fake_imgur),
+                            webhooks={"backoff": {"base_seconds": 0.1, "max_seconds": 0.2}})
+    job = wait_job(service, submit(service, [image_source.url_for("/img/imgur-deleted.png"),
+                                             image_source.url_for("/img/imgur-kept.png")]))
+    deleted, kept = job["urls"]
+    fake_imgur.image_bytes(deleted["link"])  # there
+    assert api(service, "DELETE", f"/v1/images/{deleted['image_id']}").status_code == 204
+    (record,) = fake_imgur.deletes
+    assert record.status == 200 and record.auth == "bearer"
+    assert requests.get(deleted["link"].replace("https://i.imgur.example", fake_imgur.url),
+                        timeout=10).status_code == 404
+    assert service.links() == [kept["link"]]
+    # Imgur down at the moment of the second deletion: recorded, and Imgur asked again.
+    fake_imgur.fail_next_delete(2, status=503, body="Service Unavailable")
+    assert api(service, "DELETE", f"/v1/images/{kept['image_id']}").status_code == 204
+    assert service.links() == []
+    wait_until(lambda: [r.status for r in fake_imgur.deletes] == [200, 503, 503, 200])
+
+
+def test_a_post_that_is_not_json_creates_nothing(start_service, image_source):
+    service = start_service()
+    body = '{"urls": ["https://example.com/a.png"]}'
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {"Content-Type": content_type} if content_type else {}
+        answer = requests.post(f"{service.url}/v1/images/upload", data=body, headers=headers,
+                               timeout=10)
+        assert answer.status_code == 415, content_type
+        assert "application/json" in answer.json()["error"]
+    assert api(service, "GET", "/v1/images/upload").json()["jobs"] == []
+    ok = requests.post(f"{service.url}/v1/images/upload", data=body, timeout=10,
+                       headers={"Content-Type": "application/json; charset=utf-8"})
+    assert ok.status_code == 202
+
+
+def test_two_keys_see_only_their_own_jobs_and_links(start_service, image_source):
+    service = start_service(server={"host": "127.0.0.1", "port": 0, "api_keys": [KEY_A, KEY_B]})
+    mine = submit(service, [image_source.url_for("/img/key-a.png"),
+                            image_source.url_for("/status/404")], KEY_A)
+    theirs = submit(service, [image_source.url_for("/img/key-b.png")], KEY_B)
+    a, b = wait_job(service, mine, KEY_A), wait_job(service, theirs, KEY_B)
+    for path in (f"/v1/images/upload/{theirs}",):
+        assert api(service, "GET", path, KEY_A).status_code == 404
+    assert api(service, "POST", f"/v1/images/upload/{mine}/retry", KEY_B).status_code == 404
+    assert api(service, "DELETE", f"/v1/images/upload/{mine}", KEY_B).status_code == 404
+    assert api(service, "DELETE", f"/v1/images/{a['urls'][0]['image_id']}", KEY_B).status_code == 404
+    assert [j["id"] for j in api(service, "GET", "/v1/images/upload", KEY_A).json()["jobs"]] == [mine]
+    assert [j["id"] for j in api(service, "GET", "/v1/images/upload", KEY_B).json()["jobs"]] == [theirs]
+    assert api(service, "GET", "/v1/images", KEY_A).json()["uploaded"] == a["uploaded"]["complete"]
+    assert api(service, "GET", "/v1/images", KEY_B).json()["uploaded"] == b["uploaded"]["complete"]
+    for key in (None, "not-a-known-key-at-all"):
+        refused = api(service, "GET", "/v1/images", key)
+        assert refused.status_code == 401 and refused.json()["error"]
+        assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+        refused = api(service, "POST", "/v1/images/upload", key, json={"urls": ["https://a.example/"]})
+        assert refused.status_code == 401
+    for path in ("/healthz", "/metrics", "/openapi.json", "/"):
+        assert requests.get(service.url + path, timeout=10).status_code == 200, path
+    assert requests.get(a["urls"][0]["link"], timeout=10).status_code == 200  # /i/* stays open
+    log = service.read_log()
+    assert KEY_A not in log and KEY_B not in log
+
+
+SECRET = "webhook-secret-for-tests"
+QUICK_RETRIES = {"secret": SECRET, "backoff": {"base_seconds": 0.1, "max_seconds": 0.2}}
+
+
+def callback_of(service, job_id):
+    return api(service, "GET", f"/v1/images/upload/{job_id}").json()["callback"]
+
+
+def signed_by(secret, header, body):
+    """The signature checked independently of the service's code."""
+    fields = dict(part.split("=", 1) for part in header.split(","))
+    expected = hmac.new(secret.encode(), fields["t"].encode() + b"." + body,
+                        hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, fields["v1"]) and abs(time.time() - int(fields["t"])) < 60
+
+
+def test_a_webhook_that_fails_twice_is_retried_and_delivered_signed(start_service, image_source):
+    service = start_service(webhooks=QUICK_RETRIES)
+    with WebhookReceiver() as receiver:
+        receiver.answer(500, 503, 200)
+        job_id = submit(service, [image_source.url_for("/img/hooked.png"),
+                                  image_source.url_for("/status/404")],
+                        callback_url=receiver.url_for("/hooks/done?token=t0ps3cret"))
+        assert callback_of(service, job_id)["state"] == "pending"
+        job = wait_job(service, job_id)
+        callback = wait_until(lambda: (c := callback_of(service, job_id))["state"] == "delivered" and c)
+        assert callback["attempts"] == 3 and callback["last_error"] is None
+        first, second, third = receiver.requests
+    assert {r.method for r in (first, second, third)} == {"POST"}
+    assert {r.path for r in (first, second, third)} == {"/hooks/done?token=t0ps3cret"}
+    assert len({r.header("X-Uploader-Delivery") for r in (first, second, third)}) == 1
+    assert first.body == second.body == third.body
+    for request in (first, second, third):
+        assert request.header("Content-Type") == "application/json"
+        assert request.header("X-Uploader-Event") == "job.completed"
+        assert signed_by(SECRET, request.header("X-Uploader-Signature"), request.body)
+    sent = json.loads(third.body)
+    assert {k: v for k, v in sent.items() if k != "callback"} == \
+        {k: v for k, v in job.items() if k != "callback"}
+    log = service.read_log()
+    assert log.count("/hooks/done: ") == 3 and "t0ps3cret" not in log and SECRET not in log
+    metrics = requests.get(f"{service.url}/metrics", timeout=10).text
+    assert 'uploader_webhook_deliveries_total{outcome="retried"} 2.0' in metrics
+    assert 'uploader_webhook_deliveries_total{outcome="delivered"} 1.0' in metrics
+
+
+def test_a_callback_to_a_refused_address_fails_without_a_request(start_service, image_source):
+    service = start_service(webhooks=QUICK_RETRIES)
+    job_id = submit(service, [image_source.url_for("/img/refused-hook.png")],
+                    callback_url="http://10.1.2.3/hook")
+    wait_job(service, job_id)
+    callback = wait_until(lambda: (c := callback_of(service, job_id))["state"] == "failed" and c)
+    assert callback["attempts"] == 1 and "refused" in callback["last_error"]
+    metrics = requests.get(f"{service.url}/metrics", timeout=10).text
+    assert 'uploader_webhook_deliveries_total{outcome="refused"} 1.0' in metrics
+
+
+def test_a_delivery_survives_kill_9_of_the_service(make_config, image_source):
+    config = make_config(webhooks=QUICK_RETRIES)
+    with WebhookReceiver() as receiver:
+        receiver.default = Answer(500)  # failing until the service is killed
+        first = ServiceProcess(config).start()
+        try:
+            job_id = submit(first, [image_source.url_for("/img/survivor.png")],
+                            callback_url=receiver.url_for("/survive"))
+            wait_until(lambda: callback_of(first, job_id)["attempts"] >= 2)
+        finally:
+            first.kill()
+        tried = len(receiver.requests)
+        receiver.default = Answer(200)
+        second = ServiceProcess(config).start()
+        try:
+            callback = wait_until(lambda: (c := callback_of(second, job_id))["state"] == "delivered"
+                                  and c, timeout=30)
+        finally:
+            second.stop()
+        delivered = receiver.requests
+    assert len(delivered) > tried and delivered[-1].path == "/survive"
+    assert len({r.header("X-Uploader-Delivery") for r in delivered}) == 1
+    assert callback["attempts"] == len(delivered)

@@ -1,0 +1,171 @@
+"""The courier: carries out the outbox's effects, one attempt at a time, until each is done.
+
+One thread per instance. It claims due effects through the dispatcher (the one writer),
+carries each out, and records the outcome the same way:
+
+    webhook      POST the job document (its bytes fixed at the first attempt, so every
+                 retry sends the same) to the job's callback_url, signed when a secret is
+                 set; a non-2xx answer or a timeout is tried again after an exponential
+                 backoff with full jitter, up to webhooks.max_attempts; an address the
+                 policy refuses fails at once, without a request.
+    host_delete  ask the image host again to delete an image it could not delete when the
+                 client asked (the image is already gone from the API); the same tries and
+                 backoff as a webhook's.
+
+A claim is held for a while; an instance that dies mid-attempt lets it go, and the effect
+is carried out again (at least once: a receiver tells retries apart by
+``X-Uploader-Delivery``). The courier sleeps until the next effect is due, or until a
+commit adds one (``wake``), or ``poll_seconds`` (effects added by other instances).
+"""
+import json
+import logging
+import threading
+from urllib.parse import urlsplit
+
+from .errors import HostError, RetryableHostError, StoreUnavailable
+from .render import job_document
+from .store.outbox import DONE, FAILED, PENDING, Effect
+from .webhook import WebhookSender, backoff_seconds
+
+log = logging.getLogger(__name__)
+
+CLAIM_BATCH = 8
+OUTAGE_SECONDS = 2.0  # wait this long when the store cannot be reached
+
+
+class Courier:
+    def __init__(self, *, dispatcher, store, config, metrics, delete_at_host):
+        self.dispatcher = dispatcher
+        self.store = store
+        self.metrics = metrics
+        self.delete_at_host = delete_at_host
+        hooks = config.webhooks
+        self.max_attempts = hooks.max_attempts
+        self.backoff = hooks.backoff
+        self.hold_seconds = hooks.timeout_seconds * 2 + 30  # longer than any one attempt
+        self.poll_seconds = config.storage.poll_seconds if config.storage.shared else 60.0
+        fetch = config.fetch  # a callback's address is judged like an image source's
+        self.sender = WebhookSender(
+            timeout_seconds=hooks.timeout_seconds, max_redirects=fetch.max_redirects,
+            allow_private_networks=fetch.allow_private_networks,
+            private_hosts_allowed=fetch.private_hosts_allowed, only_hosts=fetch.only_hosts,
+            denied_hosts=fetch.denied_hosts, secret=hooks.secret)
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="courier", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        """Thread-safe: an effect was added; look now."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                effects = self._call(lambda store: store.claim_effects(CLAIM_BATCH,
+                                                                       self.hold_seconds))
+                for effect in effects:
+                    if self._stop.is_set():
+                        return  # its claim runs out and it is carried out later
+                    self._carry_out(effect)
+                if len(effects) == CLAIM_BATCH:
+                    continue
+                due = self.store.next_effect_in()
+            except StoreUnavailable as exc:
+                log.debug("courier: the store is unreachable (%s)", exc)
+                due = OUTAGE_SECONDS
+            except Exception:
+                log.exception("courier: an effect could not be carried out")
+                due = OUTAGE_SECONDS
+            self._wake.wait(self.poll_seconds if due is None else min(due, self.poll_seconds))
+            self._wake.clear()
+
+    def _call(self, fn):
+        return self.dispatcher.call(fn).result()
+
+    def _carry_out(self, effect: Effect) -> None:
+        if effect.kind == "webhook":
+            self._deliver(effect)
+        elif effect.kind == "host_delete":
+            self._delete(effect)
+        else:
+            log.error("courier: unknown effect %r; dropped", effect.kind)
+            self._record(effect, FAILED, f"unknown effect {effect.kind!r}")
+
+    def _record(self, effect: Effect, state: str, error, retry_in: float = 0.0) -> None:
+        kept = self._call(lambda store: store.record_effect(effect.id, state=state, error=error,
+                                                            retry_in=retry_in))
+        if not kept:
+            log.warning("courier: the claim on %s %s ran out before it was recorded; it will "
+                        "be carried out again", effect.kind, effect.id)
+
+    # -- webhooks ----------------------------------------------------------------------------
+    def _deliver(self, effect: Effect) -> None:
+        body = effect.body
+        if body is None:  # the first attempt fixes the bytes every retry sends
+            found = self.store.read_job(effect.job_id)
+            body = json.dumps(job_document(*found))
+            self._call(lambda store: store.set_effect_body(effect.id, body))
+        attempt = effect.attempts + 1
+        outcome = self.sender.send(effect.target, body.encode(), delivery_id=effect.id)
+        where = _shown(effect.target)
+        if outcome.delivered:
+            self._record(effect, DONE, None)
+            self.metrics.webhook("delivered")
+            log.info("webhook %s for job %s to %s: delivered (HTTP %s) on attempt %d",
+                     effect.id, effect.job_id, where, outcome.status, attempt)
+        elif outcome.refused or attempt >= self.max_attempts:
+            self._record(effect, FAILED, outcome.error)
+            self.metrics.webhook("refused" if outcome.refused else "failed")
+            log.warning("webhook %s for job %s to %s: %s on attempt %d; given up", effect.id,
+                        effect.job_id, where, outcome.error, attempt)
+        else:
+            delay = backoff_seconds(attempt, base=self.backoff.base_seconds,
+                                    maximum=self.backoff.max_seconds)
+            self._record(effect, PENDING, outcome.error, delay)
+            self.metrics.webhook("retried")
+            log.info("webhook %s for job %s to %s: %s on attempt %d of %d; again in %.1f s",
+                     effect.id, effect.job_id, where, outcome.error, attempt, self.max_attempts,
+                     delay)
+
+    # -- deletions at the host ---------------------------------------------------------------
+    def _delete(self, effect: Effect) -> None:
+        attempt = effect.attempts + 1
+        try:
+            self.delete_at_host(effect.target)
+        except RetryableHostError as exc:
+            if attempt < self.max_attempts:
+                delay = backoff_seconds(attempt, base=self.backoff.base_seconds,
+                                        maximum=self.backoff.max_seconds)
+                self._record(effect, PENDING, str(exc), delay)
+                self.metrics.host_deletion("retried")
+                return
+            self._record(effect, FAILED, str(exc))
+            self.metrics.host_deletion("failed")
+            log.error("could not delete %s at the host after %d attempts: %s",
+                      _shown(json.loads(effect.body or "{}").get("link", "")), attempt, exc)
+            return
+        except HostError as exc:
+            self._record(effect, FAILED, str(exc))
+            self.metrics.host_deletion("failed")
+            log.error("the host refused to delete an image: %s", exc)
+            return
+        self._record(effect, DONE, None)
+        self.metrics.host_deletion("deleted")
+        log.info("the host deleted an image on attempt %d", attempt)
+
+
+def _shown(url: str) -> str:
+    """A URL fit for a log line: no query or user info (they may hold tokens)."""
+    try:
+        parts = urlsplit(url)
+        return f"{parts.scheme}://{parts.hostname or ''}{f':{parts.port}' if parts.port else ''}{parts.path}"
+    except ValueError:
+        return "(an unparseable URL)"

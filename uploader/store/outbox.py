@@ -1,0 +1,78 @@
+"""The outbox: effects the service owes the outside world, kept until they are done.
+
+A webhook delivery (``kind`` ``webhook``: POST the job document to ``target``) is added
+in the very transaction that completes its job; a host deletion that could not be done
+at once (``host_delete``) when the image is marked deleted. So an effect exists exactly
+when the change that owes it is committed, and survives kill -9 and restarts.
+
+    pending --claim (holder = an instance, held for a while)--> being carried out
+            --record: done | pending again (next_at: a backoff later) | failed (out of tries)
+
+A claim is a lease like a URL's: an effect held by an instance that died (as the queue
+judges it) or past ``held_until`` is taken by another one (or the same, restarted) and
+carried out again: at least once. ``courier.Courier`` is the one that claims, carries out and records.
+"""
+import uuid
+from dataclasses import dataclass
+from typing import List, Optional
+
+PENDING, DONE, FAILED = "pending", "done", "failed"
+
+
+@dataclass(frozen=True)
+class Effect:
+    id: str
+    kind: str
+    job_id: Optional[str]
+    target: str
+    attempts: int  # made before this one
+    body: Optional[str]
+
+
+class OutboxQueries:
+    """Mixed into ``SqlStore``: the writer side runs in the dispatcher's transactions."""
+
+    def add_effect(self, kind: str, target: str, *, job_id: Optional[str] = None,
+                   body: Optional[str] = None) -> str:
+        effect_id = str(uuid.uuid4())
+        self._execute(
+            "INSERT INTO outbox (id, kind, job_id, target, state, next_at, created, body)"
+            " VALUES (?, ?, ?, ?, ?, {now}, {now}, ?)",
+            (effect_id, kind, job_id, target, PENDING, body))
+        self.outbox_added = True
+        return effect_id
+
+    def claim_effects(self, limit: int, hold_seconds: float) -> List[Effect]:
+        """Take up to ``limit`` effects that are due and not held by a live claim (one whose
+        time is not up, of an instance still alive)."""
+        dead, params = self._dead_owners("holder")
+        rows = self._execute(
+            "WITH picked AS MATERIALIZED (SELECT id FROM outbox WHERE state = 'pending'"
+            f" AND next_at <= {{now}} AND (held_until IS NULL OR held_until < {{now}} OR {dead})"
+            " ORDER BY next_at LIMIT ? {skip_locked})"
+            " UPDATE outbox SET holder = ?, held_until = {now} + ?"
+            " WHERE id IN (SELECT id FROM picked) RETURNING id, kind, job_id, target, attempts, body",
+            (*params, limit, self.instance, hold_seconds)).fetchall()
+        return [Effect(*row) for row in rows]
+
+    def set_effect_body(self, effect_id: str, body: str) -> None:
+        """The exact bytes of a delivery, fixed at its first attempt for every retry."""
+        self._execute("UPDATE outbox SET body = ? WHERE id = ? AND body IS NULL", (body, effect_id))
+
+    def record_effect(self, effect_id: str, *, state: str, error: Optional[str],
+                      retry_in: float = 0.0) -> bool:
+        """One attempt is over: ``done``, ``failed`` for good, or ``pending`` again in
+        ``retry_in`` seconds. False when our claim had run out (someone else has it)."""
+        return self._execute(
+            "UPDATE outbox SET attempts = attempts + 1, state = ?, last_error = ?,"
+            " next_at = {now} + ?, holder = NULL, held_until = NULL,"
+            " done = CASE WHEN ? = 'pending' THEN NULL ELSE {now} END"
+            " WHERE id = ? AND holder = ? AND state = 'pending'",
+            (state, error, retry_in, state, effect_id, self.instance)).rowcount == 1
+
+    def next_effect_in(self) -> Optional[float]:
+        """Seconds until the next pending effect is due (0 if one is), None if none waits."""
+        with self.reading() as conn:
+            row = conn.execute(self.q(
+                "SELECT MIN(next_at) - {now} FROM outbox WHERE state = 'pending'")).fetchone()
+        return None if row[0] is None else max(0.0, row[0])
