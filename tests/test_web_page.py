@@ -215,6 +215,18 @@ def test_a_mixed_job_live_with_thumbnails_reasons_and_its_own_address(start_serv
     check_rows()
     assert browser.text("job-id") == job_id
 
+    # The job controls against the real API: delete an image, then retry the failed URLs.
+    click_text(browser, "Delete image")  # the first uploaded image's
+    click_text(browser, "Yes, delete it")
+    browser.wait(lambda: rows(browser)[0]["state"] == "deleted", what="the image deleted")
+    assert service.job(job_id)["urls"][0]["deleted"] is True
+    click(browser, "job-retry")
+    browser.wait(lambda: shown_job_id(browser) not in (None, job_id), what="the retry job")
+    wait_complete(browser)
+    assert browser.text("job-retry-of") == f"Retry of the failed images of job {job_id}"
+    assert [row["url"] for row in rows(browser)] == failing
+    assert service.job(shown_job_id(browser))["retry_of"] == job_id
+
     requested = browser.requests()
     assert requested and {origin(r) for r in requested} == {origin(url)}, requested
     assert errors_in(browser.console()) == []
@@ -228,7 +240,7 @@ def test_job_controls_delete_retry_cancel_and_recent_jobs(fake, browser):
                      "last_error": "HTTP 500 from the webhook"}
     open_page(browser, fake.url + "/")
     browser.wait(lambda: browser.text("recent-list"), what="recent jobs")
-    assert len(browser.driver.find_elements(By.CSS_SELECTOR, "#recent-list li")) == 20
+    assert len(browser.driver.find_elements(By.CSS_SELECTOR, "#recent-list li")) == 20  # the page asks 20 at a time
     click(browser, "recent-more")
     browser.wait(lambda: len(browser.driver.find_elements(By.CSS_SELECTOR, "#recent-list li")) == 21)
     assert browser.text("recent-more") is None

@@ -36,8 +36,9 @@ import tornado.web
 from tests.fakes.image_source import make_image
 from uploader.config import config_from_dict
 from uploader.page import web_routes
+from uploader.store import sql
 
-CANCELLED = "cancelled at the client's request"
+CANCELLED = sql.CANCELLED  # the service's own words
 MISSING = "HTTP 404 from source"
 
 
@@ -219,6 +220,14 @@ class FakeHandler(tornado.web.RequestHandler):
             self.answer(refusal[0], {"error": refusal[1]})
             raise tornado.web.Finish()
 
+    def sent_json(self):
+        """POSTs carry JSON, as the service demands (415 otherwise)."""
+        given = self.request.headers.get("Content-Type", "")
+        if given.split(";")[0].strip() == "application/json":
+            return True
+        self.answer(415, {"error": f"Content-Type must be application/json, got {given!r}"})
+        return False
+
     def answer(self, status, body=None):
         self.set_status(status)
         if body is not None:
@@ -246,10 +255,12 @@ class JobsHandler(FakeHandler):
         if not self.fake.listing:
             self.answer(405, {"error": "method GET is not allowed on /v1/images/upload"})
             return
-        limit = int(self.get_query_argument("limit", "20"))
+        limit = int(self.get_query_argument("limit", "50"))
         self.answer(200, self.fake.summaries(limit, self.get_query_argument("before", None)))
 
     def post(self):
+        if not self.sent_json():
+            return
         try:
             urls = json.loads(self.request.body)["urls"]
         except (ValueError, KeyError, TypeError):
@@ -266,16 +277,21 @@ class JobHandler(FakeHandler):
         self.answer(200, self.job_or_404(job_id))
 
     def delete(self, job_id):
-        if self.job_or_404(job_id)["status"] == "complete":
-            self.answer(409, {"error": "the job is already complete"})
-            return
-        self.answer(200, self.fake.cancel(job_id))
+        job = self.job_or_404(job_id)
+        self.answer(200, job if job["status"] == "complete" else self.fake.cancel(job_id))
 
 
 class RetryHandler(FakeHandler):
     def post(self, job_id):
-        failed = self.job_or_404(job_id)["uploaded"]["failed"]
-        self.answer(202, {"jobId": self.fake.create(failed, retry_of=job_id)})
+        if not self.sent_json():
+            return
+        job = self.job_or_404(job_id)
+        if job["status"] != "complete":
+            self.answer(409, {"error": f"job {job_id} is {job['status']}: only a complete job can be retried"})
+        elif not job["uploaded"]["failed"]:
+            self.answer(409, {"error": f"job {job_id} has no failed URL to retry"})
+        else:
+            self.answer(202, {"jobId": self.fake.create(job["uploaded"]["failed"], retry_of=job_id)})
 
 
 class ImageHandler(FakeHandler):

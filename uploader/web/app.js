@@ -440,7 +440,7 @@ async function retryJob() {
   const current = view;
   say($("job-error"), "");
   try {
-    const answer = await api("POST", `${API}/${encodeURIComponent(current.id)}/retry`);
+    const answer = await api("POST", `${API}/${encodeURIComponent(current.id)}/retry`, {});
     refreshRecent();
     go(answer.jobId, true);
   } catch (error) {
