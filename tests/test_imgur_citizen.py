@@ -2,6 +2,7 @@
 
 Each test runs the real service (front end, manager, worker processes) against the fake Imgur.
 """
+import requests
 
 from .test_crash import wait_until
 
@@ -131,6 +132,11 @@ def test_rejected_token_without_refresh_fails_every_url_clearly(start_service, i
     assert job["uploaded"]["failed"] == urls
     assert all("no refresh token is configured" in u["reason"] for u in job["urls"])
     assert len(fake_imgur.requests_seen) <= 2 * 4
+    health = requests.get(f"{service.url}/healthz", timeout=10)  # serving, but not uploading
+    assert health.status_code == 200 and health.json()["status"] == "degraded"
+    assert "no refresh token is configured" in health.json()["degraded"][0]
+    metrics = requests.get(f"{service.url}/metrics", timeout=10).text
+    assert "uploader_host_credential_rejected 1.0" in metrics
 
 
 def _serve_duplicates(image_source):

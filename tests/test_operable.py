@@ -69,7 +69,11 @@ def test_metrics_count_a_mixed_jobs_actual_outcomes(start_service, image_source,
     assert values[("uploader_uploaded_bytes_total", frozenset())] == sum(
         r.size for r in fake_imgur.uploads)
     assert values[("uploader_urls_queued", frozenset())] == 0
+    assert values[("uploader_oldest_queued_seconds", frozenset())] == 0
     assert values[("uploader_urls_in_flight", frozenset())] == 0
+    assert values[("uploader_workers_alive", frozenset())] == 2
+    assert values[("uploader_workers_expected", frozenset())] == 2
+    assert values[("uploader_host_credential_rejected", frozenset())] == 0
     remaining = values[("uploader_imgur_remaining_credits", frozenset({"budget": "user"}.items()))]
     assert remaining == 10**6 - 10 * 7
     workers_used = {line for line in service.read_log().splitlines() if "ready with" in line}

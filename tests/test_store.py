@@ -268,3 +268,13 @@ def test_a_dead_instances_urls_are_reaped_and_its_late_results_refused(shared_st
     assert document["status"] == "complete"
     assert all(u["attempts"] == 2 for u in document["urls"])
     assert "https://i.example/late" not in document["uploaded"]["complete"]
+
+
+def test_queue_depth_counts_the_queue_and_ages_its_oldest(store):
+    count, oldest = store.queue_depth()
+    assert count == 3 and 0 <= oldest < 60
+    time.sleep(0.2)
+    assert store.queue_depth()[1] >= oldest + 0.15  # it keeps ageing while it waits
+    with store.transaction():
+        store.claim(3)
+    assert store.queue_depth() == (0, 0.0)

@@ -16,7 +16,8 @@ log = logging.getLogger(__name__)
 
 
 class HealthHandler(BaseHandler):
-    """GET /healthz: 200 when the store is writable and every worker is alive."""
+    """GET /healthz: 200 when the store is reachable and writable and every worker is
+    alive ("degraded" while the image host refuses our credential); else 503."""
 
     async def get(self):
         problems = []
@@ -34,12 +35,15 @@ class HealthHandler(BaseHandler):
             problems.append("the multiprocessing manager is down")
         if self.service.stopping:
             problems.append("shutting down")
-        body = {"status": "ok" if not problems else "unhealthy",
-                "instance": self.service.instance,
+        credential = None if problems else await self.in_reader(self.service.credential_problem)
+        status = "unhealthy" if problems else "degraded" if credential else "ok"
+        body = {"status": status, "instance": self.service.instance,
                 "workers": {"alive": alive, "expected": expected, "pids": self.service.pool.pids()},
                 "manager": {"pid": self.service.pool.manager_pid()}}
         if problems:
             body["problems"] = problems
+        if credential:  # serving, but no upload can succeed until the credential is fixed
+            body["degraded"] = [credential]
         self.write_json(200 if not problems else 503, body)
 
 
@@ -68,9 +72,14 @@ class MetricsHandler(BaseHandler):
     """GET /metrics: Prometheus text format."""
 
     async def get(self):
-        queued = await self.in_reader(self.service.store.queued_count)
-        body = self.service.metrics.render(queued=queued,
-                                           in_flight=self.service.dispatcher.in_flight())
+        service = self.service
+        queued, oldest = await self.in_reader(service.store.queue_depth)
+        rejected = await self.in_reader(service.credential_problem)
+        body = service.metrics.render(
+            queued=queued, oldest_queued=oldest, in_flight=service.dispatcher.in_flight(),
+            workers_alive=service.dispatcher.ready_workers(),
+            workers_expected=service.config.workers.processes,
+            credential_rejected=rejected is not None)
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(body)
 

@@ -1,8 +1,9 @@
 """``bin/serve``: load the configuration, start the service, stop it cleanly on a signal.
 
 Exit codes: 0 after a clean stop, 2 for a bad configuration or a start that cannot
-happen (the store in use or unreachable, the port taken), 3 when the worker machinery
-broke and a supervisor should restart the service.
+happen (the store in use, unreachable, damaged or not writable, the image directory not
+writable, the port taken: one line says which), 3 when the worker machinery broke and a
+supervisor should restart the service.
 """
 import argparse
 import asyncio
@@ -11,9 +12,11 @@ import logging
 import os
 import signal
 import sys
+from dataclasses import replace
 
 from .config import load_config
-from .errors import ConfigError, StoreInUse, StoreUnavailable
+from . import preflight
+from .errors import ConfigError, StartError, StoreInUse, StoreUnavailable
 from .logs import setup_logging
 from .service import Service
 
@@ -29,7 +32,11 @@ def parse_args(argv):
                         help="YAML configuration file (default: env UPLOADER_CONFIG, "
                              "else the built-in defaults of config/default.yaml)")
     parser.add_argument("--check-config", action="store_true",
-                        help="validate the configuration, print it with secrets hidden, and exit")
+                        help="validate the configuration and what it names (store, directories, "
+                             "database), print it with secrets hidden, and exit")
+    parser.add_argument("--dev", action="store_true",
+                        help="try it on this machine: fetch from loopback and private networks, "
+                             "listen on 127.0.0.1 only (never where others can reach it)")
     return parser.parse_args(argv)
 
 
@@ -40,19 +47,43 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return EXIT_BAD_CONFIG
+    if args.dev:
+        config = dev_config(config)
+    found = preflight.problems(config, connect=args.check_config)
     if args.check_config:
         print(json.dumps(config.redacted(), indent=2))
+        for note in config.fetch.deprecations + found:
+            print(note, file=sys.stderr)
+        if found:
+            return EXIT_CANNOT_START
         print(f"configuration OK ({args.config or 'built-in defaults'})", file=sys.stderr)
         return 0
+    if found:
+        for problem in found:
+            print(f"cannot start: {problem}", file=sys.stderr)
+        return EXIT_CANNOT_START
     setup_logging(config.logging.level, config.logging.format)
+    for note in config.fetch.deprecations:
+        log.warning("%s", note)
+    if args.dev:
+        log.warning("DEVELOPMENT MODE (--dev): sources on loopback and private networks are "
+                    "fetched, and the service listens on %s only. Never use --dev where others "
+                    "can reach the service.", config.server.host)
     return asyncio.run(serve(config))
+
+
+def dev_config(config):
+    """``--dev``: try it on this machine (sources on loopback and private networks fetched),
+    listening on loopback only."""
+    return replace(config, server=replace(config.server, host="127.0.0.1"),
+                   fetch=replace(config.fetch, allow_private_networks=True))
 
 
 async def serve(config) -> int:
     service = Service(config)
     try:
         service.start()
-    except (StoreInUse, StoreUnavailable) as exc:
+    except (StartError, StoreInUse, StoreUnavailable) as exc:
         print(f"cannot start: {exc}", file=sys.stderr)
         return EXIT_CANNOT_START
     except OSError as exc:  # the port is taken, or the address is not ours

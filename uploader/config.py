@@ -8,7 +8,6 @@ settings file and the environment; the rest of the package receives plain values
 import dataclasses
 import difflib
 import ipaddress
-import logging
 import math
 import os
 import re
@@ -19,8 +18,6 @@ from urllib.parse import urlsplit
 import yaml
 
 from .errors import ConfigError
-
-log = logging.getLogger(__name__)
 
 
 def _is_http_url(value):
@@ -279,8 +276,6 @@ class Config:
                               " (or env ACCESS_TOKEN / IMGUR_CLIENT_ID)")
         if self.imgur.backoff.max_seconds < self.imgur.backoff.base_seconds:
             raise ConfigError("imgur.backoff.max_seconds: must be >= imgur.backoff.base_seconds")
-        for note in self.fetch.deprecations:  # still valid: say so once, at load
-            log.warning("%s", note)
 
     def redacted(self):
         """The whole configuration as plain nested dicts, secrets shown as ``***``."""

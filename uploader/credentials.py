@@ -73,7 +73,7 @@ class Credentials:
         self.token = Token(access_token, refresh_token)
         self._lock = threading.Lock()
 
-    def current(self) -> Current:
+    def current(self, patient: bool = True) -> Current:
         with self._lock:
             return self.token.current()
 

@@ -143,6 +143,10 @@ class StoreConflict(UploaderError):
     """A transaction lost a race with another instance (deadlock, serialization): run it again."""
 
 
+class StartError(UploaderError):
+    """The service cannot start as configured (a store it cannot open, a directory it cannot write)."""
+
+
 class StoreInUse(UploaderError):
     """The embedded store is held by another running instance (embedded mode runs one)."""
 

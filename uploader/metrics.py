@@ -48,6 +48,17 @@ class Metrics:
         self.queued = Gauge("uploader_urls_queued", "URLs waiting for a worker slot.", registry=r)
         self.in_flight = Gauge("uploader_urls_in_flight", "URLs being fetched or uploaded.",
                                registry=r)
+        self.oldest_queued = Gauge(
+            "uploader_oldest_queued_seconds", "How long the oldest URL waiting for a worker slot "
+            "has waited (since its job was made); 0 when none waits.", registry=r)
+        self.workers_alive = Gauge("uploader_workers_alive",
+                                   "Worker processes alive and taking tasks.", registry=r)
+        self.workers_expected = Gauge("uploader_workers_expected",
+                                      "Worker processes configured (workers.processes).",
+                                      registry=r)
+        self.credential_rejected = Gauge(
+            "uploader_host_credential_rejected", "1 while the image host refuses our credential "
+            "for good (no upload can succeed): see /healthz.", registry=r)
         self.worker_restarts = Counter("uploader_worker_restarts",
                                        "Worker processes that died and were replaced.", registry=r)
         self.ratelimit_waits = Counter(
@@ -135,7 +146,13 @@ class Metrics:
     def waiting(self) -> None:
         self.ratelimit_waits.inc()
 
-    def render(self, *, queued: int, in_flight: int) -> bytes:
+    def render(self, *, queued: int, in_flight: int, oldest_queued: float = 0.0,
+               workers_alive: int = 0, workers_expected: int = 0,
+               credential_rejected: bool = False) -> bytes:
         self.queued.set(queued)
+        self.oldest_queued.set(oldest_queued)
         self.in_flight.set(in_flight)
+        self.workers_alive.set(workers_alive)
+        self.workers_expected.set(workers_expected)
+        self.credential_rejected.set(int(credential_rejected))
         return generate_latest(self.registry)

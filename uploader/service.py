@@ -17,6 +17,7 @@ from . import hosts
 from .app import make_app
 from .courier import Courier
 from .dispatcher import Dispatcher
+from .errors import StartError
 from .metrics import Metrics
 from .pool import WorkerPool
 from .shared import make_shared
@@ -50,7 +51,11 @@ class Service:
             raise
         self.port = sockets[0].getsockname()[1]
         self.config = with_actual_port(self.config, self.port)
-        os.makedirs(self.config.local.directory, exist_ok=True)
+        try:
+            os.makedirs(self.config.local.directory, exist_ok=True)
+        except OSError as exc:
+            self.store.close()
+            raise StartError(f"local.directory {self.config.local.directory}: {exc.strerror}") from None
         self.readers = ThreadPoolExecutor(4, thread_name_prefix="store-read")
         self.pool = WorkerPool(self.config, on_event=lambda event: self.dispatcher.post(event))
         self.metrics = Metrics()
@@ -73,6 +78,17 @@ class Service:
             loop.call_soon_threadsafe(self._finish)
 
         loop.run_in_executor(None, when_stopped)
+
+    def credential_problem(self):
+        """Why the image host's credential is dead (Imgur refused it for good), or None.
+        Blocking (a manager or database round trip): call it off the event loop."""
+        credentials = self.pool.shared.credentials
+        if credentials is None:
+            return None
+        try:
+            return credentials.current(patient=False)[2]
+        except Exception:  # the manager or the database is down: said elsewhere in health
+            return None
 
     async def workers_ready(self, timeout: float = 30.0) -> bool:
         """Wait until every worker has built its sessions (so the first job starts at once)."""

@@ -51,9 +51,10 @@ class _Rows:
     def __init__(self, url: str):
         self.url = url
 
-    def run(self, work, *, transaction: bool = False):
+    def run(self, work, *, transaction: bool = False, patient: bool = True):
         """``work(conn)`` (in a transaction if asked), again and again until the database
-        answers. Without a transaction each statement commits on its own."""
+        answers (``patient=False``: once, else ``StoreUnavailable``). Without a transaction
+        each statement commits on its own."""
         warned = False
         while True:
             try:
@@ -63,6 +64,8 @@ class _Rows:
                     with conn.transaction():
                         return work(conn)
             except StoreUnavailable as exc:
+                if not patient:
+                    raise
                 if not warned:
                     log.warning("shared state unreachable (%s); waiting for the database", exc)
                     warned = True
@@ -272,8 +275,8 @@ class PgCredentials(_Rows):
     def __setstate__(self, state):
         self.__init__(state["url"], **state["args"])
 
-    def current(self) -> tuple:
-        return self.run(lambda conn: self._token(conn, lock=False).current())
+    def current(self, patient: bool = True) -> tuple:
+        return self.run(lambda conn: self._token(conn, lock=False).current(), patient=patient)
 
     def refresh(self, seen_version: int, reason: str) -> tuple:
         def work(conn):

@@ -354,10 +354,15 @@ class SqlStore(OutboxQueries):
             finally:
                 cursor.close()
 
-    def queued_count(self) -> int:
-        """URLs waiting for a worker slot (uses the partial index of queued URLs)."""
+    def queue_depth(self) -> Tuple[int, float]:
+        """(URLs waiting for a worker slot, seconds the oldest has waited since its job was
+        made; 0 when none waits). Uses the partial index of queued URLs."""
         with self.reading() as conn:
-            return conn.execute("SELECT COUNT(*) FROM urls WHERE state = 'queued'").fetchone()[0]
+            count = conn.execute("SELECT COUNT(*) FROM urls WHERE state = 'queued'").fetchone()[0]
+            oldest = conn.execute(self.q(
+                "SELECT {now} - j.created FROM urls u JOIN jobs j ON j.id = u.job_id"
+                " WHERE u.state = 'queued' ORDER BY u.id LIMIT 1")).fetchone()
+        return count, max(0.0, oldest[0]) if oldest else 0.0
 
     def link_for(self, sha256: str, host: str, account: str = "") -> Optional[str]:
         """The link these bytes already have on this host for this account, if any and not

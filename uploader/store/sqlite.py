@@ -12,7 +12,7 @@ import os
 import sqlite3
 import threading
 
-from ..errors import StoreInUse, StoreUnavailable
+from ..errors import StartError, StoreInUse, StoreUnavailable
 from . import schema
 from .sql import SqlStore
 
@@ -44,10 +44,15 @@ class SqliteStore(SqlStore):
         self._lock = self._writer = None
         if read_only:
             return
-        os.makedirs(os.path.dirname(self.where), exist_ok=True)
-        self._lock = _lock_store(self.where)
-        self._writer = connect(path)
-        self._migrate()
+        try:
+            os.makedirs(os.path.dirname(self.where), exist_ok=True)
+            self._lock = _lock_store(self.where)
+            self._writer = connect(path)
+            self._migrate()
+        except (OSError, sqlite3.Error) as exc:
+            if self._lock is not None:
+                self._lock.close()
+            raise StartError(f"the SQLite store {path} cannot be opened: {exc}") from None
 
     def _migrate(self) -> None:
         with self.transaction():
