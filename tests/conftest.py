@@ -14,6 +14,16 @@ from .postgres_server import PostgresServer
 from .support import ServiceProcess, write_config
 
 BACKENDS = ("sqlite", "postgresql")
+# A test that needs one of these starts processes or servers: it is a "system" test.
+SYSTEM_FIXTURES = {"postgres", "storage", "make_config", "start_service", "module_service",
+                   "cluster", "browser"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark system tests (``bin/test -m "not system"`` runs the others, in seconds)."""
+    for item in items:
+        if SYSTEM_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.system)
 
 
 @pytest.fixture

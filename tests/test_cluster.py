@@ -24,6 +24,8 @@ from .support import REPO, ServiceProcess, write_config
 from .test_crash import slow_urls, wait_until
 from .test_imgur_citizen import imgur_config, most_in_window
 
+pytestmark = pytest.mark.system  # starts processes or servers
+
 LEASE = 3
 
 

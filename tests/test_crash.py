@@ -3,9 +3,12 @@ import os
 import signal
 import time
 
+import pytest
 import requests
 
 from .support import ServiceProcess
+
+pytestmark = pytest.mark.system  # starts processes or servers
 
 
 def worker_pids(service):

@@ -26,6 +26,8 @@ from uploader.submission import MAX_URL_LENGTH, url_problem
 
 from .support import EVERYWHERE_BUT_LOOPBACK, ServiceProcess, write_config
 
+pytestmark = pytest.mark.system  # starts processes or servers
+
 SPEC_PATH = Path(__file__).resolve().parent.parent / "uploader" / "openapi.json"
 SPEC = json.loads(SPEC_PATH.read_text(encoding="utf-8"))
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}

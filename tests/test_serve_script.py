@@ -5,7 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .support import REPO, ServiceProcess, write_config
+
+pytestmark = pytest.mark.system  # starts processes or servers
 
 VENV_BIN = str(Path(sys.executable).parent)
 

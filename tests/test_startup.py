@@ -15,6 +15,8 @@ from uploader.config import config_from_dict
 from .postgres_server import free_port
 from .support import REPO, ServiceProcess
 
+pytestmark = pytest.mark.system  # starts processes or servers
+
 
 def run_cli(*args, timeout=60):
     return subprocess.run([sys.executable, "-m", "uploader.cli", *args], cwd=REPO,

@@ -18,6 +18,8 @@ from uploader.dispatcher import Dispatcher, _Submit
 from uploader.jobs import Result, WorkerExited
 from uploader.store import open_store
 
+pytestmark = pytest.mark.system  # starts processes or servers
+
 MAX_ATTEMPTS = 3
 STATUS_RANK = {s: i for i, s in enumerate(jobs.JOB_STATUS_ORDER)}
 POSTGRES = {}  # the session's PostgreSQL server, for the shared-store machine

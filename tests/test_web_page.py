@@ -24,6 +24,8 @@ from tests.fakes.job_api import CANCELLED, MISSING, FakeJobApi
 from uploader.config import config_from_dict
 from uploader.page import content_security_policy
 
+pytestmark = pytest.mark.system  # starts processes or servers
+
 HOSTILE = 'https://x/"><script>window.hacked=1</script><img/src=x/onerror=window.hacked=2>'
 PAGE_BUDGET = 50_000
 
