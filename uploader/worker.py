@@ -1,11 +1,11 @@
 """The worker process: a generic pipeline that fetches each URL's bytes, uploads them and
 reports the outcome. It knows no host's rules: those live in ``hosts/``.
 
-    inbox (manager queue, batches of tasks) --reader thread--> task queue --> N slot threads
-    slot threads --> outbox --sender thread--> shared result queue (batches of records)
+    pipe to the dispatcher (batches of tasks) --reader thread--> task queue --> N slot threads
+    slot threads --> outbox --sender thread--> the same pipe (batches of records)
 
 A worker is long-lived. It builds its fetcher and its host's uploader once, after it
-starts. ``None`` in the inbox stops it: every slot finishes its URL and ends. Only small
+starts. An empty message stops it: every slot finishes its URL and ends. Only small
 records cross the process boundary; errors travel as their message.
 
 Per URL: fetch (safe, capped, tried again while the source may recover) -> SHA-256 ->
@@ -35,11 +35,12 @@ log = logging.getLogger(__name__)
 DEDUP_POLL_SECONDS = 0.1
 
 
-def run(index, generation, inbox, results, config, shared):
-    """Process entry point (a top-level function, so it can be spawned).
+def run(index, generation, conn, config, shared):
+    """Process entry point (a top-level function, so it can be started in a fork server).
 
-    Threads: one reads task batches from the inbox, N slots handle tasks, one sends
-    what the slots report back in batches (whatever piled up since the last send)."""
+    ``conn``: this worker's pipe to the dispatcher. Threads: one reads task batches from
+    it, N slots handle tasks, one sends what the slots report back on it in batches
+    (whatever piled up since the last send)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the front end decides when we stop
     if config.workers.nice:
         os.nice(config.workers.nice)  # bulk work yields to the API when CPU is short
@@ -47,7 +48,7 @@ def run(index, generation, inbox, results, config, shared):
     exit_with_parent(os.getppid())
     slots = config.workers.uploads_per_process
     tasks: "queue.Queue" = queue.Queue()
-    outbox = Outbox(results)
+    outbox = Outbox(conn)
     worker = Worker(index, generation, config, outbox, shared)
     threads = [threading.Thread(target=worker.serve, args=(tasks,), name=f"slot-{n}")
                for n in range(slots)]
@@ -55,7 +56,7 @@ def run(index, generation, inbox, results, config, shared):
         thread.start()
     sender = threading.Thread(target=outbox.run, name="sender")
     sender.start()
-    threading.Thread(target=_read_inbox, args=(inbox, tasks, slots), name="inbox",
+    threading.Thread(target=_read_inbox, args=(conn, tasks, slots), name="inbox",
                      daemon=True).start()
     outbox.put(jobs.Ready(index, generation))
     log.info("worker %d ready with %d slots (host: %s)", index, slots, worker.uploader.name)
@@ -65,14 +66,15 @@ def run(index, generation, inbox, results, config, shared):
     sender.join()
 
 
-def _read_inbox(inbox, tasks, slots) -> None:
-    """Unpack task batches for the slots; ``None`` (a stop) ends every slot."""
+def _read_inbox(conn, tasks, slots) -> None:
+    """Unpack task batches for the slots; an empty message (a stop) or the pipe's end (the
+    front end is gone) ends every slot."""
     while True:
         try:
-            message = inbox.get()
-        except (OSError, EOFError):  # the manager is gone: so is the front end
-            message = None
-        if message is None:
+            message = conn.recv_bytes()
+        except (OSError, EOFError):
+            message = b""
+        if not message:
             for _ in range(slots):
                 tasks.put(None)
             return
@@ -81,12 +83,12 @@ def _read_inbox(inbox, tasks, slots) -> None:
 
 
 class Outbox:
-    """Collects the slots' reports and sends them as batches through the shared queue."""
+    """Collects the slots' reports and sends them as batches on the worker's pipe."""
 
     _CLOSE = object()
 
-    def __init__(self, results):
-        self.results = results
+    def __init__(self, conn):
+        self.conn = conn
         self._pending: "queue.Queue" = queue.Queue()
 
     def put(self, record) -> None:
@@ -106,7 +108,10 @@ class Outbox:
             closing = batch[-1] is self._CLOSE
             records = [r for r in batch if r is not self._CLOSE]
             if records:
-                self.results.put(jobs.pack(records))
+                try:
+                    self.conn.send_bytes(jobs.pack(records))
+                except OSError:  # the front end is gone; the parent watch ends us
+                    return
             if closing:
                 return
 

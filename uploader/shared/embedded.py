@@ -71,3 +71,4 @@ class Coordinator:
             self.dedup.release_owner(worker, generation)
         if self.gate is not None:
             self.gate.release((worker, generation))
+
