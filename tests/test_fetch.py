@@ -834,3 +834,27 @@ def test_https_refuses_an_untrusted_certificate(tls_source):
     f = fetcher(private_hosts_allowed=LOCAL, resolver=resolver_for({"image.test": ["127.0.0.1"]}))
     with pytest.raises(FetchError, match="^TLS certificate of image.test not valid: self.signed"):
         f.fetch(f"https://image.test:{tls_source.port}/img/s.png")
+
+
+def test_connections_are_kept_alive_for_the_next_image_of_the_same_address(source):
+    f = fetcher(private_hosts_allowed=LOCAL)
+    for n in range(5):
+        assert f.fetch(source.url_for(f"/img/kept-{n}.png")).ext == "png"
+    assert source.connections == 1 and len(source.requests) == 5
+
+
+def test_a_kept_connection_the_source_closed_costs_one_try_not_the_url(source):
+    f = fetcher(private_hosts_allowed=LOCAL)
+    f.fetch(source.url_for("/img/before.png"))
+    source.stop()  # every kept-alive connection is closed by the source going away ...
+    source.start()  # ... and it is back on the same port
+    assert f.fetch(source.url_for("/img/after.png")).ext == "png"
+    assert [r.path for r in source.requests][-1] == "/img/after.png"
+
+
+def test_an_answer_that_closes_its_connection_is_not_kept(source):
+    source.add("/closing.png", make_image("png", "closing"), headers={"Connection": "close"})
+    f = fetcher(private_hosts_allowed=LOCAL)
+    for _ in range(3):
+        f.fetch(source.url_for("/closing.png"))
+    assert source.connections == 3

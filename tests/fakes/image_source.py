@@ -181,6 +181,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     disable_nagle_algorithm = True  # headers and body go out in separate writes: no 40 ms stall
     source = None  # set on a per-server subclass
 
+    def setup(self):
+        super().setup()
+        with self.source._lock:
+            self.source.connections += 1
+
     def do_GET(self):
         try:
             self.source._answer(self)
@@ -200,6 +205,7 @@ class ImageSource:
     def __init__(self, host="127.0.0.1", port=0, *, ssl_context=None):
         self.host, self.port, self.ssl_context = host, port, ssl_context
         self.latency = 0.0
+        self.connections = 0  # connections accepted (a client keeping them alive opens few)
         self._routes = {}
         self._log = []
         self._lock = threading.Lock()
