@@ -72,9 +72,10 @@ def test_file_errors_fail_at_once_without_retry(start_service, image_source, fak
 
 
 def test_budget_at_reserve_pauses_the_pool_until_reset(start_service, image_source, fake_imgur):
+    fake_imgur.set_budgets(user_limit=200, user_remaining=60, user_reset=8)
     service = start_service(workers={"processes": 2, "uploads_per_process": 4},
                             **imgur_config(fake_imgur, reserve={"user": 10, "client": 0, "post": 0}))
-    fake_imgur.set_budgets(user_limit=200, user_remaining=60, user_reset=4)
+    wait_until(lambda: fake_imgur.credits_requests == 1)  # what is left, known before any upload
     urls = [image_source.url_for(f"/img/budget-{n}.png") for n in range(10)]
     job_id = service.post_job(urls)
 
@@ -171,3 +172,16 @@ def test_dedup_switch_off_uploads_every_copy(start_service, image_source, fake_i
     assert len(fake_imgur.uploads) == 10
     assert not any(e["reused"] for e in job["urls"])
 
+
+
+def test_a_fresh_service_asks_for_credits_instead_of_probing_with_an_upload(start_service,
+                                                                          image_source, fake_imgur):
+    fake_imgur.latency = 0.3
+    service = start_service(workers={"processes": 2, "uploads_per_process": 4},
+                            **imgur_config(fake_imgur))
+    wait_until(lambda: fake_imgur.credits_requests == 1)
+    urls = [image_source.url_for(f"/img/no-probe-{n}.png") for n in range(8)]
+    job = service.wait_job(service.post_job(urls), timeout=30)
+    assert len(job["uploaded"]["complete"]) == 8
+    first, second = sorted(fake_imgur.requests_seen, key=lambda r: r.at)[:2]
+    assert second.at < first.answered  # the second did not wait for the first one's answer

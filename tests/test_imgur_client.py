@@ -442,3 +442,16 @@ def test_a_boundary_never_occurs_in_the_image(monkeypatch):
     assert boundary == f"{imgur._BOUNDARY_PREFIX}-6".encode()
     assert body.count(b"--" + boundary) == 3 and body.endswith(b"--" + boundary + b"--\r\n")
     assert b'filename="a%22b.gif"' in body
+
+
+def test_credits_are_read_without_spending_any(host, requests_mock):
+    reset = int(time.time()) + 1800
+    requests_mock.get(API + "/3/credits", json={"data": {
+        "UserLimit": 500, "UserRemaining": 440, "UserReset": reset,
+        "ClientLimit": 12500, "ClientRemaining": 12000, "ClientReset": 86400}, "success": True,
+        "status": 200}, headers={"X-Post-Rate-Limit-Remaining": "1200", "X-Post-Rate-Limit-Reset": "600"})
+    budgets = host.credits()
+    assert budgets["user_remaining"] == 440 and 1790 <= budgets["user_reset"] <= 1800
+    assert budgets["client_remaining"] == 12000 and budgets["client_reset"] == 86400
+    assert budgets["post_remaining"] == 1200 and budgets["post_reset"] == 600
+    assert requests_mock.last_request.headers["Authorization"] == f"Bearer {TOKEN}"

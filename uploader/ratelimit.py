@@ -140,6 +140,11 @@ class GateRules:
     def observe(self, state: GateState, now: float, report: Optional[dict]) -> None:
         """One upload ended (the caller counts one less in flight); ``report`` holds the
         host's budgets from its answer, reset times in seconds from now (or None)."""
+        self.learn(state, now, report)
+
+    def learn(self, state: GateState, now: float, report: Optional[dict]) -> None:
+        """The host said what is left (an answer, or a question that spends nothing): no
+        probe upload is needed to find out."""
         state.observed += 1
         if not report:
             return
@@ -212,6 +217,10 @@ class UploadGate:
     def pause(self, seconds: float, why: str) -> None:
         with self._lock:
             self.rules.pause(self.state, time.monotonic(), seconds, why)
+
+    def learn(self, report: Optional[dict]) -> None:
+        with self._lock:
+            self.rules.learn(self.state, time.monotonic(), report)
 
     def release(self, owner: tuple) -> None:
         """A worker ended: its grants will never be answered."""

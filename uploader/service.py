@@ -66,6 +66,7 @@ class Service:
         self.delete_at_host = hosts.build_deleter(self.config, self.pool.shared)
         self.courier = Courier(dispatcher=self.dispatcher, store=self.store, config=self.config,
                                metrics=self.metrics, delete_at_host=self.delete_at_host)
+        loop.run_in_executor(None, hosts.learn_limits, self.config, self.pool.shared)
         self.dispatcher.start()
         self.courier.start()
         if self.config.storage.shared:

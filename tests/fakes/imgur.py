@@ -63,6 +63,7 @@ class UploadRecord:
     size: int
     status: int
     image_id: Optional[str] = None
+    answered: float = 0.0  # time.monotonic() when the answer was ready
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,7 @@ class FakeImgur:
         self._requests = []
         self.refresh_requests = []
         self.deletes = []  # DeleteRecord of every DELETE answered
+        self.credits_requests = 0  # GET /3/credits answered
         self._deletehashes = {}  # deletehash -> image id
         self._delete_failures = []
         self.stored = {}
@@ -300,7 +302,7 @@ class FakeImgur:
             form = {name: value for name, (value, is_file) in fields.items() if not is_file}
             answer, image_id = self._store(image, form, kind, path)
         record = UploadRecord(arrived, path, kind, image and hashlib.sha256(image).hexdigest(),
-                              len(image or b""), answer.status, image_id)
+                              len(image or b""), answer.status, image_id, time.monotonic())
         with self._lock:
             self._requests.append(record)
         return answer
@@ -417,6 +419,8 @@ class FakeImgur:
 
     def _handle_get(self, path, auth_header):
         if path == "/3/credits":
+            with self._lock:
+                self.credits_requests += 1
             answer = self._check_auth(auth_header, path)
             if answer is not None:
                 return answer

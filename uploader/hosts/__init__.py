@@ -8,8 +8,11 @@ so the worker stays a generic pipeline: ``gate_settings`` (a shared upload gate 
 credit costs: Imgur's), ``credential_settings`` (a token shared and refreshed by all:
 Imgur's) and ``build_uploader`` (the client wrapped in its upload policy).
 """
+import logging
 from dataclasses import dataclass, field
 from typing import Optional, Protocol
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,23 @@ def build_uploader(config, shared, owner: tuple):
 
     return DirectUploader(LocalHost(directory=config.local.directory,
                                     base_url=config.server.base_url))
+
+
+def learn_limits(config, shared) -> None:
+    """Ask the host what is left of its budgets, spending none, so the first uploads need
+    not go one at a time to find out (Imgur: GET /3/credits). Blocking: run it aside."""
+    if config.resolved_image_host != "imgur":
+        return
+    from ..errors import HostError
+    from .imgur import ImgurHost
+
+    token = shared.credentials.current()[0] if shared.credentials is not None else ""
+    client = ImgurHost(api_url=config.imgur.api_url, access_token=token or config.imgur.access_token,
+                       client_id=config.imgur.client_id, timeout_seconds=config.imgur.timeout_seconds)
+    try:
+        shared.coordinator.learn(client.credits())
+    except HostError as exc:  # the first upload tells instead
+        log.info("could not ask Imgur what is left of its budgets (%s); the first upload will tell", exc)
 
 
 def build_deleter(config, shared):

@@ -111,6 +111,25 @@ class ImgurHost:
         raise _with_rate(self._classify(response.status_code, response, body,
                                         parse_rate_limits(response.headers)), None)
 
+    def credits(self) -> dict:
+        """GET /3/credits: what is left of the user and client budgets (and, from the
+        answer's headers, of any other), spending none; as the gate takes them."""
+        response = self._send("GET", "/3/credits", auth=self._auth())
+        body = _json_or_none(response)
+        if not 200 <= response.status_code < 300 or not isinstance(body, dict):
+            raise _with_rate(self._classify(response.status_code, response, body, None), None)
+        known = {key: value for key, value in vars(parse_rate_limits(response.headers)).items()
+                 if value is not None}
+        data = body.get("data") if isinstance(body.get("data"), dict) else body
+        for name, prefix in (("user", "User"), ("client", "Client")):
+            remaining, reset = data.get(f"{prefix}Remaining"), data.get(f"{prefix}Reset")
+            if isinstance(remaining, (int, float)) and not isinstance(remaining, bool):
+                known[f"{name}_remaining"] = remaining
+                if isinstance(reset, (int, float)) and not isinstance(reset, bool):
+                    known[f"{name}_reset"] = max(0.0, reset - time.time()) \
+                        if reset > _UNIX_TIME_FLOOR else float(reset)
+        return known
+
     def refresh_access_token(self, *, refresh_token, client_id, client_secret) -> dict:
         """Trade the refresh token for a new access token, which later uploads then use."""
         response = self._send("POST", "/oauth2/token", auth=None, form={

@@ -65,6 +65,11 @@ class Coordinator:
         if self.gate is not None:
             self.gate.pause(seconds, why)
 
+    def learn(self, report: Optional[dict]) -> None:
+        """The host's budgets, asked without spending any (at start)."""
+        if self.gate is not None:
+            self.gate.learn(report)
+
     def release_owner(self, worker: int, generation: int) -> None:
         """A worker process ended: its dedup claims and gate grants are void."""
         if self.dedup is not None:

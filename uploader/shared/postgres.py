@@ -178,6 +178,12 @@ class PgCoordinator(_Rows):
             self.run(lambda conn: self._gate(
                 conn, lambda state, grants, now: self.rules.pause(state, now, seconds, why)))
 
+    def learn(self, report: Optional[dict]) -> None:
+        """The host's budgets, asked without spending any (at start)."""
+        if self.rules is not None:
+            self.run(lambda conn: self._gate(
+                conn, lambda state, grants, now: self.rules.learn(state, now, report)))
+
     def release_owner(self, worker: int, generation: int) -> None:
         """A worker process of this instance ended: its claims and grants are void."""
         def work(conn):
