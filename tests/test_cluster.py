@@ -124,7 +124,8 @@ def test_a_frozen_instances_late_results_are_refused_not_counted(cluster, image_
 
 
 def test_one_pace_for_the_whole_cluster(cluster, image_source, fake_imgur):
-    a, b = cluster(2, workers={"processes": 2, "uploads_per_process": 4},
+    # each instance holds 8 URLs at most, so both take part
+    a, b = cluster(2, workers={"processes": 2, "uploads_per_process": 4, "fetch_ahead": 0},
                    **imgur_config(fake_imgur, rate_limit={"uploads_per_second": 5, "burst": 1}))
     urls = [image_source.url_for(f"/img/cluster-paced-{n}.png") for n in range(24)]
     first, second = a.post_job(urls[:12]), b.post_job(urls[12:])
@@ -177,7 +178,8 @@ def test_identical_bytes_are_uploaded_once_across_instances(cluster, image_sourc
 def test_an_expired_token_is_refreshed_once_for_the_whole_cluster(cluster, image_source,
                                                                     fake_imgur):
     fake_imgur.expire_token("test-token")
-    a, b = cluster(2, workers={"processes": 2, "uploads_per_process": 4},
+    # each instance holds 8 URLs at most, so both take part
+    a, b = cluster(2, workers={"processes": 2, "uploads_per_process": 4, "fetch_ahead": 0},
                    **imgur_config(fake_imgur, refresh_token="test-refresh",
                                   client_id="test-client", client_secret="test-secret"))
     urls = [image_source.url_for(f"/img/cluster-refresh-{n}.png") for n in range(16)]

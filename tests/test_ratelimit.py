@@ -105,3 +105,24 @@ def test_a_dead_workers_grants_stop_counting_as_in_flight():
     gate.release(("w0", 1))  # worker 0 died mid-upload: its grant will never be answered
     assert gate.in_flight == 1
     assert gate.reserve(("w1", 1))[0]
+
+
+def test_reservations_asked_together_are_those_asked_one_after_another():
+    together, alone = UploadGate(rate=10, burst=2), UploadGate(rate=10, burst=2)
+    for gate in (together, alone):
+        gate.observe(report(user=(100, 60), client=(1000, 60), post=(100, 60)))
+    many = together.reserve_many(4, ("w0", 1))
+    single = [alone.reserve(("w0", 1)) for _ in range(4)]
+    assert [granted for granted, _, _ in many] == [granted for granted, _, _ in single] == [True] * 4
+    spacing = [round(b[1] - a[1], 2) for a, b in zip(many, many[1:])]
+    assert spacing == [0.0, 0.1, 0.1]  # the burst of 2 at once, then the gate's pace
+    assert together.in_flight == alone.in_flight == 4
+
+
+def test_while_probing_a_batch_sends_one_upload_and_holds_the_rest():
+    gate = UploadGate(rate=0, burst=1)
+    answers = gate.reserve_many(3, ("w0", 1))
+    assert [granted for granted, _, _ in answers] == [True, False, False]
+    assert gate.in_flight == 1
+    gate.observe(report(user=(100, 60), client=(1000, 60), post=(100, 60)), ("w0", 1))
+    assert all(granted for granted, _, _ in gate.reserve_many(3, ("w0", 1)))

@@ -93,6 +93,7 @@ class WorkersConfig:
 
     processes: int = _opt(4, POSITIVE_INT)
     uploads_per_process: int = _opt(8, POSITIVE_INT)
+    fetch_ahead: int = _opt(8, NON_NEGATIVE_INT)
     shutdown_grace_seconds: float = _opt(10.0, NON_NEGATIVE)
     exit_on_url_containing: str = _opt("")
     nice: int = _opt(5, (lambda v: 0 <= v <= 19, "a niceness from 0 to 19"))

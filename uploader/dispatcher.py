@@ -104,7 +104,8 @@ class Dispatcher:
         self.store = store
         self.pool = pool
         self.metrics = metrics or Metrics()
-        self.slots = config.workers.uploads_per_process
+        # A worker holds the URLs its upload slots upload and those it gets ready for them.
+        self.slots = config.workers.uploads_per_process + config.workers.fetch_ahead
         self.max_attempts = config.imgur.max_attempts
         self.host = config.resolved_image_host
         self.on_fatal = on_fatal or (lambda reason: None)

@@ -24,7 +24,7 @@ things can make an upload wait:
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 UNKNOWN_RESET_SECONDS = 60.0  # wait this long when a budget is spent but its reset unknown
 PROBE_POLL_SECONDS = 0.05
@@ -129,6 +129,18 @@ class GateRules:
         state.tokens -= 1.0
         return True, start + max(0.0, -state.tokens / self.rate), ""
 
+    def reserve_slots(self, state: GateState, now: float, in_flight: int,
+                      count: int) -> List[Answer]:
+        """``count`` reservations in a row, as ``count`` callers asking one after another
+        would get them: the first refusal answers the rest too."""
+        answers: List[Answer] = []
+        while len(answers) < count:
+            answer = self.reserve_slot(state, now, in_flight + len(answers))
+            if not answer[0]:
+                return answers + [answer] * (count - len(answers))
+            answers.append(answer)
+        return answers
+
     def confirm(self, state: GateState, now: float) -> Answer:
         """For a grant whose moment lay ahead, asked at that moment: is the way still clear?
         Not granted means the grant is withdrawn (the caller counts one less in flight):
@@ -196,11 +208,15 @@ class UploadGate:
             self._grants.pop(owner, None)
 
     def reserve(self, owner: tuple = ()) -> Answer:
+        return self.reserve_many(1, owner)[0]
+
+    def reserve_many(self, count: int, owner: tuple = ()) -> List[Answer]:
+        """``count`` reservations for one owner in one call (``GateRules.reserve_slots``)."""
         with self._lock:
-            answer = self.rules.reserve_slot(self.state, time.monotonic(), self.in_flight)
-            if answer[0]:
-                self._count(owner, +1)
-            return answer
+            answers = self.rules.reserve_slots(self.state, time.monotonic(), self.in_flight,
+                                               count)
+            self._count(owner, sum(granted for granted, _, _ in answers))
+            return answers
 
     def confirm(self, owner: tuple = ()) -> Answer:
         with self._lock:

@@ -1,18 +1,22 @@
 """The worker process: a generic pipeline that fetches each URL's bytes, uploads them and
 reports the outcome. It knows no host's rules: those live in ``hosts/``.
 
-    pipe to the dispatcher (batches of tasks) --reader thread--> task queue --> N slot threads
-    slot threads --> outbox --sender thread--> the same pipe (batches of records)
+    pipe to the dispatcher (batches of tasks) --reader thread--> task queue
+        --> fetch threads (fetch, check, hash, claim) --> ready queue --> upload slots
+    fetch threads, upload slots --> outbox --sender thread--> the same pipe (batches of records)
 
 A worker is long-lived. It builds its fetcher and its host's uploader once, after it
-starts. An empty message stops it: every slot finishes its URL and ends. Only small
-records cross the process boundary; errors travel as their message.
+starts. It holds ``uploads_per_process + fetch_ahead`` URLs and fetches them all at once,
+so a slot that frees has the next image in hand (memory stays bounded by what it holds).
+An empty message stops it: every URL taken is finished, then it ends. Only small records
+cross the process boundary; errors travel as their message.
 
 Per URL: fetch (safe, capped, tried again while the source may recover) -> SHA-256 ->
-``coordinator.begin`` (reuse the link these bytes already have, or own their upload, with
-the gate's first answer) -> the host's uploader (for Imgur: wait at the shared gate,
-retry, refresh the shared token) -> ``coordinator.end`` (the last answer's budgets;
-publish or release the bytes).
+claim the bytes (reuse the link they already have, or own their upload) -> ready -> the
+host's uploader (for Imgur: wait at the shared gate, retry, refresh the shared token) ->
+result; aside, in batches: ``coordinator.end_many`` (the last answers' budgets; publish
+or release the bytes). Threads asking the shared state at once share one trip
+(``shared.coalesce.Line``): the claims here, the gate in the host's uploader.
 """
 import hashlib
 import logging
@@ -23,12 +27,14 @@ import re
 import signal
 import threading
 import time
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from . import hosts, jobs
 from .errors import FetchError, HostError, failure_class, source_may_recover
 from .fetch import Fetcher
 from .logs import setup_logging
+from .shared.coalesce import Line
 
 log = logging.getLogger(__name__)
 
@@ -39,43 +45,52 @@ def run(index, generation, conn, config, shared):
     """Process entry point (a top-level function, so it can be started in a fork server).
 
     ``conn``: this worker's pipe to the dispatcher. Threads: one reads task batches from
-    it, N slots handle tasks, one sends what the slots report back on it in batches
-    (whatever piled up since the last send)."""
+    it, fetch threads get them ready, upload slots upload, one sends what they report
+    back on it in batches (whatever piled up since the last send)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the front end decides when we stop
     if config.workers.nice:
         os.nice(config.workers.nice)  # bulk work yields to the API when CPU is short
     setup_logging(config.logging.level, config.logging.format)
     exit_with_parent(os.getppid())
-    slots = config.workers.uploads_per_process
+    slots, ahead = config.workers.uploads_per_process, config.workers.fetch_ahead
     tasks: "queue.Queue" = queue.Queue()
+    ready: "queue.Queue" = queue.Queue()
     outbox = Outbox(conn)
     worker = Worker(index, generation, config, outbox, shared)
-    threads = [threading.Thread(target=worker.serve, args=(tasks,), name=f"slot-{n}")
-               for n in range(slots)]
-    for thread in threads:
+    fetchers = [threading.Thread(target=worker.fetch_loop, args=(tasks, ready), name=f"fetch-{n}")
+                for n in range(ahead + slots)]
+    uploaders = [threading.Thread(target=worker.upload_loop, args=(ready,), name=f"slot-{n}")
+                 for n in range(slots)]
+    for thread in fetchers + uploaders:
         thread.start()
     sender = threading.Thread(target=outbox.run, name="sender")
     sender.start()
-    threading.Thread(target=_read_inbox, args=(conn, tasks, slots), name="inbox",
+    threading.Thread(target=_read_inbox, args=(conn, tasks, len(fetchers)), name="inbox",
                      daemon=True).start()
     outbox.put(jobs.Ready(index, generation))
-    log.info("worker %d ready with %d slots (host: %s)", index, slots, worker.uploader.name)
-    for thread in threads:
+    log.info("worker %d ready with %d upload slots, %d images fetched ahead (host: %s)",
+             index, slots, ahead, worker.uploader.name)
+    for thread in fetchers:  # a stop ends the fetchers first, then the slots drain what is ready
         thread.join()
+    for _ in uploaders:
+        ready.put(None)
+    for thread in uploaders:
+        thread.join()
+    worker.ends.close()
     outbox.close()
     sender.join()
 
 
-def _read_inbox(conn, tasks, slots) -> None:
-    """Unpack task batches for the slots; an empty message (a stop) or the pipe's end (the
-    front end is gone) ends every slot."""
+def _read_inbox(conn, tasks, fetchers) -> None:
+    """Unpack task batches for the fetch threads; an empty message (a stop) or the pipe's
+    end (the front end is gone) ends every one of them."""
     while True:
         try:
             message = conn.recv_bytes()
         except (OSError, EOFError):
             message = b""
         if not message:
-            for _ in range(slots):
+            for _ in range(fetchers):
                 tasks.put(None)
             return
         for task in jobs.unpack(message):
@@ -129,8 +144,21 @@ def build_fetcher(config) -> Fetcher:
     )
 
 
+@dataclass
+class _Ready:
+    """A URL fetched, hashed and claimed, waiting for an upload slot."""
+
+    task: jobs.Task
+    report: "_Report"
+    fetched: object  # fetch.Fetched
+    digest: str
+    owner: tuple
+
+
 class Worker:
-    """Handles tasks; shared by the slot threads of one process."""
+    """Handles tasks in two stages: fetch threads get each image ready (fetched, checked,
+    hashed, its bytes claimed), upload slots upload what is ready. So an upload slot never
+    waits for a source: when it frees, the next image is in hand."""
 
     def __init__(self, index, generation, config, results, shared):
         self.index = index
@@ -141,16 +169,25 @@ class Worker:
         self.fetcher = build_fetcher(config)
         self.uploader = hosts.build_uploader(config, shared, (index, generation))
         self.progress = ProgressBoard(results)
+        # fetch threads finishing together share one trip to the dedup index
+        self.claims = Line(self.coordinator.claim_many, "claim-line")
+        self.ends = Ends(self.coordinator)
 
-    def serve(self, tasks) -> None:
-        while True:
-            task = tasks.get()
-            if task is None:
-                return
-            self.results.put(self.handle(task))
+    def fetch_loop(self, tasks, ready) -> None:
+        while (task := tasks.get()) is not None:
+            prepared = self.prepare(task)
+            if isinstance(prepared, _Ready):
+                ready.put(prepared)
+            else:
+                self.results.put(prepared)
 
-    def handle(self, task: jobs.Task) -> jobs.Result:
-        """Fetch, upload, and turn every outcome (even a bug) into a Result.
+    def upload_loop(self, ready) -> None:
+        while (item := ready.get()) is not None:
+            self.results.put(self.upload(item))
+
+    def prepare(self, task: jobs.Task):
+        """Fetch, check and hash the image and claim its bytes: a ``_Ready`` to upload, or
+        the URL's Result already (failed, or its bytes have a link: reused).
 
         Outcomes are logged once, by the front end when it commits them; a worker logs
         only what the front end cannot see (retries, waits, unexpected exceptions)."""
@@ -164,28 +201,42 @@ class Worker:
             report.fetched(len(fetched.data))
             digest = report.sha256 = hashlib.sha256(fetched.data).hexdigest()
             owner = (self.index, self.generation, threading.get_ident())
-            reused, grant = self._begin(digest, task.account, owner)
+            reused = self._claim(digest, task.account, owner)
             if reused:
                 return report.result(jobs.COMPLETE, link=reused, reused=True)
-            link = None
-            started = time.monotonic()
+            return _Ready(task, report, fetched, digest, owner)
+        except Exception as exc:
+            return self._failed(task, report, exc)
+
+    def upload(self, item: _Ready) -> jobs.Result:
+        """Upload what ``prepare`` made ready (waiting at the host's gate), then publish the
+        link for identical bytes, or release them."""
+        task, report, fetched = item.task, item.report, item.fetched
+        link = None
+        started = time.monotonic()
+        try:
             try:
                 filename = upload_name(fetched.final_url, fetched.ext)
                 uploaded = self.uploader.upload(fetched.data, filename=filename,
-                                                mime=fetched.mime, report=report, grant=grant)
+                                                mime=fetched.mime, report=report)
                 link = uploaded.link
-            finally:  # one round trip: the last answer's budgets, and publish (or release) the bytes
+            finally:  # the last answer's budgets, and publish (or release) the bytes: aside
                 report.upload_seconds = time.monotonic() - started
-                self.coordinator.end(digest, task.account, link, report.rate, owner,
-                                     observe=report.grant_open)
+                self.ends.put((item.digest, task.account, link, report.rate, item.owner,
+                               report.grant_open))
             report.uploaded_bytes = len(fetched.data)
             return report.result(jobs.COMPLETE, link=link, deletehash=uploaded.deletehash)
-        except (FetchError, HostError) as exc:
+        except Exception as exc:
+            return self._failed(task, report, exc)
+
+    def _failed(self, task, report, exc) -> jobs.Result:
+        """Every failure, even a bug, becomes the URL's Result: a slot never dies of one."""
+        if isinstance(exc, (FetchError, HostError)):
             return report.result(jobs.FAILED, reason=str(exc), failure_class=failure_class(exc))
-        except Exception as exc:  # a bug must not kill the slot or lose the URL
-            log.exception("job %s: %s failed unexpectedly", task.job_id, task.url)
-            return report.result(jobs.FAILED, reason=f"internal error: {type(exc).__name__}: {exc}",
-                                 failure_class="internal")
+        log.error("job %s: %s failed unexpectedly", task.job_id, task.url,
+                  exc_info=(type(exc), exc, exc.__traceback__))
+        return report.result(jobs.FAILED, reason=f"internal error: {type(exc).__name__}: {exc}",
+                             failure_class="internal")
 
     def _fetch(self, task, report):
         """Fetch, trying again (``fetch.retries`` times, 1 s then 2 s apart) while the source
@@ -203,16 +254,56 @@ class Worker:
         finally:
             self.progress.done(task.url_id)
 
-    def _begin(self, digest: str, account: str, owner: tuple):
-        """(link these bytes already have, None) or (None, the gate's first answer) once this
-        slot owns their upload; waits while another slot uploads the same bytes."""
+    def _claim(self, digest: str, account: str, owner: tuple):
+        """The link these bytes already have, or None once this thread owns their upload;
+        waits while another thread (or instance) uploads the same bytes."""
         while True:
-            decision, link, grant = self.coordinator.begin(digest, account, owner)
+            decision, link = self.claims((digest, account, owner))
             if decision == "reuse":
-                return link, None
+                return link
             if decision == "upload":
-                return None, grant
+                return None
             time.sleep(DEDUP_POLL_SECONDS)
+
+
+class Ends:
+    """What an upload owes the shared state once it is over (the gate hears the last
+    answer's budgets, the bytes are published or released), sent by a thread of its own in
+    batches: the slot goes on to its next upload without waiting for the round trip. A
+    worker that dies with some unsent loses nothing: its grants and claims are dropped
+    when it is replaced (``release_owner``)."""
+
+    def __init__(self, coordinator):
+        self.coordinator = coordinator
+        self._queue: "queue.Queue" = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="ends", daemon=True)
+        self._thread.start()
+
+    def put(self, end: tuple) -> None:
+        self._queue.put(end)
+
+    def close(self) -> None:
+        """Send what is left, then stop."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self._queue.get()]
+            while len(batch) < 64:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            closing = batch[-1] is None
+            ends = [end for end in batch if end is not None]
+            if ends:
+                try:
+                    self.coordinator.end_many(ends)
+                except Exception:  # the manager is gone: so is the front end, soon
+                    log.exception("could not tell the shared state about %d uploads", len(ends))
+            if closing:
+                return
 
 
 class ProgressBoard:

@@ -82,13 +82,11 @@ def credential_settings(config) -> Optional[dict]:
 class DirectUploader:
     """A host without limits or credentials: one try, no gate."""
 
-    gated = False
-
     def __init__(self, host):
         self.host = host
         self.name = host.name
 
-    def upload(self, data: bytes, *, filename: str, mime: str, report, grant=None) -> Uploaded:
+    def upload(self, data: bytes, *, filename: str, mime: str, report) -> Uploaded:
         return self.host.upload(data, filename=filename, mime=mime)
 
 

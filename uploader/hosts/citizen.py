@@ -9,13 +9,15 @@ service (every worker of every instance) follows for each upload:
                           | token refused: refresh once for everyone, then try again
 
 Each grant of the gate is answered by exactly one observation: here for a try that is
-retried, by the worker's ``coordinator.end`` for the last one (``report.grant_open``).
+retried, by the worker's ``coordinator.end_many`` for the last one (``report.grant_open``).
+A worker's slots asking the gate at the same moment share one trip (``shared.coalesce``).
 """
 import logging
 import random
 import time
 
 from ..errors import AuthRejectedError, HostError, RetryableHostError
+from ..shared.coalesce import Line
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +26,6 @@ WAIT_WORTH_NOTING = 1.0  # waits longer than this are shown in the job body
 
 
 class PoliteUploader:
-    gated = True  # the worker asks the gate for the first try together with the dedup claim
-
     def __init__(self, host, *, coordinator, credentials, owner: tuple, max_attempts: int,
                  backoff):
         self.host = host
@@ -33,17 +33,18 @@ class PoliteUploader:
         self.coordinator = coordinator
         self.credentials = credentials
         self.owner = owner  # (worker, generation): whose grants these are
+        # this worker's slots asking at once share one trip to the gate
+        self._reserve = Line(lambda asks: coordinator.reserve_many(len(asks), owner), "gate-line")
         self.max_attempts = max_attempts
         self.backoff = backoff
         self._token = None  # (token, version, rejected) as last read from the shared credential
 
-    def upload(self, data: bytes, *, filename: str, mime: str, report, grant=None):
+    def upload(self, data: bytes, *, filename: str, mime: str, report):
         """Upload with retries of transient host errors; ``report`` keeps attempts, budgets
         and whether a grant is still open, and tells the job about retries and waits."""
         refreshed = False
         while True:
-            self._wait_at_gate(grant, report)
-            grant = None
+            self._wait_at_gate(report)
             version = self._use_current_token()
             try:
                 uploaded = self.host.upload(data, filename=filename, mime=mime)
@@ -90,13 +91,11 @@ class PoliteUploader:
             self.host.access_token = token
         return version
 
-    def _wait_at_gate(self, grant, report) -> None:
-        """Wait for the shared gate (``grant``: its answer already in hand, if any); a long
-        wait is shown in the job body with its reason."""
+    def _wait_at_gate(self, report) -> None:
+        """Wait for the shared gate; a long wait is shown in the job body with its reason."""
         noted = False
         while True:
-            granted, when, why = grant or self.coordinator.reserve(self.owner)
-            grant = None
+            granted, when, why = self._reserve()
             delay = when - time.monotonic()
             if granted:
                 report.grant_open = True

@@ -3,8 +3,10 @@
 The upload gate with its pauses and the host's budgets, the dedup index and the host's
 credential. Workers (and the host's upload policy, ``hosts.citizen``) call:
 
-    coordinator.begin(sha256, owner) / end(sha256, link, report, owner, observe=...)
-    coordinator.reserve(owner) / confirm(owner) / observe(report, owner) / pause(seconds, why)
+    coordinator.claim(sha256, account, owner) / end_many([(sha256, account, link, report,
+                                                          owner, observe), ...])
+    coordinator.reserve_many(count, owner) / confirm(owner) / observe(report, owner)
+    coordinator.pause(seconds, why)
     coordinator.release_owner(worker, generation)       (the dispatcher, when a worker dies)
     credentials.current() / refresh(version, reason)
 

@@ -2,11 +2,12 @@
 
 The upload gate (``ratelimit.UploadGate``) and the dedup index (``dedup.DedupIndex``)
 live in the manager, and a worker needs both around every upload: claim the bytes and
-reserve a moment before, report the host's budgets and publish the link after. Calling
-them one by one cost four round trips per URL; ``begin`` and ``end`` do the same in two.
-Either part may be absent (no gate for the local host, no dedup when it is off).
+reserve a moment before, report the host's budgets and publish the link after. Round
+trips are what costs, so the calls after an upload travel in batches (``end_many``) and
+a worker's reservations too (``reserve_many``). Either part may be absent (no gate for
+the local host, no dedup when it is off).
 """
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from ..dedup import DedupIndex
 from ..ratelimit import UploadGate
@@ -25,15 +26,13 @@ class Coordinator:
             host = dedup["host"]
             self.dedup = DedupIndex(lambda key: store.link_for(key[1], host, key[0]))
 
-    def begin(self, sha256: str, account: str, owner: tuple) -> Tuple[str, Optional[str], Optional[tuple]]:
-        """(decision, link, grant): decision ``reuse`` (with the link), ``wait`` (ask again),
-        or ``upload`` with the gate's first ``reserve()`` answer (None without a gate).
-        Bytes are the same only within an account. ``owner``: (worker, generation, thread)."""
-        if self.dedup is not None:
-            decision, link = self.dedup.claim((account, sha256), owner)
-            if decision != "upload":
-                return decision, link, None
-        return "upload", None, self.reserve(owner[:2])
+    def claim_many(self, claims) -> List[Tuple[str, Optional[str]]]:
+        """For each (sha256, account, owner): (decision, link): ``reuse`` (with the link),
+        ``wait`` (ask again), or ``upload`` (these bytes are ours to upload). Bytes are the
+        same only within an account. ``owner``: (worker, generation, thread)."""
+        if self.dedup is None:
+            return [("upload", None)] * len(claims)
+        return [self.dedup.claim((account, sha256), owner) for sha256, account, owner in claims]
 
     def end(self, sha256: str, account: str, link: Optional[str], report: Optional[dict],
             owner: tuple, *, observe: bool) -> None:
@@ -46,6 +45,12 @@ class Coordinator:
             else:
                 self.dedup.release((account, sha256))
 
+    def end_many(self, ends) -> None:
+        """Several ``end`` calls in one round trip: (sha256, account, link, report, owner,
+        observe) each."""
+        for sha256, account, link, report, owner, observe in ends:
+            self.end(sha256, account, link, report, owner, observe=observe)
+
     def forget(self, sha256: str, account: str) -> None:
         """These bytes' link was deleted: upload them afresh next time."""
         if self.dedup is not None:
@@ -53,6 +58,12 @@ class Coordinator:
 
     def reserve(self, owner: tuple) -> Optional[tuple]:
         return self.gate.reserve(owner) if self.gate is not None else None
+
+    def reserve_many(self, count: int, owner: tuple) -> List[tuple]:
+        """``count`` ``reserve`` answers in one round trip (``shared.coalesce``)."""
+        if self.gate is None:
+            return [(True, 0.0, "")] * count
+        return self.gate.reserve_many(count, owner)
 
     def confirm(self, owner: tuple) -> tuple:
         return self.gate.confirm(owner) if self.gate is not None else (True, 0.0, "")

@@ -21,7 +21,7 @@ import json
 import logging
 import threading
 import time
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 from ..credentials import RefreshSettings, Token, renew
 from ..errors import StoreUnavailable
@@ -92,22 +92,28 @@ class PgCoordinator(_Rows):
         self.__init__(*state.pop("args"), **state)
 
     # -- dedup and gate around one upload ----------------------------------------------------
-    def begin(self, sha256: str, account: str,
-              owner: tuple) -> Tuple[str, Optional[str], Optional[tuple]]:
-        def work(conn):
-            if self.dedup_host is not None:
-                decision, link = self._claim(conn, sha256, account, owner)
-                if decision != "upload":
-                    return decision, link, None
-            return "upload", None, self._reserve(conn, owner[:2])
-        return self.run(work)
+    def claim_many(self, claims) -> List[Tuple[str, Optional[str]]]:
+        if self.dedup_host is None or not claims:
+            return [("upload", None)] * len(claims)
+        return self.run(lambda conn: [self._claim(conn, sha256, account, owner)
+                                      for sha256, account, owner in claims])
 
-    def end(self, sha256: str, account: str, link: Optional[str], report: Optional[dict],
-            owner: tuple, *, observe: bool) -> None:
+    def end_many(self, ends) -> None:
+        """What uploads owe once over, in one visit: (sha256, account, link, report, owner,
+        observe) each; the gate hears every open grant's answer in one compare-and-set."""
+        observed = [(report, owner[:2]) for _, _, _, report, owner, observe in ends if observe]
+
+        def answered(state, grants, now):
+            for report, owner in observed:
+                self._count(grants, owner, -1)
+                self.rules.observe(state, now, report)
+
         def work(conn):
-            if observe:
-                self._observe(conn, report, owner[:2])
-            if self.dedup_host is not None:
+            if observed and self.rules is not None:
+                self._gate(conn, answered)
+            if self.dedup_host is None:
+                return
+            for sha256, account, link, _, _, _ in ends:
                 if link:
                     conn.execute("UPDATE dedup_claims SET link = %s WHERE sha256 = %s"
                                  " AND host = %s AND account = %s",
@@ -154,9 +160,17 @@ class PgCoordinator(_Rows):
 
     # -- the gate ----------------------------------------------------------------------------
     def reserve(self, owner: tuple) -> Optional[tuple]:
-        if self.rules is None:
-            return None
-        return self.run(lambda conn: self._reserve(conn, owner))
+        return self.reserve_many(1, owner)[0] if self.rules is not None else None
+
+    def reserve_many(self, count: int, owner: tuple) -> List[tuple]:
+        if self.rules is None or not count:
+            return [(True, 0.0, "")] * count
+
+        def change(state, grants, now):
+            answers = self.rules.reserve_slots(state, now, sum(grants.values()), count)
+            self._count(grants, owner, sum(granted for granted, _, _ in answers))
+            return answers
+        return self.run(lambda conn: self._gate(conn, change))
 
     def confirm(self, owner: tuple) -> tuple:
         if self.rules is None:
@@ -195,17 +209,6 @@ class PgCoordinator(_Rows):
                     self._key((worker, generation)), None))
         self.run(work)
 
-    def _reserve(self, conn, owner: tuple) -> Optional[tuple]:
-        if self.rules is None:
-            return None
-
-        def change(state, grants, now):
-            answer = self.rules.reserve_slot(state, now, sum(grants.values()))
-            if answer[0]:
-                self._count(grants, owner, +1)
-            return answer
-        return self._gate(conn, change)
-
     def _observe(self, conn, report: Optional[dict], owner: tuple) -> None:
         def change(state, grants, now):
             self._count(grants, owner, -1)
@@ -239,6 +242,8 @@ class PgCoordinator(_Rows):
                 "UPDATE gate SET version = version + 1, state = %s WHERE id = 1 AND version = %s",
                 (json.dumps({"gate": state.to_dict(), "grants": grants}), version)).rowcount
             if written:
+                if isinstance(answer, list):
+                    return [self._local(one, now) for one in answer]
                 return self._local(answer, now) if isinstance(answer, tuple) else answer
 
     def _key(self, owner: tuple) -> str:

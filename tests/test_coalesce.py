@@ -1,0 +1,67 @@
+"""Threads of one worker asking at once share trips, each with its own answer."""
+import threading
+import time
+
+from uploader.shared.coalesce import Line
+
+
+class SlowGate:
+    """Numbers its answers and takes 20 ms a trip, so askers pile up behind a trip."""
+
+    def __init__(self, fail_on_trip=None):
+        self.trips, self.issued, self.fail_on_trip = [], 0, fail_on_trip
+        self.lock = threading.Lock()
+
+    def reserve_many(self, asks):
+        if not asks:  # the line opening its way
+            return []
+        time.sleep(0.02)
+        with self.lock:
+            self.trips.append(len(asks))
+            if len(self.trips) == self.fail_on_trip:
+                raise ConnectionError("manager gone")
+            first, self.issued = self.issued, self.issued + len(asks)
+        return [(True, float(n), ask) for n, ask in enumerate(asks, first)]
+
+
+def ask_together(line, threads):
+    start, answers, errors = threading.Barrier(threads), [], []
+
+    def ask(n):
+        start.wait()
+        try:
+            answers.append((n, line(n)))
+        except ConnectionError as exc:
+            errors.append(exc)
+
+    workers = [threading.Thread(target=ask, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(10)
+    return answers, errors
+
+
+def test_askers_at_the_same_moment_share_trips_and_each_gets_its_own_answer():
+    gate = SlowGate()
+    answers, errors = ask_together(Line(gate.reserve_many, "test-line"), 32)
+    assert not errors
+    assert all(answer[2] == n for n, answer in answers)  # each got the answer to its item
+    assert sorted(answer[1] for _, answer in answers) == [float(n) for n in range(32)]
+    assert sum(gate.trips) == 32 and len(gate.trips) < 8  # not one trip each
+
+
+def test_a_lone_asker_goes_at_once_and_later_askers_still_get_through():
+    gate = SlowGate()
+    line = Line(gate.reserve_many, "test-line")
+    assert line("a") == (True, 0.0, "a")
+    assert line("b") == (True, 1.0, "b")
+    assert gate.trips == [1, 1]
+
+
+def test_a_failed_trip_fails_its_askers_and_the_next_trip_still_goes():
+    gate = SlowGate(fail_on_trip=1)
+    line = Line(gate.reserve_many, "test-line")
+    answers, errors = ask_together(line, 16)
+    assert len(errors) == gate.trips[0] and len(answers) == 16 - gate.trips[0]
+    assert line("after")[0]

@@ -1,0 +1,66 @@
+"""Many threads of one worker asking the shared state at the same moment share one trip.
+
+A worker's threads ask in waves: its upload slots free together (their uploads started
+together and the host answers in about the same time), and its fetch threads finish
+together. One call each would be one round trip each to the manager (and, for the
+embedded mode, one manager connection and thread per asking thread, each opened with a
+handshake) or a visit each to the database. Instead a ``Line`` has a thread of its own
+that takes everything asked since its last trip, makes one ``call_many`` with it, and
+hands each asker its own answer. Each answer is what that asker would have got asking
+alone, in turn: ``call_many`` applies the rules once per item, in order.
+"""
+import logging
+import queue
+import threading
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+
+class _Ask:
+    __slots__ = ("item", "done", "answer", "error")
+
+    def __init__(self, item):
+        self.item = item
+        self.done = threading.Event()
+        self.answer = self.error = None
+
+
+class Line:
+    """``line(item)`` -> the answer for ``item``, by way of ``call_many([items])``."""
+
+    def __init__(self, call_many: Callable[[list], list], name: str):
+        self._call_many = call_many
+        self._asks: "queue.SimpleQueue[_Ask]" = queue.SimpleQueue()
+        threading.Thread(target=self._run, name=name, daemon=True).start()
+
+    def __call__(self, item=None):
+        ask = _Ask(item)
+        self._asks.put(ask)
+        ask.done.wait()
+        if ask.error is not None:
+            raise ask.error
+        return ask.answer
+
+    def _run(self) -> None:
+        try:  # open the way (the manager connection) before the first wave comes
+            self._call_many([])
+        except Exception as exc:
+            log.debug("%s: could not open the way yet: %s", threading.current_thread().name, exc)
+        while True:
+            batch = [self._asks.get()]
+            while True:
+                try:
+                    batch.append(self._asks.get_nowait())
+                except queue.Empty:
+                    break
+            error = None
+            try:
+                answers = self._call_many([ask.item for ask in batch])
+                if len(answers) != len(batch):  # nobody may be left waiting
+                    raise RuntimeError(f"{len(answers)} answers to {len(batch)} asks")
+            except BaseException as exc:  # every asker of this trip hears it
+                error, answers = exc, [None] * len(batch)
+            for ask, answer in zip(batch, answers):
+                ask.answer, ask.error = answer, error
+                ask.done.set()
