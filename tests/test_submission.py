@@ -143,6 +143,15 @@ def test_normalizing_is_idempotent_and_the_shortcut_agrees(scheme, host, port, r
     assert not url_problem(once)
 
 
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(["http", "https", "HTTP", "ftp"]), st.sampled_from(["host.example", "h", "u@h", ""]),
+       st.sampled_from(["", ":80", ":0", ":8080", ":65535", ":65536", ":99999"]),
+       st.text(alphabet="az09-._~!$&'()*+,;=:@/?%# \x00\u00e9", max_size=20))
+def test_the_shortcut_accepts_only_what_the_full_check_accepts(scheme, host, port, rest):
+    url = f"{scheme}://{host}{port}/{rest}"
+    assert url_problem(url) == submission._url_problem(url)
+
+
 def test_a_callback_url_is_taken_and_checked_like_a_source():
     taken = parse_submission(body({"urls": ["https://a.example/x.png"],
                                    "callback_url": "https://hooks.example/done"}), max_urls=10)
