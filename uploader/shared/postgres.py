@@ -27,6 +27,7 @@ from ..credentials import RefreshSettings, Token, renew
 from ..errors import StoreUnavailable
 from ..ratelimit import GateRules, GateState
 from ..store.postgres import driver_errors, make_pool
+from ..store.sql import OLDEST_LINK
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +149,7 @@ class PgCoordinator(_Rows):
                 return "reuse", row[4]  # published by its uploader, not yet committed
             if tuple(row[:4]) != me:
                 return "wait", None
-        row = conn.execute("SELECT link FROM links WHERE sha256 = %s AND host = %s"
-                           " AND account = %s AND deleted IS NULL ORDER BY id LIMIT 1",
+        row = conn.execute(OLDEST_LINK.replace("?", "%s"),
                            (sha256, self.dedup_host, account)).fetchone()
         if row:
             conn.execute("DELETE FROM dedup_claims WHERE sha256 = %s AND host = %s"

@@ -134,6 +134,11 @@ MIGRATIONS = (
             version       INTEGER NOT NULL,
             rejected      TEXT)""",
     ), only="postgresql"),
+    Migration(4, (  # the oldest link of some bytes, found in the index: PostgreSQL walked
+        # the whole primary key for "ORDER BY id LIMIT 1" when no link matched (new bytes)
+        "DROP INDEX links_for_dedup",
+        "CREATE INDEX links_for_dedup ON links(sha256, host, account, id) WHERE deleted IS NULL",
+    )),
 )
 
 LATEST = max(m.version for m in MIGRATIONS)

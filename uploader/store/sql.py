@@ -368,10 +368,14 @@ class SqlStore(OutboxQueries):
         """The link these bytes already have on this host for this account, if any and not
         deleted (for dedup: deleted bytes are uploaded afresh)."""
         with self.reading() as conn:
-            row = conn.execute(self.q(
-                "SELECT link FROM links WHERE sha256 = ? AND host = ? AND account = ?"
-                " AND deleted IS NULL ORDER BY id LIMIT 1"), (sha256, host, account)).fetchone()
+            row = conn.execute(self.q(OLDEST_LINK), (sha256, host, account)).fetchone()
         return row[0] if row else None
+
+
+# The oldest live link of some bytes on a host for an account: what dedup reuses. The index
+# links_for_dedup answers it, order included (schema.py, migration 4).
+OLDEST_LINK = ("SELECT link FROM links WHERE sha256 = ? AND host = ? AND account = ?"
+               " AND deleted IS NULL ORDER BY id LIMIT 1")
 
 
 def new_image_id() -> str:
