@@ -5,7 +5,7 @@ instance, waits until a random share of it is done, SIGKILLs a random instance (
 process group: front end, manager, workers), starts a replacement, and waits for the job
 through the survivors. It counts URLs that did not end ``complete`` (lost; must be 0),
 uploads the fake Imgur saw more than once (duplicates; at-least-once delivery bounds them
-by the killed instance's in-flight slots) and how long the job took to finish after the
+by the URLs the killed instance's workers held) and how long the job took to finish after the
 kill (the dead instance's URLs come back when its lease runs out: storage.lease_seconds).
 """
 import argparse
@@ -23,7 +23,7 @@ from tests.postgres_server import PostgresServer
 from . import TOKEN
 from .crash import wait_for
 from .fakes import kill_group
-from .subjects import ServiceUnderTest
+from .subjects import ServiceUnderTest, held
 
 
 class Cluster:
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
-    capacity = args.processes * args.uploads_per_process
+    bound = held(args.processes, args.uploads_per_process)
     rows = []
     with tempfile.TemporaryDirectory(prefix="cluster-trials-") as work, PostgresServer() as pg, \
             ImageSource() as source, FakeImgur(access_tokens=(TOKEN,), keep_images=False) as imgur:
@@ -111,11 +111,11 @@ def main(argv=None) -> int:
     duplicates = [r["duplicates"] for r in rows]
     slowest = max(r["finished after kill"] for r in rows)
     print(f"\n{len(rows)} rounds of {args.urls} URLs on {args.instances} instances "
-          f"(lease {args.lease:g} s, {capacity} slots each): lost {lost} URLs in all; duplicate "
+          f"(lease {args.lease:g} s, each holding {bound} URLs): lost {lost} URLs in all; duplicate "
           f"uploads per round: min {min(duplicates)}, max {max(duplicates)}, total "
-          f"{sum(duplicates)} (bound: {capacity} per round); slowest finish after a kill "
+          f"{sum(duplicates)} (bound: {bound} per round); slowest finish after a kill "
           f"{slowest:.1f} s")
-    return 0 if lost == 0 and max(duplicates) <= capacity else 1
+    return 0 if lost == 0 and max(duplicates) <= bound else 1
 
 
 if __name__ == "__main__":

@@ -35,6 +35,11 @@ def serve_fake(kind: str, latency: float) -> None:
     fake.stop()
 
 
+def sized_urls(source: str, nbytes: int, count: int, tag: str) -> list:
+    """Distinct URLs whose bytes differ too (the image source tags bytes with the query)."""
+    return [f"{source}/sized/{nbytes}.jpg?{tag}-{i}" for i in range(count)]
+
+
 class FakeProcess:
     """A fake (``imgur`` or ``source``) in a child process of its own process group."""
 

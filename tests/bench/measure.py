@@ -108,10 +108,12 @@ class Usage:
 
 
 @contextlib.contextmanager
-def measure_usage(service_pgid, fakes):
-    """``with measure_usage(pgid, fakes) as usage:`` fills ``usage`` when the block ends."""
+def measure_usage(service_pgids, fakes, extra_pids=()):
+    """``with measure_usage(pgids, fakes) as usage:`` fills ``usage`` when the block ends.
+    ``service_pgids``: the service's process groups (one per instance), or None for the
+    baseline; ``extra_pids``: more processes that serve it (a PostgreSQL server)."""
     usage = Usage()
-    pids = group_pids(service_pgid) if service_pgid else []
+    pids = [pid for pgid in (service_pgids or ()) for pid in group_pids(pgid)] + list(extra_pids)
     per_pid = {pid: cpu_seconds([pid]) for pid in pids}
     before = (time.perf_counter(), cpu_seconds(pids), time.process_time(),
               fakes["imgur"].cpu_seconds(), fakes["source"].cpu_seconds(), machine_cpu())

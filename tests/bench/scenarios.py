@@ -3,6 +3,8 @@ import contextlib
 import json
 import math
 import os
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -11,18 +13,14 @@ from typing import List, Optional
 
 import requests
 
-from . import MiB
-from .fakes import FakeProcess
+from . import REPO, MiB
+from .fakes import FakeProcess, child_env, kill_group, sized_urls
 from .measure import RssSampler, Usage, group_pids, median, percentile, rss_bytes
 from .subjects import DENIED, POLL_SECONDS, Baseline, Run, ServiceUnderTest
+from .throughput import ThroughputScenarios
 
-SCENARIOS = ("latency", "cpu", "large", "frontend", "scale", "cluster")
+SCENARIOS = ("latency", "cpu", "cluster", "large", "frontend", "scale")
 BUSY_FAKE = 0.85  # a fake using this much of one core is (close to) the bottleneck
-
-
-def sized_urls(source: str, nbytes: int, count: int, tag: str) -> List[str]:
-    """Distinct URLs whose bytes differ too (the image source tags bytes with the query)."""
-    return [f"{source}/sized/{nbytes}.jpg?{tag}-{i}" for i in range(count)]
 
 
 def denied_urls(count: int, tag: str) -> List[str]:
@@ -55,7 +53,7 @@ class Figure:
         return f"{v:.3g} {self.unit}".strip()
 
 
-class Bench:
+class Bench(ThroughputScenarios):
     """Runs the selected scenarios; collects figures and raw runs."""
 
     def __init__(self, args, workdir: Path, stack: contextlib.ExitStack):
@@ -154,50 +152,6 @@ class Bench:
         return fakes, service, baseline
 
     # -- scenarios --
-    def latency(self) -> None:
-        name, count, jobs = "latency", self.scaled(3000), 6
-        fakes, service, baseline = self.contenders(
-            name, f"{name}: {count} URLs of 20 KB, Imgur +50 ms, source +10 ms, {{slots}} slots",
-            imgur_latency=0.05, source_latency=0.01)
-        ours, theirs = self.side_by_side(
-            service, baseline, lambda tag: sized_urls(fakes["source"].url, 20480, count, tag),
-            math.ceil(count / jobs), fakes)
-        bound = service.slots / 0.060
-        rate = median(r.rate for r in ours)
-        self.add(name, "service URLs/s", rate, "URLs/s")
-        self.add(name, "baseline URLs/s", median(r.rate for r in theirs), "URLs/s")
-        self.add(name, f"concurrency bound ({service.slots} / 0.060 s)", bound, "URLs/s")
-        self.add(name, "service / bound", rate / bound, "x", ">= 0.90", rate / bound >= 0.9)
-        ratio = median(a.rate / b.rate for a, b in zip(ours, theirs))
-        self.add(name, "service / baseline (side by side)", ratio, "x", ">= 1.00", ratio >= 1.0)
-        self.add(name, "machine CPU busy during service runs", median(r.usage.machine_busy for r in ours), "%")
-        self.check_fakes(name, ours + theirs)
-        self.record(name, bound=bound, service=ours, baseline=theirs)
-
-    def cpu(self) -> None:
-        name, count, jobs = "cpu", self.scaled(2000), 4
-        fakes, service, baseline = self.contenders(
-            name, f"{name}: {count} URLs of 20 KB, no injected latency, {{slots}} slots")
-        ours, theirs = self.side_by_side(
-            service, baseline, lambda tag: sized_urls(fakes["source"].url, 20480, count, tag),
-            math.ceil(count / jobs), fakes)
-        self.add(name, "service URLs/s", median(r.rate for r in ours), "URLs/s")
-        self.add(name, "baseline URLs/s", median(r.rate for r in theirs), "URLs/s")
-        ratio = median(a.rate / b.rate for a, b in zip(ours, theirs))
-        self.add(name, "service / baseline (side by side)", ratio, "x", ">= 1.00", ratio >= 1.0)
-        self.add(name, "service CPU per URL (all its processes)",
-                 median(r.usage.service_cpu / r.urls for r in ours), "ms")
-        for role in ("front end", "workers", "manager and helpers"):
-            self.add(name, f"  of which {role}",
-                     median(service.cpu_by_role(r.usage)[role] / r.urls for r in ours), "ms")
-        self.add(name, "baseline CPU per URL (bench process)",
-                 median(r.usage.bench_cpu / r.urls for r in theirs), "ms")
-        self.add(name, "fake Imgur + source CPU per URL (service runs)",
-                 median((r.usage.imgur_cpu + r.usage.source_cpu) / r.urls for r in ours), "ms")
-        self.add(name, "machine CPU busy during service runs", median(r.usage.machine_busy for r in ours), "%")
-        self.check_fakes(name, ours + theirs)
-        self.record(name, service=ours, baseline=theirs)
-
     def large(self) -> None:
         name, count, nbytes = "large", self.scaled(200), 5 * MiB
         fakes, service, baseline = self.contenders(
@@ -214,44 +168,52 @@ class Bench:
                  median(a.rate / b.rate for a, b in zip(ours, theirs)), "x")
         self.add(name, "service RSS, all processes, idle", idle, "MiB")
         peak = median(r.extra["peak_rss"] for r in ours)
-        # Bounded = set by the work in flight, not by the job: each slot may hold the
-        # fetched bytes, the upload body and a transient copy of one image.
-        limit = idle + 4 * service.slots * nbytes
+        # Bounded = set by the work the workers hold, not by the job: each URL held may
+        # hold its fetched bytes, the upload body and a transient copy of one image.
+        limit = idle + 4 * service.held * nbytes
         self.add(name, "service RSS, all processes, peak", peak, "MiB",
-                 f"<= idle + 4 x {service.slots} slots x 5 MiB = {limit / MiB:.0f} MiB", peak <= limit)
+                 f"<= idle + 4 x {service.held} URLs held x 5 MiB = {limit / MiB:.0f} MiB",
+                 peak <= limit)
         self.add(name, "baseline RSS peak (bench process)", median(r.extra["peak_rss"] for r in theirs), "MiB")
         self.check_fakes(name, ours + theirs)
         self.record(name, idle_rss=idle, service=ours, baseline=theirs)
 
     def frontend(self) -> None:
+        """API latency while the service is loaded, beside a bare Tornado process (canned
+        answers, no store, no workers) sampled the same way at the same time."""
         name, count, jobs = "frontend", self.scaled(3000), 6
-        fakes, service, baseline = self.contenders(
-            name, f"{name}: API latency idle, then while the latency workload runs",
-            imgur_latency=0.05, source_latency=0.01)
-        sampler = ApiSampler(service.url)
+        fakes = self.fakes(imgur_latency=0.05, source_latency=0.01)
+        service = self.service(name, fakes)
+        bare = BareTornado().start()
+        self.stack.callback(bare.stop)
+        print(f"{name}: API latency idle, then while {count} URLs run (Imgur +50 ms), beside a "
+              "bare Tornado process")
+        sampler, reference = ApiSampler(service.url), ApiSampler(bare.url)
         self.stack.callback(sampler.close)
+        self.stack.callback(reference.close)
         runs = []
         for r in range(self.repeat):
             sampler.wait_quiet(service)
             idle = sampler.sample_for(1.5 if self.quick else 3.0)
             urls = sized_urls(fakes["source"].url, 20480, count, f"front{r}")
-            with sampler.sampling() as loaded:
+            with sampler.sampling() as loaded, reference.sampling() as bare_loaded:
                 run = service.run(urls, math.ceil(count / jobs), fakes)
-            run.extra.update(idle=idle, loaded=loaded)
+            run.extra.update(idle=idle, loaded=loaded, bare=bare_loaded)
             runs.append(run)
             print(f"    run {r + 1}: load {run.rate:.0f} URLs/s; GET p50/p99 idle "
                   f"{_ms(idle['get'], 50)}/{_ms(idle['get'], 99)} loaded {_ms(loaded['get'], 50)}/"
-                  f"{_ms(loaded['get'], 99)} ms; POST idle {_ms(idle['post'], 50)}/{_ms(idle['post'], 99)}"
-                  f" loaded {_ms(loaded['post'], 50)}/{_ms(loaded['post'], 99)} ms "
-                  f"({len(loaded['get'])} GET, {len(loaded['post'])} POST samples)", flush=True)
+                  f"{_ms(loaded['get'], 99)} ms, bare Tornado {_ms(bare_loaded['get'], 50)}/"
+                  f"{_ms(bare_loaded['get'], 99)} ms; POST loaded {_ms(loaded['post'], 50)}/"
+                  f"{_ms(loaded['post'], 99)} ms, bare {_ms(bare_loaded['post'], 50)}/"
+                  f"{_ms(bare_loaded['post'], 99)} ms", flush=True)
         for kind, label in (("get", "GET /v1/images/upload/<id>"), ("post", "POST 10-URL job")):
-            idle50 = median(percentile(r.extra["idle"][kind], 50) for r in runs)
-            self.add(name, f"{label} p50 idle", idle50, "ms")
-            self.add(name, f"{label} p99 idle", median(percentile(r.extra["idle"][kind], 99) for r in runs), "ms")
+            self.add(name, f"{label} p50 idle", median(percentile(r.extra["idle"][kind], 50) for r in runs), "ms")
             self.add(name, f"{label} p50 loaded", median(percentile(r.extra["loaded"][kind], 50) for r in runs), "ms")
+            bare99 = median(percentile(r.extra["bare"][kind], 99) for r in runs)
+            self.add(name, "  bare Tornado beside it, p99 loaded", bare99, "ms")
             loaded99 = median(percentile(r.extra["loaded"][kind], 99) for r in runs)
             self.add(name, f"{label} p99 loaded", loaded99, "ms",
-                     f"<= 10 x idle p50 = {idle50 * 10000:.1f} ms", loaded99 <= 10 * idle50)
+                     f"<= 2 x bare p99 = {bare99 * 2000:.1f} ms", loaded99 <= 2 * bare99)
         self.add(name, "load URLs/s while sampled", median(r.rate for r in runs), "URLs/s")
         self.record(name, runs=runs)
 
@@ -309,39 +271,25 @@ class Bench:
         self.record(name, posts=posts, gets=gets, links_insert_seconds=inserted)
 
 
-    def cluster(self) -> None:
-        """One instance on PostgreSQL, then two on one database, on a latency-bound job."""
-        from tests.postgres_server import PostgresServer
+class BareTornado:
+    """``tests.bench.bare`` in a child process of its own (its own GIL, like the service)."""
 
-        name, count, latency = "cluster", self.scaled(640), 0.5
-        fakes = self.fakes(imgur_latency=latency)
-        server = PostgresServer().start()
-        self.stack.callback(server.destroy)
-        slots = self.args.processes * self.args.uploads_per_process
-        print(f"{name}: {count} URLs of 20 KB, Imgur +{latency * 1000:.0f} ms, {slots} slots an "
-              "instance, on PostgreSQL: one instance, then two")
-        rates = {}
-        for size in (1, 2):
-            runs = []
-            for r in range(self.repeat):
-                database = server.create_database()
-                instances = [self.service(f"{name}-{size}-{r}-{i}", fakes, database=database)
-                             for i in range(size)]
-                warm = sized_urls(fakes["source"].url, 20480, 2 * slots * size, f"warm{size}{r}")
-                instances[0].run(warm, len(warm), fakes)
-                urls = sized_urls(fakes["source"].url, 20480, count, f"c{size}-{r}")
-                run = instances[0].run(urls, count, fakes)
-                runs.append(run)
-                print(f"    {size} instance(s) run {r + 1}: {count} URLs in {run.seconds:.2f} s = "
-                      f"{run.rate:.0f}/s, {run.failed} failed", flush=True)
-                for instance in instances:
-                    instance.stop()
-            rates[size] = median(run.rate for run in runs)
-            bound = size * slots / (latency + 0.01)
-            self.add(name, f"{size} instance(s) URLs/s (bound {bound:.0f})", rates[size], "URLs/s")
-        ratio = rates[2] / rates[1]
-        self.add(name, "two instances / one", ratio, "x", ">= 1.6", ratio >= 1.6)
-        self.record(name, rates=rates)
+    def start(self) -> "BareTornado":
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.bench.bare"], cwd=REPO,
+                                     env=child_env(), stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, start_new_session=True)
+        self.url = self.proc.stdout.readline().decode().strip()
+        if not self.url.startswith("http"):
+            self.stop()
+            raise RuntimeError("the bare Tornado reference did not start")
+        return self
+
+    def stop(self) -> None:
+        with contextlib.suppress(OSError):
+            self.proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        kill_group(self.proc)
 
 
 class ApiSampler:

@@ -44,6 +44,12 @@ class Run:
         return self.urls / self.seconds if self.seconds > 0 else 0.0
 
 
+def held(processes: int, slots: int) -> int:
+    """The URLs a bench service's workers hold at most: their upload slots' and as many
+    fetched ahead (fetch_ahead = uploads_per_process here). A crash can re-upload no more."""
+    return 2 * processes * slots
+
+
 class ServiceUnderTest:
     """``python -m uploader.cli`` with a temporary config, in its own process group."""
 
@@ -53,10 +59,11 @@ class ServiceUnderTest:
         """``database``: a PostgreSQL URL (instances on one database act as one service)."""
         self.directory = directory
         self.slots = processes * slots
+        self.held = held(processes, slots)
         config = {
             "server": {"host": "127.0.0.1", "port": 0, "max_urls_per_job": 1000,
                        **(server or {})},
-            "workers": {"processes": processes, "uploads_per_process": slots,
+            "workers": {"processes": processes, "uploads_per_process": slots, "fetch_ahead": slots,
                         "shutdown_grace_seconds": 5},
             "image_host": "imgur",
             "imgur": {"api_url": imgur_url, "access_token": TOKEN, "timeout_seconds": 60,
@@ -74,6 +81,8 @@ class ServiceUnderTest:
         self.log_path = directory / "service.log"
         self.proc = self.url = None
         self.http = requests.Session()
+        self.companions = []  # other instances on the same database: measured with this one
+        self.extra_pids = lambda: []  # more processes serving it (the PostgreSQL server's)
 
     def start(self, timeout: float = 60) -> "ServiceUnderTest":
         self._log = open(self.log_path, "ab")
@@ -118,13 +127,17 @@ class ServiceUnderTest:
         return answer.json()["jobId"]
 
     def cpu_by_role(self, usage: Usage) -> dict:
-        """CPU seconds of a run split into front end, worker processes and the rest
-        (the multiprocess manager, which hosts the queues, and the resource tracker)."""
-        workers = set(self.http.get(f"{self.url}/healthz", timeout=30).json()["workers"]["pids"])
-        roles = {"front end": 0.0, "workers": 0.0, "manager and helpers": 0.0}
+        """CPU seconds of a run split into front ends, worker processes, the database (a
+        cluster's) and the rest (the multiprocess managers and fork servers)."""
+        instances = [self, *self.companions]
+        fronts = {s.pid for s in instances}
+        workers = {pid for s in instances
+                   for pid in s.http.get(f"{s.url}/healthz", timeout=30).json()["workers"]["pids"]}
+        database = set(self.extra_pids())
+        roles = {"front end": 0.0, "workers": 0.0, "manager and helpers": 0.0, "database": 0.0}
         for pid, seconds in usage.service_by_pid.items():
-            role = ("front end" if pid == self.pid else
-                    "workers" if pid in workers else "manager and helpers")
+            role = ("front end" if pid in fronts else "workers" if pid in workers else
+                    "database" if pid in database else "manager and helpers")
             roles[role] += seconds
         return roles
 
@@ -138,15 +151,13 @@ class ServiceUnderTest:
         ``finished`` stamp (the service's own, so polling granularity does not count).
         Progress is polled on the job listing (counts only), as a client watching many
         jobs would: polling whole job documents would charge the service for the bench."""
-        with measure_usage(self.pid, fakes) as usage:
+        pgids = [self.pid, *(other.pid for other in self.companions)]
+        with measure_usage(pgids, fakes, self.extra_pids()) as usage:
             started = time.time()
             ids = [self.post(urls[i:i + per_job]) for i in range(0, len(urls), per_job)]
             deadline = time.monotonic() + timeout
             while True:
-                listed = {job["id"]: job for job in self.http.get(
-                    f"{self.url}/v1/images/upload?limit={min(500, len(ids))}", timeout=60
-                ).json()["jobs"]}
-                mine = [listed.get(job_id) for job_id in ids]
+                mine = self.summaries(ids)
                 if all(job is not None and job["status"] == "complete" for job in mine):
                     break
                 if time.monotonic() > deadline:
@@ -159,6 +170,19 @@ class ServiceUnderTest:
             log.warning("service failure: %s", self.shown_failure)
         return Run("service", len(urls), max(_epoch(j["finished"]) for j in mine) - started,
                    failed, usage)
+
+    def summaries(self, ids) -> list:
+        """The job listing's entries for ``ids``, paging back past newer jobs (others'
+        samples) only when they hide some of ours."""
+        found, limit, before = {}, min(500, len(ids)), None
+        while len(found) < len(ids):
+            page = self.http.get(f"{self.url}/v1/images/upload", timeout=60, params={
+                "limit": limit, **({"before": before} if before else {})}).json()
+            found.update((job["id"], job) for job in page["jobs"] if job["id"] in ids)
+            limit, before = 500, page["next"]
+            if before is None:
+                break
+        return [found.get(job_id) for job_id in ids]
 
 
 def _epoch(stamp: str) -> float:

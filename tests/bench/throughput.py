@@ -1,0 +1,133 @@
+"""Throughput and CPU against two yardsticks: the bound the slots set, and a naive script.
+
+- Every service here gets a whole round ready: ``workers.fetch_ahead`` = ``uploads_per_process``.
+- ``latency``: a freshly started service, one job of 640 URLs of 20 KB, Imgur answering in
+  500 ms. The slots bound what any client could do: slots / (0.5 s + 10 ms). Target: 0.95 of it.
+  Then the same with the source answering in 200 ms, against the same bound.
+- ``cpu``: Imgur at 50 ms, 2,000 URLs in jobs of 200, side by side with the naive script
+  (as many threads as the service has slots, each a requests GET then a multipart POST).
+  Targets: throughput 1.25 x the script's, CPU per URL of all service processes no more.
+- ``cluster``: the same on PostgreSQL: one instance, then two on one database (a bound
+  twice as high; target: two do 1.6 x what one does), and two instances side by side with
+  a script of as many threads as both have slots (the database's CPU counted as the service's).
+"""
+import math
+
+from .fakes import sized_urls
+from .measure import median
+from .subjects import Baseline
+
+NBYTES = 20 * 1024
+SLOW_IMGUR, QUICK_IMGUR = 0.5, 0.05
+SLOW_SOURCE = 0.2  # a distant source: fetched ahead, it costs no slot any time
+ROUND_TRIP = 0.01  # what a round of fetch and upload takes besides Imgur's latency, here
+
+
+class ThroughputScenarios:
+    """Mixed into ``scenarios.Bench`` (its plumbing: fakes, services, figures)."""
+
+    def slots(self, instances=1) -> int:
+        return instances * self.args.processes * self.args.uploads_per_process
+
+    def fresh_run(self, name, fakes, count, r, *, instances=1, database=None):
+        """Start ``instances`` services (on ``database`` if given), ``count`` URLs through
+        the first in jobs of 640 at most, stop them: a fresh service's figure."""
+        services = [self.service(f"{name}-{instances}-{r}-{i}", fakes, database=database)
+                    for i in range(instances)]
+        head = services[0]
+        head.companions = services[1:]
+        try:
+            run = head.run(sized_urls(fakes["source"].url, NBYTES, count, f"{name}{instances}-{r}"),
+                           min(count, 640), fakes)
+        finally:
+            for service in services:
+                service.stop()
+        print(f"    {instances} instance(s), run {r + 1}: {count} URLs in {run.seconds:.2f} s = "
+              f"{run.rate:.0f}/s, {run.failed} failed", flush=True)
+        return run
+
+    def against_the_bound(self, name, runs, instances, label, target=True):
+        bound = self.slots(instances) / (SLOW_IMGUR + ROUND_TRIP)
+        rate = median(run.rate for run in runs)
+        self.add(name, f"{label} URLs/s (bound {self.slots(instances)} slots / "
+                       f"{SLOW_IMGUR + ROUND_TRIP:.2f} s = {bound:.0f})", rate, "URLs/s")
+        if target:
+            self.add(name, f"{label} / bound", rate / bound, "x", ">= 0.95", rate / bound >= 0.95)
+        else:
+            self.add(name, f"{label} / bound", rate / bound, "x")
+        return rate
+
+    def latency(self) -> None:
+        """Then the same with a source answering in 200 ms: what fetching ahead hides."""
+        name, count = "latency", self.scaled(640)
+        runs = {}
+        for source_latency, label, tag in ((0.0, "embedded", name),
+                                           (SLOW_SOURCE, "embedded, source +200 ms", "slow-source")):
+            fakes = self.fakes(imgur_latency=SLOW_IMGUR, source_latency=source_latency)
+            print(f"{name}: a fresh service, one job of {count} URLs of 20 KB, Imgur +500 ms, "
+                  f"source +{source_latency * 1000:.0f} ms, {self.slots()} slots")
+            runs[label] = [self.fresh_run(tag, fakes, count, r) for r in range(self.repeat)]
+            self.against_the_bound(name, runs[label], 1, label, target=not source_latency)
+        self.record(name, runs=runs)
+
+    def versus_naive(self, name, label, service, baseline, fakes, count):
+        """Side by side at Imgur +50 ms: throughput and CPU per URL, with their targets."""
+        ours, theirs = self.side_by_side(service, baseline, lambda tag: sized_urls(
+            fakes["source"].url, NBYTES, count, tag), 200, fakes)
+        self.add(name, f"{label} URLs/s", median(r.rate for r in ours), "URLs/s")
+        self.add(name, "naive script URLs/s", median(r.rate for r in theirs), "URLs/s")
+        ratio = median(a.rate / b.rate for a, b in zip(ours, theirs))
+        self.add(name, f"{label} / naive script, throughput", ratio, "x", ">= 1.25", ratio >= 1.25)
+        cpu = median(r.usage.service_cpu / r.urls for r in ours)
+        naive = median(r.usage.bench_cpu / r.urls for r in theirs)
+        self.add(name, f"{label} CPU per URL (all its processes)", cpu, "ms",
+                 f"<= naive ({naive * 1000:.2f} ms)", cpu <= naive)
+        for role, seconds in service.cpu_by_role(ours[-1].usage).items():
+            if seconds:
+                self.add(name, f"  of which {role} (last run)", seconds / ours[-1].urls, "ms")
+        self.add(name, "naive script CPU per URL", naive, "ms")
+        self.add(name, "machine CPU busy during service runs",
+                 median(r.usage.machine_busy for r in ours), "%")
+        self.check_fakes(name, ours + theirs)
+        return ours, theirs
+
+    def cpu(self) -> None:
+        name, count = "cpu", self.scaled(2000)
+        fakes, service, baseline = self.contenders(
+            name, f"{name}: {count} URLs of 20 KB in jobs of 200, Imgur +50 ms, {{slots}} slots "
+                  "(embedded), side by side with the naive script", imgur_latency=QUICK_IMGUR)
+        ours, theirs = self.versus_naive(name, "embedded", service, baseline, fakes, count)
+        self.record(name, service=ours, baseline=theirs)
+
+    def cluster(self) -> None:
+        """One instance on PostgreSQL, then two on one database."""
+        from tests.postgres_server import PostgresServer
+
+        name, count = "cluster", self.scaled(640)
+        server = PostgresServer().start()
+        self.stack.callback(server.destroy)
+        slow = self.fakes(imgur_latency=SLOW_IMGUR)
+        print(f"{name}: fresh instances on PostgreSQL, one job of {count} URLs of 20 KB, "
+              f"Imgur +500 ms, {self.slots()} slots an instance")
+        rates = {}
+        for instances in (1, 2):
+            runs = [self.fresh_run(name, slow, count * instances, r, instances=instances,
+                                   database=server.create_database())
+                    for r in range(self.repeat)]
+            rates[instances] = self.against_the_bound(
+                name, runs, instances, f"{instances} instance{'s' if instances > 1 else ''}")
+        ratio = rates[2] / rates[1]
+        self.add(name, "two instances / one", ratio, "x", ">= 1.6", ratio >= 1.6)
+
+        quick = self.fakes(imgur_latency=QUICK_IMGUR)
+        database = server.create_database()
+        head, other = (self.service(f"{name}-cpu-{i}", quick, database=database) for i in range(2))
+        head.companions, head.extra_pids = [other], server.pids
+        baseline = Baseline(quick["imgur"].url, self.slots(2))
+        self.stack.callback(baseline.close)
+        print(f"{name}: two instances on PostgreSQL, {self.scaled(2000)} URLs in jobs of 200, "
+              f"Imgur +50 ms, side by side with a naive script of {self.slots(2)} threads")
+        self.warm_up(head, baseline, NBYTES, quick)
+        ours, theirs = self.versus_naive(name, "two instances", head, baseline, quick,
+                                         math.ceil(self.scaled(2000)))
+        self.record(name, rates=rates, service=ours, baseline=theirs)
