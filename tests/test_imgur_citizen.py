@@ -25,7 +25,11 @@ def test_pool_wide_rate_limit_holds_across_all_workers(start_service, image_sour
                             **imgur_config(fake_imgur, rate_limit={"uploads_per_second": 5,
                                                                    "burst": 1}))
     urls = [image_source.url_for(f"/img/paced-{n}.png") for n in range(22)]
-    job = service.wait_job(service.post_job(urls), timeout=60)
+    job_id = service.post_job(urls)
+    job = wait_until(lambda: (j := service.job(job_id)) and any(u["waiting"] for u in j["urls"]) and j)
+    waiting = next(u["waiting"] for u in job["urls"] if u["waiting"])  # a wait of seconds shows
+    assert waiting["reason"] == "paced by imgur.rate_limit: 5 uploads a second for the whole service"
+    job = service.wait_job(job_id, timeout=60)
     assert len(job["uploaded"]["complete"]) == len(urls)
     times = [r.at for r in fake_imgur.requests_seen]
     assert len(times) == len(urls)
@@ -72,7 +76,9 @@ def test_file_errors_fail_at_once_without_retry(start_service, image_source, fak
 
 
 def test_budget_at_reserve_pauses_the_pool_until_reset(start_service, image_source, fake_imgur):
-    fake_imgur.set_budgets(user_limit=200, user_remaining=60, user_reset=8)
+    # The countdown starts now: long enough that a slow start (a loaded machine) still
+    # reaches the reserve well before the reset.
+    fake_imgur.set_budgets(user_limit=200, user_remaining=60, user_reset=15)
     service = start_service(workers={"processes": 2, "uploads_per_process": 4},
                             **imgur_config(fake_imgur, reserve={"user": 10, "client": 0, "post": 0}))
     wait_until(lambda: fake_imgur.credits_requests == 1)  # what is left, known before any upload
@@ -85,7 +91,7 @@ def test_budget_at_reserve_pauses_the_pool_until_reset(start_service, image_sour
     assert "user budget is down to its reserve of 10" in waiting["reason"]
     assert waiting["until"].endswith("Z")
 
-    job = service.wait_job(job_id, timeout=30)
+    job = service.wait_job(job_id, timeout=40)
     assert len(job["uploaded"]["complete"]) == len(urls)
     statuses = [r.status for r in fake_imgur.requests_seen]
     assert statuses == [200] * len(urls)  # Imgur never had to refuse us

@@ -23,7 +23,7 @@ def test_rate_and_burst_are_shared_by_every_caller():
     for _ in range(5):
         asked = time.monotonic()
         granted, when, why = gate.reserve()
-        assert granted and why == ""
+        assert granted and why == "paced by imgur.rate_limit: 10 uploads a second for the whole service"
         waits.append(max(0.0, when - asked))
         gate.observe(None)
     assert waits[:2] == pytest.approx([0.0, 0.0], abs=0.01)

@@ -105,7 +105,8 @@ class GateRules:
 
     def reserve_slot(self, state: GateState, now: float, in_flight: int) -> Answer:
         """Granted: send at ``when`` (our own pace); the caller counts one more in flight.
-        Not granted: the host's limits hold every upload; ask again at ``when``."""
+        Not granted: the host's limits hold every upload; ask again at ``when``. Either
+        way ``why`` says what sets ``when``, for the job body."""
         start, why = now, ""
         if state.paused_until > start:
             start, why = state.paused_until, state.pause_why
@@ -127,7 +128,8 @@ class GateRules:
         state.tokens = min(self.burst, state.tokens + (start - state.last) * self.rate)
         state.last = start
         state.tokens -= 1.0
-        return True, start + max(0.0, -state.tokens / self.rate), ""
+        return True, start + max(0.0, -state.tokens / self.rate), (
+            f"paced by imgur.rate_limit: {self.rate:g} uploads a second for the whole service")
 
     def reserve_slots(self, state: GateState, now: float, in_flight: int,
                       count: int) -> List[Answer]:

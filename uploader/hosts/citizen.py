@@ -100,6 +100,9 @@ class PoliteUploader:
             if granted:
                 report.grant_open = True
                 if delay > 0:  # a reservation for later: still valid once its moment comes?
+                    if delay > WAIT_WORTH_NOTING and not noted:
+                        report.waiting(time.time() + delay, why)
+                        noted = True
                     time.sleep(delay)
                     if not self.coordinator.confirm(self.owner)[0]:
                         report.grant_open = False  # a pause began meanwhile: withdrawn
