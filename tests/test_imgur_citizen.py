@@ -179,7 +179,6 @@ def test_dedup_switch_off_uploads_every_copy(start_service, image_source, fake_i
     assert not any(e["reused"] for e in job["urls"])
 
 
-
 def test_a_fresh_service_asks_for_credits_instead_of_probing_with_an_upload(start_service,
                                                                           image_source, fake_imgur):
     fake_imgur.latency = 0.3

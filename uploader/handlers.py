@@ -120,5 +120,3 @@ class BaseHandler(JsonErrors, tornado.web.RequestHandler):
             log.warning("%s %s: the store is unreachable (%s)", self.request.method,
                         self.request.path, exc)
             raise store_down() from None
-
-

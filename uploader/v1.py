@@ -237,4 +237,3 @@ def routes(args: dict) -> list:
         (r"/v1/images", ImagesHandler, args),
         (r"/v1/images/([^/]+)", ImageHandler, args),
     ]
-

@@ -32,10 +32,10 @@ class Job(tornado.web.RequestHandler):
 
 class Upload(tornado.web.RequestHandler):
     def post(self):
-        urls = json.loads(self.request.body)["urls"]
+        json.loads(self.request.body)["urls"]  # read, as the service reads it
         self.set_status(202)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
-        self.finish(json.dumps({"jobId": str(uuid.uuid4()), "n": len(urls)}))
+        self.finish(json.dumps({"jobId": str(uuid.uuid4())}))
 
 
 def main() -> None:

@@ -11,8 +11,6 @@
   twice as high; target: two do 1.6 x what one does), and two instances side by side with
   a script of as many threads as both have slots (the database's CPU counted as the service's).
 """
-import math
-
 from .fakes import sized_urls
 from .measure import median
 from .subjects import Baseline
@@ -58,7 +56,8 @@ class ThroughputScenarios:
         return rate
 
     def latency(self) -> None:
-        """Then the same with a source answering in 200 ms: what fetching ahead hides."""
+        """A fresh service against the slot bound; then the same with a source answering in
+        200 ms, against the same bound: what fetching ahead hides."""
         name, count = "latency", self.scaled(640)
         runs = {}
         for source_latency, label, tag in ((0.0, "embedded", name),
@@ -129,5 +128,5 @@ class ThroughputScenarios:
               f"Imgur +50 ms, side by side with a naive script of {self.slots(2)} threads")
         self.warm_up(head, baseline, NBYTES, quick)
         ours, theirs = self.versus_naive(name, "two instances", head, baseline, quick,
-                                         math.ceil(self.scaled(2000)))
+                                         self.scaled(2000))
         self.record(name, rates=rates, service=ours, baseline=theirs)

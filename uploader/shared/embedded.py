@@ -87,4 +87,3 @@ class Coordinator:
             self.dedup.release_owner(worker, generation)
         if self.gate is not None:
             self.gate.release((worker, generation))
-

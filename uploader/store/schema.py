@@ -134,8 +134,8 @@ MIGRATIONS = (
             version       INTEGER NOT NULL,
             rejected      TEXT)""",
     ), only="postgresql"),
-    Migration(4, (  # the oldest link of some bytes, found in the index: PostgreSQL walked
-        # the whole primary key for "ORDER BY id LIMIT 1" when no link matched (new bytes)
+    Migration(4, (  # the oldest link of some bytes, order and all, from one index: for
+        # "ORDER BY id LIMIT 1" PostgreSQL walked links_listed through every link of the account
         "DROP INDEX links_for_dedup",
         "CREATE INDEX links_for_dedup ON links(sha256, host, account, id) WHERE deleted IS NULL",
     )),
