@@ -113,7 +113,7 @@ class Dispatcher:
         self.shared = config.storage.shared
         self.lease_seconds = config.storage.lease_seconds
         self.poll_seconds = config.storage.poll_seconds
-        self.events: "queue.Queue[object]" = queue.Queue()
+        self.events: "queue.SimpleQueue[object]" = queue.SimpleQueue()
         self.state = _State(assigned={})
         self.stopped = threading.Event()
         self.store_problem: Optional[str] = None  # why the last turn could not commit

@@ -53,8 +53,9 @@ def run(index, generation, conn, config, shared):
     setup_logging(config.logging.level, config.logging.format)
     exit_with_parent(os.getppid())
     slots, ahead = config.workers.uploads_per_process, config.workers.fetch_ahead
-    tasks: "queue.Queue" = queue.Queue()
-    ready: "queue.Queue" = queue.Queue()
+    # SimpleQueue (C) for every hand-off between threads: queue.Queue's Condition costs more
+    tasks: "queue.SimpleQueue" = queue.SimpleQueue()
+    ready: "queue.SimpleQueue" = queue.SimpleQueue()
     outbox = Outbox(conn)
     worker = Worker(index, generation, config, outbox, shared)
     fetchers = [threading.Thread(target=worker.fetch_loop, args=(tasks, ready), name=f"fetch-{n}")
@@ -104,7 +105,7 @@ class Outbox:
 
     def __init__(self, conn):
         self.conn = conn
-        self._pending: "queue.Queue" = queue.Queue()
+        self._pending: "queue.SimpleQueue" = queue.SimpleQueue()
 
     def put(self, record) -> None:
         self._pending.put(record)
@@ -275,7 +276,7 @@ class Ends:
 
     def __init__(self, coordinator):
         self.coordinator = coordinator
-        self._queue: "queue.Queue" = queue.Queue()
+        self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="ends", daemon=True)
         self._thread.start()
 

@@ -18,11 +18,14 @@ log = logging.getLogger(__name__)
 
 
 class _Ask:
+    """One question and, once ``done`` is released, its answer. ``done`` is a lock taken
+    at once and released by the line's thread: a latch, cheaper than an Event."""
     __slots__ = ("item", "done", "answer", "error")
 
     def __init__(self, item):
         self.item = item
-        self.done = threading.Event()
+        self.done = threading.Lock()
+        self.done.acquire()
         self.answer = self.error = None
 
 
@@ -37,7 +40,7 @@ class Line:
     def __call__(self, item=None):
         ask = _Ask(item)
         self._asks.put(ask)
-        ask.done.wait()
+        ask.done.acquire()
         if ask.error is not None:
             raise ask.error
         return ask.answer
@@ -63,4 +66,4 @@ class Line:
                 error, answers = exc, [None] * len(batch)
             for ask, answer in zip(batch, answers):
                 ask.answer, ask.error = answer, error
-                ask.done.set()
+                ask.done.release()
