@@ -134,10 +134,14 @@ MIGRATIONS = (
             version       INTEGER NOT NULL,
             rejected      TEXT)""",
     ), only="postgresql"),
-    Migration(4, (  # the oldest link of some bytes, order and all, from one index: for
-        # "ORDER BY id LIMIT 1" PostgreSQL walked links_listed through every link of the account
+    Migration(4, (  # the dedup lookup (sql.OLDEST_LINK) on its own index, order and all.
+        # PostgreSQL took links_listed for it whenever the indexes had no statistics yet (a
+        # young store): every upload of new bytes read every link of the account. That index
+        # now also requires id > 0, which only the listing (sql.LIVE_LINKS) says.
         "DROP INDEX links_for_dedup",
         "CREATE INDEX links_for_dedup ON links(sha256, host, account, id) WHERE deleted IS NULL",
+        "DROP INDEX links_listed",
+        "CREATE INDEX links_listed ON links(account, id) WHERE deleted IS NULL AND id > 0",
     )),
 )
 

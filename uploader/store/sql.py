@@ -339,8 +339,7 @@ class SqlStore(OutboxQueries):
         oldest first, deleted ones left out, all from one snapshot however long it takes."""
         with self.reading() as conn:
             cursor = self._stream_cursor(conn)
-            cursor.execute(self.q("SELECT link FROM links WHERE account = ? AND deleted IS NULL"
-                                  " ORDER BY id"), (account,))
+            cursor.execute(self.q(LIVE_LINKS), (account,))
 
             def pages():
                 while True:
@@ -376,6 +375,10 @@ class SqlStore(OutboxQueries):
 # links_for_dedup answers it, order included (schema.py, migration 4).
 OLDEST_LINK = ("SELECT link FROM links WHERE sha256 = ? AND host = ? AND account = ?"
                " AND deleted IS NULL ORDER BY id LIMIT 1")
+# An account's live links, oldest first, from links_listed; "id > 0" (always true) is that
+# index's mark, so that no other query can be planned onto it (schema.py, migration 4).
+LIVE_LINKS = ("SELECT link FROM links WHERE account = ? AND deleted IS NULL AND id > 0"
+              " ORDER BY id")
 
 
 def new_image_id() -> str:

@@ -14,7 +14,7 @@ import threading
 
 from ..errors import StartError, StoreInUse, StoreUnavailable
 from . import schema
-from .sql import SqlStore
+from .sql import LIVE_LINKS, SqlStore
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -113,8 +113,7 @@ class SqliteStore(SqlStore):
     def links(self, page_size: int, account: str = ""):
         # Streamed across threads of the reading pool: a connection of its own.
         with self.reading(dedicated=True) as conn:
-            cursor = conn.execute("SELECT link FROM links WHERE account = ? AND deleted IS NULL"
-                                  " ORDER BY id", (account,))
+            cursor = conn.execute(LIVE_LINKS, (account,))
 
             def pages():
                 while rows := cursor.fetchmany(page_size):
