@@ -17,12 +17,13 @@ import collections
 import http.server
 import logging
 import re
-import socket
 import struct
 import threading
 import time
 import urllib.parse
 import zlib
+
+from .server import LoopbackServer
 
 log = logging.getLogger(__name__)
 
@@ -196,59 +197,22 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         log.debug("image source: " + fmt, *args)
 
 
-class ImageSource:
+class ImageSource(LoopbackServer):
     """A local HTTP(S) server of images and misbehaving routes; see the module docstring.
 
     ``latency`` (seconds) delays every answer. ``requests`` lists what was asked, in order.
     """
 
+    handler, handler_attribute, server_base = _Handler, "source", _Server
+    thread_name = "image-source"
+
     def __init__(self, host="127.0.0.1", port=0, *, ssl_context=None):
-        self.host, self.port, self.ssl_context = host, port, ssl_context
+        super().__init__(host, port, ssl_context=ssl_context)
         self.latency = 0.0
         self.connections = 0  # connections accepted (a client keeping them alive opens few)
         self._routes = {}
         self._log = []
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._server = self._thread = None
-
-    def start(self):
-        self._stopping.clear()
-        handler = type("Handler", (_Handler,), {"source": self})
-        server_class = type("Server", (_Server,), {
-            "address_family": socket.AF_INET6 if ":" in self.host else socket.AF_INET})
-        self._server = server_class((self.host, self.port), handler)
-        if self.ssl_context is not None:
-            # The handshake then happens on the first read, in the request's thread.
-            self._server.socket = self.ssl_context.wrap_socket(
-                self._server.socket, server_side=True, do_handshake_on_connect=False)
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01},
-                                        name=f"image-source-{self.port}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self):
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(timeout=5)
-            self._server = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc_info):
-        self.stop()
-
-    @property
-    def url(self):
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'https' if self.ssl_context else 'http'}://{host}:{self.port}"
-
-    def url_for(self, path):
-        return self.url + ("" if path.startswith("/") else "/") + path
 
     @property
     def requests(self):

@@ -23,6 +23,8 @@ import struct
 import threading
 from typing import Optional, Tuple, Union
 
+from .server import LoopbackServer
+
 log = logging.getLogger(__name__)
 
 
@@ -91,56 +93,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         log.debug("webhook receiver: " + fmt, *args)
 
 
-class WebhookReceiver:
+class WebhookReceiver(LoopbackServer):
     """A local HTTP(S) webhook endpoint; see the module docstring."""
 
+    handler, handler_attribute, server_base = _Handler, "receiver", _Server
+    thread_name = "webhook-receiver"
+
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, ssl_context=None):
-        self.host, self.port, self.ssl_context = host, port, ssl_context
+        super().__init__(host, port, ssl_context=ssl_context)
         self.default = Answer(200)
         self.delay = 0.0
         self._script = collections.deque()
         self._log = []
         self._lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._server = self._thread = None
-
-    def start(self) -> "WebhookReceiver":
-        self._stopping.clear()
-        handler = type("Handler", (_Handler,), {"receiver": self})
-        server_class = type("Server", (_Server,), {
-            "address_family": socket.AF_INET6 if ":" in self.host else socket.AF_INET})
-        self._server = server_class((self.host, self.port), handler)
-        if self.ssl_context is not None:
-            # The handshake then happens on the first read, in the request's thread.
-            self._server.socket = self.ssl_context.wrap_socket(
-                self._server.socket, server_side=True, do_handshake_on_connect=False)
-        self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.01},
-                                        name=f"webhook-receiver-{self.port}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._thread.join(timeout=5)
-            self._server = None
-
-    def __enter__(self) -> "WebhookReceiver":
-        return self.start()
-
-    def __exit__(self, *exc_info) -> None:
-        self.stop()
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{'https' if self.ssl_context else 'http'}://{host}:{self.port}"
-
-    def url_for(self, path: str) -> str:
-        return self.url + ("" if path.startswith("/") else "/") + path
 
     def answer(self, *answers: Union[int, Answer]) -> None:
         """Queue answers for the next requests: a status, or an ``Answer``."""
