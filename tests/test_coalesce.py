@@ -1,8 +1,9 @@
 """Threads of one worker asking at once share trips, each with its own answer."""
+import queue
 import threading
 import time
 
-from uploader.shared.coalesce import Line
+from uploader.shared.coalesce import Line, next_batch
 
 
 class SlowGate:
@@ -65,3 +66,13 @@ def test_a_failed_trip_fails_its_askers_and_the_next_trip_still_goes():
     answers, errors = ask_together(line, 16)
     assert len(errors) == gate.trips[0] and len(answers) == 16 - gate.trips[0]
     assert line("after")[0]
+
+
+def test_a_batch_is_what_waits_up_to_its_limit_and_waits_for_a_first():
+    asks = queue.SimpleQueue()
+    for n in range(5):
+        asks.put(n)
+    assert next_batch(asks, limit=3) == [0, 1, 2]
+    assert next_batch(asks) == [3, 4]
+    threading.Timer(0.05, asks.put, args=("late",)).start()
+    assert next_batch(asks) == ["late"]  # waited for it

@@ -34,7 +34,7 @@ from . import hosts, jobs
 from .errors import FetchError, HostError, failure_class, source_may_recover
 from .fetch import Fetcher
 from .logs import setup_logging
-from .shared.coalesce import Line
+from .shared.coalesce import Line, next_batch
 
 log = logging.getLogger(__name__)
 
@@ -115,12 +115,7 @@ class Outbox:
 
     def run(self) -> None:
         while True:
-            batch = [self._pending.get()]
-            while True:
-                try:
-                    batch.append(self._pending.get_nowait())
-                except queue.Empty:
-                    break
+            batch = next_batch(self._pending)
             closing = batch[-1] is self._CLOSE
             records = [r for r in batch if r is not self._CLOSE]
             if records:
@@ -290,12 +285,7 @@ class Ends:
 
     def _run(self) -> None:
         while True:
-            batch = [self._queue.get()]
-            while len(batch) < 64:
-                try:
-                    batch.append(self._queue.get_nowait())
-                except queue.Empty:
-                    break
+            batch = next_batch(self._queue, limit=64)
             closing = batch[-1] is None
             ends = [end for end in batch if end is not None]
             if ends:

@@ -17,6 +17,18 @@ from typing import Callable
 log = logging.getLogger(__name__)
 
 
+def next_batch(asks: "queue.SimpleQueue", limit: int = 0) -> list:
+    """The next item (waiting for it), then every item already queued behind it, up to
+    ``limit`` in all (0: no limit): what a thread that works in batches takes at once."""
+    batch = [asks.get()]
+    while len(batch) != limit:
+        try:
+            batch.append(asks.get_nowait())
+        except queue.Empty:
+            break
+    return batch
+
+
 class _Ask:
     """One question and, once ``done`` is released, its answer. ``done`` is a lock taken
     at once and released by the line's thread: a latch, cheaper than an Event."""
@@ -51,12 +63,7 @@ class Line:
         except Exception as exc:
             log.debug("%s: could not open the way yet: %s", threading.current_thread().name, exc)
         while True:
-            batch = [self._asks.get()]
-            while True:
-                try:
-                    batch.append(self._asks.get_nowait())
-                except queue.Empty:
-                    break
+            batch = next_batch(self._asks)
             error = None
             try:
                 answers = self._call_many([ask.item for ask in batch])
