@@ -84,6 +84,13 @@ def wait_complete(browser, timeout=60.0):
     browser.wait(lambda: job_status(browser) == "complete", timeout, "the job to be complete")
 
 
+def wait_shown(browser, other_than):
+    """Wait until the page shows a job other than ``other_than`` (the address changes
+    first, the job on the page a moment later: until then the old job's status shows)."""
+    browser.wait(lambda: shown_job_id(browser) not in (None, other_than)
+                 and browser.text("job-id") == shown_job_id(browser), what="the new job shown")
+
+
 def shown_job_id(browser):
     match = re.fullmatch(r"#/jobs/(.+)", browser.js("return location.hash"))
     return match and urllib.parse.unquote(match.group(1))
@@ -223,7 +230,7 @@ def test_a_mixed_job_live_with_thumbnails_reasons_and_its_own_address(start_serv
     browser.wait(lambda: rows(browser)[0]["state"] == "deleted", what="the image deleted")
     assert service.job(job_id)["urls"][0]["deleted"] is True
     click(browser, "job-retry")
-    browser.wait(lambda: shown_job_id(browser) not in (None, job_id), what="the retry job")
+    wait_shown(browser, other_than=job_id)
     wait_complete(browser)
     assert browser.text("job-retry-of") == f"Retry of the failed images of job {job_id}"
     assert [row["url"] for row in rows(browser)] == failing
@@ -268,7 +275,7 @@ def test_job_controls_delete_retry_cancel_and_recent_jobs(fake, browser):
 
     # Retry the failed URL: a new job, shown at its own address, that says what it retries.
     click(browser, "job-retry")
-    browser.wait(lambda: shown_job_id(browser) not in (None, first), what="the retry job")
+    wait_shown(browser, other_than=first)
     wait_complete(browser)
     assert browser.text("job-retry-of") == f"Retry of the failed images of job {first}"
     assert [row["url"] for row in rows(browser)] == [bad]
