@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,6 +24,41 @@ EVERYWHERE_BUT_LOOPBACK = [
     str(network) for everything, loopback in [("0.0.0.0/0", "127.0.0.0/8"), ("::/0", "::1/128")]
     for network in ipaddress.ip_network(everything).address_exclude(ipaddress.ip_network(loopback))]
 STARTED = re.compile(r"Starting Server on (http://\S+)")
+
+
+@contextlib.contextmanager
+def loopback_only(monkeypatch):
+    """``with loopback_only(monkeypatch) as made:`` every (address, port) any socket of this
+    process connects to, in ``made``; a connection anywhere but 127.0.0.0/8 or ::1 fails
+    the test at once, so a refusal test can prove that no connection was even tried."""
+    import pytest
+
+    made, strays = [], []
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def check(address):
+        host = address[0] if isinstance(address, tuple) else address
+        try:
+            loopback = ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+        except ValueError:
+            loopback = False  # a name: nothing here may connect by name
+        if not loopback:
+            strays.append(address)
+            pytest.fail(f"attempted a connection to non-loopback {address}")
+        made.append((host, address[1]))
+
+    def connect(sock, address):
+        check(address)
+        return real_connect(sock, address)
+
+    def connect_ex(sock, address):
+        check(address)
+        return real_connect_ex(sock, address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
+    yield made
+    assert strays == []  # even if something swallowed the failure above
 
 
 def write_config(directory: Path, **sections) -> Path:

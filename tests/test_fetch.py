@@ -1,14 +1,13 @@
 """The fetcher downloads images safely: SSRF refusals, limits, redirects, content checks.
 
-Everything runs on loopback. An autouse guard fails any test in which the fetcher
-tries to connect anywhere but 127.0.0.0/8 or ::1, and records the connections it
-makes, so a refusal test can prove that no connection happened at all.
+Everything runs on loopback. An autouse guard (``tests.support.loopback_only``) fails any
+test in which a socket tries to connect anywhere but 127.0.0.0/8 or ::1, and records the
+connections made, so a refusal test can prove that no connection happened at all.
 """
 
 import concurrent.futures
 import contextlib
 import http.client
-import ipaddress
 import os
 import re
 import socket
@@ -25,6 +24,7 @@ from uploader.errors import (CorruptImage, FetchError, FetchTimeout, InvalidSour
                              SourceBroken, SourceHTTPError, SourceRefused, SourceTooLarge,
                              SourceUnreachable, TooManyRedirects, failure_class, source_may_recover)
 from tests.fakes.image_source import ImageSource, make_image, sized_jpeg_parts
+from tests.support import loopback_only
 from uploader.fetch import Fetched, Fetcher, format_size
 
 # A self-signed certificate for image.test and 127.0.0.1, valid 2000-2999 (test use only).
@@ -50,19 +50,9 @@ LOCAL = ["127.0.0.1/32"]
 
 @pytest.fixture(autouse=True)
 def connections(monkeypatch):
-    """Every (address, port) the code under test connects to; non-loopback fails the test."""
-    made = []
-    real = socket.create_connection
-
-    def guarded(address, *args, **kwargs):
-        host = address[0]
-        if not ipaddress.ip_address(host.split("%")[0]).is_loopback:
-            pytest.fail(f"attempted a connection to non-loopback {address}")
-        made.append((host, address[1]))
-        return real(address, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "create_connection", guarded)
-    return made
+    """Every (address, port) any socket in this process connects to; non-loopback fails the test."""
+    with loopback_only(monkeypatch) as made:
+        yield made
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ refused private and public addresses come from an injected resolver, never from 
 
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import random
@@ -22,6 +21,7 @@ import pytest
 
 import uploader
 from tests.fakes.webhook_receiver import Answer, WebhookReceiver
+from tests.support import loopback_only
 from tests.test_fetch import CERT, KEY, raw_server, resolver_for
 from uploader.submission import callback_url_problem
 from uploader.webhook import (ANSWER_CAP, Outcome, WebhookSender, backoff_seconds,
@@ -38,32 +38,8 @@ DELIVERY = "d-0001-5f6c1c4a"
 @pytest.fixture(autouse=True)
 def connections(monkeypatch):
     """Every (address, port) any socket in this process connects to; non-loopback fails the test."""
-    made, strays = [], []
-    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
-
-    def check(address):
-        host = address[0] if isinstance(address, tuple) else address
-        try:
-            loopback = ipaddress.ip_address(str(host).split("%")[0]).is_loopback
-        except ValueError:
-            loopback = False  # a name: nothing here may connect by name
-        if not loopback:
-            strays.append(address)
-            pytest.fail(f"attempted a connection to non-loopback {address}")
-        made.append((host, address[1]))
-
-    def connect(sock, address):
-        check(address)
-        return real_connect(sock, address)
-
-    def connect_ex(sock, address):
-        check(address)
-        return real_connect_ex(sock, address)
-
-    monkeypatch.setattr(socket.socket, "connect", connect)
-    monkeypatch.setattr(socket.socket, "connect_ex", connect_ex)
-    yield made
-    assert strays == []  # even if something swallowed the failure above
+    with loopback_only(monkeypatch) as made:
+        yield made
 
 
 @pytest.fixture
