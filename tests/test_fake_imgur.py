@@ -92,6 +92,22 @@ def test_a_base64_image_field_is_accepted(fake, kwargs):
     assert fake.image_bytes(answer.json()["data"]["link"]) == GIF
 
 
+def test_multipart_parameters_are_read_as_a_browser_writes_them(fake):
+    """Quoted values keep a ';' and lose their escapes; an unquoted name and a header in
+    other capitals work too (the fake parses these itself, not with the e-mail parser)."""
+    boundary = "b0undary"
+    body = (f'--{boundary}\r\ncontent-disposition: form-data; name=name\r\n\r\nx;y.gif\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; '
+            f'filename="a\\"b;c.gif"\r\nContent-Type: image/gif\r\n\r\n').encode() + GIF + (
+            f'\r\n--{boundary}--\r\n').encode()
+    answer = requests.post(fake.url + "/3/image", data=body, timeout=5, headers={
+        "Authorization": "Client-ID test-client",
+        "Content-Type": f'Multipart/Form-Data; boundary="{boundary}"'})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["data"]["name"] == "x;y.gif"
+    assert fake.image_bytes(answer.json()["data"]["link"]) == GIF
+
+
 def test_the_client_id_works_and_links_can_point_at_the_fake_itself():
     with FakeImgur(public_base=None) as fake:
         uploaded = upload(ImgurHost(api_url=fake.url, client_id="test-client"))

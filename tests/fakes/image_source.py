@@ -330,6 +330,8 @@ class ImageSource(LoopbackServer):
             h.send_header("Content-Length", str(length))
         h.end_headers()
         started, sent = time.monotonic(), 0
+        if not pace:  # one write per 64 KiB, not per part: the bench counts the fake's CPU
+            parts = _coalesced(parts, 64 * 1024)
         for part in parts:
             if self._stopping.is_set() or sent > STREAM_LIMIT_BYTES \
                     or time.monotonic() - started > STREAM_LIMIT_SECONDS:
@@ -343,3 +345,16 @@ class ImageSource(LoopbackServer):
             h.wfile.write(b"0\r\n\r\n")
         if length is not None and sent < length:
             h.close_connection = True
+
+
+def _coalesced(parts, size):
+    """``parts`` joined into pieces of at least ``size`` bytes (the last may be smaller)."""
+    pending, pending_bytes = [], 0
+    for part in parts:
+        pending.append(part)
+        pending_bytes += len(part)
+        if pending_bytes >= size:
+            yield b"".join(pending)
+            pending, pending_bytes = [], 0
+    if pending:
+        yield b"".join(pending)

@@ -15,7 +15,6 @@ tokens (``expire_token``); it records every upload request it answered. With
 """
 import argparse
 import base64
-import email.message
 import hashlib
 import http
 import json
@@ -33,6 +32,8 @@ import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Optional
+
+from .server import RequestHeaders
 
 log = logging.getLogger(__name__)
 
@@ -369,8 +370,7 @@ class FakeImgur:
                 return error_answer(415, classic_error(415, error, path)), None
             return error_answer(400, "We don't support that file type!", request=path), None
         mime, ext = sniffed
-        image_id = "".join(secrets.choice(_ALNUM) for _ in range(7))
-        deletehash = "".join(secrets.choice(_ALNUM) for _ in range(15))
+        image_id, deletehash = _random_name(7), _random_name(15)
         width, height = _dimensions(image, mime)
         with self._lock:
             exhausted = self._budget_error_locked(path)  # again: a parallel upload may have won
@@ -464,6 +464,7 @@ class _Server(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, like the real API
+    MessageClass = RequestHeaders
     server_version = "FakeImgur/1.0"
     disable_nagle_algorithm = True  # headers and body go out in two writes: no 40 ms stall
 
@@ -518,6 +519,11 @@ class _Handler(BaseHTTPRequestHandler):
         log.debug("Fake Imgur: " + format, *args)
 
 
+def _random_name(length):
+    """Random letters and digits (one call for the randomness: the fake's CPU counts)."""
+    return "".join(_ALNUM[byte % len(_ALNUM)] for byte in secrets.token_bytes(length))
+
+
 def _ok(data):
     return _Answer(200, json.dumps({"data": data, "success": True, "status": 200}).encode())
 
@@ -534,27 +540,39 @@ def _auth_kind(header):
     return {"bearer": "bearer", "client-id": "client-id", "": "none"}.get(scheme, "other")
 
 
+_PARAM = re.compile(r';\s*([A-Za-z0-9_*-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^;\s]*))')
+
+
+def _header_value(value):
+    """(lower-cased type, {parameter: value}) of a header like Content-Type or
+    Content-Disposition; quoted values lose their quotes and backslash escapes."""
+    kind, _, rest = value.partition(";")
+    params = {match.group(1).lower(): re.sub(r"\\(.)", r"\1", match.group(2))
+              if match.group(2) is not None else match.group(3)
+              for match in _PARAM.finditer(";" + rest)}
+    return kind.strip().lower(), params
+
+
 def _parse_body(content_type, body):
     """name -> (value, is_file) for multipart/form-data or x-www-form-urlencoded bodies."""
-    header = email.message.Message()
-    header["Content-Type"] = content_type
-    if header.get_content_type() == "application/x-www-form-urlencoded":
+    kind, params = _header_value(content_type)
+    if kind == "application/x-www-form-urlencoded":
         fields = urllib.parse.parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
         return {name: (values[0], False) for name, values in fields.items()}
-    boundary = header.get_param("boundary")
-    if header.get_content_type() != "multipart/form-data" or not boundary:
+    boundary = params.get("boundary")
+    if kind != "multipart/form-data" or not boundary:
         return {}
     fields = {}
     for part in body.split(b"--" + boundary.encode())[1:]:
         if part.startswith(b"--"):
             break
         head, _, content = part.removeprefix(b"\r\n").partition(b"\r\n\r\n")
-        part_header = email.message.Message()
+        disposition = {}
         for line in head.decode("utf-8", "replace").split("\r\n"):
             name, _, value = line.partition(":")
-            part_header[name.strip()] = value.strip()
-        name = part_header.get_param("name", header="content-disposition")
-        filename = part_header.get_param("filename", header="content-disposition")
+            if name.strip().lower() == "content-disposition":
+                disposition = _header_value(value)[1]
+        name, filename = disposition.get("name"), disposition.get("filename")
         content = content.removesuffix(b"\r\n")
         if name:
             is_file = filename is not None

@@ -6,8 +6,22 @@ A subclass names its request handler (``handler``), the attribute through which 
 handler reaches the fake (``handler_attribute``), its server class (``server_base``) and
 the name of its thread (``thread_name``).
 """
+import http.client
 import socket
 import threading
+
+
+class RequestHeaders(http.client.HTTPMessage):
+    """A request's headers, parsed as nothing but headers (a handler's ``MessageClass``).
+
+    The stdlib parses them as an e-mail message, and one whose Content-Type is multipart
+    gets a regular expression compiled for its boundary, although no body is ever fed to
+    it. A client picks a new boundary per upload, so the fake Imgur compiled one per
+    upload: about half of its CPU, which on a small machine the service measured beside it
+    paid for. Reading the header is unchanged: ``headers["Content-Type"]`` is as sent."""
+
+    def get_content_type(self) -> str:
+        return "text/plain"
 
 
 class LoopbackServer:
