@@ -96,8 +96,7 @@ class PgCoordinator(_Rows):
     def claim_many(self, claims) -> List[Tuple[str, Optional[str]]]:
         if self.dedup_host is None or not claims:
             return [("upload", None)] * len(claims)
-        return self.run(lambda conn: [self._claim(conn, sha256, account, owner)
-                                      for sha256, account, owner in claims])
+        return self.run(lambda conn: self._claim(conn, claims))
 
     def end_many(self, ends) -> None:
         """What uploads owe once over, in one visit: (sha256, account, link, report, owner,
@@ -114,49 +113,78 @@ class PgCoordinator(_Rows):
                 self._gate(conn, answered)
             if self.dedup_host is None:
                 return
-            for sha256, account, link, _, _, _ in ends:
-                if link:
-                    conn.execute("UPDATE dedup_claims SET link = %s WHERE sha256 = %s"
-                                 " AND host = %s AND account = %s",
-                                 (link, sha256, self.dedup_host, account))
-                else:
-                    conn.execute("DELETE FROM dedup_claims WHERE sha256 = %s AND host = %s"
-                                 " AND account = %s AND instance = %s AND link IS NULL",
-                                 (sha256, self.dedup_host, account, self.instance))
+            published = [(sha256, account, link) for sha256, account, link, *_ in ends if link]
+            if published:  # a claim locked by another is being deleted: its link committed
+                conn.execute("WITH mine AS MATERIALIZED (SELECT c.sha256, c.account, p.link"
+                             " FROM dedup_claims AS c JOIN unnest(%s::text[], %s::text[],"
+                             " %s::text[]) AS p(sha256, account, link) ON c.sha256 = p.sha256"
+                             " AND c.account = p.account WHERE c.host = %s"
+                             " FOR UPDATE OF c SKIP LOCKED)"
+                             " UPDATE dedup_claims AS c SET link = mine.link FROM mine"
+                             " WHERE c.sha256 = mine.sha256 AND c.host = %s"
+                             " AND c.account = mine.account",
+                             (*_columns(published), self.dedup_host, self.dedup_host))
+            for sha256, account, link, *_ in ends:
+                if not link:
+                    self._release(conn, sha256, account)
         self.run(work)
 
     def forget(self, sha256: str, account: str) -> None:
         """These bytes' link was deleted (committed already): nothing is kept here to forget,
         since a published link leaves ``dedup_claims`` when it is committed to ``links``."""
 
-    def _claim(self, conn, sha256: str, account: str, owner: tuple):
+    def _claim(self, conn, claims) -> List[Tuple[str, Optional[str]]]:
         """Claim first, then look for a committed link: the result that commits a link also
         deletes its claim, in one transaction, so whichever way the two race, nobody
-        uploads bytes that already have a link."""
-        me = (self.instance, *owner)
-        taken = conn.execute(
-            "INSERT INTO dedup_claims (sha256, host, account, instance, worker, generation, thread)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (sha256, host, account) DO NOTHING"
-            " RETURNING 1", (sha256, self.dedup_host, account, *me)).fetchone()
-        if not taken:
-            row = conn.execute(
-                "SELECT instance, worker, generation, thread, link FROM dedup_claims"
-                " WHERE sha256 = %s AND host = %s AND account = %s",
-                (sha256, self.dedup_host, account)).fetchone()
-            if row is None:  # released between our two statements: ask again
-                return "wait", None
-            if row[4]:
-                return "reuse", row[4]  # published by its uploader, not yet committed
-            if tuple(row[:4]) != me:
-                return "wait", None
-        row = conn.execute(OLDEST_LINK.replace("?", "%s"),
-                           (sha256, self.dedup_host, account)).fetchone()
-        if row:
-            conn.execute("DELETE FROM dedup_claims WHERE sha256 = %s AND host = %s"
-                         " AND account = %s AND instance = %s AND link IS NULL",
-                         (sha256, self.dedup_host, account, self.instance))
-            return "reuse", row[0]
-        return "upload", None
+        uploads bytes that already have a link. Each step is one statement for the whole
+        batch (its own snapshot, so the lookup sees every link committed before it); the
+        answers are those of claiming one after the other, in order. Claims are inserted
+        in the order of their bytes, so two batches never wait for each other in a cycle."""
+        rows = [(sha256, account, self.instance, *owner) for sha256, account, owner in claims]
+        won = set(conn.execute(
+            "INSERT INTO dedup_claims (sha256, host, account, instance, worker, generation,"
+            " thread) SELECT c.sha256, %s, c.account, c.instance, c.worker, c.generation,"
+            " c.thread FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::int[],"
+            " %s::bigint[]) WITH ORDINALITY AS c(sha256, account, instance, worker, generation,"
+            " thread, n) ORDER BY c.sha256, c.account, c.n"
+            " ON CONFLICT (sha256, host, account) DO NOTHING"
+            " RETURNING sha256, account, instance, worker, generation, thread",
+            (self.dedup_host, *_columns(rows))).fetchall())
+        answers = [None if row in won else ("wait", None) for row in rows]
+        lost = [i for i, answer in enumerate(answers) if answer is not None]
+        if lost:  # held already: by whom, and is its link published?
+            holders = {(row[0], row[1]): row[2:] for row in conn.execute(
+                "SELECT sha256, account, instance, worker, generation, thread, link"
+                " FROM dedup_claims WHERE host = %s AND (sha256, account) IN"
+                " (SELECT * FROM unnest(%s::text[], %s::text[]))",
+                (self.dedup_host, *_columns([rows[i][:2] for i in lost]))).fetchall()}
+            for i in lost:
+                holder = holders.get(rows[i][:2])
+                if holder is not None and holder[4]:
+                    answers[i] = ("reuse", holder[4])  # published by its uploader
+                elif holder is not None and tuple(holder[:4]) == rows[i][2:]:
+                    answers[i] = None  # ours already (asked again)
+                # else released between our two statements, or another's: ask again
+        mine = [i for i, answer in enumerate(answers) if answer is None]
+        if mine:
+            links = dict(((row[0], row[1]), row[2]) for row in conn.execute(
+                f"SELECT c.sha256, c.account, ({_OLDEST_LINK_OF_C}) FROM unnest(%s::text[],"
+                " %s::text[]) AS c(sha256, account)",
+                (self.dedup_host, *_columns([rows[i][:2] for i in mine]))).fetchall())
+            for i in mine:
+                link = links.get(rows[i][:2])
+                answers[i] = ("reuse", link) if link else ("upload", None)
+                if link:
+                    self._release(conn, *rows[i][:2])
+        return answers
+
+    def _release(self, conn, sha256: str, account: str) -> None:
+        """Drop this instance's unpublished claim on these bytes: a statement of its own,
+        which holds no other row while it waits for this one (a result's commit may be
+        deleting it, holding others): no deadlock."""
+        conn.execute("DELETE FROM dedup_claims WHERE sha256 = %s AND host = %s AND account = %s"
+                     " AND instance = %s AND link IS NULL",
+                     (sha256, self.dedup_host, account, self.instance))
 
     # -- the gate ----------------------------------------------------------------------------
     def reserve(self, owner: tuple) -> Optional[tuple]:
@@ -263,6 +291,15 @@ class PgCoordinator(_Rows):
         """An answer on the database's clock, as a moment of this machine's monotonic clock."""
         granted, when, why = answer
         return granted, time.monotonic() + (when - now), why
+
+
+def _columns(rows) -> list:
+    """Rows (at least one) as column lists: what ``unnest`` takes, a batch in a statement."""
+    return [list(column) for column in zip(*rows)]
+
+
+# OLDEST_LINK for each row ``c`` of a batch: the same index lookup, once per row.
+_OLDEST_LINK_OF_C = (OLDEST_LINK.replace("?", "{}").format("c.sha256", "%s", "c.account"))
 
 
 class PgCredentials(_Rows):

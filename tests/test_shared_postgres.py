@@ -1,0 +1,74 @@
+"""The cluster's dedup claims (``shared.postgres``): a batch answers as claims made one
+after the other would, in one statement per step."""
+import threading
+
+import psycopg
+import pytest
+
+from uploader.config import StorageConfig
+from uploader.shared.postgres import PgCoordinator
+from uploader.store import open_store
+
+
+@pytest.fixture
+def database(postgres):
+    url = postgres.create_database()
+    open_store(StorageConfig(url=url), "me").close()  # the schema, migrated
+    return url
+
+
+def coordinator(url, instance):
+    return PgCoordinator(url, instance, lease_seconds=15, dedup_host="imgur")
+
+
+def claims_held(url):
+    with psycopg.connect(url) as conn:
+        return sorted(conn.execute(
+            "SELECT sha256, account, instance, thread, link FROM dedup_claims").fetchall())
+
+
+def test_a_batch_of_claims_answers_as_claims_one_after_another(database):
+    me, other = coordinator(database, "me"), coordinator(database, "other")
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("INSERT INTO links (link, sha256, host, created, account, image_id)"
+                     " VALUES ('https://i.example/old', 'old', 'imgur', 0, '', 'i1')")
+    assert other.claim_many([("theirs", "", (1, 1, 7)), ("published", "", (1, 1, 8))]) \
+        == [("upload", None)] * 2
+    other.end_many([("published", "", "https://i.example/p", None, (1, 1, 8), False)])
+
+    assert me.claim_many([
+        ("new", "", (0, 1, 1)),
+        ("new", "", (0, 1, 2)),  # the same bytes, asked right after: the first one uploads
+        ("old", "", (0, 1, 3)),  # a committed link
+        ("theirs", "", (0, 1, 4)),  # another instance uploads them
+        ("published", "", (0, 1, 5)),  # another instance has uploaded them: not committed yet
+        ("new", "elsewhere", (0, 1, 6)),  # the same bytes in another account are others
+    ]) == [("upload", None), ("wait", None), ("reuse", "https://i.example/old"),
+           ("wait", None), ("reuse", "https://i.example/p"), ("upload", None)]
+    assert claims_held(database) == [
+        ("new", "", "me", 1, None), ("new", "elsewhere", "me", 6, None),
+        ("published", "", "other", 8, "https://i.example/p"), ("theirs", "", "other", 7, None)]
+
+    assert me.claim_many([("new", "", (0, 1, 1))]) == [("upload", None)]  # asked again: ours
+    me.end_many([("new", "", None, None, (0, 1, 1), False),  # released: an upload failed
+                 ("new", "elsewhere", "https://i.example/e", None, (0, 1, 6), False)])
+    assert me.claim_many([("new", "", (0, 1, 2)), ("new", "elsewhere", (0, 1, 3))]) \
+        == [("upload", None), ("reuse", "https://i.example/e")]
+
+
+def test_publishing_never_waits_for_a_claim_a_commit_is_deleting(database):
+    """A result's commit deletes its bytes' claim, with others, in one transaction. A batch
+    that waited there for one row while holding another could deadlock with it (it did,
+    in the cluster bench): publishing skips the claim, whose link is being committed."""
+    me = coordinator(database, "me")
+    assert me.claim_many([("a", "", (0, 1, 1)), ("b", "", (0, 1, 2))]) == [("upload", None)] * 2
+    with psycopg.connect(database) as committing:
+        committing.execute("DELETE FROM dedup_claims WHERE sha256 = 'b'")  # its lock held
+        publishing = threading.Thread(target=me.end_many, args=([
+            ("a", "", "https://i.example/a", None, (0, 1, 1), False),
+            ("b", "", "https://i.example/b", None, (0, 1, 2), False)],))
+        publishing.start()
+        publishing.join(timeout=10)
+        assert not publishing.is_alive()
+        committing.commit()
+    assert claims_held(database) == [("a", "", "me", 1, "https://i.example/a")]
