@@ -1,9 +1,19 @@
-"""Threads of one worker asking at once share trips, each with its own answer."""
+"""Threads of one worker asking at once share trips, each with its own answer: through a
+line's own thread, or made by whichever asker gets the turn (a combiner)."""
 import queue
 import threading
 import time
 
-from uploader.shared.coalesce import Line, next_batch
+import pytest
+
+from uploader.shared.coalesce import Combiner, Line, next_batch
+
+WAYS = {"line": lambda call_many: Line(call_many, "test-line"), "combiner": Combiner}
+
+
+@pytest.fixture(params=sorted(WAYS))
+def way(request):
+    return WAYS[request.param]
 
 
 class SlowGate:
@@ -43,26 +53,26 @@ def ask_together(line, threads):
     return answers, errors
 
 
-def test_askers_at_the_same_moment_share_trips_and_each_gets_its_own_answer():
+def test_askers_at_the_same_moment_share_trips_and_each_gets_its_own_answer(way):
     gate = SlowGate()
-    answers, errors = ask_together(Line(gate.reserve_many, "test-line"), 32)
+    answers, errors = ask_together(way(gate.reserve_many), 32)
     assert not errors
     assert all(answer[2] == n for n, answer in answers)  # each got the answer to its item
     assert sorted(answer[1] for _, answer in answers) == [float(n) for n in range(32)]
     assert sum(gate.trips) == 32 and len(gate.trips) < 8  # not one trip each
 
 
-def test_a_lone_asker_goes_at_once_and_later_askers_still_get_through():
+def test_a_lone_asker_goes_at_once_and_later_askers_still_get_through(way):
     gate = SlowGate()
-    line = Line(gate.reserve_many, "test-line")
+    line = way(gate.reserve_many)
     assert line("a") == (True, 0.0, "a")
     assert line("b") == (True, 1.0, "b")
     assert gate.trips == [1, 1]
 
 
-def test_a_failed_trip_fails_its_askers_and_the_next_trip_still_goes():
+def test_a_failed_trip_fails_its_askers_and_the_next_trip_still_goes(way):
     gate = SlowGate(fail_on_trip=1)
-    line = Line(gate.reserve_many, "test-line")
+    line = way(gate.reserve_many)
     answers, errors = ask_together(line, 16)
     assert len(errors) == gate.trips[0] and len(answers) == 16 - gate.trips[0]
     assert line("after")[0]

@@ -8,6 +8,10 @@ handshake) or a visit each to the database. Instead a ``Line`` has a thread of i
 that takes everything asked since its last trip, makes one ``call_many`` with it, and
 hands each asker its own answer. Each answer is what that asker would have got asking
 alone, in turn: ``call_many`` applies the rules once per item, in order.
+
+A ``Combiner`` does the same without a thread of its own, for a way any thread may take
+(a pooled database connection, where a manager proxy is not): the asker whose turn comes
+makes the trip for everyone waiting, and no asker is handed over to another thread.
 """
 import logging
 import queue
@@ -63,14 +67,42 @@ class Line:
         except Exception as exc:
             log.debug("%s: could not open the way yet: %s", threading.current_thread().name, exc)
         while True:
-            batch = next_batch(self._asks)
-            error = None
-            try:
-                answers = self._call_many([ask.item for ask in batch])
-                if len(answers) != len(batch):  # nobody may be left waiting
-                    raise RuntimeError(f"{len(answers)} answers to {len(batch)} asks")
-            except BaseException as exc:  # every asker of this trip hears it
-                error, answers = exc, [None] * len(batch)
-            for ask, answer in zip(batch, answers):
-                ask.answer, ask.error = answer, error
-                ask.done.release()
+            _answer(next_batch(self._asks), self._call_many)
+
+
+def _answer(batch: list, call_many) -> None:
+    """One trip for a batch of asks: each gets its answer, or the trip's error."""
+    error = None
+    try:
+        answers = call_many([ask.item for ask in batch])
+        if len(answers) != len(batch):  # nobody may be left waiting
+            raise RuntimeError(f"{len(answers)} answers to {len(batch)} asks")
+    except BaseException as exc:  # every asker of this trip hears it
+        error, answers = exc, [None] * len(batch)
+    for ask, answer in zip(batch, answers):
+        ask.answer, ask.error = answer, error
+        ask.done.release()
+
+
+class Combiner:
+    """``combiner(item)`` -> the answer for ``item``, by way of ``call_many([items])``,
+    made by whichever asking thread gets the turn, for all asked meanwhile."""
+
+    def __init__(self, call_many: Callable[[list], list]):
+        self._call_many = call_many
+        self._waiting: list = []
+        self._waiting_lock = threading.Lock()
+        self._turn = threading.Lock()
+
+    def __call__(self, item=None):
+        ask = _Ask(item)
+        with self._waiting_lock:
+            self._waiting.append(ask)
+        with self._turn:
+            if ask.done.locked():  # nobody answered it while we waited for the turn
+                with self._waiting_lock:
+                    batch, self._waiting = self._waiting, []
+                _answer(batch, self._call_many)
+        if ask.error is not None:
+            raise ask.error
+        return ask.answer

@@ -28,6 +28,7 @@ from ..errors import StoreUnavailable
 from ..ratelimit import GateRules, GateState
 from ..store.postgres import driver_errors, make_pool
 from ..store.sql import OLDEST_LINK
+from .coalesce import Combiner
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ class PgCoordinator(_Rows):
         self.gate = gate
         self.rules = GateRules(**gate) if gate is not None else None
         self.dedup_host = dedup_host
+        # this process's threads changing the gate at once share one compare-and-set
+        self._gate_changes = Combiner(self._change_gate)
 
     def __getstate__(self):
         return {"args": (self.url, self.instance), "lease_seconds": self.lease_seconds,
@@ -99,20 +102,16 @@ class PgCoordinator(_Rows):
         return self.run(lambda conn: self._claim(conn, claims))
 
     def end_many(self, ends) -> None:
-        """What uploads owe once over, in one visit: (sha256, account, link, report, owner,
-        observe) each; the gate hears every open grant's answer in one compare-and-set."""
+        """What uploads owe once over: (sha256, account, link, report, owner, observe)
+        each. The gate hears every open grant's answer in one compare-and-set (shared with
+        this process's reservations of the moment); links are published, claims released."""
         observed = [(report, owner[:2]) for _, _, _, report, owner, observe in ends if observe]
-
-        def answered(state, grants, now):
-            for report, owner in observed:
-                self._count(grants, owner, -1)
-                self.rules.observe(state, now, report)
+        if observed and self.rules is not None:
+            self._gate_changes(self._answered(observed))
+        if self.dedup_host is None:
+            return
 
         def work(conn):
-            if observed and self.rules is not None:
-                self._gate(conn, answered)
-            if self.dedup_host is None:
-                return
             published = [(sha256, account, link) for sha256, account, link, *_ in ends if link]
             if published:  # a claim locked by another is being deleted: its link committed
                 conn.execute("WITH mine AS MATERIALIZED (SELECT c.sha256, c.account, p.link"
@@ -198,7 +197,7 @@ class PgCoordinator(_Rows):
             answers = self.rules.reserve_slots(state, now, sum(grants.values()), count)
             self._count(grants, owner, sum(granted for granted, _, _ in answers))
             return answers
-        return self.run(lambda conn: self._gate(conn, change))
+        return self._gate_changes(change)
 
     def confirm(self, owner: tuple) -> tuple:
         if self.rules is None:
@@ -209,11 +208,11 @@ class PgCoordinator(_Rows):
             if not answer[0]:
                 self._count(grants, owner, -1)  # withdrawn
             return answer
-        return self.run(lambda conn: self._gate(conn, change))
+        return self._gate_changes(change)
 
     def observe(self, report: Optional[dict], owner: tuple) -> None:
         if self.rules is not None:
-            self.run(lambda conn: self._observe(conn, report, owner))
+            self._gate_changes(self._answered([(report, owner)]))
 
     def pause(self, seconds: float, why: str) -> None:
         if self.rules is not None:
@@ -237,18 +236,26 @@ class PgCoordinator(_Rows):
                     self._key((worker, generation)), None))
         self.run(work)
 
-    def _observe(self, conn, report: Optional[dict], owner: tuple) -> None:
+    def _answered(self, observed: list):
+        """The gate change for open grants answered: (the host's budgets, owner) each."""
         def change(state, grants, now):
-            self._count(grants, owner, -1)
-            self.rules.observe(state, now, report)
-        self._gate(conn, change)
+            for report, owner in observed:
+                self._count(grants, owner, -1)
+                self.rules.observe(state, now, report)
+        return change
+
+    def _change_gate(self, changes: list) -> list:
+        """Changes asked by this process's threads at once, in one compare-and-set; their
+        answers on this machine's monotonic clock."""
+        def all_of_them(state, grants, now):
+            return [_local(change(state, grants, now), now) for change in changes]
+        return self.run(lambda conn: self._gate(conn, all_of_them)) if changes else []
 
     def _gate(self, conn, change):
         """Compare-and-set on the gate row: ``change(state, grants, now)`` is applied to a
-        fresh copy until our write wins (no lock is held while this process thinks).
-        ``grants``: uploads granted and not yet answered, by worker of a live instance;
-        those of instances found dead are dropped on the way. Answers come back on this
-        machine's monotonic clock."""
+        fresh copy until our write wins (no lock is held while this process thinks); its
+        answer is returned. ``grants``: uploads granted and not yet answered, by worker
+        of a live instance; those of instances found dead are dropped on the way."""
         while True:
             row = conn.execute(
                 f"SELECT version, state, {NOW}, ARRAY(SELECT id FROM instances"
@@ -270,9 +277,7 @@ class PgCoordinator(_Rows):
                 "UPDATE gate SET version = version + 1, state = %s WHERE id = 1 AND version = %s",
                 (json.dumps({"gate": state.to_dict(), "grants": grants}), version)).rowcount
             if written:
-                if isinstance(answer, list):
-                    return [self._local(one, now) for one in answer]
-                return self._local(answer, now) if isinstance(answer, tuple) else answer
+                return answer
 
     def _key(self, owner: tuple) -> str:
         worker, generation = owner
@@ -286,11 +291,17 @@ class PgCoordinator(_Rows):
         else:
             grants.pop(key, None)
 
-    @staticmethod
-    def _local(answer: tuple, now: float) -> tuple:
-        """An answer on the database's clock, as a moment of this machine's monotonic clock."""
+
+
+def _local(answer, now: float):
+    """A gate's answer (``(granted, when, why)``, a list of them, or None) with its moments
+    on this machine's monotonic clock instead of the database's."""
+    if isinstance(answer, list):
+        return [_local(one, now) for one in answer]
+    if isinstance(answer, tuple):
         granted, when, why = answer
         return granted, time.monotonic() + (when - now), why
+    return answer
 
 
 def _columns(rows) -> list:
