@@ -1,6 +1,7 @@
 """The store on both backends: job creation, claims under leases, results, hand-back, reaping."""
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -77,6 +78,49 @@ def test_claims_then_results_complete_the_job_once(store):
     with store.links(10) as pages:
         assert list(pages) == [["https://i.example/a.png", "https://i.example/c.png"]]
     assert store.link_for("aa", "local") == "https://i.example/a.png"
+
+
+def test_finishing_a_batch_is_finishing_each_in_turn(postgres):
+    """PostgreSQL finishes a batch in three statements; the outcome is the one-by-one's:
+    answers, the job, links (the first of two equal ones kept) and dedup claims done."""
+    import psycopg
+
+    outcomes = []
+    for batched in (False, True):
+        database = postgres.create_database()
+        store = open_store(StorageConfig(url=database), "me")
+        with store.transaction():
+            store.create_job("job-1", URLS + ["https://a.example/4.png"])
+            tasks = store.claim(4)
+        with psycopg.connect(database, autocommit=True) as conn:
+            conn.execute("INSERT INTO dedup_claims (sha256, host, account, instance, worker,"
+                         " generation, thread) VALUES ('aa', 'imgur', '', 'me', 0, 1, 1)")
+        stale = replace(tasks[3], lease=tasks[3].lease + 1)  # a claim this instance lost
+        finishes = [
+            (tasks[0], jobs.COMPLETE, dict(attempts=1, link="https://i.example/a", sha256="aa",
+                                           host="imgur", deletehash="d1")),
+            (tasks[1], jobs.COMPLETE, dict(attempts=2, link="https://i.example/a", sha256="aa",
+                                           host="imgur", reused=True)),
+            (tasks[2], jobs.FAILED, dict(attempts=3, reason="HTTP 404 from source")),
+            (stale, jobs.COMPLETE, dict(attempts=1, link="https://i.example/late")),
+            (tasks[0], jobs.FAILED, dict(attempts=1, reason="a second result")),
+        ]
+        with store.transaction():
+            answers = (store.finish_many(finishes) if batched
+                       else [store.finish(task, state, **fields) for task, state, fields in finishes])
+        document = job(store)
+        with psycopg.connect(database) as conn:
+            links = conn.execute("SELECT link, sha256, host, account, deletehash FROM links"
+                                 " ORDER BY id").fetchall()
+            claims = conn.execute("SELECT count(*) FROM dedup_claims").fetchone()[0]
+        store.close()
+        outcomes.append((answers, document["status"], document["uploaded"],
+                         [(u["state"], u["attempts"], u["reason"], u["link"])
+                          for u in document["urls"]], links, claims))
+    assert outcomes[1] == outcomes[0]
+    assert outcomes[1][0] == [True, True, True, False, False]
+    assert outcomes[1][4] == [("https://i.example/a", "aa", "imgur", "", "d1")]
+    assert outcomes[1][5] == 0
 
 
 def test_a_result_needs_the_lease_of_its_claim(store):

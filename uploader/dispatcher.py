@@ -238,8 +238,15 @@ class Dispatcher:
         with self.store.transaction():
             if self.shared:
                 self._duties(effects, now)
+            results = []  # consecutive results are finished together
             for event in batch:
+                if isinstance(event, Result):
+                    results.append(event)
+                    continue
+                self._on_results(state, effects, results)
+                results = []
                 self._apply_event(state, effects, event)
+            self._on_results(state, effects, results)
             sends = {} if state.lost or state.stopping is not None else self._fill_slots(state)
         self.state = state
         self._schedule(now)
@@ -261,9 +268,7 @@ class Dispatcher:
             self._finish(state)
 
     def _apply_event(self, state: _State, effects: list, event) -> None:
-        if isinstance(event, Result):
-            self._on_result(state, effects, event)
-        elif isinstance(event, Attempt):
+        if isinstance(event, Attempt):
             task = state.assigned.get(event.worker, {}).get(event.url_id)
             if task is not None:
                 state.assigned[event.worker][event.url_id] = replace(task, attempt=event.attempt)
@@ -412,24 +417,31 @@ class Dispatcher:
             sends.setdefault(index, []).append(task)
         return sends
 
-    def _on_result(self, state: _State, effects: list, result: Result) -> None:
-        task = state.assigned.get(result.worker, {}).pop(result.url_id, None)
-        if task is None:
-            log.info("ignored a result for URL #%d that is not in flight here", result.url_id)
+    def _on_results(self, state: _State, effects: list, results: List[Result]) -> None:
+        """Record results in one go (``store.finish_many``); each is logged and counted."""
+        finishing = []
+        for result in results:
+            task = state.assigned.get(result.worker, {}).pop(result.url_id, None)
+            if task is None:
+                log.info("ignored a result for URL #%d that is not in flight here", result.url_id)
+                continue
+            state.quarantine.finished(result.url_id)
+            finishing.append((result, task))
+        if not finishing:
             return
-        state.quarantine.finished(result.url_id)
-        recorded = self.store.finish(
-            task, result.state, attempts=result.attempts, link=result.link,
-            reason=result.reason, sha256=result.sha256, reused=result.reused, host=self.host,
-            deletehash=result.deletehash)
-        if not recorded:
-            log.warning("refused a late result for URL #%d (%s): this instance no longer "
-                        "holds it", result.url_id, result.state)
-            return
-        effects.append(lambda: self.metrics.result(result))
-        effects.append(lambda: log_outcome(
-            task.job_id, task.url, result.state, link=result.link, reason=result.reason,
-            attempts=result.attempts, seconds=result.seconds, reused=result.reused))
+        recorded = self.store.finish_many([(task, result.state, dict(
+            attempts=result.attempts, link=result.link, reason=result.reason,
+            sha256=result.sha256, reused=result.reused, host=self.host,
+            deletehash=result.deletehash)) for result, task in finishing])
+        for (result, task), kept in zip(finishing, recorded):
+            if not kept:
+                log.warning("refused a late result for URL #%d (%s): this instance no longer "
+                            "holds it", result.url_id, result.state)
+                continue
+            effects.append(lambda result=result: self.metrics.result(result))
+            effects.append(lambda result=result, task=task: log_outcome(
+                task.job_id, task.url, result.state, link=result.link, reason=result.reason,
+                attempts=result.attempts, seconds=result.seconds, reused=result.reused))
 
     def _on_worker_exited(self, state: _State, effects: list, event: WorkerExited) -> None:
         handle = self.pool.workers.get(event.worker)

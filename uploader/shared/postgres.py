@@ -26,7 +26,7 @@ from typing import List, Optional, Tuple
 from ..credentials import RefreshSettings, Token, renew
 from ..errors import StoreUnavailable
 from ..ratelimit import GateRules, GateState
-from ..store.postgres import driver_errors, make_pool
+from ..store.postgres import as_columns, driver_errors, make_pool
 from ..store.sql import OLDEST_LINK
 from .coalesce import Combiner
 
@@ -122,7 +122,7 @@ class PgCoordinator(_Rows):
                              " UPDATE dedup_claims AS c SET link = mine.link FROM mine"
                              " WHERE c.sha256 = mine.sha256 AND c.host = %s"
                              " AND c.account = mine.account",
-                             (*_columns(published), self.dedup_host, self.dedup_host))
+                             (*as_columns(published), self.dedup_host, self.dedup_host))
             for sha256, account, link, *_ in ends:
                 if not link:
                     self._release(conn, sha256, account)
@@ -148,7 +148,7 @@ class PgCoordinator(_Rows):
             " thread, n) ORDER BY c.sha256, c.account, c.n"
             " ON CONFLICT (sha256, host, account) DO NOTHING"
             " RETURNING sha256, account, instance, worker, generation, thread",
-            (self.dedup_host, *_columns(rows))).fetchall())
+            (self.dedup_host, *as_columns(rows))).fetchall())
         answers = [None if row in won else ("wait", None) for row in rows]
         lost = [i for i, answer in enumerate(answers) if answer is not None]
         if lost:  # held already: by whom, and is its link published?
@@ -156,7 +156,7 @@ class PgCoordinator(_Rows):
                 "SELECT sha256, account, instance, worker, generation, thread, link"
                 " FROM dedup_claims WHERE host = %s AND (sha256, account) IN"
                 " (SELECT * FROM unnest(%s::text[], %s::text[]))",
-                (self.dedup_host, *_columns([rows[i][:2] for i in lost]))).fetchall()}
+                (self.dedup_host, *as_columns([rows[i][:2] for i in lost]))).fetchall()}
             for i in lost:
                 holder = holders.get(rows[i][:2])
                 if holder is not None and holder[4]:
@@ -169,7 +169,7 @@ class PgCoordinator(_Rows):
             links = dict(((row[0], row[1]), row[2]) for row in conn.execute(
                 f"SELECT c.sha256, c.account, ({_OLDEST_LINK_OF_C}) FROM unnest(%s::text[],"
                 " %s::text[]) AS c(sha256, account)",
-                (self.dedup_host, *_columns([rows[i][:2] for i in mine]))).fetchall())
+                (self.dedup_host, *as_columns([rows[i][:2] for i in mine]))).fetchall())
             for i in mine:
                 link = links.get(rows[i][:2])
                 answers[i] = ("reuse", link) if link else ("upload", None)
@@ -302,11 +302,6 @@ def _local(answer, now: float):
         granted, when, why = answer
         return granted, time.monotonic() + (when - now), why
     return answer
-
-
-def _columns(rows) -> list:
-    """Rows (at least one) as column lists: what ``unnest`` takes, a batch in a statement."""
-    return [list(column) for column in zip(*rows)]
 
 
 # OLDEST_LINK for each row ``c`` of a batch: the same index lookup, once per row.

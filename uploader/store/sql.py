@@ -30,8 +30,8 @@ LISTED_COLUMNS = "{seq}, id, created, finished, status, remaining, completed, fa
 SERVICE_DIED = "the service died while uploading, on each of {attempts} attempts"
 CANCELLED = "cancelled by the client before it was uploaded"
 NO_CURSOR = 2 ** 62  # before any job
-_CLEARED = ("waiting_until = NULL, waiting_reason = NULL, progress_bytes = NULL,"
-            " progress_total = NULL")
+CLEARED = ("waiting_until = NULL, waiting_reason = NULL, progress_bytes = NULL,"
+           " progress_total = NULL")  # what a URL in flight shows, and nothing else does
 
 
 class SqlStore(OutboxQueries):
@@ -156,7 +156,7 @@ class SqlStore(OutboxQueries):
 
     def _fail_queued(self, condition: str, params: tuple) -> None:
         rows = self._execute(
-            "UPDATE urls SET state = 'failed', reason = ?, " + _CLEARED +
+            "UPDATE urls SET state = 'failed', reason = ?, " + CLEARED +
             f" WHERE state = 'queued' AND {condition} RETURNING job_id",
             (CANCELLED, *params)).fetchall()
         for (job_id,) in rows:
@@ -179,7 +179,7 @@ class SqlStore(OutboxQueries):
             "WITH picked AS MATERIALIZED (SELECT id FROM urls WHERE state = 'queued' AND "
             + condition + " ORDER BY id LIMIT ? {skip_locked})"
             " UPDATE urls SET state = 'in_flight', owner = ?, lease = ?,"
-            " attempts = attempts + 1, " + _CLEARED +
+            " attempts = attempts + 1, " + CLEARED +
             " WHERE id IN (SELECT id FROM picked) AND state = 'queued'"
             " RETURNING id, job_id, url, attempts, suspect",
             (limit, self.instance, lease)).fetchall()
@@ -210,7 +210,7 @@ class SqlStore(OutboxQueries):
         for the job's account, with an image id of its own and the host's delete hash."""
         row = self._execute(
             "UPDATE urls SET state = ?, attempts = {greatest}(attempts, ?), link = ?,"
-            " reason = ?, sha256 = ?, reused = ?, owner = NULL, lease = NULL, " + _CLEARED +
+            " reason = ?, sha256 = ?, reused = ?, owner = NULL, lease = NULL, " + CLEARED +
             " WHERE id = ? AND state = 'in_flight' AND owner = ? AND lease = ? RETURNING job_id",
             (state, attempts, link, reason, sha256, int(reused), task.url_id, self.instance,
              task.lease)).fetchone()
@@ -225,6 +225,10 @@ class SqlStore(OutboxQueries):
         self._count(row[0], state)
         return True
 
+    def finish_many(self, finishes: Sequence[Tuple[Task, str, dict]]) -> List[bool]:
+        """``finish(task, state, **fields)`` for each, in order: what each returned."""
+        return [self.finish(task, state, **fields) for task, state, fields in finishes]
+
     def _link_recorded(self, sha256: Optional[str], host: Optional[str], account: str) -> None:
         """A link is committed with this transaction (the shared dedup claim can go)."""
 
@@ -236,7 +240,7 @@ class SqlStore(OutboxQueries):
         marks it to run alone next."""
         done = self._execute(
             "UPDATE urls SET state = 'queued', owner = NULL, lease = NULL,"
-            " attempts = attempts - ?, suspect = {greatest}(suspect, ?), " + _CLEARED +
+            " attempts = attempts - ?, suspect = {greatest}(suspect, ?), " + CLEARED +
             " WHERE id = ? AND state = 'in_flight' AND owner = ? AND lease = ?",
             (int(refund), int(suspect), task.url_id, self.instance, task.lease)).rowcount == 1
         self._work_added = self._requeued = self._work_added or done
@@ -276,12 +280,12 @@ class SqlStore(OutboxQueries):
         for url_id, job_id, url, attempts in rows:
             reason = SERVICE_DIED.format(attempts=attempts)
             self._execute(
-                "UPDATE urls SET state = ?, reason = ?, owner = NULL, lease = NULL, " + _CLEARED +
+                "UPDATE urls SET state = ?, reason = ?, owner = NULL, lease = NULL, " + CLEARED +
                 " WHERE id = ? AND state = 'in_flight'", (jobs.FAILED, reason, url_id))
             self._count(job_id, jobs.FAILED)
             failed.append((url_id, job_id, url, attempts, reason))
         requeued = self._execute(
-            "UPDATE urls SET state = 'queued', owner = NULL, lease = NULL, " + _CLEARED +
+            "UPDATE urls SET state = 'queued', owner = NULL, lease = NULL, " + CLEARED +
             f" WHERE state = 'in_flight' AND {dead}", params).rowcount
         if requeued > 0:
             self._work_added = self._requeued = True
