@@ -7,7 +7,7 @@ import pytest
 
 from uploader import jobs
 from uploader.config import StorageConfig
-from uploader.errors import StoreInUse
+from uploader.errors import StoreInUse, StoreUnavailable
 from uploader.render import job_document
 from uploader.store import open_store
 from uploader.store.sql import OLDEST_LINK
@@ -121,6 +121,35 @@ def test_finishing_a_batch_is_finishing_each_in_turn(postgres):
     assert outcomes[1][0] == [True, True, True, False, False]
     assert outcomes[1][4] == [("https://i.example/a", "aa", "imgur", "", "d1")]
     assert outcomes[1][5] == 0
+
+
+def test_an_instance_frozen_mid_transaction_holds_up_nobody(postgres):
+    """Frozen inside a transaction (SIGSTOP, a stalled VM), an instance holds the rows it
+    changed; another's reaper waited for them until it woke (the cluster drill's job
+    stalled so). The server ends such a transaction after a lease."""
+    database = postgres.create_database()
+    frozen, alive = (open_store(StorageConfig(url=database, lease_seconds=1), name)
+                     for name in ("frozen", "alive"))
+    with frozen.transaction():
+        frozen.create_job("job-1", URLS)
+        tasks = frozen.claim(3)
+    reaped = []
+
+    def reap():
+        with alive.transaction():
+            reaped.append(alive.reap(max_attempts=5))
+
+    with pytest.raises(StoreUnavailable):
+        with frozen.transaction():
+            assert frozen.finish(tasks[0], jobs.COMPLETE, attempts=1, link="https://i.example/a")
+            time.sleep(1.5)  # no heartbeat, the transaction left open: frozen, and dead
+            reaper = threading.Thread(target=reap)
+            reaper.start()
+            reaper.join(timeout=10)
+            assert reaped == [(3, [])]
+    assert job(alive)["uploaded"]["complete"] == []  # the frozen one's result did not count
+    frozen.close()
+    alive.close()
 
 
 def test_a_result_needs_the_lease_of_its_claim(store):

@@ -93,7 +93,8 @@ def driver_errors():
         yield
     except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
         raise StoreConflict(f"PostgreSQL: {exc}".strip()) from exc
-    except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+    except (psycopg.OperationalError, psycopg.InterfaceError,
+            psycopg.errors.IdleInTransactionSessionTimeout) as exc:  # the server hung up
         raise StoreUnavailable(f"PostgreSQL unreachable: {exc}".strip()) from exc
 
 
@@ -140,8 +141,13 @@ class PostgresStore(SqlStore):
         return sql.replace("%", "%%").replace("?", "%s")
 
     def _conn(self) -> psycopg.Connection:
+        """The writer's connection. A transaction it leaves open (this process frozen by
+        SIGSTOP or a stalled VM) would hold its rows from every other instance's reaper:
+        the server ends it after a lease, when the others count this instance dead."""
         if self._writer is None or self._writer.closed:
             self._writer = connect(self.url, autocommit=True)
+            self._writer.execute("SELECT set_config('idle_in_transaction_session_timeout', %s,"
+                                 " false)", (str(max(1, round(self.lease_seconds * 1000))),))
         return self._writer
 
     def _execute(self, sql, params=()):
