@@ -17,8 +17,8 @@ class RequestHeaders(http.client.HTTPMessage):
     The stdlib parses them as an e-mail message, and one whose Content-Type is multipart
     gets a regular expression compiled for its boundary, although no body is ever fed to
     it. A client picks a new boundary per upload, so the fake Imgur compiled one per
-    upload: about half of its CPU, which on a small machine the service measured beside it
-    paid for. Reading the header is unchanged: ``headers["Content-Type"]`` is as sent."""
+    upload: over a third of its CPU, which on a small machine the service measured beside
+    it paid for. Reading the header is unchanged: ``headers["Content-Type"]`` is as sent."""
 
     def get_content_type(self) -> str:
         return "text/plain"

@@ -292,7 +292,6 @@ class PgCoordinator(_Rows):
             grants.pop(key, None)
 
 
-
 def _local(answer, now: float):
     """A gate's answer (``(granted, when, why)``, a list of them, or None) with its moments
     on this machine's monotonic clock instead of the database's."""
