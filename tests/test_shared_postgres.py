@@ -1,5 +1,6 @@
 """The cluster's dedup claims (``shared.postgres``): a batch answers as claims made one
-after the other would, in one statement per step."""
+after the other would, in one statement per step; publishing never waits; a dead
+instance's published links are reused."""
 import threading
 
 import psycopg
@@ -72,3 +73,23 @@ def test_publishing_never_waits_for_a_claim_a_commit_is_deleting(database):
         assert not publishing.is_alive()
         committing.commit()
     assert claims_held(database) == [("a", "", "me", 1, "https://i.example/a")]
+
+
+def test_a_dead_instances_published_links_outlive_it(database):
+    """Killed after an upload but before its result was committed, an instance leaves the
+    link published: whoever takes its URL back reuses it instead of uploading again."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("INSERT INTO instances (id, host, pid, started, heartbeat)"
+                     " VALUES ('dead', 'elsewhere', 1, 0, 0)")  # its lease long expired
+    dead = coordinator(database, "dead")
+    assert dead.claim_many([("done", "", (0, 1, 1)), ("midway", "", (0, 1, 2))]) \
+        == [("upload", None)] * 2
+    dead.end_many([("done", "", "https://i.example/done", None, (0, 1, 1), False)])
+    store = open_store(StorageConfig(url=database, lease_seconds=3), "alive")
+    with store.transaction():
+        store.reap(max_attempts=5)
+    store.close()
+    assert claims_held(database) == [("done", "", "dead", 1, "https://i.example/done")]
+    assert coordinator(database, "alive").claim_many(
+        [("done", "", (0, 1, 3)), ("midway", "", (0, 1, 4))]) \
+        == [("reuse", "https://i.example/done"), ("upload", None)]

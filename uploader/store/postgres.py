@@ -266,8 +266,10 @@ class PostgresStore(SqlStore):
         return renewed
 
     def reap(self, max_attempts):
-        """Forget dead instances with their dedup claims and upload grants, then take back
-        the URLs they held."""
+        """Forget dead instances with their unpublished dedup claims and upload grants,
+        then take back the URLs they held. A published claim stays: its upload went
+        through, and whoever takes its URL back reuses the link instead of uploading the
+        bytes again (the result that commits it deletes the claim)."""
         gone = self._execute(
             "DELETE FROM instances WHERE heartbeat < {now} - ? AND id <> ? RETURNING id, host, pid",
             (self.lease_seconds, self.instance)).fetchall()
@@ -275,7 +277,8 @@ class PostgresStore(SqlStore):
             log.warning("instance %s (pid %s on %s) stopped renewing its lease; taking back "
                         "what it held", instance, pid, host)
         if gone:  # (their gate grants stop counting by themselves: see shared.postgres)
-            self._execute("DELETE FROM dedup_claims WHERE instance NOT IN (SELECT id FROM instances)")
+            self._execute("DELETE FROM dedup_claims WHERE instance NOT IN (SELECT id FROM instances)"
+                          " AND link IS NULL")
         return super().reap(max_attempts)
 
     # -- waiting for work --------------------------------------------------------------------
