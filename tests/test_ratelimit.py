@@ -96,6 +96,16 @@ def test_a_reservation_made_before_a_pause_is_withdrawn_when_its_moment_comes():
     assert gate.in_flight == 0  # the withdrawn grant no longer counts as in flight
 
 
+def test_a_grant_given_back_no_longer_counts_and_teaches_nothing():
+    gate = UploadGate(rate=0, burst=1)
+    assert gate.reserve(("w0", 1))[0]  # the probe
+    assert not gate.reserve(("w0", 1))[0]
+    gate.withdraw(("w0", 1))  # given back unused: no answer came
+    assert gate.in_flight == 0
+    assert gate.reserve(("w0", 1))[0]  # so another probe goes, and alone
+    assert not gate.reserve(("w0", 1))[0]
+
+
 def test_a_dead_workers_grants_stop_counting_as_in_flight():
     gate = UploadGate(rate=0, burst=1, reserve={"user": 10})
     assert gate.reserve(("w0", 1))[0]

@@ -1,6 +1,6 @@
-"""The cluster's dedup claims (``shared.postgres``): a batch answers as claims made one
-after the other would, in one statement per step; publishing never waits; a dead
-instance's published links are reused."""
+"""The cluster's shared state (``shared.postgres``). Dedup claims: a batch answers as
+claims made one after the other would, in one statement per step; publishing never waits;
+a dead instance's published links are reused. The gate: a grant given back is void."""
 import threading
 
 import psycopg
@@ -93,3 +93,17 @@ def test_a_dead_instances_published_links_outlive_it(database):
     assert coordinator(database, "alive").claim_many(
         [("done", "", (0, 1, 3)), ("midway", "", (0, 1, 4))]) \
         == [("reuse", "https://i.example/done"), ("upload", None)]
+
+
+def test_a_grant_given_back_no_longer_counts_and_teaches_nothing(database):
+    store = open_store(StorageConfig(url=database), "me")  # live: its grants count
+    try:
+        gate = PgCoordinator(database, "me", lease_seconds=15, gate={"rate": 0, "burst": 1})
+        owner = (0, 1)
+        assert gate.reserve(owner)[0]  # the probe
+        assert not gate.reserve(owner)[0]
+        gate.withdraw(owner)  # given back unused: no answer came
+        assert gate.reserve(owner)[0]  # so another probe goes, and alone
+        assert not gate.reserve(owner)[0]
+    finally:
+        store.close()

@@ -232,6 +232,11 @@ class UploadGate:
             self._count(owner, -1)
             self.rules.observe(self.state, time.monotonic(), report)
 
+    def withdraw(self, owner: tuple = ()) -> None:
+        """A grant given back unused: one less in flight, nothing learned."""
+        with self._lock:
+            self._count(owner, -1)
+
     def pause(self, seconds: float, why: str) -> None:
         with self._lock:
             self.rules.pause(self.state, time.monotonic(), seconds, why)

@@ -103,7 +103,8 @@ def build_uploader(config, shared, owner: tuple):
         return PoliteUploader(client, coordinator=shared.coordinator,
                               credentials=shared.credentials, owner=owner,
                               max_attempts=config.imgur.max_attempts,
-                              backoff=config.imgur.backoff)
+                              backoff=config.imgur.backoff,
+                              rate=config.imgur.rate_limit.uploads_per_second)
     from .local import LocalHost
 
     return DirectUploader(LocalHost(directory=config.local.directory,

@@ -8,9 +8,12 @@ service (every worker of every instance) follows for each upload:
                           |   up to imgur.max_attempts; a 429 or "too fast" pauses everyone
                           | token refused: refresh once for everyone, then try again
 
-Each grant of the gate is answered by exactly one observation: here for a try that is
-retried, by the worker's ``coordinator.end_many`` for the last one (``report.grant_open``).
-A worker's slots asking the gate at the same moment share one trip (``shared.coalesce``).
+Each grant of the gate is closed exactly once: by an observation here for a try that is
+retried, by the worker's ``coordinator.end_many`` for the last one (``report.grant_open``),
+or by a withdrawal when it is given back unused: a grant that could not be used soon after
+its moment (this process was held up) is not used late, so the pace holds for what Imgur
+sees; the upload waits for a new moment. A worker's slots asking the gate at the same
+moment share one trip (``shared.coalesce``).
 """
 import logging
 import random
@@ -23,11 +26,14 @@ log = logging.getLogger(__name__)
 
 GATE_POLL_SECONDS = 5.0  # re-ask the gate at least this often during a long pause
 WAIT_WORTH_NOTING = 1.0  # waits longer than this are shown in the job body
+# A grant is used at most this share of the pace's spacing after its moment (and this many
+# seconds, for fast paces: a busy process's sleep overruns by a few ms), else given back.
+LATE_SHARE, LATE_FLOOR_SECONDS = 0.25, 0.02
 
 
 class PoliteUploader:
     def __init__(self, host, *, coordinator, credentials, owner: tuple, max_attempts: int,
-                 backoff):
+                 backoff, rate: float = 0.0):
         self.host = host
         self.name = host.name
         self.coordinator = coordinator
@@ -37,6 +43,8 @@ class PoliteUploader:
         self._reserve = Line(lambda asks: coordinator.reserve_many(len(asks), owner), "gate-line")
         self.max_attempts = max_attempts
         self.backoff = backoff
+        # how late after its moment a grant may still be used (None: no pace to keep)
+        self.late_after = max(LATE_SHARE / rate, LATE_FLOOR_SECONDS) if rate > 0 else None
         self._token = None  # (token, version, rejected) as last read from the shared credential
 
     def upload(self, data: bytes, *, filename: str, mime: str, report):
@@ -44,8 +52,10 @@ class PoliteUploader:
         and whether a grant is still open, and tells the job about retries and waits."""
         refreshed = False
         while True:
-            self._wait_at_gate(report)
+            moment = self._wait_at_gate(report)
             version = self._use_current_token()
+            if self._held_up(moment, report):
+                continue
             try:
                 uploaded = self.host.upload(data, filename=filename, mime=mime)
             except HostError as exc:
@@ -70,6 +80,19 @@ class PoliteUploader:
             report.rate = _budgets(uploaded.rate) or report.rate
             return uploaded
 
+    def _held_up(self, moment: float, report) -> bool:
+        """True, and the grant given back, when this process was held up (starved of CPU,
+        a slow first read of the token) so long past the grant's moment that sending now
+        would crowd the next grant's: the pace holds for what Imgur sees, not only for the
+        moments granted. The moment itself is spent; the upload waits for a new one."""
+        if self.late_after is None or time.monotonic() - moment <= self.late_after:
+            return False
+        log.debug("%s: %.0f ms past the gate's moment; giving it back", report.describe(),
+                  (time.monotonic() - moment) * 1000)
+        self.coordinator.withdraw(self.owner)
+        report.grant_open = False
+        return True
+
     def _close_grant(self, report) -> None:
         """Tell the gate a try is over (it is being retried), with Imgur's latest budgets."""
         if report.grant_open:
@@ -91,8 +114,9 @@ class PoliteUploader:
             self.host.access_token = token
         return version
 
-    def _wait_at_gate(self, report) -> None:
-        """Wait for the shared gate; a long wait is shown in the job body with its reason."""
+    def _wait_at_gate(self, report) -> float:
+        """Wait for the shared gate; a long wait is shown in the job body with its reason.
+        Returns the granted moment."""
         noted = False
         while True:
             granted, when, why = self._reserve()
@@ -109,7 +133,7 @@ class PoliteUploader:
                         continue
                 if noted:
                     report.waiting(None, None)
-                return
+                return when
             if delay > WAIT_WORTH_NOTING and not noted:
                 report.waiting(time.time() + delay, why)
                 noted = True

@@ -6,6 +6,7 @@ credential. Workers (and the host's upload policy, ``hosts.citizen``) call:
     coordinator.claim(sha256, account, owner) / end_many([(sha256, account, link, report,
                                                           owner, observe), ...])
     coordinator.reserve_many(count, owner) / confirm(owner) / observe(report, owner)
+                                                        / withdraw(owner)
     coordinator.pause(seconds, why)
     coordinator.release_owner(worker, generation)       (the dispatcher, when a worker dies)
     credentials.current() / refresh(version, reason)

@@ -72,6 +72,11 @@ class Coordinator:
         if self.gate is not None:
             self.gate.observe(report, owner)
 
+    def withdraw(self, owner: tuple) -> None:
+        """A grant given back unused (its moment went by before it could be used)."""
+        if self.gate is not None:
+            self.gate.withdraw(owner)
+
     def pause(self, seconds: float, why: str) -> None:
         if self.gate is not None:
             self.gate.pause(seconds, why)

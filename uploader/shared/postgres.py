@@ -214,6 +214,10 @@ class PgCoordinator(_Rows):
         if self.rules is not None:
             self._gate_changes(self._answered([(report, owner)]))
 
+    def withdraw(self, owner: tuple) -> None:
+        if self.rules is not None:
+            self._gate_changes(lambda state, grants, now: self._count(grants, owner, -1))
+
     def pause(self, seconds: float, why: str) -> None:
         if self.rules is not None:
             self.run(lambda conn: self._gate(

@@ -1,0 +1,86 @@
+"""The upload policy around one upload (``hosts.citizen``), in-process: the gate's pace
+holds for what the host sees, even when a process is held up after its grant."""
+import threading
+import time
+
+from uploader.config import BackoffConfig
+from uploader.hosts import Uploaded
+from uploader.hosts.citizen import PoliteUploader
+from uploader.shared.embedded import Coordinator
+
+OWNER = ("w0", 1)
+
+
+class RecordingHost:
+    name = "imgur"
+    access_token = ""
+
+    def __init__(self):
+        self.sent = []
+
+    def upload(self, data, *, filename, mime):
+        self.sent.append(time.monotonic())
+        return Uploaded(link=f"https://i.example/{filename}")
+
+
+class SlowFirstToken:
+    """The shared credential, whose first read holds its reader up for ``seconds``."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+        self.reads = 0
+
+    def current(self):
+        self.reads += 1
+        if self.reads == 1:
+            time.sleep(self.seconds)
+        return "token", 1, None
+
+
+class Report:
+    grant_open = False
+    attempts = 1
+    rate = None
+
+    def describe(self):
+        return "a URL"
+
+    def waiting(self, until, why):
+        pass
+
+
+def test_a_grant_held_up_past_its_moment_is_given_back_not_used_late():
+    # 5 a second, burst 1: the first grant is for now, the second for 0.2 s later. The
+    # first slot is held up 0.18 s reading the token; sent then, it would reach the host
+    # 20 ms before the second. Given back, it waits for the next moment, 0.4 s.
+    coordinator = Coordinator({"rate": 5, "burst": 1})
+    coordinator.learn(None)  # no probe: budgets known (none reported)
+    host = RecordingHost()
+    uploader = PoliteUploader(host, coordinator=coordinator, credentials=SlowFirstToken(0.18),
+                              owner=OWNER, max_attempts=3, backoff=BackoffConfig(),
+                              rate=5)
+    reports = [Report(), Report()]
+    slots = [threading.Thread(target=uploader.upload, args=(b"x",),
+                              kwargs={"filename": f"{n}.png", "mime": "image/png",
+                                      "report": report})
+             for n, report in enumerate(reports)]
+    for slot in slots:
+        slot.start()
+        time.sleep(0.01)  # the first slot asks first
+    for slot in slots:
+        slot.join(timeout=10)
+    assert len(host.sent) == 2
+    first, second = sorted(host.sent)
+    assert second - first > 0.1  # the grants' spacing, less what a grant may be late
+    assert all(report.grant_open for report in reports)  # each upload's grant is open
+    assert coordinator.gate.in_flight == 2  # and the one given back no longer counts
+
+
+def test_without_a_pace_a_held_up_grant_is_used():
+    coordinator = Coordinator({"rate": 0, "burst": 1})
+    coordinator.learn(None)
+    host = RecordingHost()
+    uploader = PoliteUploader(host, coordinator=coordinator, credentials=SlowFirstToken(0.1),
+                              owner=OWNER, max_attempts=3, backoff=BackoffConfig(), rate=0)
+    uploader.upload(b"x", filename="a.png", mime="image/png", report=Report())
+    assert len(host.sent) == 1 and coordinator.gate.in_flight == 1
