@@ -243,26 +243,49 @@ def test_a_callback_to_a_refused_address_fails_without_a_request(start_service, 
     assert 'uploader_webhook_deliveries_total{outcome="refused"} 1.0' in metrics
 
 
+def kill_during_third_attempt(config, image_source, receiver):
+    """Two deliveries answered 500, the third held unanswered while the service is killed
+    with kill -9; the job's id."""
+    receiver.answer(500, 500)
+    receiver.default = Answer(200, delay=60)
+    first = ServiceProcess(config).start()
+    try:
+        job_id = submit(first, [image_source.url_for("/img/survivor.png")],
+                        callback_url=receiver.url_for("/survive"))
+        wait_until(lambda: len(receiver.requests) == 3)
+    finally:
+        first.kill()
+    receiver.default = Answer(200)
+    return job_id
+
+
+def callback_settled(config, job_id):
+    """The job's callback once a restarted service has settled it (delivered or failed)."""
+    second = ServiceProcess(config).start()
+    try:
+        return wait_until(lambda: (c := callback_of(second, job_id))["state"] != "pending"
+                          and c, timeout=30)
+    finally:
+        second.stop()
+
+
 def test_a_delivery_survives_kill_9_of_the_service(make_config, image_source):
     config = make_config(webhooks=QUICK_RETRIES)
     with WebhookReceiver() as receiver:
-        receiver.default = Answer(500)  # failing until the service is killed
-        first = ServiceProcess(config).start()
-        try:
-            job_id = submit(first, [image_source.url_for("/img/survivor.png")],
-                            callback_url=receiver.url_for("/survive"))
-            wait_until(lambda: callback_of(first, job_id)["attempts"] >= 2)
-        finally:
-            first.kill()
-        tried = len(receiver.requests)
-        receiver.default = Answer(200)
-        second = ServiceProcess(config).start()
-        try:
-            callback = wait_until(lambda: (c := callback_of(second, job_id))["state"] == "delivered"
-                                  and c, timeout=30)
-        finally:
-            second.stop()
+        job_id = kill_during_third_attempt(config, image_source, receiver)
+        callback = callback_settled(config, job_id)
         delivered = receiver.requests
-    assert len(delivered) > tried and delivered[-1].path == "/survive"
+    assert callback["state"] == "delivered"
+    assert len(delivered) == 4 and delivered[-1].path == "/survive"
     assert len({r.header("X-Uploader-Delivery") for r in delivered}) == 1
-    assert callback["attempts"] == len(delivered)
+    assert callback["attempts"] == 4  # the one cut short by the kill counts
+
+
+def test_an_attempt_cut_short_counts_towards_max_attempts(make_config, image_source):
+    config = make_config(webhooks={**QUICK_RETRIES, "max_attempts": 3})
+    with WebhookReceiver() as receiver:
+        job_id = kill_during_third_attempt(config, image_source, receiver)
+        callback = callback_settled(config, job_id)
+        assert len(receiver.requests) == 3  # no fourth request
+    assert callback["state"] == "failed" and callback["attempts"] == 3
+    assert "no attempts left: the last of 3 was cut short" in callback["last_error"]

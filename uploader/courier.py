@@ -14,7 +14,8 @@ carries each out, and records the outcome the same way:
 
 A claim is held for a while; an instance that dies mid-attempt lets it go, and the effect
 is carried out again (at least once: a receiver tells retries apart by
-``X-Uploader-Delivery``). The courier sleeps until the next effect is due, or until a
+``X-Uploader-Delivery``). The attempt cut short still counts (it is counted when claimed),
+so a receiver never gets more than ``max_attempts`` requests. The courier sleeps until the next effect is due, or until a
 commit adds one (``wake``), or ``poll_seconds`` (effects added by other instances).
 """
 import json
@@ -91,6 +92,14 @@ class Courier:
         return self.dispatcher.call(fn).result()
 
     def _carry_out(self, effect: Effect) -> None:
+        if effect.attempts >= self.max_attempts:  # the last was cut short: none is left
+            log.warning("courier: %s %s has no attempts left (the last one was cut short by a"
+                        " stop); given up", effect.kind, effect.id)
+            self._record(effect, FAILED, f"no attempts left: the last of {self.max_attempts} was"
+                         " cut short (the service stopped during it)", attempted=False)
+            count = self.metrics.webhook if effect.kind == "webhook" else self.metrics.host_deletion
+            count("failed")
+            return
         if effect.kind == "webhook":
             self._deliver(effect)
         elif effect.kind == "host_delete":
@@ -99,9 +108,11 @@ class Courier:
             log.error("courier: unknown effect %r; dropped", effect.kind)
             self._record(effect, FAILED, f"unknown effect {effect.kind!r}")
 
-    def _record(self, effect: Effect, state: str, error, retry_in: float = 0.0) -> None:
+    def _record(self, effect: Effect, state: str, error, retry_in: float = 0.0,
+                attempted: bool = True) -> None:
         kept = self._call(lambda store: store.record_effect(effect.id, state=state, error=error,
-                                                            retry_in=retry_in))
+                                                            retry_in=retry_in,
+                                                            attempted=attempted))
         if not kept:
             log.warning("courier: the claim on %s %s ran out before it was recorded; it will "
                         "be carried out again", effect.kind, effect.id)

@@ -5,12 +5,14 @@ in the very transaction that completes its job; a host deletion that could not b
 at once (``host_delete``) when the image is marked deleted. So an effect exists exactly
 when the change that owes it is committed, and survives kill -9 and restarts.
 
-    pending --claim (holder = an instance, held for a while)--> being carried out
+    pending --claim (holder = an instance, held for a while, attempts + 1)--> being carried out
             --record: done | pending again (next_at: a backoff later) | failed (out of tries)
 
 A claim is a lease like a URL's: an effect held by an instance that died (as the queue
 judges it) or past ``held_until`` is taken by another one (or the same, restarted) and
-carried out again: at least once. ``courier.Courier`` is the one that claims, carries out and records.
+carried out again: at least once. Like a URL's, an attempt is counted when it is claimed,
+so one cut short by a crash counts too: ``attempts`` never falls short of the requests a
+receiver saw, and ``max_attempts`` bounds them. ``courier.Courier`` is the one that claims, carries out and records.
 """
 import uuid
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ class Effect:
     kind: str
     job_id: Optional[str]
     target: str
-    attempts: int  # made before this one
+    attempts: int  # made before this one (this one is counted already)
     body: Optional[str]
 
 
@@ -50,8 +52,9 @@ class OutboxQueries:
             "WITH picked AS MATERIALIZED (SELECT id FROM outbox WHERE state = 'pending'"
             f" AND next_at <= {{now}} AND (held_until IS NULL OR held_until < {{now}} OR {dead})"
             " ORDER BY next_at LIMIT ? {skip_locked})"
-            " UPDATE outbox SET holder = ?, held_until = {now} + ?"
-            " WHERE id IN (SELECT id FROM picked) RETURNING id, kind, job_id, target, attempts, body",
+            " UPDATE outbox SET holder = ?, held_until = {now} + ?, attempts = attempts + 1"
+            " WHERE id IN (SELECT id FROM picked)"
+            " RETURNING id, kind, job_id, target, attempts - 1, body",
             (*params, limit, self.instance, hold_seconds)).fetchall()
         return [Effect(*row) for row in rows]
 
@@ -60,15 +63,17 @@ class OutboxQueries:
         self._execute("UPDATE outbox SET body = ? WHERE id = ? AND body IS NULL", (body, effect_id))
 
     def record_effect(self, effect_id: str, *, state: str, error: Optional[str],
-                      retry_in: float = 0.0) -> bool:
+                      retry_in: float = 0.0, attempted: bool = True) -> bool:
         """One attempt is over: ``done``, ``failed`` for good, or ``pending`` again in
-        ``retry_in`` seconds. False when our claim had run out (someone else has it)."""
+        ``retry_in`` seconds (``attempted`` False: the claim's attempt was never made, so it
+        is not counted). False when our claim had run out (someone else has it)."""
         return self._execute(
-            "UPDATE outbox SET attempts = attempts + 1, state = ?, last_error = ?,"
+            "UPDATE outbox SET state = ?, last_error = ?, attempts = attempts - ?,"
             " next_at = {now} + ?, holder = NULL, held_until = NULL,"
             " done = CASE WHEN ? = 'pending' THEN NULL ELSE {now} END"
             " WHERE id = ? AND holder = ? AND state = 'pending'",
-            (state, error, retry_in, state, effect_id, self.instance)).rowcount == 1
+            (state, error, int(not attempted), retry_in, state, effect_id,
+             self.instance)).rowcount == 1
 
     def next_effect_in(self) -> Optional[float]:
         """Seconds until the next pending effect is due (0 if one is), None if none waits."""
