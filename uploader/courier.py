@@ -14,9 +14,10 @@ carries each out, and records the outcome the same way:
 
 A claim is held for a while; an instance that dies mid-attempt lets it go, and the effect
 is carried out again (at least once: a receiver tells retries apart by
-``X-Uploader-Delivery``). The attempt cut short still counts (it is counted when claimed),
-so a receiver never gets more than ``max_attempts`` requests. The courier sleeps until the next effect is due, or until a
-commit adds one (``wake``), or ``poll_seconds`` (effects added by other instances).
+``X-Uploader-Delivery``). The attempt cut short still counts (it is counted when
+claimed), so a receiver never gets more than ``max_attempts`` requests. The courier
+sleeps until the next effect is due, or until a commit adds one (``wake``), or
+``poll_seconds`` (effects added by other instances).
 """
 import json
 import logging

@@ -12,7 +12,8 @@ A claim is a lease like a URL's: an effect held by an instance that died (as the
 judges it) or past ``held_until`` is taken by another one (or the same, restarted) and
 carried out again: at least once. Like a URL's, an attempt is counted when it is claimed,
 so one cut short by a crash counts too: ``attempts`` never falls short of the requests a
-receiver saw, and ``max_attempts`` bounds them. ``courier.Courier`` is the one that claims, carries out and records.
+receiver saw, and ``max_attempts`` bounds them. ``courier.Courier`` is the one that
+claims, carries out and records.
 """
 import uuid
 from dataclasses import dataclass
