@@ -338,9 +338,13 @@ def test_every_action_shows_the_apis_error(fake, browser):
     browser.wait(lambda: browser.text("job-error") == "method DELETE is not allowed on /v1/images/upload/x",
                  what="cancel's 405")
 
-    browser.driver.get(fake.url + "/#/jobs/5f6c1c4a-3a0e-4f6e-8f1c-2b0b2b7f9d11")
+    # Another job's address, without a reload: nothing of the job shown before stays, not
+    # even its status (which a test, or a script, reads as this job's).
+    assert job_status(browser) is not None
+    browser.js("location.hash = '#/jobs/5f6c1c4a-3a0e-4f6e-8f1c-2b0b2b7f9d11'")
     browser.wait(lambda: browser.text("job-error")
                  == "no job with id '5f6c1c4a-3a0e-4f6e-8f1c-2b0b2b7f9d11'", what="the unknown job")
+    assert job_status(browser) is None
 
 
 def test_an_api_key_is_asked_for_kept_in_this_tab_only_and_sent(fake, browser):

@@ -224,6 +224,7 @@ function openJob(jobId, focus) {
   $("job-id").textContent = jobId;
   $("job-link").setAttribute("href", `#/jobs/${encodeURIComponent(jobId)}`);
   for (const id of ["job-status", "job-created", "job-finished", "job-counts"]) $(id).replaceChildren();
+  delete $("job-status").dataset.status; // the previous job's, until this one is read
   show($("job-retry-of"), false);
   closeConfirm($("job-cancel"));
   show($("job-cancel"), false);
