@@ -27,23 +27,26 @@ from .test_imgur_citizen import imgur_config, most_in_window
 
 pytestmark = pytest.mark.system  # starts processes or servers
 
-LEASE = 3
+LEASE = 3  # for the tests about a dead instance: it is found dead this soon
 
 
 @pytest.fixture
 def cluster(tmp_path, postgres):
-    """``cluster(n, database=None, **sections)``: n instances on one database (a fresh one
-    by default); all of them stopped after the test."""
+    """``cluster(n, database=None, lease=15, **sections)``: n instances on one database (a
+    fresh one by default); all of them stopped after the test. A test about a dead instance
+    asks for a short lease; the others keep the default, so that no live instance is judged
+    dead while a loaded machine starts it (more than 3 s between its registration and its
+    first heartbeat was common with two busy loops beside the suite)."""
     started = []
 
-    def start(n, database=None, **sections):
+    def start(n, database=None, lease=15.0, **sections):
         database = database or postgres.create_database()
         services = []
         for i in range(n):
             directory = tmp_path / f"instance-{len(started) + i}"
             directory.mkdir()
             storage = {"path": str(directory / "unused.sqlite3"), "url": database,
-                       "lease_seconds": LEASE, "poll_seconds": 0.5}
+                       "lease_seconds": lease, "poll_seconds": 0.5}
             config = write_config(directory, **{**sections, "storage": storage})
             services.append(ServiceProcess(config))
         started.extend(services)
@@ -80,7 +83,7 @@ def sha256s(images) -> set:
 
 
 def test_a_killed_instances_urls_are_finished_by_another(cluster, image_source, fake_imgur):
-    a, b = cluster(2, workers={"processes": 2, "uploads_per_process": 4},
+    a, b = cluster(2, lease=LEASE, workers={"processes": 2, "uploads_per_process": 4},
                    **imgur_config(fake_imgur))
     urls = slow_urls(image_source, "takeover", 60)
     job_id = a.post_job(urls)
@@ -103,7 +106,7 @@ def test_a_killed_instances_urls_are_finished_by_another(cluster, image_source, 
 
 def test_a_frozen_instances_late_results_are_refused_not_counted(cluster, image_source,
                                                                   fake_imgur):
-    a, b = cluster(2, workers={"processes": 1, "uploads_per_process": 4},
+    a, b = cluster(2, lease=LEASE, workers={"processes": 1, "uploads_per_process": 4},
                    **imgur_config(fake_imgur))
     urls = slow_urls(image_source, "frozen", 30)
     job_id = a.post_job(urls)
