@@ -55,7 +55,8 @@ def test_killed_worker_is_replaced_and_its_urls_complete(start_service, image_so
     assert any(entry["attempts"] >= 2 for entry in job["urls"]), "no URL was handed back"
     pids = wait_until(lambda: (p := worker_pids(service)) and victim not in p and len(p) == 2 and p)
     assert victim not in pids
-    assert requests.get(f"{service.url}/healthz", timeout=5).status_code == 200
+    # healthy again once the new worker is ready (until then /healthz answers 503, as it must)
+    wait_until(lambda: requests.get(f"{service.url}/healthz", timeout=5).status_code == 200)
 
 
 def test_poison_url_fails_after_max_attempts_and_the_rest_complete(start_service, image_source):
