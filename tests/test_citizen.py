@@ -76,6 +76,33 @@ def test_a_grant_held_up_past_its_moment_is_given_back_not_used_late():
     assert coordinator.gate.in_flight == 2  # and the one given back no longer counts
 
 
+class SlowConfirmations(Coordinator):
+    """A gate whose every confirmation of a reserved moment is a slow round trip."""
+
+    def confirm(self, owner):
+        time.sleep(0.1)
+        return super().confirm(owner)
+
+
+def test_a_grant_is_given_back_once_so_a_slow_process_still_uploads():
+    # Every moment is in the future (the burst is spent) and confirming it takes 0.1 s,
+    # more than the 50 ms a grant may be late at 5 a second: given back each time, the
+    # upload would never go.
+    coordinator = SlowConfirmations({"rate": 5, "burst": 1})
+    coordinator.learn(None)
+    assert coordinator.reserve(("other", 1))[0]  # the burst, spent elsewhere
+    host = RecordingHost()
+    uploader = PoliteUploader(host, coordinator=coordinator, credentials=SlowFirstToken(0),
+                              owner=OWNER, max_attempts=3, backoff=BackoffConfig(), rate=5)
+    report = Report()
+    slot = threading.Thread(target=uploader.upload, args=(b"x",), daemon=True,
+                            kwargs={"filename": "a.png", "mime": "image/png", "report": report})
+    slot.start()
+    slot.join(timeout=5)
+    assert len(host.sent) == 1 and report.grant_open
+    assert coordinator.gate.in_flight == 2  # the other's and ours; the one given back is void
+
+
 def test_without_a_pace_a_held_up_grant_is_used():
     coordinator = Coordinator({"rate": 0, "burst": 1})
     coordinator.learn(None)

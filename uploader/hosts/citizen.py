@@ -50,11 +50,12 @@ class PoliteUploader:
     def upload(self, data: bytes, *, filename: str, mime: str, report):
         """Upload with retries of transient host errors; ``report`` keeps attempts, budgets
         and whether a grant is still open, and tells the job about retries and waits."""
-        refreshed = False
+        refreshed = given_back = False
         while True:
             moment = self._wait_at_gate(report)
             version = self._use_current_token()
-            if self._held_up(moment, report):
+            if not given_back and self._held_up(moment, report):
+                given_back = True  # once: a process slow at every turn still uploads
                 continue
             try:
                 uploaded = self.host.upload(data, filename=filename, mime=mime)
@@ -84,7 +85,9 @@ class PoliteUploader:
         """True, and the grant given back, when this process was held up (starved of CPU,
         a slow first read of the token) so long past the grant's moment that sending now
         would crowd the next grant's: the pace holds for what Imgur sees, not only for the
-        moments granted. The moment itself is spent; the upload waits for a new one."""
+        moments granted. The moment itself is spent; the upload waits for a new one. Done
+        once per upload: where every turn is slow (say, each confirmation a slow round
+        trip), the next grant is used late rather than never."""
         if self.late_after is None or time.monotonic() - moment <= self.late_after:
             return False
         log.debug("%s: %.0f ms past the gate's moment; giving it back", report.describe(),
