@@ -88,10 +88,11 @@ class PoliteUploader:
         moments granted. The moment itself is spent; the upload waits for a new one. Done
         once per upload: where every turn is slow (say, each confirmation a slow round
         trip), the next grant is used late rather than never."""
-        if self.late_after is None or time.monotonic() - moment <= self.late_after:
+        late = time.monotonic() - moment
+        if self.late_after is None or late <= self.late_after:
             return False
         log.debug("%s: %.0f ms past the gate's moment; giving it back", report.describe(),
-                  (time.monotonic() - moment) * 1000)
+                  late * 1000)
         self.coordinator.withdraw(self.owner)
         report.grant_open = False
         return True
