@@ -1,7 +1,10 @@
-"""What is measured: the real service in its own process group, and the naive baseline."""
+"""What is measured: the real service in its own process group, the naive baseline, and the
+least a pipelined client must do (the latency scenario's reference)."""
 import contextlib
 import datetime
 import logging
+import multiprocessing
+import queue
 import re
 import select
 import signal
@@ -15,6 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 import requests
+import urllib3
 import yaml
 
 from . import REPO, TOKEN
@@ -228,3 +232,93 @@ class Baseline:
             ok = sum(self.pool.map(self._one, urls))
             seconds = time.perf_counter() - started
         return Run("baseline", len(urls), seconds, len(urls) - ok, usage)
+
+
+# --- the least a pipelined client does ---------------------------------------------------------
+
+class Pipelined:
+    """The service's shape with nothing else: ``processes`` processes, each with fetch
+    threads that keep up to its share of ``held`` images in hand and its share of ``slots``
+    upload threads (pooled ``urllib3`` connections, opened afresh each run); the URLs split
+    among them beforehand. No store, no dedup, no gate, no dispatching: what a fresh
+    service could reach on this machine if its bookkeeping cost nothing."""
+
+    def __init__(self, imgur_url: str, *, processes: int, slots: int, held: int):
+        self.imgur_url = imgur_url
+        self.processes, self.slots, self.held = processes, slots, held
+        self.first_error = None
+
+    def run(self, urls, fakes) -> Run:
+        context = multiprocessing.get_context("spawn")
+        go, reports = context.Event(), context.Queue()
+        parts = [context.Process(target=_pipelined_part, daemon=True, args=(
+            urls[i::self.processes], self.slots // self.processes,
+            self.held // self.processes, self.imgur_url, go, reports))
+            for i in range(self.processes)]
+        for part in parts:
+            part.start()
+        try:
+            for _ in parts:  # every part's threads are waiting for the start
+                reports.get(timeout=60)
+            with measure_usage(None, fakes) as usage:
+                started = time.time()
+                go.set()
+                ends = [reports.get(timeout=900) for _ in parts]
+                seconds = max(end for end, _, _ in ends) - started
+        finally:
+            for part in parts:
+                part.join(5)
+                if part.is_alive():
+                    part.kill()
+        ok = sum(done for _, done, _ in ends)
+        self.first_error = self.first_error or next((error for *_, error in ends if error), None)
+        return Run("pipelined", len(urls), seconds, len(urls) - ok, usage)
+
+
+def _pipelined_part(urls, slots, held, imgur_url, go, reports) -> None:
+    """One process of ``Pipelined``: reports once ready, then (end, uploaded, first error)."""
+    http = urllib3.PoolManager(maxsize=held)
+    todo, ready = queue.SimpleQueue(), queue.SimpleQueue()
+    room = threading.Semaphore(held)  # a URL fetched and not yet uploaded holds one
+    outcomes, errors = queue.SimpleQueue(), []
+    for url in urls:
+        todo.put(url)
+
+    def fetch():
+        go.wait()
+        while room.acquire():
+            try:
+                url = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                got = http.request("GET", url, timeout=60)
+                ready.put(got.data if got.status == 200 else RuntimeError(f"GET {got.status}"))
+            except Exception as exc:
+                ready.put(exc)
+
+    def upload():
+        while True:
+            data = ready.get()
+            try:
+                if isinstance(data, Exception):
+                    raise data
+                body, content_type = urllib3.encode_multipart_formdata(
+                    {"image": ("image.jpg", data, "image/jpeg")})
+                sent = http.request("POST", imgur_url + "/3/image", body=body, timeout=60,
+                                    headers={"Content-Type": content_type,
+                                             "Authorization": f"Bearer {TOKEN}"})
+                if sent.status != 200 or not sent.json()["data"]["link"]:
+                    raise RuntimeError(f"upload answered {sent.status}")
+                outcomes.put(True)
+            except Exception as exc:  # counted as a failure, like the service's
+                errors.append(f"{type(exc).__name__}: {exc}")
+                outcomes.put(False)
+            room.release()
+
+    for target, count in ((fetch, held), (upload, slots)):
+        for _ in range(count):
+            threading.Thread(target=target, daemon=True).start()
+    reports.put("ready")
+    done = sum(outcomes.get() for _ in urls)
+    reports.put((time.time(), done, errors[0] if errors else None))

@@ -1,19 +1,23 @@
-"""Throughput and CPU against two yardsticks: the bound the slots set, and a naive script.
+"""Throughput and CPU against three yardsticks: the bound the slots set, a pipelined client
+with no bookkeeping (what the bound leaves on this machine), and a naive script.
 
 - Every service here gets a whole round ready: ``workers.fetch_ahead`` = ``uploads_per_process``.
 - ``latency``: a freshly started service, one job of 640 URLs of 20 KB, Imgur answering in
   500 ms. The slots bound what any client could do: slots / (0.5 s + 10 ms). Target: 0.95 of it.
+  Beside it, run for run, the pipelined reference (``subjects.Pipelined``): the same
+  processes, slots and images held, and nothing else.
   Then the same with the source answering in 200 ms, against the same bound.
 - ``cpu``: Imgur at 50 ms, 2,000 URLs in jobs of 200, side by side with the naive script
   (as many threads as the service has slots, each a requests GET then a multipart POST).
   Targets: throughput 1.25 x the script's, CPU per URL of all service processes no more.
 - ``cluster``: the same on PostgreSQL: one instance, then two on one database (a bound
-  twice as high; target: two do 1.6 x what one does), and two instances side by side with
+  twice as high; target: two do 1.6 x what one does), each beside the pipelined reference
+  of its size, and two instances side by side with
   a script of as many threads as both have slots (the database's CPU counted as the service's).
 """
 from .fakes import sized_urls
 from .measure import median
-from .subjects import Baseline
+from .subjects import Baseline, Pipelined, held
 
 NBYTES = 20 * 1024
 SLOW_IMGUR, QUICK_IMGUR = 0.5, 0.05
@@ -56,8 +60,9 @@ class ThroughputScenarios:
         return rate
 
     def latency(self) -> None:
-        """A fresh service against the slot bound; then the same with a source answering in
-        200 ms, against the same bound: what fetching ahead hides."""
+        """A fresh service against the slot bound, beside the pipelined reference; then the
+        same with a source answering in 200 ms, against the same bound: what fetching ahead
+        hides."""
         name, count = "latency", self.scaled(640)
         runs = {}
         for source_latency, label, tag in ((0.0, "embedded", name),
@@ -65,9 +70,40 @@ class ThroughputScenarios:
             fakes = self.fakes(imgur_latency=SLOW_IMGUR, source_latency=source_latency)
             print(f"{name}: a fresh service, one job of {count} URLs of 20 KB, Imgur +500 ms, "
                   f"source +{source_latency * 1000:.0f} ms, {self.slots()} slots")
-            runs[label] = [self.fresh_run(tag, fakes, count, r) for r in range(self.repeat)]
-            self.against_the_bound(name, runs[label], 1, label, target=not source_latency)
+            if source_latency:
+                runs[label] = [self.fresh_run(tag, fakes, count, r) for r in range(self.repeat)]
+                self.against_the_bound(name, runs[label], 1, label, target=False)
+            else:
+                _, runs[label], runs["reference"] = self.beside_the_reference(
+                    name, label, fakes, count, 1, lambda r: self.fresh_run(tag, fakes, count, r))
         self.record(name, runs=runs)
+
+    def beside_the_reference(self, name, label, fakes, count, instances, fresh_run):
+        """``fresh_run(r)`` runs alternating with the pipelined reference's, each against the
+        bound; and the service's share of the reference (median of pairs): what its own
+        work costs, measured at the same hour, where the bound also counts the machine's."""
+        reference = Pipelined(fakes["imgur"].url, processes=instances * self.args.processes,
+                              slots=self.slots(instances),
+                              held=instances * held(self.args.processes, self.args.uploads_per_process))
+        ours, theirs = [], []
+        for r in range(self.repeat):
+            for who in ("service", "reference") if r % 2 == 0 else ("reference", "service"):
+                if who == "service":
+                    ours.append(fresh_run(r))
+                    continue
+                run = reference.run(sized_urls(fakes["source"].url, NBYTES, count,
+                                               f"{name}-reference{instances}-{r}"), fakes)
+                print(f"    pipelined reference, run {r + 1}: {count} URLs in {run.seconds:.2f} s"
+                      f" = {run.rate:.0f}/s, {run.failed} failed", flush=True)
+                theirs.append(run)
+        rate = self.against_the_bound(name, ours, instances, label)
+        self.against_the_bound(name, theirs, instances, f"{label}: pipelined reference",
+                               target=False)
+        ratio = median(a.rate / b.rate for a, b in zip(ours, theirs))
+        self.add(name, f"{label} / pipelined reference", ratio, "x")
+        if reference.first_error:
+            self.notes.append(f"pipelined reference first error: {reference.first_error}")
+        return rate, ours, theirs
 
     def versus_naive(self, name, label, service, baseline, fakes, count):
         """Side by side at Imgur +50 ms: throughput and CPU per URL, with their targets."""
@@ -110,11 +146,11 @@ class ThroughputScenarios:
               f"Imgur +500 ms, {self.slots()} slots an instance")
         rates = {}
         for instances in (1, 2):
-            runs = [self.fresh_run(name, slow, count * instances, r, instances=instances,
-                                   database=server.create_database())
-                    for r in range(self.repeat)]
-            rates[instances] = self.against_the_bound(
-                name, runs, instances, f"{instances} instance{'s' if instances > 1 else ''}")
+            rates[instances], *_ = self.beside_the_reference(
+                name, f"{instances} instance{'s' if instances > 1 else ''}", slow,
+                count * instances, instances,
+                lambda r: self.fresh_run(name, slow, count * instances, r, instances=instances,
+                                         database=server.create_database()))
         ratio = rates[2] / rates[1]
         self.add(name, "two instances / one", ratio, "x", ">= 1.6", ratio >= 1.6)
 
