@@ -2,11 +2,14 @@
 holds for what the host sees, even when a process is held up after its grant."""
 import threading
 import time
+import types
 
+from uploader import jobs
 from uploader.config import BackoffConfig
 from uploader.hosts import Uploaded
 from uploader.hosts.citizen import PoliteUploader
 from uploader.shared.embedded import Coordinator
+from uploader.worker import _Report
 
 OWNER = ("w0", 1)
 
@@ -41,6 +44,7 @@ class Report:
     grant_open = False
     attempts = 1
     rate = None
+    grants_given_back = 0
 
     def describe(self):
         return "a URL"
@@ -73,6 +77,7 @@ def test_a_grant_held_up_past_its_moment_is_given_back_not_used_late():
     first, second = sorted(host.sent)
     assert second - first > 0.1  # the grants' spacing, less what a grant may be late
     assert all(report.grant_open for report in reports)  # each upload's grant is open
+    assert sorted(report.grants_given_back for report in reports) == [0, 1]
     assert coordinator.gate.in_flight == 2  # and the one given back no longer counts
 
 
@@ -99,7 +104,7 @@ def test_a_grant_is_given_back_once_so_a_slow_process_still_uploads():
                             kwargs={"filename": "a.png", "mime": "image/png", "report": report})
     slot.start()
     slot.join(timeout=5)
-    assert len(host.sent) == 1 and report.grant_open
+    assert len(host.sent) == 1 and report.grant_open and report.grants_given_back == 1
     assert coordinator.gate.in_flight == 2  # the other's and ours; the one given back is void
 
 
@@ -109,5 +114,16 @@ def test_without_a_pace_a_held_up_grant_is_used():
     host = RecordingHost()
     uploader = PoliteUploader(host, coordinator=coordinator, credentials=SlowFirstToken(0.1),
                               owner=OWNER, max_attempts=3, backoff=BackoffConfig(), rate=0)
-    uploader.upload(b"x", filename="a.png", mime="image/png", report=Report())
+    report = Report()
+    uploader.upload(b"x", filename="a.png", mime="image/png", report=report)
     assert len(host.sent) == 1 and coordinator.gate.in_flight == 1
+    assert report.grants_given_back == 0
+
+
+def test_a_worker_reports_its_grants_given_back_in_the_urls_result():
+    worker = types.SimpleNamespace(index=2, generation=1)
+    task = jobs.Task(url_id=7, job_id="j", url="http://example.test/a.png", attempt=1)
+    report = _Report(task, worker)
+    assert report.result(jobs.COMPLETE).grants_given_back == 0
+    report.grants_given_back += 1  # what PoliteUploader._held_up does
+    assert report.result(jobs.COMPLETE, link="https://i.example/a.png").grants_given_back == 1

@@ -19,6 +19,7 @@ EXISTING = [  # every name the README lists under Operating it; none may go away
     "uploader_uploaded_bytes_total", "uploader_urls_queued", "uploader_urls_in_flight",
     "uploader_worker_restarts_total", "uploader_ratelimit_waits_total",
     "uploader_imgur_remaining_credits", "uploader_dedup_reuses_total",
+    "uploader_gate_grants_given_back_total",
 ]
 
 
@@ -55,6 +56,15 @@ def test_every_existing_metric_is_still_there():
 
 def test_no_created_series():
     assert not [name for name in names(samples(busy_metrics())) if name.endswith("_created")]
+
+
+def test_grants_given_back_are_counted_from_results():
+    metrics = Metrics()
+    for given_back in (0, 2, 1):
+        metrics.result(jobs.Result(url_id=given_back, worker=0, generation=0,
+                                   state=jobs.COMPLETE, attempts=1,
+                                   grants_given_back=given_back))
+    assert samples(metrics)[("uploader_gate_grants_given_back_total", frozenset())] == 3
 
 
 def test_build_info_names_the_version():

@@ -98,6 +98,7 @@ class Result:
     fetched_bytes: int = 0
     uploaded_bytes: int = 0
     rate: Optional[dict] = None  # Imgur's budgets from the last answer, for metrics
+    grants_given_back: int = 0  # gate grants this process was held up past (short of CPU)
 
 
 @dataclass(frozen=True)

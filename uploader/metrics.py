@@ -64,6 +64,10 @@ class Metrics:
         self.ratelimit_waits = Counter(
             "uploader_ratelimit_waits", "Uploads held back by Imgur's limits or a pool pause.",
             registry=r)
+        self.grants_given_back = Counter(
+            "uploader_gate_grants_given_back", "Gate grants a worker was held up past (short of "
+            "CPU) and gave back, its upload waiting for a new moment so the pace holds.",
+            registry=r)
         self.imgur_remaining = Gauge("uploader_imgur_remaining_credits",
                                      "Imgur's remaining credits as last reported.", ["budget"],
                                      registry=r)
@@ -109,6 +113,8 @@ class Metrics:
         self.urls_finished.labels(outcome, result.failure_class or "").inc()
         if result.reused:
             self.dedup_reuses.inc()
+        if result.grants_given_back:
+            self.grants_given_back.inc(result.grants_given_back)
         if result.fetch_seconds is not None:
             self.fetch_seconds.observe(result.fetch_seconds)
         if result.upload_seconds is not None:

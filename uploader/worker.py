@@ -350,6 +350,7 @@ class _Report:
         self.fetch_seconds = self.upload_seconds = None
         self.fetched_bytes = self.uploaded_bytes = 0
         self.rate = None
+        self.grants_given_back = 0  # grants held up past their moment (hosts.citizen)
         self.grant_open = False  # a gate grant whose try has not been reported back yet
 
     def describe(self) -> str:
@@ -381,7 +382,8 @@ class _Report:
             state=state, attempts=self.attempts, sha256=self.sha256,
             seconds=time.monotonic() - self.started, fetch_seconds=self.fetch_seconds,
             upload_seconds=self.upload_seconds, fetched_bytes=self.fetched_bytes,
-            uploaded_bytes=self.uploaded_bytes, rate=self.rate, **fields)
+            uploaded_bytes=self.uploaded_bytes, rate=self.rate,
+            grants_given_back=self.grants_given_back, **fields)
 
 
 def upload_name(url: str, ext: str) -> str:

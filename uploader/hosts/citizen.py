@@ -95,6 +95,7 @@ class PoliteUploader:
                   late * 1000)
         self.coordinator.withdraw(self.owner)
         report.grant_open = False
+        report.grants_given_back += 1  # counted: workers short of CPU show in the metrics
         return True
 
     def _close_grant(self, report) -> None:
