@@ -1,5 +1,5 @@
 """What is measured: the real service in its own process group, the naive baseline, and the
-least a pipelined client must do (the latency scenario's reference)."""
+least a pipelined client does (the fresh-service scenarios' reference)."""
 import contextlib
 import datetime
 import logging
@@ -259,11 +259,11 @@ class Pipelined:
             part.start()
         try:
             for _ in parts:  # every part's threads are waiting for the start
-                reports.get(timeout=60)
+                _report(reports, 60, "did not start")
             with measure_usage(None, fakes) as usage:
                 started = time.time()
                 go.set()
-                ends = [reports.get(timeout=900) for _ in parts]
+                ends = [_report(reports, 900, "did not finish") for _ in parts]
                 seconds = max(end for end, _, _ in ends) - started
         finally:
             for part in parts:
@@ -273,6 +273,14 @@ class Pipelined:
         ok = sum(done for _, done, _ in ends)
         self.first_error = self.first_error or next((error for *_, error in ends if error), None)
         return Run("pipelined", len(urls), seconds, len(urls) - ok, usage)
+
+
+def _report(reports, timeout: float, failure: str):
+    try:
+        return reports.get(timeout=timeout)
+    except queue.Empty:
+        raise RuntimeError(f"a process of the pipelined reference {failure} within "
+                           f"{timeout:.0f} s") from None
 
 
 def _pipelined_part(urls, slots, held, imgur_url, go, reports) -> None:
@@ -286,7 +294,8 @@ def _pipelined_part(urls, slots, held, imgur_url, go, reports) -> None:
 
     def fetch():
         go.wait()
-        while room.acquire():
+        while True:
+            room.acquire()
             try:
                 url = todo.get_nowait()
             except queue.Empty:

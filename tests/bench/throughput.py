@@ -12,8 +12,8 @@ with no bookkeeping (what the bound leaves on this machine), and a naive script.
   Targets: throughput 1.25 x the script's, CPU per URL of all service processes no more.
 - ``cluster``: the same on PostgreSQL: one instance, then two on one database (a bound
   twice as high; target: two do 1.6 x what one does), each beside the pipelined reference
-  of its size, and two instances side by side with
-  a script of as many threads as both have slots (the database's CPU counted as the service's).
+  of its size; and two instances side by side with a script of as many threads as both
+  have slots (the database's CPU counted as the service's).
 """
 from .fakes import sized_urls
 from .measure import median
@@ -82,9 +82,9 @@ class ThroughputScenarios:
         """``fresh_run(r)`` runs alternating with the pipelined reference's, each against the
         bound; and the service's share of the reference (median of pairs): what its own
         work costs, measured at the same hour, where the bound also counts the machine's."""
-        reference = Pipelined(fakes["imgur"].url, processes=instances * self.args.processes,
-                              slots=self.slots(instances),
-                              held=instances * held(self.args.processes, self.args.uploads_per_process))
+        processes, slots = self.args.processes, self.args.uploads_per_process
+        reference = Pipelined(fakes["imgur"].url, processes=instances * processes,
+                              slots=self.slots(instances), held=instances * held(processes, slots))
         ours, theirs = [], []
         for r in range(self.repeat):
             for who in ("service", "reference") if r % 2 == 0 else ("reference", "service"):
