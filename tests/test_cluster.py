@@ -35,8 +35,9 @@ def cluster(tmp_path, postgres):
     """``cluster(n, database=None, lease=15, **sections)``: n instances on one database (a
     fresh one by default); all of them stopped after the test. A test about a dead instance
     asks for a short lease; the others keep the default, so that no live instance is judged
-    dead while a loaded machine starts it (more than 3 s between its registration and its
-    first heartbeat was common with two busy loops beside the suite)."""
+    dead on a loaded machine (with two busy loops beside the suite, more than 3 s between
+    an instance's registration and its first heartbeat was common until start-up kept the
+    lease, and a busy machine can hold up any heartbeat)."""
     started = []
 
     def start(n, database=None, lease=15.0, **sections):

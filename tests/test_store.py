@@ -123,6 +123,22 @@ def test_finishing_a_batch_is_finishing_each_in_turn(postgres):
     assert outcomes[1][5] == 0
 
 
+def test_an_instance_starting_slowly_keeps_its_lease(postgres):
+    """Registered when its store opens, an instance starts its processes before its
+    dispatcher renews the lease: on a loaded machine that took longer than a lease, and
+    a peer took the live instance for dead."""
+    database = postgres.create_database()
+    starting, peer = (open_store(StorageConfig(url=database, lease_seconds=1), name)
+                      for name in ("starting", "peer"))
+    with starting.kept_alive():
+        time.sleep(1.6)  # starting the worker processes: longer than a lease
+        with peer.transaction():
+            peer.heartbeat()
+            peer.reap(max_attempts=5)
+    with starting.transaction():
+        assert starting.heartbeat()  # renewed: it was never declared dead
+
+
 def test_an_instance_frozen_mid_transaction_holds_up_nobody(postgres):
     """Frozen inside a transaction (SIGSTOP, a stalled VM), an instance holds the rows it
     changed; another's reaper waited for them until it woke (the cluster drill's job

@@ -4,6 +4,7 @@ With the embedded store this is the whole service; with PostgreSQL it is one of 
 number of instances that meet in the database (each with an id of its own).
 """
 import asyncio
+import contextlib
 import logging
 import os
 import uuid
@@ -62,11 +63,14 @@ class Service:
         self.dispatcher = Dispatcher(store=self.store, pool=self.pool, config=self.config,
                                      metrics=self.metrics, on_fatal=self._on_fatal,
                                      on_outbox=lambda: self.courier.wake())
-        self.pool.start(lambda manager: make_shared(self.config, manager, self.instance))
-        self.delete_at_host = hosts.build_deleter(self.config, self.pool.shared)
-        self.courier = Courier(dispatcher=self.dispatcher, store=self.store, config=self.config,
-                               metrics=self.metrics, delete_at_host=self.delete_at_host)
-        loop.run_in_executor(None, hosts.learn_limits, self.config, self.pool.shared)
+        # registered when the store opened: the lease is kept until the dispatcher keeps it
+        with self.store.kept_alive() if self.config.storage.shared else contextlib.nullcontext():
+            self.pool.start(lambda manager: make_shared(self.config, manager, self.instance))
+            self.delete_at_host = hosts.build_deleter(self.config, self.pool.shared)
+            self.courier = Courier(dispatcher=self.dispatcher, store=self.store,
+                                   config=self.config, metrics=self.metrics,
+                                   delete_at_host=self.delete_at_host)
+            loop.run_in_executor(None, hosts.learn_limits, self.config, self.pool.shared)
         self.dispatcher.start()
         self.courier.start()
         if self.config.storage.shared:

@@ -265,6 +265,30 @@ class PostgresStore(SqlStore):
             self._register()
         return renewed
 
+    @contextlib.contextmanager
+    def kept_alive(self):
+        """Renew the lease from a thread of its own while the caller is busy with something
+        else (starting the worker processes, which on a loaded machine can take longer
+        than a lease): a peer would take a live instance for dead, and say so. The
+        dispatcher renews it from its first turn on."""
+        done = threading.Event()
+
+        def renew():
+            while not done.wait(self.lease_seconds / 3):
+                try:
+                    with driver_errors():
+                        self.heartbeat()
+                except StoreUnavailable as exc:
+                    log.warning("could not renew this instance's lease while it starts: %s", exc)
+
+        keeper = threading.Thread(target=renew, name="lease-while-starting", daemon=True)
+        keeper.start()
+        try:
+            yield self
+        finally:
+            done.set()
+            keeper.join()
+
     def reap(self, max_attempts):
         """Forget dead instances with their unpublished dedup claims and upload grants,
         then take back the URLs they held. A published claim stays: its upload went
