@@ -4,7 +4,6 @@ With the embedded store this is the whole service; with PostgreSQL it is one of 
 number of instances that meet in the database (each with an id of its own).
 """
 import asyncio
-import contextlib
 import logging
 import os
 import uuid
@@ -64,7 +63,7 @@ class Service:
                                      metrics=self.metrics, on_fatal=self._on_fatal,
                                      on_outbox=lambda: self.courier.wake())
         # registered when the store opened: the lease is kept until the dispatcher keeps it
-        with self.store.kept_alive() if self.config.storage.shared else contextlib.nullcontext():
+        with self.store.kept_alive():
             self.pool.start(lambda manager: make_shared(self.config, manager, self.instance))
             self.delete_at_host = hosts.build_deleter(self.config, self.pool.shared)
             self.courier = Courier(dispatcher=self.dispatcher, store=self.store,

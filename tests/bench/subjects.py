@@ -283,11 +283,11 @@ def _report(reports, timeout: float, failure: str):
                            f"{timeout:.0f} s") from None
 
 
-def _pipelined_part(urls, slots, held, imgur_url, go, reports) -> None:
+def _pipelined_part(urls, slots, in_hand, imgur_url, go, reports) -> None:
     """One process of ``Pipelined``: reports once ready, then (end, uploaded, first error)."""
-    http = urllib3.PoolManager(maxsize=held)
+    http = urllib3.PoolManager(maxsize=in_hand)
     todo, ready = queue.SimpleQueue(), queue.SimpleQueue()
-    room = threading.Semaphore(held)  # a URL fetched and not yet uploaded holds one
+    room = threading.Semaphore(in_hand)  # a URL fetched and not yet uploaded holds one
     outcomes, errors = queue.SimpleQueue(), []
     for url in urls:
         todo.put(url)
@@ -325,7 +325,7 @@ def _pipelined_part(urls, slots, held, imgur_url, go, reports) -> None:
                 outcomes.put(False)
             room.release()
 
-    for target, count in ((fetch, held), (upload, slots)):
+    for target, count in ((fetch, in_hand), (upload, slots)):
         for _ in range(count):
             threading.Thread(target=target, daemon=True).start()
     reports.put("ready")

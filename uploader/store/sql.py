@@ -82,6 +82,11 @@ class SqlStore(OutboxQueries):
     def close(self) -> None:
         """Release connections (and, for a backend that has them, locks and threads)."""
 
+    def kept_alive(self):
+        """``with store.kept_alive():`` this instance's lease renewed while the caller is
+        busy; a store without leases (the embedded one) has nothing to keep."""
+        return contextlib.nullcontext(self)
+
     # -- plumbing ------------------------------------------------------------------------------
     def q(self, sql: str) -> str:
         """``sql`` in this backend's dialect: macros filled in, placeholders converted."""
