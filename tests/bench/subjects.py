@@ -264,14 +264,16 @@ class Pipelined:
                 started = time.time()
                 go.set()
                 ends = [_report(reports, 900, "did not finish") for _ in parts]
-                seconds = max(end for end, _, _ in ends) - started
+                seconds = max(end for end, *_ in ends) - started
         finally:
             for part in parts:
                 part.join(5)
                 if part.is_alive():
                     part.kill()
-        ok = sum(done for _, done, _ in ends)
-        self.first_error = self.first_error or next((error for *_, error in ends if error), None)
+        ok = sum(done for _, done, _, _ in ends)
+        self.first_error = self.first_error or next((error for _, _, error, _ in ends if error),
+                                                    None)
+        usage.bench_cpu = sum(cpu for *_, cpu in ends)  # the reference's processes, not ours
         return Run("pipelined", len(urls), seconds, len(urls) - ok, usage)
 
 
@@ -284,7 +286,8 @@ def _report(reports, timeout: float, failure: str):
 
 
 def _pipelined_part(urls, slots, in_hand, imgur_url, go, reports) -> None:
-    """One process of ``Pipelined``: reports once ready, then (end, uploaded, first error)."""
+    """One process of ``Pipelined``: reports once ready, then (end, uploaded, first error,
+    CPU seconds it spent)."""
     http = urllib3.PoolManager(maxsize=in_hand)
     todo, ready = queue.SimpleQueue(), queue.SimpleQueue()
     room = threading.Semaphore(in_hand)  # a URL fetched and not yet uploaded holds one
@@ -329,5 +332,6 @@ def _pipelined_part(urls, slots, in_hand, imgur_url, go, reports) -> None:
         for _ in range(count):
             threading.Thread(target=target, daemon=True).start()
     reports.put("ready")
+    cpu = time.process_time()
     done = sum(outcomes.get() for _ in urls)
-    reports.put((time.time(), done, errors[0] if errors else None))
+    reports.put((time.time(), done, errors[0] if errors else None, time.process_time() - cpu))

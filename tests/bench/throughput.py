@@ -74,8 +74,13 @@ class ThroughputScenarios:
                 runs[label] = [self.fresh_run(tag, fakes, count, r) for r in range(self.repeat)]
                 self.against_the_bound(name, runs[label], 1, label, target=False)
             else:
-                _, runs[label], runs["reference"] = self.beside_the_reference(
+                _, ours, theirs = self.beside_the_reference(
                     name, label, fakes, count, 1, lambda r: self.fresh_run(tag, fakes, count, r))
+                self.add(name, f"{label} CPU per URL (all its processes)",
+                         median(r.usage.service_cpu / r.urls for r in ours), "ms")
+                self.add(name, "pipelined reference CPU per URL (all its processes)",
+                         median(r.usage.bench_cpu / r.urls for r in theirs), "ms")
+                runs[label], runs["reference"] = ours, theirs
         self.record(name, runs=runs)
 
     def beside_the_reference(self, name, label, fakes, count, instances, fresh_run):
