@@ -50,12 +50,12 @@ class PoliteUploader:
     def upload(self, data: bytes, *, filename: str, mime: str, report):
         """Upload with retries of transient host errors; ``report`` keeps attempts, budgets
         and whether a grant is still open, and tells the job about retries and waits."""
-        refreshed = given_back = False
+        refreshed = False
         while True:
             moment = self._wait_at_gate(report)
             version = self._use_current_token()
-            if not given_back and self._held_up(moment, report):
-                given_back = True  # once: a process slow at every turn still uploads
+            # given back once at most: a process slow at every turn still uploads
+            if not report.grants_given_back and self._held_up(moment, report):
                 continue
             try:
                 uploaded = self.host.upload(data, filename=filename, mime=mime)
