@@ -1,6 +1,8 @@
 """The cluster's shared state (``shared.postgres``). Dedup claims: a batch answers as
 claims made one after the other would, in one statement per step; publishing never waits;
-a dead instance's published links are reused. The gate: a grant given back is void."""
+a dead instance's published links are reused. The gate: a grant given back is void;
+unpaced, tickets held ahead count in flight and a pause in any instance voids them."""
+import json
 import threading
 
 import psycopg
@@ -9,6 +11,8 @@ import pytest
 from uploader.config import StorageConfig
 from uploader.shared.postgres import PgCoordinator
 from uploader.store import open_store
+
+from .test_crash import wait_until
 
 
 @pytest.fixture
@@ -107,3 +111,44 @@ def test_a_grant_given_back_no_longer_counts_and_teaches_nothing(database):
         assert not gate.reserve(owner)[0]
     finally:
         store.close()
+
+
+def gate_row(url):
+    with psycopg.connect(url) as conn:
+        version, state = conn.execute("SELECT version, state FROM gate WHERE id = 1").fetchone()
+    return version, json.loads(state)["grants"]
+
+
+def test_unpaced_tickets_count_in_the_row_and_a_pause_anywhere_voids_them(database):
+    stores = [open_store(StorageConfig(url=database), name) for name in ("me", "other")]
+    try:
+        unpaced = {"rate": 0, "burst": 1}
+        me = PgCoordinator(database, "me", lease_seconds=15, gate=unpaced, tickets=4)
+        other = PgCoordinator(database, "other", lease_seconds=15, gate=unpaced, tickets=4)
+        me._tickets.tell_seconds = 3600  # unused tickets kept: only a pause voids them here
+        owner = (0, 1)
+        me.learn({})  # the budgets were asked for at start: no probe
+        assert me.reserve_many(1, owner)[0][0]  # starts the listener
+        wait_until(lambda: me._tickets.listening)
+        assert all(granted for granted, _, _ in me.reserve_many(2, owner))
+        version, grants = gate_row(database)
+        assert grants == {"me/0/1": 1 + 2 + 4}  # four held ahead count as in flight
+        assert all(granted for granted, _, _ in me.reserve_many(4, owner))
+        assert gate_row(database)[0] == version  # handed out without a compare-and-set
+
+        assert all(granted for granted, _, _ in me.reserve_many(2, owner))  # four more held
+        other.pause(30, "Imgur asked us to slow down")  # another instance saw a 429
+        wait_until(lambda: me._tickets.held(owner) == 0)  # heard: voided
+        granted, _, why = me.reserve_many(1, owner)[0]
+        assert not granted and why == "Imgur asked us to slow down"
+        assert gate_row(database)[1] == {"me/0/1": 1 + 2 + 4 + 2}  # the four given back
+    finally:
+        me.close()
+        for store in stores:
+            store.close()
+
+
+def test_a_paced_gate_takes_no_tickets(database):
+    paced = PgCoordinator(database, "me", lease_seconds=15, gate={"rate": 5, "burst": 1},
+                          tickets=4)
+    assert paced._tickets is None

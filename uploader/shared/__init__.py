@@ -37,7 +37,8 @@ def make_shared(config, manager, instance: str) -> Shared:
 
         coordinator = PgCoordinator(config.storage.url, instance,
                                     lease_seconds=config.storage.lease_seconds, gate=gate,
-                                    dedup_host=host if config.imgur.dedup else None)
+                                    dedup_host=host if config.imgur.dedup else None,
+                                    tickets=config.workers.uploads_per_process)
         credentials = None
         if credential is not None:
             credentials = PgCredentials(config.storage.url, **credential)

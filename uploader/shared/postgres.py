@@ -10,7 +10,9 @@ clock before they are returned.
 
 - gate: one row (``gate.state``: JSON of ``GateState`` and of the grants in flight, by
   worker), changed by compare-and-set on ``gate.version``, so no lock is held while a
-  busy worker process thinks; grants of a dead worker or a dead instance stop counting;
+  busy worker process thinks; grants of a dead worker or a dead instance stop counting.
+  Unpaced, a worker takes grants ahead as tickets and tells answers in batches
+  (``shared.tickets``), and a pause is announced with NOTIFY to void them everywhere;
 - dedup: ``dedup_claims`` holds bytes being uploaded (one owner per SHA-256) and, once
   published, their link until the result is committed to ``links``;
 - token: one ``credentials`` row per configured credential, locked while one instance
@@ -26,9 +28,10 @@ from typing import List, Optional, Tuple
 from ..credentials import RefreshSettings, Token, renew
 from ..errors import StoreUnavailable
 from ..ratelimit import GateRules, GateState
-from ..store.postgres import as_columns, driver_errors, make_pool
+from ..store.postgres import as_columns, connect, driver_errors, make_pool
 from ..store.sql import OLDEST_LINK
 from .coalesce import Combiner
+from .tickets import CHANNEL, Tickets
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +81,8 @@ class PgCoordinator(_Rows):
     """Gate and dedup for a cluster; see the embedded ``Coordinator`` for each call."""
 
     def __init__(self, url: str, instance: str, *, lease_seconds: float,
-                 gate: Optional[dict] = None, dedup_host: Optional[str] = None):
+                 gate: Optional[dict] = None, dedup_host: Optional[str] = None,
+                 tickets: int = 0):
         super().__init__(url)
         self.instance = instance
         self.lease_seconds = lease_seconds
@@ -87,10 +91,16 @@ class PgCoordinator(_Rows):
         self.dedup_host = dedup_host
         # this process's threads changing the gate at once share one compare-and-set
         self._gate_changes = Combiner(self._change_gate)
+        # unpaced, grants are taken ``tickets`` ahead and answers told in batches
+        self.tickets = tickets
+        self._tickets = None
+        if self.rules is not None and self.rules.rate <= 0 and tickets > 0:
+            self._tickets = Tickets(self.rules, self._gate_changes, self._count,
+                                    self._pause_notices, tickets)
 
     def __getstate__(self):
         return {"args": (self.url, self.instance), "lease_seconds": self.lease_seconds,
-                "gate": self.gate, "dedup_host": self.dedup_host}
+                "gate": self.gate, "dedup_host": self.dedup_host, "tickets": self.tickets}
 
     def __setstate__(self, state):
         self.__init__(*state.pop("args"), **state)
@@ -107,7 +117,7 @@ class PgCoordinator(_Rows):
         this process's reservations of the moment); links are published, claims released."""
         observed = [(report, owner[:2]) for _, _, _, report, owner, observe in ends if observe]
         if observed and self.rules is not None:
-            self._gate_changes(self._answered(observed))
+            self._observe_many(observed)
         if self.dedup_host is None:
             return
 
@@ -192,6 +202,8 @@ class PgCoordinator(_Rows):
     def reserve_many(self, count: int, owner: tuple) -> List[tuple]:
         if self.rules is None or not count:
             return [(True, 0.0, "")] * count
+        if self._tickets is not None:
+            return self._tickets.reserve(count, owner)
 
         def change(state, grants, now):
             answers = self.rules.reserve_slots(state, now, sum(grants.values()), count)
@@ -212,16 +224,33 @@ class PgCoordinator(_Rows):
 
     def observe(self, report: Optional[dict], owner: tuple) -> None:
         if self.rules is not None:
-            self._gate_changes(self._answered([(report, owner)]))
+            self._observe_many([(report, owner)])
+
+    def _observe_many(self, observed: list) -> None:
+        """Open grants answered: (the host's budgets, owner) each; told at once, or with
+        the next telling of the tickets."""
+        if self._tickets is None:
+            self._gate_changes(self._answered(observed))
+            return
+        for report, owner in observed:
+            self._tickets.answered(report, owner)
 
     def withdraw(self, owner: tuple) -> None:
         if self.rules is not None:
             self._gate_changes(lambda state, grants, now: self._count(grants, owner, -1))
 
     def pause(self, seconds: float, why: str) -> None:
-        if self.rules is not None:
-            self.run(lambda conn: self._gate(
-                conn, lambda state, grants, now: self.rules.pause(state, now, seconds, why)))
+        """Every upload waits; every process of every instance hears it and voids the
+        tickets it holds (``shared.tickets``)."""
+        if self.rules is None:
+            return
+        if self._tickets is not None:
+            self._tickets.void()
+
+        def work(conn):
+            self._gate(conn, lambda state, grants, now: self.rules.pause(state, now, seconds, why))
+            conn.execute(f"NOTIFY {CHANNEL}")
+        self.run(work)
 
     def learn(self, report: Optional[dict]) -> None:
         """The host's budgets, asked without spending any (at start)."""
@@ -239,6 +268,21 @@ class PgCoordinator(_Rows):
                 self._gate(conn, lambda state, grants, now: grants.pop(
                     self._key((worker, generation)), None))
         self.run(work)
+
+    def _pause_notices(self):
+        """For ``Tickets``: False once listening and after each quiet second, True for a
+        pause announced by any process of any instance."""
+        with connect(self.url, autocommit=True) as conn:
+            conn.execute(f"LISTEN {CHANNEL}")
+            while True:
+                yield False
+                for _ in conn.notifies(timeout=1.0, stop_after=1):
+                    yield True
+
+    def close(self) -> None:
+        """Stop this process's ticket threads (a worker's end does it too)."""
+        if self._tickets is not None:
+            self._tickets.close()
 
     def _answered(self, observed: list):
         """The gate change for open grants answered: (the host's budgets, owner) each."""

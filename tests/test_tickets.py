@@ -1,0 +1,218 @@
+"""Tickets of an unpaced gate (``shared.tickets``), against the gate's rules in memory:
+taken ahead in one change and counted in flight, handed out without a trip, answers told
+together, unused ones given back, none held across a pause or while pauses go unheard,
+none taken from a budget's last uploads."""
+import queue
+import time
+
+import pytest
+
+from uploader.hosts.imgur import UPLOAD_CREDITS
+from uploader.ratelimit import GateRules
+from uploader.shared.tickets import Tickets
+
+from .test_crash import wait_until
+
+OWNER = (0, 1)
+
+
+def report(**budgets):
+    return {f"{name}_{field}": value for name, (remaining, reset) in budgets.items()
+            for field, value in (("remaining", remaining), ("reset", reset))}
+
+
+class MemoryGate:
+    """The gate row in memory: each change applied at once (one "compare-and-set")."""
+
+    def __init__(self, rules):
+        self.rules = rules
+        self.state = rules.new_state(time.monotonic())
+        self.grants = {}
+        self.changes = 0
+        self.during_change = None  # called inside a change: what happens during the trip
+
+    def change(self, change):
+        self.changes += 1
+        if self.during_change is not None:
+            self.during_change()
+        return change(self.state, self.grants, time.monotonic())
+
+    @staticmethod
+    def count(grants, owner, n):
+        left = grants.get(owner, 0) + n
+        if left > 0:
+            grants[owner] = left
+        else:
+            grants.pop(owner, None)
+
+
+class Notices:
+    """What ``listen()`` yields: False once listening and while quiet, True for each pause
+    told with ``pause()``; ``lose()`` ends the connection with an error."""
+
+    def __init__(self):
+        self.told = queue.SimpleQueue()
+
+    def __call__(self):
+        while True:
+            yield False
+            try:
+                if not self.told.get(timeout=0.1):
+                    raise ConnectionError("the listening connection was lost")
+            except queue.Empty:
+                continue
+            yield True
+
+    def pause(self):
+        self.told.put(True)
+
+    def lose(self):
+        self.told.put(False)
+
+
+@pytest.fixture
+def make():
+    """``make(remaining, batch)``: tickets on a gate whose budgets are known (no probe),
+    telling only when asked; their threads are stopped after the test."""
+    made = []
+
+    def tickets_on_a_gate(remaining=10_000, batch=4):
+        rules = GateRules(rate=0, burst=1, reserve={"user": 10, "client": 0, "post": 0},
+                          costs=UPLOAD_CREDITS)
+        gate = MemoryGate(rules)
+        rules.learn(gate.state, time.monotonic(), report(user=(remaining, 3600)))
+        notices = Notices()
+        tickets = Tickets(rules, gate.change, gate.count, notices, batch, tell_seconds=3600)
+        made.append(tickets)
+        return gate, tickets, notices
+    yield tickets_on_a_gate
+    for tickets in made:
+        tickets.close()
+
+
+def listening(tickets):
+    """The first reservation starts the listener; wait until it hears."""
+    assert all(granted for granted, _, _ in tickets.reserve(1, OWNER))
+    wait_until(lambda: tickets.listening)
+
+
+def test_tickets_are_taken_ahead_in_one_change_and_count_as_in_flight(make):
+    gate, tickets, _ = make(batch=4)
+    listening(tickets)
+    before = gate.changes
+    answers = tickets.reserve(2, OWNER)
+    assert [granted for granted, _, _ in answers] == [True, True]
+    assert all(abs(when - time.monotonic()) < 1 for _, when, _ in answers)  # unpaced: now
+    assert gate.changes == before + 1
+    assert gate.grants[OWNER] == 1 + 2 + 4  # the first grant, these two, four held
+    assert tickets.held(OWNER) == 4
+
+    assert [granted for granted, _, _ in tickets.reserve(3, OWNER)] == [True] * 3
+    assert gate.changes == before + 1  # handed out without a trip
+    assert tickets.held(OWNER) == 1
+    assert [granted for granted, _, _ in tickets.reserve(2, OWNER)] == [True] * 2
+    assert gate.changes == before + 2  # the one held, and one more from the gate (and 4 ahead)
+    assert gate.grants[OWNER] == 1 + 2 + 4 + 1 + 4 and tickets.held(OWNER) == 4
+
+
+def test_answers_are_told_together_and_their_resets_aged(make):
+    gate, tickets, _ = make()
+    listening(tickets)
+    tickets.reserve(2, OWNER)
+    in_flight, before = gate.grants[OWNER], gate.changes
+    tickets.answered(report(user=(500, 100.0)), OWNER)
+    answered = time.monotonic()
+    tickets.answered(report(user=(490, 100.0)), OWNER)
+    time.sleep(0.3)
+    assert gate.changes == before and gate.grants[OWNER] == in_flight  # kept, not told yet
+
+    tickets.tell()
+    assert gate.changes == before + 1
+    assert gate.grants[OWNER] == in_flight - 2
+    remaining, reset_at, _ = gate.state.budgets["user"]
+    assert remaining == 490  # the lowest of one period is the latest truth
+    # reset 100 s after the answer, not after the telling 0.3 s later
+    assert reset_at == pytest.approx(answered + 100.0, abs=0.1)
+
+
+def test_tickets_unused_since_the_last_telling_are_given_back(make):
+    gate, tickets, _ = make(batch=4)
+    listening(tickets)
+    tickets.reserve(1, OWNER)
+    assert tickets.held(OWNER) == 4
+    tickets.tell()  # handed out since the last telling: kept
+    assert tickets.held(OWNER) == 4 and gate.grants[OWNER] == 2 + 4
+    tickets.tell()  # none handed out since: the worker has no use for them
+    assert tickets.held(OWNER) == 0 and gate.grants[OWNER] == 2
+
+
+def test_a_pause_heard_voids_the_tickets_held(make):
+    gate, tickets, notices = make(batch=4)
+    listening(tickets)
+    tickets.reserve(1, OWNER)
+    assert tickets.held(OWNER) == 4
+    gate.rules.pause(gate.state, time.monotonic(), 30, "Imgur asked us to slow down")
+    notices.pause()  # as another process's pause is heard
+    wait_until(lambda: tickets.held(OWNER) == 0)
+
+    granted, when, why = tickets.reserve(1, OWNER)[0]
+    assert not granted and why == "Imgur asked us to slow down" and when > time.monotonic() + 20
+    assert gate.grants[OWNER] == 2  # the voided four given back with that trip
+
+
+def test_tickets_granted_before_a_pause_heard_during_the_trip_are_not_kept(make):
+    gate, tickets, notices = make(batch=4)
+    listening(tickets)
+    gate.during_change = tickets.void  # the pause's notice arrives while the trip is made
+    assert tickets.reserve(1, OWNER)[0][0]  # the asker's own grant: used, as one just before
+    assert tickets.held(OWNER) == 0
+    gate.during_change = None
+    tickets.tell()
+    assert gate.grants[OWNER] == 2  # the four given back
+
+
+def test_no_tickets_are_taken_ahead_while_pauses_go_unheard(make, caplog):
+    gate, tickets, notices = make(batch=4)
+    listening(tickets)
+    tickets.reserve(1, OWNER)
+    notices.lose()
+    wait_until(lambda: not tickets.listening)
+    assert tickets.held(OWNER) == 0
+    assert "cannot hear the gate's pauses" in caplog.text
+    before = gate.changes
+    tickets.reserve(1, OWNER)
+    tickets.reserve(1, OWNER)
+    assert gate.changes == before + 2 and tickets.held(OWNER) == 0  # one trip each, as before
+    assert gate.grants[OWNER] == 4  # three asked for, the one held before given back
+    wait_until(lambda: tickets.listening, timeout=5)  # listening again after a second
+
+
+def test_the_last_uploads_a_budget_allows_are_not_taken_ahead(make):
+    # 110 credits left, 10 kept back, 10 an upload: ten uploads fit
+    gate, tickets, _ = make(remaining=110, batch=4)
+    listening(tickets)  # one in flight
+    tickets.reserve(1, OWNER)  # two, and room beyond four more for four more: four ahead
+    assert tickets.held(OWNER) == 4 and gate.grants[OWNER] == 6
+    tickets.reserve(4, OWNER)
+    tickets.reserve(1, OWNER)  # seven in flight: room for three, none beyond: none ahead
+    assert tickets.held(OWNER) == 0 and gate.grants[OWNER] == 7
+    answers = tickets.reserve(5, (1, 1))  # another worker's slots get the last three
+    assert [granted for granted, _, _ in answers] == [True] * 3 + [False] * 2
+    assert "user budget is down to its reserve of 10" in answers[4][2]
+
+
+def test_a_failed_trip_keeps_the_answers_for_the_next_telling(make):
+    gate, tickets, _ = make()
+    listening(tickets)
+    tickets.reserve(1, OWNER)
+    tickets.answered(None, OWNER)
+    in_flight = gate.grants[OWNER]
+
+    def unreachable():
+        raise ConnectionError("the database went away")
+    gate.during_change = unreachable
+    with pytest.raises(ConnectionError):
+        tickets.tell()
+    gate.during_change = None
+    tickets.tell()
+    assert gate.grants[OWNER] == in_flight - 1 - 4  # the answer, and the unused four

@@ -1,0 +1,215 @@
+"""Grants of an unpaced cluster gate taken ahead of need, and answers told in batches.
+
+Without a pace (``imgur.rate_limit.uploads_per_second: 0``) a grant is no more than "one
+more upload in flight", its moment now. So a worker process need not change the gate row
+for every upload and every answer: when its slots ask and it holds no tickets, it takes
+what they ask for plus a batch more in the same compare-and-set, and hands the rest out
+as its slots ask again; the answers' budgets are kept and told together every
+``TELL_SECONDS``, with any tickets left unused since the last telling given back. One
+compare-and-set per batch of uploads instead of about one per upload.
+
+Nothing the gate guarantees is weakened:
+
+- budgets: the gate counts every ticket, held or in use, as an upload in flight until its
+  answer is told, so the reserve is kept exactly as if each had been asked for alone (a
+  told answer's reset times are aged by how long it was kept);
+- pauses: ``coordinator.pause`` voids every ticket held in every process of every
+  instance (a notification on ``CHANNEL``, heard by a thread of each process), so a
+  ticket is used during a pause at most for the few milliseconds the notification takes,
+  as a grant taken just before a pause is; a process that cannot listen takes no
+  tickets ahead;
+- a probe, or a budget at its reserve, refuses the extra tickets as it would refuse
+  another worker's ask; a worker that dies takes its tickets with it (``release_owner``).
+"""
+import logging
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+CHANNEL = "uploader_gate_pause"
+TELL_SECONDS = 0.25
+LISTEN_RETRY_SECONDS = 1.0
+
+
+class Tickets:
+    """One process's tickets and untold answers, by owner (a worker process's grants).
+
+    ``change_gate(change)``: one compare-and-set applying ``change(state, grants, now)``
+    (its answer on this machine's clock); ``count(grants, owner, n)``: the grants in
+    flight for ``owner`` changed by ``n``; ``listen()``: a connection to the caller's
+    database that tells of each pause (``_hear_pauses``)."""
+
+    def __init__(self, rules, change_gate, count, listen, batch: int,
+                 tell_seconds: float = TELL_SECONDS):
+        self.rules = rules
+        self._change_gate = change_gate
+        self._count = count
+        self._listen = listen
+        self.batch = batch
+        self.tell_seconds = tell_seconds
+        self._held = {}  # owner -> tickets held, not handed out yet
+        self._given_back = {}  # owner -> tickets voided or unused, the gate not told yet
+        self._answers = []  # (report, owner, when answered) not told yet
+        self._handed_out = False  # since the last telling
+        self._listening = False
+        self._voided = 0  # pauses heard: tickets granted before one are not kept after it
+        self._lock = threading.Lock()
+        self._started = False
+        self._closed = threading.Event()
+
+    @property
+    def listening(self) -> bool:
+        """Hearing pauses: only then are tickets taken ahead."""
+        return self._listening
+
+    def held(self, owner: tuple) -> int:
+        return self._held.get(owner, 0)
+
+    def reserve(self, count: int, owner: tuple) -> list:
+        """``count`` grants for ``owner``: from the tickets held, and for what they lack from
+        the gate, taking a batch more (if the gate grants them) while at it."""
+        with self._lock:
+            self._start()
+            take = min(self._held.get(owner, 0), count)
+            if take:
+                self._held[owner] -= take
+                self._handed_out = True
+            from_tickets = [(True, time.monotonic(), "")] * take
+            need = count - take
+            if not need:
+                return from_tickets
+            told, self._answers = self._answers, []
+            given_back, self._given_back = self._given_back, {}
+            extra = self.batch if self._listening else 0
+            voided = self._voided
+
+        def change(state, grants, now):
+            self._tell(state, grants, now, told, given_back)
+            in_flight = sum(grants.values())
+            answers = self.rules.reserve_slots(state, now, in_flight, need)
+            if extra and all(granted for granted, _, _ in answers):
+                answers += [(True, now, "")] * self._room(state, now, in_flight + need, extra)
+            self._count(grants, owner, sum(granted for granted, _, _ in answers))
+            return answers
+        try:
+            answers = self._change_gate(change)
+        except BaseException:
+            self._keep_untold(told, given_back)
+            raise
+        with self._lock:
+            more = len(answers) - need
+            if more and self._listening and voided == self._voided:
+                self._held[owner] = self._held.get(owner, 0) + more
+                self._handed_out = True
+            elif more:  # a pause was heard, or the listener fell silent, meanwhile
+                self._given_back[owner] = self._given_back.get(owner, 0) + more
+        return from_tickets + answers[:need]
+
+    def _room(self, state, now, in_flight: int, extra: int) -> int:
+        """How many tickets to take ahead: up to ``extra``, leaving room in every budget
+        for ``extra`` more uploads beyond them, so the last uploads a budget allows go to
+        whichever slot asks first, not to one process's tickets. (Unpaced, a reservation
+        changes nothing but a refilled budget's figures, so asking hypothetically is safe.)"""
+        room = self.rules.reserve_slots(state, now, in_flight, 2 * extra)
+        return max(0, sum(granted for granted, _, _ in room) - extra)
+
+    def answered(self, report, owner: tuple) -> None:
+        """An upload's answer (the host's budgets, or None), told with the next telling."""
+        with self._lock:
+            self._answers.append((report, owner, time.monotonic()))
+
+    def void(self) -> None:
+        """A pause began: no ticket held is handed out; the gate hears them given back."""
+        with self._lock:
+            self._void()
+
+    def _void(self) -> None:
+        self._voided += 1
+        self._give_back_held()
+
+    def _give_back_held(self) -> None:
+        for owner, held in self._held.items():
+            if held:
+                self._given_back[owner] = self._given_back.get(owner, 0) + held
+        self._held = {}
+
+    def tell(self) -> None:
+        """Tell the gate the answers kept and the tickets given back, and give back those
+        not handed out since the last telling (the worker has no use for them now)."""
+        with self._lock:
+            if not self._handed_out:
+                self._give_back_held()
+            self._handed_out = False
+            told, self._answers = self._answers, []
+            given_back, self._given_back = self._given_back, {}
+        if not told and not given_back:
+            return
+        try:
+            self._change_gate(lambda state, grants, now: self._tell(
+                state, grants, now, told, given_back))
+        except BaseException:
+            self._keep_untold(told, given_back)
+            raise
+
+    def _tell(self, state, grants, now, told, given_back) -> None:
+        moment = time.monotonic()
+        for report, owner, answered in told:
+            self._count(grants, owner, -1)
+            self.rules.observe(state, now, _aged(report, moment - answered))
+        for owner, count in given_back.items():
+            self._count(grants, owner, -count)
+
+    def _keep_untold(self, told, given_back) -> None:
+        with self._lock:
+            self._answers[:0] = told
+            for owner, count in given_back.items():
+                self._given_back[owner] = self._given_back.get(owner, 0) + count
+
+    def _start(self) -> None:
+        """The telling and listening threads, in the process that reserves (not the parent
+        whose copy was pickled)."""
+        if self._started:
+            return
+        self._started = True
+        threading.Thread(target=self._tell_often, name="gate-tell", daemon=True).start()
+        threading.Thread(target=self._hear_pauses, name="gate-listen", daemon=True).start()
+
+    def close(self) -> None:
+        """Stop telling and listening (within a second); what is untold stays untold."""
+        self._closed.set()
+
+    def _tell_often(self) -> None:
+        while not self._closed.wait(self.tell_seconds):
+            try:
+                self.tell()
+            except Exception:
+                log.exception("could not tell the gate about %d answers", len(self._answers))
+
+    def _hear_pauses(self) -> None:
+        """Void the tickets at each pause; while not listening, hold none. ``listen()``
+        yields False once listening and then every second or so, True for a pause."""
+        while not self._closed.is_set():
+            try:
+                for heard in self._listen():
+                    if self._closed.is_set():
+                        return
+                    if heard or not self._listening:
+                        with self._lock:
+                            self._listening = True
+                            self._void()
+            except Exception as exc:
+                log.warning("cannot hear the gate's pauses (%s); uploading without tickets"
+                            " held ahead until it can", exc)
+            with self._lock:
+                self._listening = False
+                self._void()
+            self._closed.wait(LISTEN_RETRY_SECONDS)
+
+
+def _aged(report, age: float):
+    """A host's report kept ``age`` seconds: its resets that much nearer."""
+    if not report:
+        return report
+    return {key: value - age if key.endswith("_reset") and value is not None else value
+            for key, value in report.items()}
