@@ -18,8 +18,12 @@ Nothing the gate guarantees is weakened:
   ticket is used during a pause at most for the few milliseconds the notification takes,
   as a grant taken just before a pause is; a process that cannot listen takes no
   tickets ahead;
-- a probe, or a budget at its reserve, refuses the extra tickets as it would refuse
-  another worker's ask; a worker that dies takes its tickets with it (``release_owner``).
+- a probe refuses the extra tickets, and none are taken from a budget's last uploads (room
+  for a batch beyond them is required), so those go to whichever slot asks first; a worker
+  that dies takes its tickets with it (``release_owner``).
+
+The cost: the gate hears a probe's answer (at start without ``GET /3/credits``, after a
+budget's reset) up to ``TELL_SECONDS`` later, and the other slots wait that much longer.
 """
 import logging
 import threading
