@@ -171,23 +171,22 @@ class SqlStore(OutboxQueries):
         """Take up to ``limit`` queued URLs (suspects excepted), oldest first, under a new lease."""
         if limit <= 0:
             return []
-        return self._claim("suspect = 0", limit)
+        return self._claim(0, limit)
 
     def claim_suspect(self) -> Optional[Task]:
         """Take the oldest queued suspect, to run alone (see ``quarantine``)."""
-        tasks = self._claim("suspect = 1", 1)
+        tasks = self._claim(1, 1)
         return tasks[0] if tasks else None
 
-    def _claim(self, condition: str, limit: int) -> List[Task]:
+    def _claim(self, suspect: int, limit: int) -> List[Task]:
         lease = secrets.randbits(62)
         rows = self._execute(
-            "WITH picked AS MATERIALIZED (SELECT id FROM urls WHERE state = 'queued' AND "
-            + condition + " ORDER BY id LIMIT ? {skip_locked})"
+            "WITH picked AS MATERIALIZED (" + QUEUED_FIRST + " {skip_locked})"
             " UPDATE urls SET state = 'in_flight', owner = ?, lease = ?,"
             " attempts = attempts + 1, " + CLEARED +
             " WHERE id IN (SELECT id FROM picked) AND state = 'queued'"
             " RETURNING id, job_id, url, attempts, suspect",
-            (limit, self.instance, lease)).fetchall()
+            (suspect, limit, self.instance, lease)).fetchall()
         job_ids = sorted({r[1] for r in rows})
         if not job_ids:
             return []
@@ -201,8 +200,7 @@ class SqlStore(OutboxQueries):
 
     def suspects_waiting(self) -> bool:
         """True while a suspect waits for its solitary run (on any instance's queue)."""
-        return self._execute(
-            "SELECT 1 FROM urls WHERE state = 'queued' AND suspect = 1 LIMIT 1").fetchone() is not None
+        return self._execute(QUEUED_FIRST, (1, 1)).fetchone() is not None
 
     def finish(self, task: Task, state: str, *, attempts: int, link: Optional[str] = None,
                reason: Optional[str] = None, sha256: Optional[str] = None,
@@ -364,12 +362,17 @@ class SqlStore(OutboxQueries):
 
     def queue_depth(self) -> Tuple[int, float]:
         """(URLs waiting for a worker slot, seconds the oldest has waited since its job was
-        made; 0 when none waits). Uses the partial index of queued URLs."""
+        made; 0 when none waits). Uses the partial index of queued URLs: the oldest is the
+        older of the first plain URL and the first suspect."""
         with self.reading() as conn:
             count = conn.execute("SELECT COUNT(*) FROM urls WHERE state = 'queued'").fetchone()[0]
+            firsts = [row[0] for suspect in (0, 1)
+                      for row in conn.execute(self.q(QUEUED_FIRST), (suspect, 1))]
+            if not firsts:
+                return count, 0.0
             oldest = conn.execute(self.q(
                 "SELECT {now} - j.created FROM urls u JOIN jobs j ON j.id = u.job_id"
-                " WHERE u.state = 'queued' ORDER BY u.id LIMIT 1")).fetchone()
+                " WHERE u.id = ?"), (min(firsts),)).fetchone()
         return count, max(0.0, oldest[0]) if oldest else 0.0
 
     def link_for(self, sha256: str, host: str, account: str = "") -> Optional[str]:
@@ -380,12 +383,16 @@ class SqlStore(OutboxQueries):
         return row[0] if row else None
 
 
+# The oldest queued URLs, plain (suspect 0) or suspects (1): what every turn with free slots
+# asks for. The index urls_queued answers it, order included, however long the queue
+# (schema.py, migration 6); with its suspects a filter, each turn read the whole queue.
+QUEUED_FIRST = "SELECT id FROM urls WHERE state = 'queued' AND suspect = ? ORDER BY id LIMIT ?"
 # The oldest live link of some bytes on a host for an account: what dedup reuses. The index
-# links_for_dedup answers it, order included (schema.py, migration 4).
+# links_for_dedup answers it, order included (schema.py, migration 5).
 OLDEST_LINK = ("SELECT link FROM links WHERE sha256 = ? AND host = ? AND account = ?"
                " AND deleted IS NULL ORDER BY id LIMIT 1")
 # An account's live links, oldest first, from links_listed; "id > 0" (always true) is that
-# index's mark, so that no other query can be planned onto it (schema.py, migration 4).
+# index's mark, so that no other query can be planned onto it (schema.py, migration 5).
 LIVE_LINKS = ("SELECT link FROM links WHERE account = ? AND deleted IS NULL AND id > 0"
               " ORDER BY id")
 
