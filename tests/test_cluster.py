@@ -143,18 +143,28 @@ def test_one_pace_for_the_whole_cluster(cluster, image_source, fake_imgur):
     assert outcomes(a) and outcomes(b), "both instances uploaded"
 
 
-def test_one_429_pauses_every_instance(cluster, image_source, fake_imgur):
+@pytest.mark.parametrize("pace", [
+    pytest.param({"uploads_per_second": 10, "burst": 2}, id="paced"),
+    pytest.param({"uploads_per_second": 0, "burst": 1}, id="unpaced"),  # tickets held ahead
+])
+def test_one_429_pauses_every_instance(cluster, image_source, fake_imgur, pace):
+    unpaced = not pace["uploads_per_second"]
+    if unpaced:  # each answer takes a moment, so the job is still running when the 429 comes
+        fake_imgur.latency = 0.05
     a, b = cluster(2, workers={"processes": 2, "uploads_per_process": 4},
-                   **imgur_config(fake_imgur, rate_limit={"uploads_per_second": 10, "burst": 2}))
-    urls = [image_source.url_for(f"/img/cluster-429-{n}.png") for n in range(40)]
-    first, second = a.post_job(urls[:20]), b.post_job(urls[20:])
+                   **imgur_config(fake_imgur, rate_limit=pace))
+    count = 200 if unpaced else 40
+    urls = [image_source.url_for(f"/img/cluster-429-{n}.png") for n in range(count)]
+    first, second = a.post_job(urls[:count // 2]), b.post_job(urls[count // 2:])
     wait_until(lambda: len(fake_imgur.requests_seen) >= 5, interval=0.01)
     fake_imgur.fail_next(1, status=429, body="Too Many Requests", headers={"Retry-After": "2"})
     for service, job_id in ((a, first), (b, second)):
-        assert len(service.wait_job(job_id, timeout=60)["uploaded"]["complete"]) == 20
+        assert len(service.wait_job(job_id, timeout=60)["uploaded"]["complete"]) == count // 2
     seen = fake_imgur.requests_seen
     refused = next(r for r in seen if r.status == 429)
-    during_pause = [r for r in seen if refused.at + 0.1 < r.at < refused.at + 2.0]
+    # sent before the pause was heard: within the 429's own answer and the notice's trip
+    heard = 0.1 + fake_imgur.latency + (0.25 if unpaced else 0.0)
+    during_pause = [r for r in seen if refused.at + heard < r.at < refused.at + 2.0]
     assert during_pause == []  # neither instance sent anything while Imgur asked us to wait
     later = [r for r in seen if r.at >= refused.at + 2.0]
     assert later

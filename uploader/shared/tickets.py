@@ -15,9 +15,9 @@ Nothing the gate guarantees is weakened:
   told answer's reset times are aged by how long it was kept);
 - pauses: ``coordinator.pause`` voids every ticket held in every process of every
   instance (a notification on ``CHANNEL``, heard by a thread of each process), so a
-  ticket is used during a pause at most for the few milliseconds the notification takes,
-  as a grant taken just before a pause is; a process that cannot listen takes no
-  tickets ahead;
+  ticket is used during a pause only if it was handed out before the notice arrived, as
+  a grant taken just before a pause is; a process that cannot listen takes no tickets
+  ahead;
 - a probe refuses the extra tickets, and none are taken from a budget's last uploads (room
   for a batch beyond them is required), so those go to whichever slot asks first; a worker
   that dies takes its tickets with it (``release_owner``).
