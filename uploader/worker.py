@@ -30,7 +30,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from . import hosts, jobs
+from . import hosts, httpheaders, jobs
 from .errors import FetchError, HostError, failure_class, source_may_recover
 from .fetch import Fetcher
 from .logs import setup_logging
@@ -51,6 +51,7 @@ def run(index, generation, conn, config, shared):
     if config.workers.nice:
         os.nice(config.workers.nice)  # bulk work yields to the API when CPU is short
     setup_logging(config.logging.level, config.logging.format)
+    httpheaders.install()  # every fetch and upload reads a response's headers
     exit_with_parent(os.getppid())
     slots, ahead = config.workers.uploads_per_process, config.workers.fetch_ahead
     # SimpleQueue (C) for every hand-off between threads: queue.Queue's Condition costs more
