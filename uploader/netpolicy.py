@@ -12,6 +12,7 @@ IPv4 addresses wrapped in IPv6 (mapped, compatible, NAT64, 6to4, Teredo) are jud
 by the IPv4 address inside.
 """
 
+import functools
 import ipaddress
 import re
 
@@ -115,6 +116,7 @@ def classify(ip):
     return _classify(ip)[0]
 
 
+@functools.lru_cache(maxsize=1024)  # pure, and asked several times for every hop
 def parse_ip_literal(host):
     """Read ``host`` as an IP address the way the C resolver would, or return None for a name.
 
@@ -160,6 +162,7 @@ def _inet_aton_number(label):
     return int(label)
 
 
+@functools.lru_cache(maxsize=1024)  # pure, and asked several times for every hop
 def normalize_host(host):
     """Return ``host`` as a lower-case ASCII name or canonical IP string, or raise FetchError.
 
