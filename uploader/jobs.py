@@ -10,6 +10,8 @@ and the job's status follows from its URLs: ``pending`` until the first URL is
 dispatched, ``in-progress`` until every URL is final, then ``complete``. Status never
 moves backwards and ``finished`` is set once.
 """
+import functools
+import math
 import pickle
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -51,11 +53,23 @@ def job_status(states) -> str:
 
 
 def format_timestamp(epoch_seconds: Optional[float]) -> Optional[str]:
-    """UTC ``YYYY-MM-DDTHH:mm:ss.sssZ``, the seed's timestamp format."""
+    """UTC ``YYYY-MM-DDTHH:mm:ss.sssZ``, the seed's timestamp format. Every log line and
+    every URL of a job document has some, so the text of each second is made once: the
+    microseconds are rounded as ``datetime.fromtimestamp`` rounds them (half to even)."""
     if epoch_seconds is None:
         return None
-    moment = datetime.fromtimestamp(epoch_seconds, tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    fraction, second = math.modf(epoch_seconds)
+    micro = round(fraction * 1_000_000)
+    if micro >= 1_000_000:
+        second, micro = second + 1, micro - 1_000_000
+    elif micro < 0:
+        second, micro = second - 1, micro + 1_000_000
+    return f"{_second_text(int(second))}{micro // 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=256)
+def _second_text(second: int) -> str:
+    return datetime.fromtimestamp(second, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.")
 
 
 def parse_timestamp(text: str) -> float:
