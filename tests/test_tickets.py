@@ -216,3 +216,13 @@ def test_a_failed_trip_keeps_the_answers_for_the_next_telling(make):
     gate.during_change = None
     tickets.tell()
     assert gate.grants[OWNER] == in_flight - 1 - 4  # the answer, and the unused four
+
+
+def test_closing_tells_the_gate_what_was_held_and_kept(make):
+    gate, tickets, _ = make(batch=4)
+    listening(tickets)
+    tickets.reserve(2, OWNER)  # four more held
+    tickets.answered(report(user=(420, 100.0)), OWNER)
+    tickets.close()  # a worker ending in good order
+    assert gate.grants[OWNER] == 1 + 2 - 1  # the four held given back, the answer told
+    assert gate.state.budgets["user"][0] == 420

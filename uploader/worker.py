@@ -79,6 +79,9 @@ def run(index, generation, conn, config, shared):
     for thread in uploaders:
         thread.join()
     worker.ends.close()
+    close_shared = getattr(shared.coordinator, "close", None)  # a cluster's gate tickets
+    if close_shared is not None:
+        close_shared()
     outbox.close()
     sender.join()
 

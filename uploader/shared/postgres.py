@@ -280,7 +280,8 @@ class PgCoordinator(_Rows):
                     yield True
 
     def close(self) -> None:
-        """Stop this process's ticket threads (a worker's end does it too)."""
+        """Tell the gate what this process's tickets hold and have kept, and stop their
+        threads: a worker calls it as it ends."""
         if self._tickets is not None:
             self._tickets.close()
 

@@ -20,7 +20,8 @@ Nothing the gate guarantees is weakened:
   ahead;
 - a probe refuses the extra tickets, and none are taken from a budget's last uploads (room
   for a batch beyond them is required), so those go to whichever slot asks first; a worker
-  that dies takes its tickets with it (``release_owner``).
+  that dies takes its tickets with it (``release_owner``), and one that ends in good order
+  tells what it kept (``close``).
 
 The cost: the gate hears a probe's answer (at start without ``GET /3/credits``, after a
 budget's reset) up to ``TELL_SECONDS`` later, and the other slots wait that much longer.
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 CHANNEL = "uploader_gate_pause"
 TELL_SECONDS = 0.25
 LISTEN_RETRY_SECONDS = 1.0
+CLOSE_SECONDS = 2.0  # how long a closing process waits for its last telling
 
 
 class Tickets:
@@ -179,9 +181,22 @@ class Tickets:
         threading.Thread(target=self._tell_often, name="gate-tell", daemon=True).start()
         threading.Thread(target=self._hear_pauses, name="gate-listen", daemon=True).start()
 
-    def close(self) -> None:
-        """Stop telling and listening (within a second); what is untold stays untold."""
+    def close(self, timeout: float = CLOSE_SECONDS) -> None:
+        """Stop telling and listening (the listener within a second), after telling the
+        gate what is held and untold, if it answers within ``timeout``: a worker that ends
+        in good order leaves the gate its last answers' budgets, not only fewer grants."""
         self._closed.set()
+        with self._lock:
+            self._void()
+
+        def tell_last():
+            try:
+                self.tell()
+            except Exception:
+                log.exception("could not tell the gate about %d answers", len(self._answers))
+        last = threading.Thread(target=tell_last, name="gate-tell-last", daemon=True)
+        last.start()
+        last.join(timeout)
 
     def _tell_often(self) -> None:
         while not self._closed.wait(self.tell_seconds):
