@@ -226,3 +226,27 @@ def test_closing_tells_the_gate_what_was_held_and_kept(make):
     tickets.close()  # a worker ending in good order
     assert gate.grants[OWNER] == 1 + 2 - 1  # the four held given back, the answer told
     assert gate.state.budgets["user"][0] == 420
+
+
+def test_without_room_ahead_each_answer_is_told_as_it_comes(make):
+    gate, tickets, _ = make(remaining=110, batch=4)  # ten uploads fit: room for no batch
+    listening(tickets)  # one in flight
+    tickets.reserve(4, OWNER)  # five, and room beyond four more for one more: one ahead
+    tickets.reserve(2, OWNER)  # the one held and one more: seven, no room for any ahead
+    assert tickets.held(OWNER) == 0 and gate.grants[OWNER] == 7
+    before = gate.changes
+    tickets.answered(report(user=(60, 100.0)), OWNER)
+    assert gate.changes == before + 1 and gate.grants[OWNER] == 6  # told at once
+    assert gate.state.budgets["user"][0] == 60
+
+
+def test_a_batch_of_answers_kept_is_told_at_once(make):
+    gate, tickets, _ = make(batch=4)
+    listening(tickets)
+    tickets.reserve(4, OWNER)  # four in use (and the first), four held
+    before = gate.changes
+    for n in range(3):
+        tickets.answered(None, OWNER)
+    assert gate.changes == before  # kept
+    tickets.answered(None, OWNER)  # the fourth: a batch
+    assert gate.changes == before + 1 and gate.grants[OWNER] == 1 + 4 + 4 - 4

@@ -12,7 +12,9 @@ Nothing the gate guarantees is weakened:
 
 - budgets: the gate counts every ticket, held or in use, as an upload in flight until its
   answer is told, so the reserve is kept exactly as if each had been asked for alone (a
-  told answer's reset times are aged by how long it was kept);
+  told answer's reset times are aged by how long it was kept). Answers are kept only while
+  the gate last had room for a batch of tickets ahead, and a batch of them at most: near a
+  budget's reserve, in a pause or a probe, each is told as it comes, as before tickets;
 - pauses: ``coordinator.pause`` voids every ticket held in every process of every
   instance (a notification on ``CHANNEL``, heard by a thread of each process), so a
   ticket is used during a pause only if it was handed out before the notice arrived, as
@@ -21,10 +23,8 @@ Nothing the gate guarantees is weakened:
 - a probe refuses the extra tickets, and none are taken from a budget's last uploads (room
   for a batch beyond them is required), so those go to whichever slot asks first; a worker
   that dies takes its tickets with it (``release_owner``), and one that ends in good order
-  tells what it kept (``close``).
-
-The cost: the gate hears a probe's answer (at start without ``GET /3/credits``, after a
-budget's reset) up to ``TELL_SECONDS`` later, and the other slots wait that much longer.
+  tells what it kept (``close``); one killed (or cut short by its service's stop) loses
+  the answers it kept, at most a batch, taken while the gate had room for two.
 """
 import logging
 import threading
@@ -58,6 +58,7 @@ class Tickets:
         self._given_back = {}  # owner -> tickets voided or unused, the gate not told yet
         self._answers = []  # (report, owner, when answered) not told yet
         self._handed_out = False  # since the last telling
+        self._ahead = False  # did the gate's last grants leave room for tickets ahead?
         self._listening = False
         self._voided = 0  # pauses heard: tickets granted before one are not kept after it
         self._lock = threading.Lock()
@@ -105,6 +106,7 @@ class Tickets:
             raise
         with self._lock:
             more = len(answers) - need
+            self._ahead = more > 0  # room for a batch beyond, when the gate last said
             if more and self._listening and voided == self._voided:
                 self._held[owner] = self._held.get(owner, 0) + more
                 self._handed_out = True
@@ -121,9 +123,16 @@ class Tickets:
         return max(0, sum(granted for granted, _, _ in room) - extra)
 
     def answered(self, report, owner: tuple) -> None:
-        """An upload's answer (the host's budgets, or None), told with the next telling."""
+        """An upload's answer (the host's budgets, or None), kept for the next telling, or
+        told at once: when the gate last had no room for tickets ahead (a budget near its
+        reserve, a pause, a probe: as before tickets, it hears each answer as it comes), or
+        when a batch of answers is kept (what the gate does not know yet stays within the
+        room it had)."""
         with self._lock:
             self._answers.append((report, owner, time.monotonic()))
+            at_once = not self._ahead or len(self._answers) >= self.batch
+        if at_once:
+            self.tell()
 
     def void(self) -> None:
         """A pause began: no ticket held is handed out; the gate hears them given back."""
