@@ -120,9 +120,9 @@ def test_answers_are_told_together_and_their_resets_aged(make):
     listening(tickets)
     tickets.reserve(2, OWNER)
     in_flight, before = gate.grants[OWNER], gate.changes
-    tickets.answered(report(user=(500, 100.0)), OWNER)
+    tickets.answered([(report(user=(500, 100.0)), OWNER)])
     answered = time.monotonic()
-    tickets.answered(report(user=(490, 100.0)), OWNER)
+    tickets.answered([(report(user=(490, 100.0)), OWNER)])
     time.sleep(0.3)
     assert gate.changes == before and gate.grants[OWNER] == in_flight  # kept, not told yet
 
@@ -205,7 +205,7 @@ def test_a_failed_trip_keeps_the_answers_for_the_next_telling(make):
     gate, tickets, _ = make()
     listening(tickets)
     tickets.reserve(1, OWNER)
-    tickets.answered(None, OWNER)
+    tickets.answered([(None, OWNER)])
     in_flight = gate.grants[OWNER]
 
     def unreachable():
@@ -222,7 +222,7 @@ def test_closing_tells_the_gate_what_was_held_and_kept(make):
     gate, tickets, _ = make(batch=4)
     listening(tickets)
     tickets.reserve(2, OWNER)  # four more held
-    tickets.answered(report(user=(420, 100.0)), OWNER)
+    tickets.answered([(report(user=(420, 100.0)), OWNER)])
     tickets.close()  # a worker ending in good order
     assert gate.grants[OWNER] == 1 + 2 - 1  # the four held given back, the answer told
     assert gate.state.budgets["user"][0] == 420
@@ -235,9 +235,11 @@ def test_without_room_ahead_each_answer_is_told_as_it_comes(make):
     tickets.reserve(2, OWNER)  # the one held and one more: seven, no room for any ahead
     assert tickets.held(OWNER) == 0 and gate.grants[OWNER] == 7
     before = gate.changes
-    tickets.answered(report(user=(60, 100.0)), OWNER)
+    tickets.answered([(report(user=(60, 100.0)), OWNER)])
     assert gate.changes == before + 1 and gate.grants[OWNER] == 6  # told at once
     assert gate.state.budgets["user"][0] == 60
+    tickets.answered([(report(user=(50, 100.0)), OWNER), (report(user=(40, 100.0)), OWNER)])
+    assert gate.changes == before + 2 and gate.grants[OWNER] == 4  # together: one change
 
 
 def test_a_batch_of_answers_kept_is_told_at_once(make):
@@ -246,7 +248,7 @@ def test_a_batch_of_answers_kept_is_told_at_once(make):
     tickets.reserve(4, OWNER)  # four in use (and the first), four held
     before = gate.changes
     for n in range(3):
-        tickets.answered(None, OWNER)
+        tickets.answered([(None, OWNER)])
     assert gate.changes == before  # kept
-    tickets.answered(None, OWNER)  # the fourth: a batch
+    tickets.answered([(None, OWNER)])  # the fourth: a batch
     assert gate.changes == before + 1 and gate.grants[OWNER] == 1 + 4 + 4 - 4

@@ -232,8 +232,7 @@ class PgCoordinator(_Rows):
         if self._tickets is None:
             self._gate_changes(self._answered(observed))
             return
-        for report, owner in observed:
-            self._tickets.answered(report, owner)
+        self._tickets.answered(observed)
 
     def withdraw(self, owner: tuple) -> None:
         if self.rules is not None:

@@ -122,14 +122,15 @@ class Tickets:
         room = self.rules.reserve_slots(state, now, in_flight, 2 * extra)
         return max(0, sum(granted for granted, _, _ in room) - extra)
 
-    def answered(self, report, owner: tuple) -> None:
-        """An upload's answer (the host's budgets, or None), kept for the next telling, or
-        told at once: when the gate last had no room for tickets ahead (a budget near its
-        reserve, a pause, a probe: as before tickets, it hears each answer as it comes), or
-        when a batch of answers is kept (what the gate does not know yet stays within the
-        room it had)."""
+    def answered(self, answers) -> None:
+        """Uploads' answers, (the host's budgets or None, owner) each, kept for the next
+        telling, or told at once (in one change): when the gate last had no room for
+        tickets ahead (a budget near its reserve, a pause, a probe: as before tickets, it
+        hears the answers as they come), or when a batch of answers is kept (what the gate
+        does not know yet stays within the room it had)."""
+        moment = time.monotonic()
         with self._lock:
-            self._answers.append((report, owner, time.monotonic()))
+            self._answers.extend((report, owner, moment) for report, owner in answers)
             at_once = not self._ahead or len(self._answers) >= self.batch
         if at_once:
             self.tell()
