@@ -22,13 +22,13 @@ _PLAIN = re.compile(r"[\041-\071\073-\176]+:")
 def parse_headers(fp, _class=http.client.HTTPMessage):
     """``http.client.parse_headers``: the headers of a response, read from ``fp``."""
     lines = http.client._read_headers(fp)  # the stdlib's limits on line length and count
-    text = b"".join(lines).decode("iso-8859-1")
     headers = []
     for line in lines[:-1]:  # the last is the blank line (or the end of the stream)
         line = line.decode("iso-8859-1").rstrip("\n")
         line = line[:-1] if line.endswith("\r") else line
         match = _PLAIN.match(line)
         if match is None or "\r" in line:
+            text = b"".join(lines).decode("iso-8859-1")
             return email.parser.Parser(_class=_class).parsestr(text)
         headers.append((line[:match.end() - 1], line[match.end():].lstrip(" \t")))
     message = _class()
