@@ -20,7 +20,6 @@ parent, so none outlives it.
 import logging
 import os
 import pickle
-import selectors
 import signal
 import threading
 import time
@@ -191,32 +190,22 @@ class WorkerPool:
 
     # -- threads ---------------------------------------------------------------
     def _read_results(self) -> None:
-        """Every worker's results, as they come; a worker's EOF becomes ``WorkerExited``.
-        One selector for the thread's life, each pipe registered once (a new one after a
-        spawn, which wakes us): a selector made for every wait cost a tenth of a busy
-        front end."""
+        """Every worker's results, as they come; a worker's EOF becomes ``WorkerExited``."""
         wake = _Wake(self._wake_r)
-        watched: Dict[object, WorkerHandle] = {}  # our end of each live worker's pipe
-        with selectors.DefaultSelector() as selector:
-            selector.register(wake, selectors.EVENT_READ)
-            while not self._closing:
-                for handle in list(self.workers.values()):
-                    if handle.conn not in watched and not handle.conn.closed:
-                        selector.register(handle.conn, selectors.EVENT_READ)
-                        watched[handle.conn] = handle
-                for key, _ in selector.select():
-                    ready = key.fileobj
-                    if ready is wake:
-                        wake.drain()
-                        continue
-                    try:
-                        message = ready.recv_bytes()
-                    except (EOFError, OSError):
-                        selector.unregister(ready)  # before it is closed
-                        self._ended(watched.pop(ready))
-                        continue
-                    for event in jobs.unpack(message):
-                        self.on_event(event)
+        while not self._closing:
+            handles = {h.conn: h for h in list(self.workers.values()) if not h.conn.closed}
+            for ready in multiprocess.connection.wait([*handles, wake]):
+                if ready is wake:
+                    wake.drain()
+                    continue
+                handle = handles[ready]
+                try:
+                    message = ready.recv_bytes()
+                except (EOFError, OSError):
+                    self._ended(handle)
+                    continue
+                for event in jobs.unpack(message):
+                    self.on_event(event)
 
     def _ended(self, handle: WorkerHandle) -> None:
         handle.conn.close()
