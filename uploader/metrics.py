@@ -74,8 +74,7 @@ class Metrics:
         self._budgets = {}  # budget name -> ratelimit.Budget, for imgur_remaining
         # children of labelled metrics set for every URL, each looked up once (labels() is
         # not free) and only once it has a value (a budget never reported is not shown as 0)
-        self._remaining = {}  # budget name -> its imgur_remaining child
-        self._finished = {}  # (outcome, failure class) -> its urls_finished child
+        self._children = {}  # (metric, labels) -> its child
         self.dedup_reuses = Counter("uploader_dedup_reuses",
                                     "URLs whose bytes were already uploaded (no credit spent).",
                                     registry=r)
@@ -114,11 +113,7 @@ class Metrics:
             outcome = "failed"
         else:
             outcome = "reused" if result.reused else "complete"
-        key = (outcome, result.failure_class or "")
-        finished = self._finished.get(key)
-        if finished is None:
-            finished = self._finished[key] = self.urls_finished.labels(*key)
-        finished.inc()
+        self._child(self.urls_finished, outcome, result.failure_class or "").inc()
         if result.reused:
             self.dedup_reuses.inc()
         if result.grants_given_back:
@@ -142,10 +137,14 @@ class Metrics:
             reset = rate.get(f"{name}_reset")
             budget = self._budgets.setdefault(name, Budget(name, reserve=0))
             budget.update(remaining, now + reset if reset is not None else None)
-            gauge = self._remaining.get(name)
-            if gauge is None:
-                gauge = self._remaining[name] = self.imgur_remaining.labels(name)
-            gauge.set(budget.remaining)
+            self._child(self.imgur_remaining, name).set(budget.remaining)
+
+    def _child(self, metric, *labels):
+        """``metric.labels(*labels)``, looked up once."""
+        child = self._children.get((metric, labels))
+        if child is None:
+            child = self._children[(metric, labels)] = metric.labels(*labels)
+        return child
 
     def failed(self, failure_class: str) -> None:
         """A URL the front end failed itself (its worker or the service died under it)."""
