@@ -170,3 +170,20 @@ def test_a_missing_source_is_not_fetched_again(start_service, image_source):
     job = service.wait_job(service.post_job([missing]))
     assert job["urls"][0]["reason"] == "HTTP 404 from source"
     assert [r.path for r in image_source.requests].count("/status/404") == 1
+
+
+def test_a_fresh_workers_first_round_is_fetched_before_the_images_ahead(start_service,
+                                                                         image_source):
+    # One worker, two slots, two images ahead: the first two images are fetched alone (on a
+    # busy machine the next round's fetches would slow them), the next two once one of the
+    # first is in hand; then the worker fetches ahead as before.
+    image_source.latency = 0.3
+    service = start_service(workers={"processes": 1, "uploads_per_process": 2,
+                                     "fetch_ahead": 2})
+    paths = [f"/img/first-round-{n}.png" for n in range(6)]
+    job = service.wait_job(service.post_job([image_source.url_for(p) for p in paths]),
+                           timeout=30)
+    assert [u["state"] for u in job["urls"]] == ["complete"] * len(paths)
+    asked = sorted(r.time for r in image_source.requests if r.path in paths)
+    first, later = asked[:2], asked[2:]
+    assert all(at >= first[0] + image_source.latency for at in later)

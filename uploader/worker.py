@@ -6,8 +6,9 @@ reports the outcome. It knows no host's rules: those live in ``hosts/``.
     fetch threads, upload slots --> outbox --sender thread--> the same pipe (batches of records)
 
 A worker is long-lived. It builds its fetcher and its host's uploader once, after it
-starts. It holds ``uploads_per_process + fetch_ahead`` URLs and fetches them all at once,
-so a slot that frees has the next image in hand (memory stays bounded by what it holds).
+starts. It holds ``uploads_per_process + fetch_ahead`` URLs and fetches them all at once
+(once its first round is in hand: ``FirstRound``), so a slot that frees has the next image
+in hand (memory stays bounded by what it holds).
 An empty message stops it: every URL taken is finished, then it ends. Only small records
 cross the process boundary; errors travel as their message.
 
@@ -59,7 +60,8 @@ def run(index, generation, conn, config, shared):
     ready: "queue.SimpleQueue" = queue.SimpleQueue()
     outbox = Outbox(conn)
     worker = Worker(index, generation, config, outbox, shared)
-    fetchers = [threading.Thread(target=worker.fetch_loop, args=(tasks, ready), name=f"fetch-{n}")
+    fetchers = [threading.Thread(target=worker.fetch_loop, args=(tasks, ready, n >= slots),
+                                 name=f"fetch-{n}")
                 for n in range(ahead + slots)]
     uploaders = [threading.Thread(target=worker.upload_loop, args=(ready,), name=f"slot-{n}")
                  for n in range(slots)]
@@ -67,8 +69,8 @@ def run(index, generation, conn, config, shared):
         thread.start()
     sender = threading.Thread(target=outbox.run, name="sender")
     sender.start()
-    threading.Thread(target=_read_inbox, args=(conn, tasks, len(fetchers)), name="inbox",
-                     daemon=True).start()
+    threading.Thread(target=_read_inbox, args=(conn, tasks, len(fetchers), worker.first_round),
+                     name="inbox", daemon=True).start()
     outbox.put(jobs.Ready(index, generation))
     log.info("worker %d ready with %d upload slots, %d images fetched ahead (host: %s)",
              index, slots, ahead, worker.uploader.name)
@@ -86,7 +88,7 @@ def run(index, generation, conn, config, shared):
     sender.join()
 
 
-def _read_inbox(conn, tasks, fetchers) -> None:
+def _read_inbox(conn, tasks, fetchers, first_round) -> None:
     """Unpack task batches for the fetch threads; an empty message (a stop) or the pipe's
     end (the front end is gone) ends every one of them."""
     while True:
@@ -95,6 +97,7 @@ def _read_inbox(conn, tasks, fetchers) -> None:
         except (OSError, EOFError):
             message = b""
         if not message:
+            first_round.end()  # the threads fetching ahead may still be waiting to begin
             for _ in range(fetchers):
                 tasks.put(None)
             return
@@ -172,10 +175,16 @@ class Worker:
         # fetch threads finishing together share one trip to the dedup index
         self.claims = Line(self.coordinator.claim_many, "claim-line")
         self.ends = Ends(self.coordinator)
+        self.first_round = FirstRound(config.workers.uploads_per_process)
 
-    def fetch_loop(self, tasks, ready) -> None:
+    def fetch_loop(self, tasks, ready, ahead: bool) -> None:
+        """``ahead``: one of the threads beyond the slots' count, which fetch the next
+        round's images; they begin after the first round's (``FirstRound``)."""
+        if ahead:
+            self.first_round.wait()
         while (task := tasks.get()) is not None:
             prepared = self.prepare(task)
+            self.first_round.prepared()
             if isinstance(prepared, _Ready):
                 ready.put(prepared)
             else:
@@ -264,6 +273,41 @@ class Worker:
             if decision == "upload":
                 return None
             time.sleep(DEDUP_POLL_SECONDS)
+
+
+class FirstRound:
+    """A fresh worker's first images come before those it fetches ahead: the fetch threads
+    beyond its slots' count begin once as many URLs as it has slots are prepared (fetched
+    and claimed, or already finished). Its first batch of tasks would otherwise be fetched
+    all at once, and on a busy machine the next round's fetches slow the first round's, so
+    every upload slot starts later. After that first round nothing changes: each thread
+    takes tasks as they come. Measured on a fresh service's 640-URL job at Imgur +500 ms
+    (alternating runs): ahead in 14 of 16 pairs, about 0.4% nearer the slot bound; with
+    the source at +200 ms, unchanged."""
+
+    def __init__(self, slots: int):
+        self._left = slots
+        self._lock = threading.Lock()
+        self._begun = threading.Event()
+        if slots <= 0:
+            self._begun.set()
+
+    def wait(self, timeout=None) -> bool:
+        """Until the first round is prepared (or the worker stops): True once it is."""
+        return self._begun.wait(timeout)
+
+    def prepared(self) -> None:
+        """One more URL prepared."""
+        if self._begun.is_set():
+            return
+        with self._lock:
+            self._left -= 1
+            if self._left <= 0:
+                self._begun.set()
+
+    def end(self) -> None:
+        """The worker is stopping: nobody waits any longer."""
+        self._begun.set()
 
 
 class Ends:
