@@ -1,8 +1,19 @@
-"""Worker pieces that need no process: the first round's order, and the inbox at a stop."""
+"""Worker pieces that need no process: the first round's order, the inbox at a stop, and
+the dedup claim a fetch thread makes for each URL."""
 import queue
 import threading
 
-from uploader.worker import FirstRound, _read_inbox
+import pytest
+
+from uploader.config import load_config
+from uploader.dedup import DedupIndex
+from uploader.jobs import COMPLETE, Task
+from uploader.shared import Shared
+from uploader.shared.embedded import Coordinator
+from uploader.worker import FirstRound, Worker, _read_inbox, _Ready
+
+from .fakes.image_source import make_image
+from .support import write_config
 
 
 def test_fetching_ahead_begins_once_as_many_urls_as_slots_are_prepared():
@@ -28,3 +39,38 @@ def test_a_stop_before_the_first_round_is_prepared_releases_the_threads_fetching
     assert first_round.wait(5)  # the ahead threads go on to take their stop from the queue
     assert [tasks.get_nowait() for _ in range(8)] == [None] * 8
     assert tasks.empty()
+
+
+class Discard:
+    def put(self, record):
+        pass
+
+
+def test_a_fetch_thread_claiming_bytes_again_for_another_url_waits_for_the_first_upload(
+        tmp_path, image_source):
+    # Fetch threads hand images to upload slots, so one thread may fetch the same bytes for
+    # a second URL while a slot still uploads them for the first: the second must wait for
+    # that upload's link, not upload the bytes again.
+    coordinator = Coordinator()
+    coordinator.dedup = DedupIndex(lambda key: None)  # the store has no link for them yet
+    worker = Worker(0, 1, load_config(write_config(tmp_path)), Discard(), Shared(coordinator))
+    image = make_image("png", "twice")
+    tasks = []
+    for url_id, name in ((1, "a"), (2, "b")):
+        image_source.add(f"/twice/{name}.png", image, content_type="image/png")
+        tasks.append(Task(url_id, "job", image_source.url_for(f"/twice/{name}.png"), 1))
+    prepared = queue.SimpleQueue()
+
+    def one_fetch_thread():
+        for task in tasks:
+            prepared.put(worker.prepare(task))
+    threading.Thread(target=one_fetch_thread, daemon=True).start()
+
+    first = prepared.get(timeout=10)
+    assert isinstance(first, _Ready)  # its bytes are this URL's to upload
+    with pytest.raises(queue.Empty):
+        prepared.get(timeout=0.5)  # the same bytes again: they wait, they are not uploaded
+    link = "https://i.imgur.com/abcdefg.png"
+    coordinator.end_many([(first.digest, "", link, None, first.owner, False)])  # uploaded
+    second = prepared.get(timeout=10)
+    assert (second.state, second.link, second.reused) == (COMPLETE, link, True)

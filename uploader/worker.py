@@ -209,7 +209,9 @@ class Worker:
             fetched = self._fetch(task, report)
             report.fetched(len(fetched.data))
             digest = report.sha256 = hashlib.sha256(fetched.data).hexdigest()
-            owner = (self.index, self.generation, threading.get_ident())
+            # the claim is this URL's, not this thread's: the thread may fetch the same
+            # bytes for another URL while a slot still uploads them for this one
+            owner = (self.index, self.generation, task.url_id)
             reused = self._claim(digest, task.account, owner)
             if reused:
                 return report.result(jobs.COMPLETE, link=reused, reused=True)

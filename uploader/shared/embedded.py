@@ -29,7 +29,7 @@ class Coordinator:
     def claim_many(self, claims) -> List[Tuple[str, Optional[str]]]:
         """For each (sha256, account, owner): (decision, link): ``reuse`` (with the link),
         ``wait`` (ask again), or ``upload`` (these bytes are ours to upload). Bytes are the
-        same only within an account. ``owner``: (worker, generation, thread)."""
+        same only within an account. ``owner``: (worker, generation, URL id)."""
         if self.dedup is None:
             return [("upload", None)] * len(claims)
         return [self.dedup.claim((account, sha256), owner) for sha256, account, owner in claims]

@@ -149,6 +149,8 @@ class PgCoordinator(_Rows):
         batch (its own snapshot, so the lookup sees every link committed before it); the
         answers are those of claiming one after the other, in order. Claims are inserted
         in the order of their bytes, so two batches never wait for each other in a cycle."""
+        # owner: (worker, generation, URL id); the column ``thread`` holds the URL id (it
+        # once held the claiming thread's, but a thread may claim the same bytes for two URLs)
         rows = [(sha256, account, self.instance, *owner) for sha256, account, owner in claims]
         won = set(conn.execute(
             "INSERT INTO dedup_claims (sha256, host, account, instance, worker, generation,"
