@@ -266,8 +266,8 @@ class Worker:
             self.progress.done(task.url_id)
 
     def _claim(self, digest: str, account: str, owner: tuple):
-        """The link these bytes already have, or None once this thread owns their upload;
-        waits while another thread (or instance) uploads the same bytes."""
+        """The link these bytes already have, or None once this URL owns their upload;
+        waits while another URL's upload (here, or in another worker or instance) has them."""
         while True:
             decision, link = self.claims((digest, account, owner))
             if decision == "reuse":
