@@ -17,6 +17,7 @@ from uploader.config import config_from_dict
 from uploader.dispatcher import Dispatcher, _Submit
 from uploader.jobs import Result, WorkerExited
 from uploader.store import open_store
+from uploader.worker import SHARED_STATE_LOST
 
 pytestmark = pytest.mark.system  # starts processes or servers
 
@@ -229,3 +230,27 @@ def postgres_for_machine(postgres):
 @pytest.mark.usefixtures("postgres_for_machine")
 class TestSharedJobLifecycle(SharedJobLifecycle.TestCase):
     pass
+
+
+def test_a_worker_that_lost_the_manager_stops_the_instance_and_fails_no_url(tmp_path):
+    # A worker whose trip to the manager broke ends with SHARED_STATE_LOST instead of
+    # failing the URL it was handling: the instance stops as on the manager's death, and
+    # every URL it held goes back to the queue, its attempt given back.
+    config = config_from_dict({"workers": {"processes": 1, "uploads_per_process": 2},
+                               "storage": {"path": str(tmp_path / "s.sqlite3")}}, environ={})
+    store = open_store(config.storage, "me")
+    fatal = []
+    dispatcher = Dispatcher(store=store, pool=StubPool(1), config=config, on_fatal=fatal.append)
+    dispatcher.recover()
+    dispatcher._turn([_Submit("job-1", ["https://example.test/a.png",
+                                        "https://example.test/b.png"], Future())])
+    assert len(dispatcher.state.assigned[0]) == 2
+    try:
+        dispatcher._turn([WorkerExited(0, dispatcher.pool.workers[0].generation,
+                                       SHARED_STATE_LOST)])
+        assert len(fatal) == 1 and fatal[0].startswith("multiprocessing manager lost")
+        with store.reading() as conn:
+            rows = conn.execute("SELECT state, attempts, suspect FROM urls").fetchall()
+        assert [tuple(row) for row in rows] == [("queued", 0, 0)] * 2
+    finally:
+        store.close()

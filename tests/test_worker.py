@@ -9,8 +9,8 @@ from uploader.config import load_config
 from uploader.dedup import DedupIndex
 from uploader.jobs import COMPLETE, Task
 from uploader.shared import Shared
-from uploader.shared.embedded import Coordinator
-from uploader.worker import FirstRound, Worker, _read_inbox, _Ready
+from uploader.shared.embedded import Coordinator, Guarded
+from uploader.worker import SHARED_STATE_LOST, FirstRound, Worker, _read_inbox, _Ready
 
 from .fakes.image_source import make_image
 from .support import write_config
@@ -74,3 +74,26 @@ def test_a_fetch_thread_claiming_bytes_again_for_another_url_waits_for_the_first
     coordinator.end_many([(first.digest, "", link, None, first.owner, False)])  # uploaded
     second = prepared.get(timeout=10)
     assert (second.state, second.link, second.reused) == (COMPLETE, link, True)
+
+
+def test_a_broken_trip_to_the_manager_ends_the_worker_instead_of_failing_the_url(
+        tmp_path, image_source, monkeypatch):
+    # The manager died: its proxies raise a connection error. That is not the URL's fault,
+    # so no failed Result is sent; the worker ends with SHARED_STATE_LOST (the front end then
+    # hands its URLs back, tests/test_state_machine.py). A source's or a host's own network
+    # errors still fail the URL: only calls to the manager are guarded.
+    class ManagerGone(Coordinator):
+        def claim_many(self, claims):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    def exit_now(code):
+        raise SystemExit(code)
+    monkeypatch.setattr("uploader.worker.os._exit", exit_now)
+    coordinator = ManagerGone()
+    coordinator.dedup = DedupIndex(lambda key: None)
+    worker = Worker(0, 1, load_config(write_config(tmp_path)), Discard(),
+                    Shared(Guarded(coordinator)))  # as ``worker.run`` holds a manager proxy
+    image_source.add("/gone.png", make_image("png", "gone"), content_type="image/png")
+    with pytest.raises(SystemExit) as ended:
+        worker.prepare(Task(1, "job", image_source.url_for("/gone.png"), 1))
+    assert ended.value.code == SHARED_STATE_LOST

@@ -36,6 +36,7 @@ from .jobs import Attempt, Progress, Ready, Result, Task, Waiting, WorkerExited
 from .metrics import Metrics
 from .pool import ManagerLost
 from .quarantine import Quarantine
+from .worker import SHARED_STATE_LOST
 
 log = logging.getLogger(__name__)
 
@@ -447,6 +448,9 @@ class Dispatcher:
         handle = self.pool.workers.get(event.worker)
         if handle is None or handle.generation != event.generation:
             return
+        if event.exitcode == SHARED_STATE_LOST:  # as if the manager's death were seen here:
+            state.lost = state.lost or f"worker {event.worker} lost its connection to it"
+            return  # its URLs stay in flight, handed back unfailed by the stop (``_finish``)
         orphans = state.assigned.get(event.worker, {})
         state.assigned[event.worker] = {}
         effects.append(lambda: self.pool.release_claims(event.worker, event.generation))

@@ -135,6 +135,11 @@ class PoolBroken(UploaderError):
     """The multiprocessing manager is gone: no task can be sent, no worker started."""
 
 
+class SharedStateLost(UploaderError):
+    """A call to this instance's manager broke: the manager (the embedded shared state) is
+    gone. Never a URL's failure."""
+
+
 class StoreUnavailable(UploaderError):
     """The store cannot be reached (PostgreSQL down, connection lost): try again later."""
 

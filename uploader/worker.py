@@ -32,14 +32,19 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from . import hosts, httpheaders, jobs
-from .errors import FetchError, HostError, failure_class, source_may_recover
+from .errors import FetchError, HostError, SharedStateLost, failure_class, source_may_recover
 from .fetch import Fetcher
 from .logs import setup_logging
 from .shared.coalesce import Line, next_batch
+from .shared.embedded import guarded
 
 log = logging.getLogger(__name__)
 
 DEDUP_POLL_SECONDS = 0.1
+# A worker ends with this code when a call to the manager (the embedded shared state)
+# broke: the manager is gone, which is not the fault of the URLs it holds. The front end
+# stops as it does when it sees the manager's death itself, and hands them back.
+SHARED_STATE_LOST = 75
 
 
 def run(index, generation, conn, config, shared):
@@ -59,6 +64,7 @@ def run(index, generation, conn, config, shared):
     tasks: "queue.SimpleQueue" = queue.SimpleQueue()
     ready: "queue.SimpleQueue" = queue.SimpleQueue()
     outbox = Outbox(conn)
+    shared = guarded(shared)  # a broken call to the manager is no URL's failure
     worker = Worker(index, generation, config, outbox, shared)
     fetchers = [threading.Thread(target=worker.fetch_loop, args=(tasks, ready, n >= slots),
                                  name=f"fetch-{n}")
@@ -241,7 +247,12 @@ class Worker:
             return self._failed(task, report, exc)
 
     def _failed(self, task, report, exc) -> jobs.Result:
-        """Every failure, even a bug, becomes the URL's Result: a slot never dies of one."""
+        """Every failure, even a bug, becomes the URL's Result: a slot never dies of one.
+        But the manager's death is not the URL's failure: the worker ends instead."""
+        if isinstance(exc, SharedStateLost):
+            log.error("worker %d lost the shared state (%s) during %s; ending, so that its "
+                      "URLs are handed back", self.index, exc, task.url)
+            os._exit(SHARED_STATE_LOST)
         if isinstance(exc, (FetchError, HostError)):
             return report.result(jobs.FAILED, reason=str(exc), failure_class=failure_class(exc))
         log.error("job %s: %s failed unexpectedly", task.job_id, task.url,

@@ -9,8 +9,12 @@ the local host, no dedup when it is off).
 """
 from typing import List, Optional, Tuple
 
+from multiprocess.managers import BaseProxy
+
 from ..dedup import DedupIndex
+from ..errors import SharedStateLost
 from ..ratelimit import UploadGate
+from . import Shared
 
 
 class Coordinator:
@@ -92,3 +96,29 @@ class Coordinator:
             self.dedup.release_owner(worker, generation)
         if self.gate is not None:
             self.gate.release((worker, generation))
+
+
+class Guarded:
+    """A manager proxy as a worker holds it: a call whose connection broke (the manager is
+    gone) raises ``SharedStateLost``, which the worker does not take for the URL's failure;
+    every other outcome is the proxy's own."""
+
+    def __init__(self, proxy):
+        self._proxy = proxy
+
+    def __getattr__(self, name):
+        method = getattr(self._proxy, name)
+
+        def call(*args, **kwargs):
+            try:
+                return method(*args, **kwargs)
+            except (EOFError, ConnectionError) as exc:
+                raise SharedStateLost(f"{type(exc).__name__}: {exc}") from exc
+        return call
+
+
+def guarded(shared: Shared) -> Shared:
+    """``shared`` with its manager proxies (the embedded mode's) ``Guarded``."""
+    def guard(part):
+        return Guarded(part) if isinstance(part, BaseProxy) else part
+    return Shared(guard(shared.coordinator), guard(shared.credentials))
