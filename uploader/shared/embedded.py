@@ -114,6 +114,7 @@ class Guarded:
                 return method(*args, **kwargs)
             except (EOFError, ConnectionError) as exc:
                 raise SharedStateLost(f"{type(exc).__name__}: {exc}") from exc
+        setattr(self, name, call)  # made once per name: later calls find it directly
         return call
 
 
