@@ -140,6 +140,39 @@ def test_sigterm_mid_job_exits_zero_without_orphans_and_restart_completes(make_c
     assert len(job["uploaded"]["complete"]) == len(urls)
 
 
+def test_killing_the_front_end_alone_leaves_no_process_and_no_session(make_config, backend,
+                                                                      image_source, fake_imgur):
+    """The OOM killer or ``kill -9 <pid>`` ends the front end alone. Everything it started
+    ends too (resource tracker, fork server, manager, an idle worker and one asleep at the
+    upload gate for a long pause), and with them every database session."""
+    fake_imgur.fail_always(429, "slow down", headers={"Retry-After": "600"})
+    config = make_config(image_host="imgur",
+                         imgur={"api_url": fake_imgur.url, "access_token": "test-token"})
+    service = ServiceProcess(config).start()
+    try:
+        job_id = service.post_job([image_source.url_for("/img/held-at-the-gate.png")])
+        wait_until(lambda: any(entry["waiting"] for entry in service.job(job_id)["urls"]))
+        assert len(service.children()) >= 6  # front end, tracker, fork server, manager, 2 workers
+        if backend == "postgresql":
+            assert _sessions(service) > 0
+        os.kill(service.proc.pid, signal.SIGKILL)  # the front end only, not its group
+        service.wait(10)
+        try:
+            wait_until(lambda: service.children() == [], timeout=10)
+        except AssertionError:
+            raise AssertionError(f"orphans left: {[_cmdline(p) for p in service.children()]}")
+        if backend == "postgresql":
+            wait_until(lambda: _sessions(service) == 0, timeout=10)
+    finally:
+        service.cleanup()
+
+
+def _sessions(service) -> int:
+    """Sessions on the service's database (each test has a database of its own), but ours."""
+    return service.query("SELECT count(*) FROM pg_stat_activity"
+                         " WHERE datname = current_database() AND pid <> pg_backend_pid()")[0][0]
+
+
 def _alive(pid) -> bool:
     try:
         os.kill(pid, 0)

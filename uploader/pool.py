@@ -14,8 +14,7 @@ exactly the URLs that were still in flight. In the embedded mode the manager hos
 the workers share (``shared``): the upload gate (rate limit, pauses, Imgur's budgets),
 the Imgur credential (refreshed once for all) and the dedup index; with PostgreSQL those
 live in the database. Processes are forked from a fork server, never from the front end
-(it has threads); the fork server ends with the front end, and every child watches its
-parent, so none outlives it.
+(it has threads); every child holds the front end's ``lifeline``, so none outlives it.
 """
 import logging
 import os
@@ -31,7 +30,7 @@ import multiprocess.connection
 import multiprocess.managers
 from multiprocess.managers import SyncManager
 
-from . import jobs, worker
+from . import jobs, lifeline, worker
 from .credentials import Credentials
 from .errors import PoolBroken
 from .jobs import WorkerExited
@@ -105,8 +104,9 @@ class WorkerPool:
     def start(self, make_shared: Callable[[SyncManager], Shared]) -> None:
         """Start the manager, then the workers; ``make_shared(manager)`` builds what every
         worker shares (objects in the manager, or handles to the shared database)."""
+        self.lifeline = lifeline.Lifeline(self.ctx)
         self.manager = PoolManager(ctx=self.ctx)
-        self.manager.start(initializer=_manager_init)
+        self.manager.start(initializer=_manager_init, initargs=(self.lifeline.end,))
         self.shared = make_shared(self.manager)
         self._wake_r, self._wake_w = os.pipe()  # tells the reader its set of pipes changed
         for index in range(self.config.workers.processes):
@@ -120,7 +120,8 @@ class WorkerPool:
         ours, theirs = self.ctx.Pipe(duplex=True)
         process = self.ctx.Process(
             target=worker.run,
-            args=(index, self._generation, theirs, self.config, self.shared),
+            args=(index, self._generation, theirs, self.lifeline.end, self.config,
+                  self.shared),
             name=f"uploader-worker-{index}",
             daemon=True,
         )
@@ -220,11 +221,10 @@ class WorkerPool:
             self.on_event(ManagerLost(f"manager process exited with code {process.exitcode}"))
 
 
-def _manager_init() -> None:
-    """In the manager process: leave Ctrl-C to the front end, and die with it (its parent,
-    the fork server, ends when the front end does)."""
+def _manager_init(lifeline_end) -> None:
+    """In the manager process: leave Ctrl-C to the front end, and die with it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    worker.exit_with_parent(os.getppid())
+    lifeline.watch(lifeline_end)
 
 
 class _Wake:

@@ -31,7 +31,7 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from . import hosts, httpheaders, jobs
+from . import hosts, httpheaders, jobs, lifeline
 from .errors import FetchError, HostError, SharedStateLost, failure_class, source_may_recover
 from .fetch import Fetcher
 from .logs import setup_logging
@@ -47,18 +47,19 @@ DEDUP_POLL_SECONDS = 0.1
 SHARED_STATE_LOST = 75
 
 
-def run(index, generation, conn, config, shared):
+def run(index, generation, conn, lifeline_end, config, shared):
     """Process entry point (a top-level function, so it can be started in a fork server).
 
-    ``conn``: this worker's pipe to the dispatcher. Threads: one reads task batches from
-    it, fetch threads get them ready, upload slots upload, one sends what they report
-    back on it in batches (whatever piled up since the last send)."""
+    ``conn``: this worker's pipe to the dispatcher; ``lifeline_end``: gives EOF when the
+    front end is gone, and the worker ends at once (``lifeline``). Threads: one reads
+    task batches from ``conn``, fetch threads get them ready, upload slots upload, one
+    sends what they report back on it in batches (whatever piled up since the last send)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the front end decides when we stop
     if config.workers.nice:
         os.nice(config.workers.nice)  # bulk work yields to the API when CPU is short
     setup_logging(config.logging.level, config.logging.format)
     httpheaders.install()  # every fetch and upload reads a response's headers
-    exit_with_parent(os.getppid())
+    lifeline.watch(lifeline_end)
     slots, ahead = config.workers.uploads_per_process, config.workers.fetch_ahead
     # SimpleQueue (C) for every hand-off between threads: queue.Queue's Condition costs more
     tasks: "queue.SimpleQueue" = queue.SimpleQueue()
@@ -134,7 +135,7 @@ class Outbox:
             if records:
                 try:
                     self.conn.send_bytes(jobs.pack(records))
-                except OSError:  # the front end is gone; the parent watch ends us
+                except OSError:  # the front end is gone; the lifeline ends us
                     return
             if closing:
                 return
@@ -452,14 +453,3 @@ def upload_name(url: str, ext: str) -> str:
     stem = posixpath.splitext(posixpath.basename(urlsplit(url).path))[0]
     stem = re.sub(r"[^A-Za-z0-9._-]", "_", stem)[:64] or "image"
     return f"{stem}.{ext}"
-
-
-def exit_with_parent(parent: int) -> None:
-    """Child processes never outlive the front end, even when it is killed with SIGKILL."""
-
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(0.5)
-        os._exit(1)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
