@@ -41,7 +41,8 @@ from .worker import SHARED_STATE_LOST
 log = logging.getLogger(__name__)
 
 BATCH_LIMIT = 200  # events applied in one transaction (bounds how long a POST may wait)
-RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)  # between turns while the store is unreachable
+RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0)  # between turns while the store is unreachable: capped,
+# so that a long outage ends for us within seconds of the store's return
 
 
 @dataclass
