@@ -69,17 +69,19 @@ class LocalImageHandler(JsonErrors, tornado.web.StaticFileHandler):
 
 
 class MetricsHandler(BaseHandler):
-    """GET /metrics: Prometheus text format."""
+    """GET /metrics: Prometheus text format. It answers while the store is down (saying
+    so in ``uploader_store_up``): it waits on the store a second at most."""
 
     async def get(self):
-        service = self.service
-        queued, oldest = await self.in_reader(service.store.queue_depth)
-        rejected = await self.in_reader(service.credential_problem)
+        service, gauges = self.service, self.service.store_gauges
+        read = await gauges.refresh()
         body = service.metrics.render(
-            queued=queued, oldest_queued=oldest, in_flight=service.dispatcher.in_flight(),
+            queued=gauges.queued, oldest_queued=gauges.oldest_queued,
+            in_flight=service.dispatcher.in_flight(),
             workers_alive=service.dispatcher.ready_workers(),
             workers_expected=service.config.workers.processes,
-            credential_rejected=rejected is not None)
+            credential_rejected=gauges.credential_rejected,
+            store_up=read and service.dispatcher.store_problem is None)
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(body)
 
