@@ -4,11 +4,12 @@ import threading
 import time
 from dataclasses import replace
 
+import psycopg
 import pytest
 
 from uploader import jobs
 from uploader.config import StorageConfig
-from uploader.errors import StoreInUse, StoreUnavailable
+from uploader.errors import StoreFull, StoreInUse, StoreUnavailable
 from uploader.render import job_document
 from uploader.store import open_store
 from uploader.store import postgres as postgres_store
@@ -286,6 +287,35 @@ def test_url_whose_every_attempt_was_cut_short_fails_instead_of_looping(opened, 
     document = job(third)
     assert document["status"] == "complete" and document["uploaded"]["failed"] == URLS
     assert "died while uploading, on each of 2 attempts" in document["urls"][0]["reason"]
+
+
+def test_a_full_sqlite_store_is_full_not_unreachable(tmp_path):
+    """SQLITE_FULL, as SQLite says it of a full disk; here the store's page limit is the
+    disk (a real full disk: tests/test_full_disk.py)."""
+    store = open_store(StorageConfig(path=str(tmp_path / "s.sqlite3")), "me")
+    try:
+        pages = store._writer.execute("PRAGMA page_count").fetchone()[0]
+        store._writer.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(StoreFull, match="is full: database or disk is full"), \
+                store.transaction():
+            store.create_job("job-1", [f"https://a.example/{n}.png" for n in range(1000)])
+        store._writer.execute(f"PRAGMA max_page_count = {pages * 100}")
+        with store.transaction():  # room again: nothing was left behind
+            store.create_job("job-1", URLS)
+        assert job(store)["uploaded"]["pending"] == URLS
+    finally:
+        store.close()
+
+
+def test_a_full_postgresql_disk_is_store_full_not_unreachable():
+    """PostgreSQL's SQLSTATE 53100 (no room on its disk), raised where the driver's errors
+    are translated: filling a server's disk here would take a server of its own."""
+    with pytest.raises(StoreFull, match="PostgreSQL is full: could not extend file"), \
+            postgres_store.driver_errors():
+        raise psycopg.errors.DiskFull("could not extend file: No space left on device")
+    with pytest.raises(StoreUnavailable) as unreachable, postgres_store.driver_errors():
+        raise psycopg.OperationalError("connection refused")
+    assert not isinstance(unreachable.value, StoreFull)
 
 
 def test_a_pool_tries_to_reconnect_at_least_every_few_seconds():

@@ -31,7 +31,7 @@ from psycopg import IsolationLevel
 from psycopg_pool.base import AttemptWithBackoff
 
 from .. import jobs
-from ..errors import StoreConflict, StoreUnavailable
+from ..errors import StoreConflict, StoreFull, StoreUnavailable
 from . import schema
 from .sql import CLEARED, SqlStore, new_image_id
 
@@ -111,11 +111,13 @@ class Pool(psycopg_pool.ConnectionPool):
 
 @contextlib.contextmanager
 def driver_errors():
-    """Translate the driver's errors into the store's: unavailable, or a lost race."""
+    """Translate the driver's errors into the store's: unavailable, full, or a lost race."""
     try:
         yield
     except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
         raise StoreConflict(f"PostgreSQL: {exc}".strip()) from exc
+    except psycopg.errors.DiskFull as exc:  # SQLSTATE 53100: the server's disk has no room
+        raise StoreFull(f"PostgreSQL is full: {exc}".strip()) from exc
     except (psycopg.OperationalError, psycopg.InterfaceError,
             psycopg.errors.IdleInTransactionSessionTimeout) as exc:  # the server hung up
         raise StoreUnavailable(f"PostgreSQL unreachable: {exc}".strip()) from exc
@@ -162,6 +164,9 @@ class PostgresStore(SqlStore):
     # -- plumbing ----------------------------------------------------------------------------
     def _placeholders(self, sql):
         return sql.replace("%", "%%").replace("?", "%s")
+
+    def _driver_errors(self):
+        return driver_errors()
 
     def _conn(self) -> psycopg.Connection:
         """The writer's connection. A transaction it leaves open (this process frozen by

@@ -100,6 +100,11 @@ class SqlStore(OutboxQueries):
     def _placeholders(self, sql: str) -> str:
         return sql
 
+    def _driver_errors(self):
+        """The driver's errors as the store's (``StoreUnavailable``, ``StoreFull``, ...)
+        within it: each backend says which are which."""
+        return contextlib.nullcontext()
+
     def _before_commit(self) -> None:
         """Apply what the transaction accumulated: job counters, in one order for everyone
         (so two instances finishing URLs of the same jobs never deadlock); a job that
@@ -135,18 +140,24 @@ class SqlStore(OutboxQueries):
     def create_job(self, job_id: str, urls: Sequence[str], *, account: str = "",
                    retry_of: Optional[str] = None, callback_url: Optional[str] = None) -> None:
         """Insert a job and its URLs; all or nothing, without spoiling the rest of the batch.
-        ``account``: who owns it (a digest of the API key, '' when there are no keys)."""
-        self._execute("SAVEPOINT create_job")
-        try:
-            self._execute(
-                "INSERT INTO jobs (id, created, status, remaining, account, retry_of, callback_url)"
-                " VALUES (?, {now}, ?, ?, ?, ?, ?)",
-                (job_id, jobs.JOB_PENDING, len(urls), account, retry_of, callback_url))
-            self._insert_urls(job_id, urls)
-        except BaseException:
-            self._execute("ROLLBACK TO SAVEPOINT create_job")
-            raise
-        finally:
+        ``account``: who owns it (a digest of the API key, '' when there are no keys). A
+        store that cannot take it (unreachable, full) says so as the store's error, so the
+        caller tells that from a bad job."""
+        with self._driver_errors():
+            self._execute("SAVEPOINT create_job")
+            try:
+                self._execute(
+                    "INSERT INTO jobs (id, created, status, remaining, account, retry_of,"
+                    " callback_url) VALUES (?, {now}, ?, ?, ?, ?, ?)",
+                    (job_id, jobs.JOB_PENDING, len(urls), account, retry_of, callback_url))
+                self._insert_urls(job_id, urls)
+            except BaseException:
+                try:
+                    self._execute("ROLLBACK TO SAVEPOINT create_job")
+                    self._execute("RELEASE SAVEPOINT create_job")
+                except Exception:  # the whole transaction is gone (SQLite ends it on a full
+                    pass  # disk): the first error says why
+                raise
             self._execute("RELEASE SAVEPOINT create_job")
         self._work_added = True
 
