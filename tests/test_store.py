@@ -289,6 +289,14 @@ def test_url_whose_every_attempt_was_cut_short_fails_instead_of_looping(opened, 
     assert "died while uploading, on each of 2 attempts" in document["urls"][0]["reason"]
 
 
+def test_cancel_says_how_many_queued_urls_it_failed(store):
+    with store.transaction():
+        assert len(store.claim(1)) == 1
+        assert store.cancel("job-1", "") == 2  # the URL in flight finishes
+        assert store.cancel("job-1", "") == 0  # nothing left to cancel
+        assert store.cancel("job-2", "") is None  # no such job
+
+
 def test_a_full_sqlite_store_is_full_not_unreachable(tmp_path):
     """SQLITE_FULL, as SQLite says it of a full disk; here the store's page limit is the
     disk (a real full disk: tests/test_full_disk.py)."""

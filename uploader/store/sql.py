@@ -26,7 +26,7 @@ from .outbox import OutboxQueries
 URL_COLUMNS = ("u.id, u.url, u.state, u.link, u.reason, u.attempts, u.reused, u.waiting_until,"
                " u.waiting_reason, u.progress_bytes, u.progress_total, l.image_id, l.deleted")
 JOB_COLUMNS = "id, created, finished, status, retry_of, callback_url"
-LISTED_COLUMNS = "{seq}, id, created, finished, status, remaining, completed, failed"
+LISTED_COLUMNS = "{seq}, id, created, finished, status, remaining, completed, failed, retry_of"
 SERVICE_DIED = "the service died while uploading, on each of {attempts} attempts"
 CANCELLED = "cancelled by the client before it was uploaded"
 NO_CURSOR = 2 ** 62  # before any job
@@ -161,22 +161,22 @@ class SqlStore(OutboxQueries):
             self._execute("RELEASE SAVEPOINT create_job")
         self._work_added = True
 
-    def cancel(self, job_id: str, account: str) -> bool:
-        """Fail a job's queued URLs (those in flight finish); False: no such job here."""
+    def cancel(self, job_id: str, account: str) -> Optional[int]:
+        """Fail a job's queued URLs (those in flight finish): how many; None: no such job here."""
         found = self._execute("UPDATE jobs SET cancelled = 1 WHERE id = ? AND account = ?"
                               " RETURNING id", (job_id, account)).fetchone()
         if found is None:
-            return False
-        self._fail_queued("job_id = ?", (job_id,))
-        return True
+            return None
+        return self._fail_queued("job_id = ?", (job_id,))
 
-    def _fail_queued(self, condition: str, params: tuple) -> None:
+    def _fail_queued(self, condition: str, params: tuple) -> int:
         rows = self._execute(
             "UPDATE urls SET state = 'failed', reason = ?, " + CLEARED +
             f" WHERE state = 'queued' AND {condition} RETURNING job_id",
             (CANCELLED, *params)).fetchall()
         for (job_id,) in rows:
             self._count(job_id, jobs.FAILED)
+        return len(rows)
 
     def claim(self, limit: int) -> List[Task]:
         """Take up to ``limit`` queued URLs (suspects excepted), oldest first, under a new lease."""
