@@ -128,6 +128,7 @@ def test_all_uploaded_prints_table_and_exits_0(service, capsys):
     assert run(service, *urls) == 0
     out, err = capsys.readouterr()
     assert out.splitlines() == [
+        "job job-1",  # first, so that `bin/upload ... > out` keeps it for retry and cancel
         "OK    http://a.example/1.png  ->  https://i.example/0.png",
         "OK    http://a.example/2.png  ->  https://i.example/1.png",
     ]
@@ -141,6 +142,7 @@ def test_some_failed_exits_1(service, capsys):
     assert run(service, "http://a.example/ok.png", "http://a.example/bad.gif") == 1
     out, _ = capsys.readouterr()
     assert out.splitlines() == [
+        "job job-1",
         "OK    http://a.example/ok.png  ->  https://i.example/0.png",
         "FAIL  http://a.example/bad.gif  :  HTTP 404 from source",
     ]
@@ -184,7 +186,7 @@ def test_url_file_skips_comments_and_blank_lines(service, capsys, tmp_path):
     assert run(service, "-f", str(listing)) == 0
     assert service.submitted == [{"urls": ["http://a.example/1.png", "http://a.example/2.png",
                                            "http://a.example/3.png#fragment"]}]
-    assert len(capsys.readouterr().out.splitlines()) == 3
+    assert len(capsys.readouterr().out.splitlines()) == 4  # the job's id and 3 URLs
 
 
 def test_url_file_dash_reads_stdin(service, monkeypatch):
@@ -232,7 +234,7 @@ def test_progress_counts_the_urls_of_the_job_not_the_arguments(service, monkeypa
     assert service.submitted == [{"urls": [a, b, a2, a]}]
     out, err = capsys.readouterr()
     assert err.splitlines() == ["1/2 done", "2/2 done"]
-    assert len(out.splitlines()) == 2
+    assert len(out.splitlines()) == 3  # the job's id and 2 URLs
 
 
 def test_the_bar_ends_full_for_duplicates(service, capsys):
@@ -257,7 +259,7 @@ def test_bin_upload_wrapper(service):
          "http://a.example/1.png"],
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == "OK    http://a.example/1.png  ->  https://i.example/0.png\n"
+    assert result.stdout == "job job-1\nOK    http://a.example/1.png  ->  https://i.example/0.png\n"
 
 
 # -- the job-control contract (issue 11), against requests-mock -----------------------------
@@ -425,6 +427,7 @@ def test_callback_is_sent_as_callback_url(requests_mock, capsys):
     assert cli("--callback", HOOK, CAT["url"]) == 0
     assert requests_mock.request_history[0].json() == {"urls": [CAT["url"]], "callback_url": HOOK}
     assert capsys.readouterr().out.splitlines() == [
+        "job job-1",
         f"OK    {CAT['url']}  ->  {CAT['link']}  (image img-cat)",
         f"callback  {HOOK}  :  delivered, 1 attempt",
     ]
@@ -482,6 +485,7 @@ def test_the_table_shows_image_ids_and_marks_deleted_images(requests_mock, capsy
     mock_upload(requests_mock, job_doc("job-1", CAT, gone, DOG))
     assert cli(CAT["url"], gone["url"], DOG["url"]) == 1
     assert capsys.readouterr().out.splitlines() == [
+        "job job-1",
         f"OK    {CAT['url']}  ->  {CAT['link']}  (image img-cat)",
         f"GONE  {gone['url']}  ->  {gone['link']}  (image img-old, deleted)",
         f"FAIL  {DOG['url']}  :  HTTP 404 from source",
@@ -492,7 +496,7 @@ def test_a_deleted_image_still_counts_as_uploaded(requests_mock, capsys):
     gone = dict(CAT, deleted=True)
     mock_upload(requests_mock, job_doc("job-1", gone))
     assert cli(CAT["url"]) == 0
-    assert capsys.readouterr().out.startswith("GONE  ")
+    assert capsys.readouterr().out.splitlines()[1].startswith("GONE  ")
 
 
 # -- retry and cancel ------------------------------------------------------------------------
@@ -511,7 +515,7 @@ def test_retry_submits_the_retry_then_watches_the_new_job(requests_mock, capsys)
     assert post.headers["Content-Type"] == "application/json" and post.json() == {}
     assert authorizations(requests_mock) == [f"Bearer {KEY}"] * 3
     out, err = capsys.readouterr()
-    assert out == f"FAIL  {DOG['url']}  :  HTTP 404 from source\n"
+    assert out == f"job job-2\nFAIL  {DOG['url']}  :  HTTP 404 from source\n"  # its id first
     assert "job job-2" in err and "1/1" in err  # the progress bar of the new job
     assert KEY not in out + err
 
@@ -520,7 +524,8 @@ def test_retry_exits_0_when_every_url_is_uploaded_this_time(requests_mock, capsy
     requests_mock.post(f"{UPLOAD}/job-1/retry", status_code=202, json={"jobId": "job-2"})
     requests_mock.get(f"{UPLOAD}/job-2", json=job_doc("job-2", CAT, retry_of="job-1"))
     assert cli("retry", "job-1") == 0
-    assert capsys.readouterr().out == f"OK    {CAT['url']}  ->  {CAT['link']}  (image img-cat)\n"
+    assert capsys.readouterr().out == (
+        f"job job-2\nOK    {CAT['url']}  ->  {CAT['link']}  (image img-cat)\n")
 
 
 @pytest.mark.parametrize("status, body, message", [
@@ -568,7 +573,8 @@ def test_cancel_waits_for_the_urls_in_flight_then_prints_the_table(requests_mock
     slow = "http://a.example/slow.png"
     queued = entry("http://a.example/queued.png", "failed", reason=CANCELLED)
     requests_mock.delete(f"{UPLOAD}/job-1", json=job_doc(
-        "job-1", CAT, entry(slow, "in_flight"), queued, status="in-progress"))
+        "job-1", CAT, entry(slow, "in_flight"), queued, status="in-progress"),
+        headers={"X-Cancelled-Urls": "1"})
     requests_mock.get(f"{UPLOAD}/job-1", [
         {"json": job_doc("job-1", CAT, entry(slow, "in_flight"), queued, status="in-progress")},
         {"json": job_doc("job-1", CAT, entry(slow, link="https://i.example/slow.png",
@@ -579,18 +585,33 @@ def test_cancel_waits_for_the_urls_in_flight_then_prints_the_table(requests_mock
         ("DELETE", "/v1/images/upload/job-1"), ("GET", "/v1/images/upload/job-1"),
         ("GET", "/v1/images/upload/job-1")]
     assert authorizations(requests_mock) == [f"Bearer {KEY}"] * 3
-    assert capsys.readouterr().out.splitlines() == [
+    out, err = capsys.readouterr()
+    assert "upload: cancelled 1 queued URL of job job-1\n" in err
+    assert out.splitlines() == [
+        "job job-1",
         f"OK    {CAT['url']}  ->  {CAT['link']}  (image img-cat)",
         f"OK    {slow}  ->  https://i.example/slow.png  (image img-slow)",
         f"FAIL  {queued['url']}  :  {CANCELLED}",
     ]
 
 
-def test_cancel_of_a_job_with_nothing_left_to_cancel_exits_0(requests_mock, capsys):
-    requests_mock.delete(f"{UPLOAD}/job-1", json=job_doc("job-1", CAT))
+def test_cancel_of_a_job_with_nothing_left_to_cancel_says_so_and_exits_0(requests_mock, capsys):
+    requests_mock.delete(f"{UPLOAD}/job-1", json=job_doc("job-1", CAT),
+                         headers={"X-Cancelled-Urls": "0"})
     requests_mock.get(f"{UPLOAD}/job-1", json=job_doc("job-1", CAT))
     assert cli("cancel", "job-1") == 0
-    assert capsys.readouterr().out == f"OK    {CAT['url']}  ->  {CAT['link']}  (image img-cat)\n"
+    out, err = capsys.readouterr()
+    assert out == f"job job-1\nOK    {CAT['url']}  ->  {CAT['link']}  (image img-cat)\n"
+    assert err.startswith("upload: nothing to cancel in job job-1: it is complete\n")
+
+
+def test_a_cancel_with_every_url_in_flight_says_nothing_was_queued(requests_mock, capsys):
+    running = job_doc("job-1", entry(CAT["url"], "in_flight"), status="in-progress")
+    requests_mock.delete(f"{UPLOAD}/job-1", json=running, headers={"X-Cancelled-Urls": "0"})
+    requests_mock.get(f"{UPLOAD}/job-1", json=job_doc("job-1", CAT))
+    assert cli("cancel", "job-1") == 0
+    assert capsys.readouterr().err.startswith(
+        "upload: nothing to cancel in job job-1: no URL was queued; the URLs in flight finish\n")
 
 
 @pytest.mark.parametrize("status, body, message", [
@@ -846,16 +867,18 @@ def test_every_command_against_the_job_api_fake(job_api, capsys):
     assert code == 1
     first = next(iter(job_api.jobs))
     image_id = job_api.jobs[first]["urls"][0]["image_id"]
-    assert table == [f"OK    {ok}  ->  {job_api.url}/i/{image_id}.png  (image {image_id})",
+    assert table == [f"job {first}",
+                     f"OK    {ok}  ->  {job_api.url}/i/{image_id}.png  (image {image_id})",
                      f"FAIL  {bad}  :  {FAKE_MISSING}"]
 
-    assert upload("retry", first) == (1, [f"FAIL  {bad}  :  {FAKE_MISSING}"])
+    code, table = upload("retry", first)
     second = list(job_api.jobs)[-1]
+    assert (code, table) == (1, [f"job {second}", f"FAIL  {bad}  :  {FAKE_MISSING}"])
     assert job_api.jobs[second]["retry_of"] == first
 
     job_api.callback = {"url": HOOK, "state": "delivered", "attempts": 1, "last_error": None}
     third = job_api.create([slow])  # stays queued until cancelled
-    assert upload("cancel", third) == (1, [f"FAIL  {slow}  :  {FAKE_CANCELLED}",
+    assert upload("cancel", third) == (1, [f"job {third}", f"FAIL  {slow}  :  {FAKE_CANCELLED}",
                                            f"callback  {HOOK}  :  delivered, 1 attempt"])
 
     code, lines = upload("jobs", "--all", "--limit", "2")

@@ -239,6 +239,8 @@ def test_the_database_going_away_loses_nothing(tmp_path, image_source, fake_imgu
             health = wait_until(lambda: (h := requests.get(f"{service.url}/healthz", timeout=10))
                                 .status_code == 503 and h.json())
             assert any("database unreachable" in p for p in health["problems"])
+            # /metrics answers all the same (monitoring must not go blind), saying so
+            wait_until(lambda: "\nuploader_store_up 0.0\n" in metrics_text(service))
             refused = requests.post(f"{service.url}/v1/images/upload", timeout=30,
                                     json={"urls": [image_source.url_for("/img/later.png")]})
             assert refused.status_code == 503 and refused.headers["Retry-After"]
@@ -248,10 +250,17 @@ def test_the_database_going_away_loses_nothing(tmp_path, image_source, fake_imgu
             job = service.wait_job(job_id, timeout=60)
             assert job["uploaded"]["failed"] == [] and len(job["uploaded"]["complete"]) == len(urls)
             wait_until(lambda: requests.get(f"{service.url}/healthz", timeout=10).status_code == 200)
+            assert "\nuploader_store_up 1.0\n" in metrics_text(service)
             again = service.post_job([image_source.url_for("/img/after-outage.png")])
             assert service.wait_job(again)["uploaded"]["failed"] == []
         finally:
             service.kill()
+
+
+def metrics_text(service) -> str:
+    answer = requests.get(f"{service.url}/metrics", timeout=10)
+    assert answer.status_code == 200, answer.text
+    return answer.text
 
 
 def test_a_second_instance_on_the_embedded_store_refuses_to_start(tmp_path):

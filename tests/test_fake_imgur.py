@@ -327,6 +327,9 @@ def test_bin_fake_imgur_serves_until_sigterm():
         assert match, line
         uploaded = upload(ImgurHost(api_url=match.group(1), access_token="cli-token"))
         assert requests.get(uploaded.link, timeout=5).content == GIF
+        # budgets no demo exhausts (Imgur's 500 user credits stopped one at 49 uploads)
+        assert "credits: user 1000000, client 10000000, post 100000" in line
+        assert uploaded.rate.user_remaining == 10**6 - 10
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == 0
     finally:

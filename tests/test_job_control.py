@@ -69,6 +69,8 @@ def test_retry_makes_a_new_job_of_exactly_the_failed_urls(start_service, image_s
     assert retried["retry_of"] == job_id and [u["url"] for u in retried["urls"]] == bad
     assert api(service, "GET", f"/v1/images/upload/{job_id}").json() == before  # unchanged
     assert before["retry_of"] is None
+    listed = api(service, "GET", "/v1/images/upload").json()["jobs"]  # the listing says so too
+    assert [(j["id"], j["retry_of"]) for j in listed] == [(retry_id, job_id), (job_id, None)]
     clean = wait_job(service, submit(service, [image_source.url_for("/img/retry-clean.png")]))
     conflict = api(service, "POST", f"/v1/images/upload/{clean['id']}/retry")
     assert conflict.status_code == 409 and "no failed URL" in conflict.json()["error"]
@@ -96,8 +98,10 @@ def test_cancel_fails_what_is_queued_and_lets_in_flight_urls_finish(start_servic
     assert cancelled and finished and len(cancelled) + len(finished) == 20
     assert all("cancelled" in u["reason"] for u in cancelled)
     assert all(u["attempts"] == 0 for u in cancelled)  # never fetched
+    assert answer.headers["X-Cancelled-Urls"] == str(len(cancelled))
     again = api(service, "DELETE", f"/v1/images/upload/{job_id}")
     assert again.status_code == 200 and again.json() == job  # harmless
+    assert again.headers["X-Cancelled-Urls"] == "0"  # and says it cancelled nothing
     unknown = api(service, "DELETE", "/v1/images/upload/5f6c1c4a-3a0e-4f6e-8f1c-2b0b2b7f9d11")
     assert unknown.status_code == 404
 

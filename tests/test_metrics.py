@@ -1,7 +1,11 @@
-"""The metrics registry, rendered and parsed as Prometheus would, and request metrics in-process."""
+"""The metrics registry, rendered and parsed as Prometheus would, request metrics in-process,
+and what /metrics reads of the store."""
+import asyncio
 import shutil
 import tempfile
+import threading
 import types
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import tornado.testing
@@ -11,7 +15,9 @@ import uploader
 from uploader import jobs
 from uploader.app import make_app
 from uploader.config import Config, LocalConfig
+from uploader.errors import StoreUnavailable
 from uploader.metrics import Metrics
+from uploader.storegauges import StoreGauges
 
 EXISTING = [  # every name the README lists under Operating it; none may go away
     "uploader_jobs_submitted_total", "uploader_urls_submitted_total", "uploader_urls_finished_total",
@@ -19,7 +25,7 @@ EXISTING = [  # every name the README lists under Operating it; none may go away
     "uploader_uploaded_bytes_total", "uploader_urls_queued", "uploader_urls_in_flight",
     "uploader_worker_restarts_total", "uploader_ratelimit_waits_total",
     "uploader_imgur_remaining_credits", "uploader_dedup_reuses_total",
-    "uploader_gate_grants_given_back_total",
+    "uploader_gate_grants_given_back_total", "uploader_store_up",
 ]
 
 
@@ -140,3 +146,61 @@ class RequestMetricsTest(tornado.testing.AsyncHTTPTestCase):
         assert values[("uploader_http_request_seconds_count",
                        frozenset({"route": "unmatched", "status": "404"}.items()))] == 2
         assert not any("/nothing" in str(labels) or "abc" in str(labels) for _, labels in values)
+
+
+# -- what /metrics reads of the store: never waited on for long ----------------------------
+
+def test_store_gauges_read_the_store_and_say_it_is_up():
+    gauges = StoreGauges(lambda: (7, 12.5, True), ThreadPoolExecutor(1))
+    assert asyncio.run(gauges.refresh()) is True
+    assert (gauges.queued, gauges.oldest_queued, gauges.credential_rejected) == (7, 12.5, True)
+
+
+def test_a_store_that_does_not_answer_is_down_and_read_once_at_a_time():
+    """A hung store: each scrape answers after the wait, saying the store is down and
+    keeping the figures last read; one read at a time, never one per scrape."""
+    answer, release, reads = [(3, 1.0, False)], threading.Event(), []
+
+    def read():
+        reads.append(1)
+        release.wait(30)
+        return answer[0]
+
+    executor = ThreadPoolExecutor(4)
+    gauges = StoreGauges(read, executor, wait_seconds=0.05)
+
+    async def scrape_twice_then_recover():
+        up = [await gauges.refresh(), await gauges.refresh()]
+        seen = gauges.queued, len(reads)
+        answer[0] = (5, 2.0, False)
+        release.set()  # the store answers again
+        while not await gauges.refresh():
+            pass
+        return up, seen
+
+    up, (figures, reads_while_hung) = asyncio.run(scrape_twice_then_recover())
+    executor.shutdown()
+    assert up == [False, False] and figures == 0  # nothing read yet: the start's zeros
+    assert reads_while_hung == 1  # the second scrape waited for the first one's read
+    assert gauges.queued == 5
+
+
+def test_a_store_that_fails_is_down_and_keeps_the_figures_last_read():
+    outcomes = [(4, 3.0, False), StoreUnavailable("PostgreSQL unreachable")]
+
+    def read():
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    gauges = StoreGauges(read, ThreadPoolExecutor(1))
+    assert asyncio.run(gauges.refresh()) is True
+    assert asyncio.run(gauges.refresh()) is False
+    assert (gauges.queued, gauges.oldest_queued) == (4, 3.0)
+
+
+def test_store_up_is_a_gauge():
+    assert samples(Metrics())[("uploader_store_up", frozenset())] == 1
+    assert "\nuploader_store_up 0.0\n" in Metrics().render(queued=0, in_flight=0,
+                                                            store_up=False).decode()

@@ -1,15 +1,18 @@
 """The store on both backends: job creation, claims under leases, results, hand-back, reaping."""
+import socket
 import threading
 import time
 from dataclasses import replace
 
+import psycopg
 import pytest
 
 from uploader import jobs
 from uploader.config import StorageConfig
-from uploader.errors import StoreInUse, StoreUnavailable
+from uploader.errors import StoreFull, StoreInUse, StoreUnavailable
 from uploader.render import job_document
 from uploader.store import open_store
+from uploader.store import postgres as postgres_store
 from uploader.store import schema
 from uploader.store.sql import OLDEST_LINK, QUEUED_FIRST
 
@@ -284,6 +287,73 @@ def test_url_whose_every_attempt_was_cut_short_fails_instead_of_looping(opened, 
     document = job(third)
     assert document["status"] == "complete" and document["uploaded"]["failed"] == URLS
     assert "died while uploading, on each of 2 attempts" in document["urls"][0]["reason"]
+
+
+def test_cancel_says_how_many_queued_urls_it_failed(store):
+    with store.transaction():
+        assert len(store.claim(1)) == 1
+        assert store.cancel("job-1", "") == 2  # the URL in flight finishes
+        assert store.cancel("job-1", "") == 0  # nothing left to cancel
+        assert store.cancel("job-2", "") is None  # no such job
+
+
+def test_a_full_sqlite_store_is_full_not_unreachable(tmp_path):
+    """SQLITE_FULL, as SQLite says it of a full disk; here the store's page limit is the
+    disk (a real full disk: tests/test_full_disk.py)."""
+    store = open_store(StorageConfig(path=str(tmp_path / "s.sqlite3")), "me")
+    try:
+        pages = store._writer.execute("PRAGMA page_count").fetchone()[0]
+        store._writer.execute(f"PRAGMA max_page_count = {pages}")
+        with pytest.raises(StoreFull, match="is full: database or disk is full"), \
+                store.transaction():
+            store.create_job("job-1", [f"https://a.example/{n}.png" for n in range(1000)])
+        store._writer.execute(f"PRAGMA max_page_count = {pages * 100}")
+        with store.transaction():  # room again: nothing was left behind
+            store.create_job("job-1", URLS)
+        assert job(store)["uploaded"]["pending"] == URLS
+    finally:
+        store.close()
+
+
+def test_a_full_postgresql_disk_is_store_full_not_unreachable():
+    """PostgreSQL's SQLSTATE 53100 (no room on its disk), raised where the driver's errors
+    are translated: filling a server's disk here would take a server of its own."""
+    with pytest.raises(StoreFull, match="PostgreSQL is full: could not extend file"), \
+            postgres_store.driver_errors():
+        raise psycopg.errors.DiskFull("could not extend file: No space left on device")
+    with pytest.raises(StoreUnavailable) as unreachable, postgres_store.driver_errors():
+        raise psycopg.OperationalError("connection refused")
+    assert not isinstance(unreachable.value, StoreFull)
+
+
+def test_a_pool_tries_to_reconnect_at_least_every_few_seconds():
+    """psycopg_pool doubles the wait between reconnection attempts without end: after a
+    35 s outage it came back up to 32 s after the database. Ours is capped. The pool runs
+    for real against a closed port; its waits are recorded, and shortened so the test is
+    quick."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: connections are refused
+    delays = []
+
+    class Recorded(postgres_store.Pool):
+        def schedule_task(self, task, delay):
+            if getattr(task, "attempt", None) is None:  # not a reconnection: as it comes
+                return super().schedule_task(task, delay)
+            delays.append(delay)
+            super().schedule_task(task, 0.01)
+
+    pool = Recorded(f"postgresql://postgres@127.0.0.1:{port}/none",
+                    kwargs=postgres_store.connection_kwargs(), min_size=1, max_size=1,
+                    reconnect_timeout=3600, open=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(delays) < 7 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        pool.close(timeout=5)
+    assert len(delays) >= 7, delays  # 1, 2, 4, 8, 16, 32, 64 s uncapped
+    assert max(delays) <= postgres_store.RECONNECT_MAX_SECONDS, delays
 
 
 def test_the_embedded_store_admits_one_instance(tmp_path):

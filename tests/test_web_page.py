@@ -230,6 +230,7 @@ def test_a_mixed_job_live_with_thumbnails_reasons_and_its_own_address(start_serv
     browser.wait(lambda: rows(browser)[0]["state"] == "deleted", what="the image deleted")
     assert service.job(job_id)["urls"][0]["deleted"] is True
     click(browser, "job-retry")
+    click_text(browser, "Yes, retry")
     wait_shown(browser, other_than=job_id)
     wait_complete(browser)
     assert browser.text("job-retry-of") == f"Retry of the failed images of job {job_id}"
@@ -243,7 +244,27 @@ def test_a_mixed_job_live_with_thumbnails_reasons_and_its_own_address(start_serv
 
 # -- against the job-control contract (the fake) ---------------------------------------------
 
+def recent_rows(browser):
+    """What the page shows of each recent job: its id, time, retry mark and counts."""
+    return browser.js("""
+        return [...document.querySelectorAll('#recent-list li')].map((li) => {
+          const mark = li.querySelector('.retry-mark');
+          return {job: li.querySelector('a').dataset.job, time: li.querySelector('time').textContent,
+                  retry: mark && mark.textContent, retryOf: mark && mark.title,
+                  counts: li.querySelector('.counts').textContent};
+        });""")
+
+
 def test_job_controls_delete_retry_cancel_and_recent_jobs(fake, browser):
+    # The reader's zone is not the API's (UTC): times are shown in it, and say which it is.
+    browser.driver.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": "Asia/Tokyo"})
+    try:
+        job_controls_and_recent_jobs(fake, browser)
+    finally:
+        browser.driver.execute_cdp_cmd("Emulation.setTimezoneOverride", {"timezoneId": ""})
+
+
+def job_controls_and_recent_jobs(fake, browser):
     fake.seed(21)
     fake.callback = {"url": "https://hooks.example/done", "state": "failed", "attempts": 3,
                      "last_error": "HTTP 500 from the webhook"}
@@ -253,6 +274,9 @@ def test_job_controls_delete_retry_cancel_and_recent_jobs(fake, browser):
     click(browser, "recent-more")
     browser.wait(lambda: len(browser.driver.find_elements(By.CSS_SELECTOR, "#recent-list li")) == 21)
     assert browser.text("recent-more") is None
+    oldest = recent_rows(browser)[-1]  # made at 2026-11-27T03:10:42.000Z
+    assert re.search(r"\b27\D+2026\D+12:10:42\s*PM GMT\+9$", oldest["time"]), oldest
+    assert oldest["counts"] == "1 image: 1 uploaded, 0 failed" and oldest["retry"] is None
 
     good, bad = "https://images.example/cat.png", "https://images.example/fail.png"
     submit(browser, [good, bad])
@@ -271,14 +295,30 @@ def test_job_controls_delete_retry_cancel_and_recent_jobs(fake, browser):
     browser.wait(lambda: rows(browser)[0]["state"] == "deleted", what="the image deleted")
     assert rows(browser)[0]["img"] is None and "Deleted" in rows(browser)[0]["text"]
     assert ("DELETE", f"/v1/images/{fake.jobs[first]['urls'][0]['image_id']}", None) in fake.requests
-    assert browser.text("job-counts") == "2 of 2 images done: 1 uploaded, 1 failed, 1 deleted"
+    assert browser.text("job-counts") == "2 of 2 images done: 0 uploaded, 1 deleted, 1 failed"
+    assert browser.text("job-created").endswith("GMT+9")
 
-    # Retry the failed URL: a new job, shown at its own address, that says what it retries.
+    # Retry the failed URL: asked first; then a new job, shown at its own address, that says
+    # what it retries, and is marked as a retry among the recent jobs.
     click(browser, "job-retry")
+    assert browser.text("job-retry") is None  # the question stands in its place
+    click_text(browser, "No")
+    assert browser.js("return document.activeElement.id") == "job-retry"
+    assert not [uri for method, uri, _ in fake.requests if uri.endswith("/retry")]
+    click(browser, "job-retry")
+    assert "Upload the 1 failed image again, as a new job?" in browser.text("job")
+    click_text(browser, "Yes, retry")
     wait_shown(browser, other_than=first)
     wait_complete(browser)
     assert browser.text("job-retry-of") == f"Retry of the failed images of job {first}"
     assert [row["url"] for row in rows(browser)] == [bad]
+    retried = shown_job_id(browser)
+    newest = browser.wait(lambda: (r := recent_rows(browser))[0]["job"] == retried and r,
+                          what="the retry among the recent jobs")
+    assert newest[0]["retry"] == "retry" and newest[0]["retryOf"] == f"Retry of job {first}"
+    assert newest[0]["counts"] == "1 image: 0 uploaded, 1 failed"
+    assert newest[1]["job"] == first and newest[1]["retry"] is None
+    assert newest[1]["counts"] == "2 images: 1 uploaded, 1 failed"
     browser.driver.find_element(By.ID, "job-retry-of-link").click()
     browser.wait(lambda: shown_job_id(browser) == first, what="the first job again")
 
@@ -320,6 +360,7 @@ def test_every_action_shows_the_apis_error(fake, browser):
     path = f"/v1/images/upload/{job_id}/retry"
     fake.refuse("POST", 404, f"no such resource: {path}")
     click(browser, "job-retry")
+    click_text(browser, "Yes, retry")
     browser.wait(lambda: browser.text("job-error") == f"no such resource: {path}", what="retry's 404")
     assert shown_job_id(browser) == job_id
 

@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 class HealthHandler(BaseHandler):
     """GET /healthz: 200 when the store is reachable and writable and every worker is
-    alive ("degraded" while the image host refuses our credential); else 503."""
+    alive ("degraded" while the image host refuses our credential or has no room); else 503."""
 
     async def get(self):
         problems = []
@@ -36,14 +36,15 @@ class HealthHandler(BaseHandler):
         if self.service.stopping:
             problems.append("shutting down")
         credential = None if problems else await self.in_reader(self.service.credential_problem)
-        status = "unhealthy" if problems else "degraded" if credential else "ok"
+        degraded = [why for why in (credential, self.service.dispatcher.host_full()) if why]
+        status = "unhealthy" if problems else "degraded" if degraded else "ok"
         body = {"status": status, "instance": self.service.instance,
                 "workers": {"alive": alive, "expected": expected, "pids": self.service.pool.pids()},
                 "manager": {"pid": self.service.pool.manager_pid()}}
         if problems:
             body["problems"] = problems
-        if credential:  # serving, but no upload can succeed until the credential is fixed
-            body["degraded"] = [credential]
+        if degraded:  # serving, but no upload can succeed until this is fixed
+            body["degraded"] = degraded
         self.write_json(200 if not problems else 503, body)
 
 
@@ -69,17 +70,19 @@ class LocalImageHandler(JsonErrors, tornado.web.StaticFileHandler):
 
 
 class MetricsHandler(BaseHandler):
-    """GET /metrics: Prometheus text format."""
+    """GET /metrics: Prometheus text format. It answers while the store is down (saying
+    so in ``uploader_store_up``): it waits on the store a second at most."""
 
     async def get(self):
-        service = self.service
-        queued, oldest = await self.in_reader(service.store.queue_depth)
-        rejected = await self.in_reader(service.credential_problem)
+        service, gauges = self.service, self.service.store_gauges
+        read = await gauges.refresh()
         body = service.metrics.render(
-            queued=queued, oldest_queued=oldest, in_flight=service.dispatcher.in_flight(),
+            queued=gauges.queued, oldest_queued=gauges.oldest_queued,
+            in_flight=service.dispatcher.in_flight(),
             workers_alive=service.dispatcher.ready_workers(),
             workers_expected=service.config.workers.processes,
-            credential_rejected=rejected is not None)
+            credential_rejected=gauges.credential_rejected,
+            store_up=read and service.dispatcher.store_problem is None)
         self.set_header("Content-Type", CONTENT_TYPE_LATEST)
         self.finish(body)
 

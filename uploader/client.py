@@ -7,6 +7,9 @@
     bin/upload [options] delete IMAGE_ID...         delete uploaded images, a line each
     options: --server URL, --key KEY, --interval S, --timeout S (before or after a command)
 
+An upload, a retry and a cancel print ``job <id>`` on stdout first (so ``> out`` keeps
+the id), then a progress bar on stderr and the job's table on stdout.
+
 A command is named by the first word that is neither an option nor an option's value;
 a URL starts with http(s):// and so never names one, and ``bin/upload URL...`` and
 ``-f FILE`` work as they always did. It talks to the service only over its public HTTP
@@ -162,7 +165,8 @@ class Api:
         return self.job_id(response)
 
     def cancel(self, job_id):
-        """DELETE the job: its queued URLs fail as cancelled. Return its document."""
+        """DELETE the job: its queued URLs fail as cancelled. Return its document and how
+        many URLs this cancelled (None from a service that does not say)."""
         response = self.request("DELETE", _job_path(job_id), f"to cancel job {job_id}")
         if response.status_code != 200:
             raise self.refused(response, f"service refused to cancel job {job_id}",
@@ -170,7 +174,8 @@ class Api:
         job = self.json(response, f"job {job_id}")
         if not isinstance(job, dict):
             raise ClientError(f"job {job_id}: the service sent {response.text[:200]!r}")
-        return job
+        cancelled = response.headers.get("X-Cancelled-Urls", "")
+        return job, int(cancelled) if cancelled.isdigit() else None
 
     def jobs(self, limit=None, before=None):
         """One page of the caller's jobs, newest first: ``{"jobs": [...], "next": cursor}``."""
@@ -449,7 +454,9 @@ def parse_args(argv):
 
 
 def watch(api, job_id, submitted, args):
-    """Follow the job to its end with a progress bar, print its table; the exit code."""
+    """Say the job's id first (on stdout, so ``> out`` keeps it for retry and cancel),
+    follow the job to its end with a progress bar, print its table; the exit code."""
+    print(f"job {job_id}", flush=True)
     try:
         job = wait(api, job_id, submitted, interval=args.interval, timeout=args.timeout)
     except KeyboardInterrupt:
@@ -475,9 +482,18 @@ def retry(api, args):
 
 
 def cancel(api, args):
-    """Cancel args.job, follow it until its URLs in flight are done, print its table."""
-    job = api.cancel(args.job)
-    return watch(api, job.get("id") or args.job, len(job.get("urls") or ()), args)
+    """Cancel args.job, say how many URLs that cancelled (none: say why), follow it until
+    its URLs in flight are done, print its table."""
+    job, cancelled = api.cancel(args.job)
+    job_id = job.get("id") or args.job
+    if cancelled == 0:
+        why = ("it is complete" if job.get("status") == "complete" else
+               "no URL was queued; the URLs in flight finish")
+        print(f"upload: nothing to cancel in job {job_id}: {why}", file=sys.stderr)
+    elif cancelled:
+        print(f"upload: cancelled {cancelled} queued URL{'' if cancelled == 1 else 's'} of job "
+              f"{job_id}", file=sys.stderr)
+    return watch(api, job_id, len(job.get("urls") or ()), args)
 
 
 def jobs(api, args):

@@ -41,7 +41,8 @@ from .worker import SHARED_STATE_LOST
 log = logging.getLogger(__name__)
 
 BATCH_LIMIT = 200  # events applied in one transaction (bounds how long a POST may wait)
-RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0, 5.0)  # between turns while the store is unreachable
+RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0)  # between turns while the store is unreachable: capped,
+# so that a long outage ends for us within seconds of the store's return
 
 
 @dataclass
@@ -86,10 +87,12 @@ class _State:
     quarantine: Quarantine = field(default_factory=Quarantine)
     stopping: Optional[float] = None  # deadline of the graceful stop
     lost: Optional[str] = None  # why the manager is gone
+    host_full: Dict[int, str] = field(default_factory=dict)  # url id -> why it waits for room
 
     def copy(self) -> "_State":
         return _State({w: dict(t) for w, t in self.assigned.items()}, dict(self.ready),
-                      dict(self.quick_deaths), self.quarantine.copy(), self.stopping, self.lost)
+                      dict(self.quick_deaths), self.quarantine.copy(), self.stopping, self.lost,
+                      dict(self.host_full))
 
     def task(self, url_id: int) -> Optional[Task]:
         for tasks in self.assigned.values():
@@ -118,6 +121,7 @@ class Dispatcher:
         self.state = _State(assigned={})
         self.stopped = threading.Event()
         self.store_problem: Optional[str] = None  # why the last turn could not commit
+        self._store_error = StoreUnavailable  # its kind (StoreFull: the disk is full)
         self._held: List[object] = []  # events of a turn that could not commit, to run again
         self._retry_at: Optional[float] = None
         self._failures = 0
@@ -167,6 +171,14 @@ class Dispatcher:
 
     def in_flight(self) -> int:
         return sum(len(tasks) for tasks in list(self.state.assigned.values()))
+
+    def host_full(self) -> Optional[str]:
+        """Why the image host has no room, while URLs in flight here wait for it (/healthz)."""
+        waiting = self.state.host_full
+        if not waiting:
+            return None
+        reason = next(iter(waiting.values()))
+        return f"{reason} ({len(waiting)} URL{'' if len(waiting) == 1 else 's'} waiting)"
 
     def ready_workers(self) -> int:
         """Worker processes alive and past their start-up (their slots take tasks)."""
@@ -249,6 +261,8 @@ class Dispatcher:
                 self._apply_event(state, effects, event)
             self._on_results(state, effects, results)
             sends = {} if state.lost or state.stopping is not None else self._fill_slots(state)
+        if state.host_full:  # only URLs still in flight here wait
+            state.host_full = {u: why for u, why in state.host_full.items() if state.task(u)}
         self.state = state
         self._schedule(now)
         self._outbox_news()
@@ -278,8 +292,12 @@ class Dispatcher:
             task = state.task(event.url_id)
             if task is not None:
                 self.store.set_waiting(task, event.until, event.reason)
-                if event.until is not None:
-                    effects.append(self.metrics.waiting)
+                if event.host_full and event.until is not None:
+                    state.host_full[event.url_id] = event.reason
+                else:
+                    state.host_full.pop(event.url_id, None)
+                    if event.until is not None:
+                        effects.append(self.metrics.waiting)
         elif isinstance(event, Progress):
             task = state.task(event.url_id)
             if task is not None:
@@ -332,13 +350,14 @@ class Dispatcher:
         if self.store_problem is None:
             log.error("the store is unreachable (%s); holding results and retrying", exc)
         self.store_problem = str(exc)
+        self._store_error = type(exc)
         delay = RETRY_SECONDS[min(self._failures, len(RETRY_SECONDS) - 1)]
         self._failures += 1
         self._retry_at = time.monotonic() + delay
 
     def _run_call(self, call: _Call) -> None:
         if self._retry_at is not None and time.monotonic() < self._retry_at:
-            call.future.set_exception(StoreUnavailable(self.store_problem or "store down"))
+            call.future.set_exception(self._store_error(self.store_problem or "store down"))
             return
         try:
             with self.store.transaction():
@@ -362,7 +381,7 @@ class Dispatcher:
         """Store new jobs and answer their submitters once committed."""
         if self._retry_at is not None and time.monotonic() < self._retry_at:
             for event in submits:  # the store was unreachable a moment ago: say so at once
-                event.future.set_exception(StoreUnavailable(self.store_problem or "store down"))
+                event.future.set_exception(self._store_error(self.store_problem or "store down"))
             return
         created = []
         try:

@@ -127,6 +127,11 @@ class PermanentHostError(HostError):
     """The host rejected this file for good (type, size, corrupt): retrying cannot help."""
 
 
+class HostFull(HostError):
+    """The image host has no room now (the local host's disk is full): the upload waits and
+    is tried again, never failed for it."""
+
+
 class AuthRejectedError(HostError):
     """The host rejected our credentials (401/403 on the token or client id)."""
 
@@ -142,6 +147,10 @@ class SharedStateLost(UploaderError):
 
 class StoreUnavailable(UploaderError):
     """The store cannot be reached (PostgreSQL down, connection lost): try again later."""
+
+
+class StoreFull(StoreUnavailable):
+    """The store has no room to write (its disk is full): nothing new is kept until there is."""
 
 
 class StoreConflict(UploaderError):

@@ -12,7 +12,7 @@ import tornado.web
 
 from . import access
 from .auth import Unauthorized, account_for
-from .errors import StoreUnavailable
+from .errors import StoreFull, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,11 @@ class ApiError(tornado.web.HTTPError):
         self.headers = headers or {}
 
 
-def store_down() -> ApiError:
+def store_down(exc: StoreUnavailable) -> ApiError:
+    """503: the store cannot take it now (the detail is logged, not told)."""
+    if isinstance(exc, StoreFull):
+        return ApiError(503, "the store is full (its disk has no space left); retry once space "
+                             "is freed", headers={"Retry-After": "5"})
     return ApiError(503, "the store is unreachable; retry shortly", headers={"Retry-After": "5"})
 
 
@@ -99,13 +103,12 @@ class BaseHandler(JsonErrors, tornado.web.RequestHandler):
             raise ApiError(415, f"Content-Type must be application/json, got {given or 'none'!r}")
 
     async def wait(self, future):
-        """Await a dispatcher future; an unreachable store answers 503."""
+        """Await a dispatcher future; an unreachable or full store answers 503."""
         try:
             return await asyncio.wrap_future(future)
         except StoreUnavailable as exc:
-            log.warning("%s %s: the store is unreachable (%s)", self.request.method,
-                        self.request.path, exc)
-            raise store_down() from None
+            log.warning("%s %s: %s", self.request.method, self.request.path, exc)
+            raise store_down(exc) from None
 
     def write_json(self, status: int, body) -> None:
         self.set_status(status)
@@ -113,10 +116,9 @@ class BaseHandler(JsonErrors, tornado.web.RequestHandler):
         self.finish(json.dumps(body))
 
     async def in_reader(self, fn, *args):
-        """Run a store read on the reader threads; an unreachable store answers 503."""
+        """Run a store read on the reader threads; an unreachable or full store answers 503."""
         try:
             return await asyncio.get_running_loop().run_in_executor(self.service.readers, fn, *args)
         except StoreUnavailable as exc:
-            log.warning("%s %s: the store is unreachable (%s)", self.request.method,
-                        self.request.path, exc)
-            raise store_down() from None
+            log.warning("%s %s: %s", self.request.method, self.request.path, exc)
+            raise store_down(exc) from None

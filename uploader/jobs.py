@@ -127,11 +127,13 @@ class Attempt:
 
 @dataclass(frozen=True)
 class Waiting:
-    """A URL waits for the image host's limits until ``until`` (epoch seconds); None: no more."""
+    """A URL waits for the image host's limits, or for room at the host (``host_full``: its
+    disk is full), until ``until`` (epoch seconds); None: no more."""
 
     url_id: int
     until: Optional[float]
     reason: Optional[str] = None
+    host_full: bool = False
 
 
 @dataclass(frozen=True)

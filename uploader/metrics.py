@@ -59,6 +59,10 @@ class Metrics:
         self.credential_rejected = Gauge(
             "uploader_host_credential_rejected", "1 while the image host refuses our credential "
             "for good (no upload can succeed): see /healthz.", registry=r)
+        self.store_up = Gauge(
+            "uploader_store_up", "1 while the store answers reads and commits; 0 while it is "
+            "unreachable, full or slower than a second (the queue's figures are then the last "
+            "ones read).", registry=r)
         self.worker_restarts = Counter("uploader_worker_restarts",
                                        "Worker processes that died and were replaced.", registry=r)
         self.ratelimit_waits = Counter(
@@ -164,7 +168,8 @@ class Metrics:
 
     def render(self, *, queued: int, in_flight: int, oldest_queued: float = 0.0,
                workers_alive: int = 0, workers_expected: int = 0,
-               credential_rejected: bool = False) -> bytes:
+               credential_rejected: bool = False, store_up: bool = True) -> bytes:
+        self.store_up.set(int(store_up))
         self.queued.set(queued)
         self.oldest_queued.set(oldest_queued)
         self.in_flight.set(in_flight)

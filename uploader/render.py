@@ -56,8 +56,9 @@ def _callback(url: Optional[str], delivery: Optional[tuple]) -> Optional[dict]:
 
 def job_summary(row: tuple) -> dict:
     """One entry of ``GET /v1/images/upload`` from a ``SqlStore.list_jobs`` row."""
-    job_id, created, finished, status, remaining, completed, failed = row
+    job_id, created, finished, status, remaining, completed, failed, retry_of = row
     return {"id": job_id, "created": jobs.format_timestamp(created),
             "finished": jobs.format_timestamp(finished) if status == jobs.JOB_COMPLETE else None,
             "status": status,
-            "counts": {"pending": remaining, "complete": completed, "failed": failed}}
+            "counts": {"pending": remaining, "complete": completed, "failed": failed},
+            "retry_of": retry_of}

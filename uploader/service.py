@@ -22,6 +22,7 @@ from .metrics import Metrics
 from .pool import WorkerPool
 from .shared import make_shared
 from .store import open_store
+from .storegauges import StoreGauges
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class Service:
             self.store.close()
             raise StartError(f"local.directory {self.config.local.directory}: {exc.strerror}") from None
         self.readers = ThreadPoolExecutor(4, thread_name_prefix="store-read")
+        self.store_gauges = StoreGauges(self._store_figures, self.readers)
         self.pool = WorkerPool(self.config, on_event=lambda event: self.dispatcher.post(event))
         self.metrics = Metrics()
         self.dispatcher = Dispatcher(store=self.store, pool=self.pool, config=self.config,
@@ -82,6 +84,11 @@ class Service:
             loop.call_soon_threadsafe(self._finish)
 
         loop.run_in_executor(None, when_stopped)
+
+    def _store_figures(self):
+        """What /metrics reads of the store (blocking): see ``StoreGauges``."""
+        queued, oldest = self.store.queue_depth()
+        return queued, oldest, self.credential_problem() is not None
 
     def credential_problem(self):
         """Why the image host's credential is dead (Imgur refused it for good), or None.

@@ -135,7 +135,8 @@ class RetryHandler(BaseHandler):
 
 class JobHandler(BaseHandler):
     """GET /v1/images/upload/<jobId>: the job and each URL's fate.
-    DELETE /v1/images/upload/<jobId>: cancel it; answers the job."""
+    DELETE /v1/images/upload/<jobId>: cancel it; answers the job, and in
+    ``X-Cancelled-Urls`` how many queued URLs this cancel failed (0: nothing to cancel)."""
 
     guarded = True
 
@@ -157,9 +158,10 @@ class JobHandler(BaseHandler):
         account = self.account
         cancelled = await self.wait(self.service.dispatcher.call(
             lambda store: store.cancel(_job_id(job_id), account)))
-        if not cancelled:
+        if cancelled is None:
             raise ApiError(404, f"no job with id {job_id!r}")
-        log.info("job %s cancelled", job_id)
+        log.info("job %s cancelled: %d queued URLs failed", job_id, cancelled)
+        self.set_header("X-Cancelled-Urls", str(cancelled))  # 0: nothing was left to cancel
         await self.get(job_id)
 
 

@@ -430,9 +430,10 @@ class _Report:
         self._send(jobs.Attempt(self.task.url_id, self.worker.index, self.worker.generation,
                                 self.attempts))
 
-    def waiting(self, until, why) -> None:
-        """The upload waits for the host's limits until ``until`` (epoch seconds; None: no more)."""
-        self._send(jobs.Waiting(self.task.url_id, until, why))
+    def waiting(self, until, why, *, host_full: bool = False) -> None:
+        """The upload waits for the host's limits, or for room at the host (``host_full``),
+        until ``until`` (epoch seconds; None: no more)."""
+        self._send(jobs.Waiting(self.task.url_id, until, why, host_full))
 
     def fetched(self, size: int) -> None:
         self.fetch_seconds = time.monotonic() - self.started

@@ -619,6 +619,11 @@ def _dimensions(data, mime):
     return 0, 0
 
 
+# Budgets of the standalone fake: a demo or a trial of thousands of uploads never waits for
+# a reset (Imgur's own, 500 user credits an hour, stop a service at 49 uploads: its reserve)
+DEMO_BUDGETS = {"user_limit": 10**6, "client_limit": 10**7, "post_limit": 10**5}
+
+
 def main(argv=None):
     """Run a fake Imgur until SIGINT or SIGTERM."""
     parser = argparse.ArgumentParser(prog="fake-imgur", description=__doc__.splitlines()[0])
@@ -630,6 +635,9 @@ def main(argv=None):
     parser.add_argument("--client-secret", default="test-secret")
     parser.add_argument("--latency", type=float, default=0.0, help="seconds added to each upload")
     parser.add_argument("--public-base", default=None, help="link prefix (default: this server)")
+    parser.add_argument("--imgur-budgets", action="store_true",
+                        help="Imgur's own budgets (500 user credits an hour: about 49 uploads, "
+                             "then a wait for the reset) instead of budgets no demo exhausts")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(process)d %(levelname)s %(message)s")
@@ -638,12 +646,15 @@ def main(argv=None):
                      refresh_tokens=[args.refresh_token], client_secret=args.client_secret,
                      public_base=args.public_base)
     fake.latency = args.latency
+    if not args.imgur_budgets:
+        fake.set_budgets(**DEMO_BUDGETS)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     fake.start()
+    budgets = ", ".join(f"{name} {budget.limit}" for name, budget in fake._budgets.items())
     print(f"Fake Imgur listening on {fake.url} (token: {', '.join(tokens)}; "
-          f"client id: {', '.join(client_ids)})", flush=True)
+          f"client id: {', '.join(client_ids)}; credits: {budgets})", flush=True)
     while not stop.wait(0.5):
         pass
     fake.stop()

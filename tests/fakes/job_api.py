@@ -12,6 +12,7 @@ of an in-memory API:
     GET    /v1/images/upload?limit=&before=   -> {"jobs": [...], "next"}, newest first
     GET    /v1/images/upload/<id>             -> the job document
     DELETE /v1/images/upload/<id>             -> 200, the job with queued URLs cancelled
+                                                 (X-Cancelled-Urls: how many)
     POST   /v1/images/upload/<id>/retry       -> 202 {"jobId"} of a job of the failed URLs
     DELETE /v1/images/<image_id>              -> 204, the entry marked deleted
     GET    /i/<name>.png                      -> a small PNG (the thumbnails)
@@ -144,9 +145,8 @@ class FakeJobApi:
                     self.images[image_id] = (job_id, url)
                 entries.append(entry)
             job = {"id": job_id, "created": stamp(self._clock), "finished": None,
-                   "status": "in-progress", "urls": entries, "callback": self.callback}
-            if retry_of:
-                job["retry_of"] = retry_of
+                   "status": "in-progress", "urls": entries, "callback": self.callback,
+                   "retry_of": retry_of}
             self._settle(job)
             self.jobs[job_id] = job
             return job_id
@@ -162,13 +162,14 @@ class FakeJobApi:
             job["finished"] = job["finished"] or job["created"]
 
     def cancel(self, job_id):
+        """Fail the job's queued URLs: (the job, how many)."""
         with self._lock:
             job = self.jobs[job_id]
-            for entry in job["urls"]:
-                if entry["state"] == "queued":
-                    entry.update(state="failed", reason=CANCELLED)
+            queued = [entry for entry in job["urls"] if entry["state"] == "queued"]
+            for entry in queued:
+                entry.update(state="failed", reason=CANCELLED)
             self._settle(job)
-            return job
+            return job, len(queued)
 
     def delete_image(self, image_id):
         with self._lock:
@@ -188,7 +189,8 @@ class FakeJobApi:
         return {"jobs": [{"id": job["id"], "created": job["created"], "finished": job["finished"],
                           "status": job["status"],
                           "counts": {name: len(job["uploaded"][name])
-                                     for name in ("pending", "complete", "failed")}}
+                                     for name in ("pending", "complete", "failed")},
+                          "retry_of": job["retry_of"]}
                          for job in page],
                 "next": page[-1]["id"] if more and page else None}
 
@@ -277,8 +279,10 @@ class JobHandler(FakeHandler):
         self.answer(200, self.job_or_404(job_id))
 
     def delete(self, job_id):
-        job = self.job_or_404(job_id)
-        self.answer(200, job if job["status"] == "complete" else self.fake.cancel(job_id))
+        self.job_or_404(job_id)
+        job, cancelled = self.fake.cancel(job_id)
+        self.set_header("X-Cancelled-Urls", str(cancelled))
+        self.answer(200, job)
 
 
 class RetryHandler(FakeHandler):

@@ -9,10 +9,15 @@ credit costs: Imgur's), ``credential_settings`` (a token shared and refreshed by
 Imgur's) and ``build_uploader`` (the client wrapped in its upload policy).
 """
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Optional, Protocol
 
+from ..errors import HostFull
+
 log = logging.getLogger(__name__)
+
+FULL_RETRY_SECONDS = (1.0, 2.0, 5.0, 10.0)  # a host with no room is tried again after these
 
 
 @dataclass(frozen=True)
@@ -80,14 +85,32 @@ def credential_settings(config) -> Optional[dict]:
 
 
 class DirectUploader:
-    """A host without limits or credentials: one try, no gate."""
+    """A host without limits or credentials: no gate, one try. But a host with no room (a
+    full disk) is a wait, not a failure: the upload is tried again, ever less often (up to
+    every 10 s), the wait shown in the job with its reason (and in /healthz), until there
+    is room. Those tries are not attempts: space freed, the image goes up."""
 
     def __init__(self, host):
         self.host = host
         self.name = host.name
 
     def upload(self, data: bytes, *, filename: str, mime: str, report) -> Uploaded:
-        return self.host.upload(data, filename=filename, mime=mime)
+        tries = 0
+        while True:
+            try:
+                uploaded = self.host.upload(data, filename=filename, mime=mime)
+            except HostFull as exc:
+                delay = FULL_RETRY_SECONDS[min(tries, len(FULL_RETRY_SECONDS) - 1)]
+                if not tries:
+                    log.warning("%s: %s; trying again until there is room", report.describe(), exc)
+                report.waiting(time.time() + delay, f"{exc}; trying again", host_full=True)
+                tries += 1
+                time.sleep(delay)
+                continue
+            if tries:
+                log.info("%s: stored after waiting for room", report.describe())
+                report.waiting(None, None)
+            return uploaded
 
 
 def build_uploader(config, shared, owner: tuple):

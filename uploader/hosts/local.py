@@ -4,12 +4,14 @@ It is the default when no Imgur credentials are configured, so the service is us
 (and testable end to end) out of the box. Names look like Imgur's: 7 random
 alphanumerics plus the extension of the sniffed type.
 """
+import errno
 import os
 import re
 import secrets
 import string
 import tempfile
 
+from ..errors import HostFull
 from . import Uploaded
 
 _ALPHABET = string.ascii_letters + string.digits
@@ -31,6 +33,16 @@ class LocalHost:
         os.makedirs(directory, exist_ok=True)
 
     def upload(self, data: bytes, *, filename: str, mime: str) -> Uploaded:
+        """Store the bytes under a new name; ``HostFull`` when the disk (or a quota) has
+        no room for them, which passes once space is freed."""
+        try:
+            return self._store(data, filename)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise HostFull(f"the local image directory is full ({exc.strerror})") from None
+            raise
+
+    def _store(self, data: bytes, filename: str) -> Uploaded:
         ext = os.path.splitext(filename)[1].lstrip(".") or "bin"
         fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".upload-")
         try:

@@ -28,9 +28,10 @@ import weakref
 import psycopg
 import psycopg_pool
 from psycopg import IsolationLevel
+from psycopg_pool.base import AttemptWithBackoff
 
 from .. import jobs
-from ..errors import StoreConflict, StoreUnavailable
+from ..errors import StoreConflict, StoreFull, StoreUnavailable
 from . import schema
 from .sql import CLEARED, SqlStore, new_image_id
 
@@ -41,6 +42,7 @@ MIGRATION_LOCK = 4_771_020_001  # pg_advisory_xact_lock key: one migrating insta
 CONNECT_TIMEOUT = 5
 LISTEN_RETRY_SECONDS = 1.0
 CHECK_AFTER_IDLE = 1.0  # seconds: a pooled connection idle this long is checked when taken
+RECONNECT_MAX_SECONDS = 2.0  # a pool tries to reconnect at least this often during an outage
 
 
 def connection_kwargs() -> dict:
@@ -80,19 +82,42 @@ def make_pool(url: str, *, max_size: int, name: str, read_only: bool = False):
         if given_back is None or time.monotonic() - given_back >= CHECK_AFTER_IDLE:
             psycopg_pool.ConnectionPool.check_connection(conn)
 
-    return psycopg_pool.ConnectionPool(
+    return Pool(
         url, kwargs=connection_kwargs(), min_size=1, max_size=max_size, name=name,
         configure=configure, reset=note_return, check=check,
         timeout=CONNECT_TIMEOUT, reconnect_timeout=3600, open=True)
 
 
+class CappedBackoff(AttemptWithBackoff):
+    """psycopg_pool's reconnection backoff (1 s, doubling, with jitter), capped: uncapped,
+    a 35 s outage had grown it to 16-32 s, and the pool came back that long after the
+    database did."""
+
+    def update_delay(self, now: float) -> None:
+        super().update_delay(now)
+        self.delay = min(self.delay, RECONNECT_MAX_SECONDS)
+
+
+class Pool(psycopg_pool.ConnectionPool):
+    """psycopg_pool's pool, reconnecting at least every ``RECONNECT_MAX_SECONDS`` while the
+    server is away. The pool makes its attempt state in ``_add_connection`` (it takes no
+    setting for a cap); a test checks that this still holds for the installed version."""
+
+    def _add_connection(self, attempt, growing=False):
+        if attempt is None:
+            attempt = CappedBackoff(timeout=self.reconnect_timeout)
+        return super()._add_connection(attempt, growing=growing)
+
+
 @contextlib.contextmanager
 def driver_errors():
-    """Translate the driver's errors into the store's: unavailable, or a lost race."""
+    """Translate the driver's errors into the store's: unavailable, full, or a lost race."""
     try:
         yield
     except (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure) as exc:
         raise StoreConflict(f"PostgreSQL: {exc}".strip()) from exc
+    except psycopg.errors.DiskFull as exc:  # SQLSTATE 53100: the server's disk has no room
+        raise StoreFull(f"PostgreSQL is full: {exc}".strip()) from exc
     except (psycopg.OperationalError, psycopg.InterfaceError,
             psycopg.errors.IdleInTransactionSessionTimeout) as exc:  # the server hung up
         raise StoreUnavailable(f"PostgreSQL unreachable: {exc}".strip()) from exc
@@ -139,6 +164,9 @@ class PostgresStore(SqlStore):
     # -- plumbing ----------------------------------------------------------------------------
     def _placeholders(self, sql):
         return sql.replace("%", "%%").replace("?", "%s")
+
+    def _driver_errors(self):
+        return driver_errors()
 
     def _conn(self) -> psycopg.Connection:
         """The writer's connection. A transaction it leaves open (this process frozen by

@@ -26,7 +26,7 @@ from .outbox import OutboxQueries
 URL_COLUMNS = ("u.id, u.url, u.state, u.link, u.reason, u.attempts, u.reused, u.waiting_until,"
                " u.waiting_reason, u.progress_bytes, u.progress_total, l.image_id, l.deleted")
 JOB_COLUMNS = "id, created, finished, status, retry_of, callback_url"
-LISTED_COLUMNS = "{seq}, id, created, finished, status, remaining, completed, failed"
+LISTED_COLUMNS = "{seq}, id, created, finished, status, remaining, completed, failed, retry_of"
 SERVICE_DIED = "the service died while uploading, on each of {attempts} attempts"
 CANCELLED = "cancelled by the client before it was uploaded"
 NO_CURSOR = 2 ** 62  # before any job
@@ -100,6 +100,11 @@ class SqlStore(OutboxQueries):
     def _placeholders(self, sql: str) -> str:
         return sql
 
+    def _driver_errors(self):
+        """The driver's errors as the store's (``StoreUnavailable``, ``StoreFull``, ...)
+        within it: each backend says which are which."""
+        return contextlib.nullcontext()
+
     def _before_commit(self) -> None:
         """Apply what the transaction accumulated: job counters, in one order for everyone
         (so two instances finishing URLs of the same jobs never deadlock); a job that
@@ -135,37 +140,43 @@ class SqlStore(OutboxQueries):
     def create_job(self, job_id: str, urls: Sequence[str], *, account: str = "",
                    retry_of: Optional[str] = None, callback_url: Optional[str] = None) -> None:
         """Insert a job and its URLs; all or nothing, without spoiling the rest of the batch.
-        ``account``: who owns it (a digest of the API key, '' when there are no keys)."""
-        self._execute("SAVEPOINT create_job")
-        try:
-            self._execute(
-                "INSERT INTO jobs (id, created, status, remaining, account, retry_of, callback_url)"
-                " VALUES (?, {now}, ?, ?, ?, ?, ?)",
-                (job_id, jobs.JOB_PENDING, len(urls), account, retry_of, callback_url))
-            self._insert_urls(job_id, urls)
-        except BaseException:
-            self._execute("ROLLBACK TO SAVEPOINT create_job")
-            raise
-        finally:
+        ``account``: who owns it (a digest of the API key, '' when there are no keys). A
+        store that cannot take it (unreachable, full) says so as the store's error, so the
+        caller tells that from a bad job."""
+        with self._driver_errors():
+            self._execute("SAVEPOINT create_job")
+            try:
+                self._execute(
+                    "INSERT INTO jobs (id, created, status, remaining, account, retry_of,"
+                    " callback_url) VALUES (?, {now}, ?, ?, ?, ?, ?)",
+                    (job_id, jobs.JOB_PENDING, len(urls), account, retry_of, callback_url))
+                self._insert_urls(job_id, urls)
+            except BaseException:
+                try:
+                    self._execute("ROLLBACK TO SAVEPOINT create_job")
+                    self._execute("RELEASE SAVEPOINT create_job")
+                except Exception:  # the whole transaction is gone (SQLite ends it on a full
+                    pass  # disk): the first error says why
+                raise
             self._execute("RELEASE SAVEPOINT create_job")
         self._work_added = True
 
-    def cancel(self, job_id: str, account: str) -> bool:
-        """Fail a job's queued URLs (those in flight finish); False: no such job here."""
+    def cancel(self, job_id: str, account: str) -> Optional[int]:
+        """Fail a job's queued URLs (those in flight finish): how many; None: no such job here."""
         found = self._execute("UPDATE jobs SET cancelled = 1 WHERE id = ? AND account = ?"
                               " RETURNING id", (job_id, account)).fetchone()
         if found is None:
-            return False
-        self._fail_queued("job_id = ?", (job_id,))
-        return True
+            return None
+        return self._fail_queued("job_id = ?", (job_id,))
 
-    def _fail_queued(self, condition: str, params: tuple) -> None:
+    def _fail_queued(self, condition: str, params: tuple) -> int:
         rows = self._execute(
             "UPDATE urls SET state = 'failed', reason = ?, " + CLEARED +
             f" WHERE state = 'queued' AND {condition} RETURNING job_id",
             (CANCELLED, *params)).fetchall()
         for (job_id,) in rows:
             self._count(job_id, jobs.FAILED)
+        return len(rows)
 
     def claim(self, limit: int) -> List[Task]:
         """Take up to ``limit`` queued URLs (suspects excepted), oldest first, under a new lease."""

@@ -12,9 +12,11 @@ import os
 import sqlite3
 import threading
 
-from ..errors import StartError, StoreInUse, StoreUnavailable
+from ..errors import StartError, StoreFull, StoreInUse, StoreUnavailable
 from . import schema
 from .sql import LIVE_LINKS, SqlStore
+
+SQLITE_FULL = 13  # the disk (or max_page_count) has no room: sqlite3.SQLITE_FULL from 3.11
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -74,11 +76,18 @@ class SqliteStore(SqlStore):
         self._writer.executemany(self.q(sql), rows)
 
     @contextlib.contextmanager
+    def _driver_errors(self):
+        try:
+            yield
+        except sqlite3.OperationalError as exc:  # disk full, I/O error
+            raise unavailable(self.path, exc) from exc
+
+    @contextlib.contextmanager
     def transaction(self):
         try:
             self._writer.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as exc:
-            raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from exc
+            raise unavailable(self.path, exc) from exc
         try:
             yield self
             self._before_commit()
@@ -88,7 +97,7 @@ class SqliteStore(SqlStore):
                 self._writer.execute("ROLLBACK")
             self._after_rollback()
             if isinstance(exc, sqlite3.OperationalError):  # disk full, I/O error
-                raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from exc
+                raise unavailable(self.path, exc) from exc
             raise
         self._work_added = False
 
@@ -139,6 +148,13 @@ class SqliteStore(SqlStore):
         for resource in (self._writer, self._lock):
             if resource is not None:
                 resource.close()
+
+
+def unavailable(path: str, exc: sqlite3.OperationalError) -> StoreUnavailable:
+    """The store's error for SQLite's: ``StoreFull`` when the disk has no room."""
+    if getattr(exc, "sqlite_errorcode", None) == SQLITE_FULL or str(exc) == "database or disk is full":
+        return StoreFull(f"SQLite store {path} is full: {exc}")
+    return StoreUnavailable(f"SQLite store {path}: {exc}")
 
 
 def _lock_store(path: str):

@@ -64,10 +64,11 @@ function bytes(n) {
   return `${value.toFixed(value < 10 ? 1 : 0)} ${units[unit]}`;
 }
 
+// The reader's local time, with its zone: the API's times are UTC, the reader's may not be.
 function when(stamp) {
   if (!stamp) return "";
   const date = new Date(stamp);
-  return Number.isNaN(date.getTime()) ? stamp : date.toLocaleString();
+  return Number.isNaN(date.getTime()) ? stamp : date.toLocaleString(undefined, { timeZoneName: "short" });
 }
 
 function timeEl(stamp) {
@@ -227,6 +228,7 @@ function openJob(jobId, focus) {
   delete $("job-status").dataset.status; // the previous job's, until this one is read
   show($("job-retry-of"), false);
   closeConfirm($("job-cancel"));
+  closeConfirm($("job-retry"));
   show($("job-cancel"), false);
   show($("job-retry"), false);
   showCallback(null);
@@ -271,16 +273,18 @@ function render(job) {
   const urls = Array.isArray(job.urls) ? job.urls : [];
   const count = (state) => urls.filter((entry) => entry.state === state).length;
   const done = count("complete") + count("failed");
-  const deleted = urls.filter((entry) => entry.deleted).length;
+  // A deleted image was uploaded, then deleted: counted once, as deleted, so the parts add up.
+  const deleted = urls.filter((entry) => entry.state === "complete" && entry.deleted).length;
 
   const status = $("job-status");
   status.textContent = STATUS[job.status] || job.status;
   status.dataset.status = job.status;
   $("job-created").replaceChildren(timeEl(job.created));
   $("job-finished").replaceChildren(job.finished ? timeEl(job.finished) : "not yet");
-  const parts = [`${count("complete")} uploaded`, `${count("failed")} failed`];
-  if (done < urls.length) parts.push(`${urls.length - done} to go`);
+  const parts = [`${count("complete") - deleted} uploaded`];
   if (deleted) parts.push(`${deleted} deleted`);
+  parts.push(`${count("failed")} failed`);
+  if (done < urls.length) parts.push(`${urls.length - done} to go`);
   $("job-counts").textContent = `${done} of ${plural(urls.length, "image")} done: ${parts.join(", ")}`;
   const bar = $("job-progress");
   bar.max = Math.max(urls.length, 1);
@@ -297,7 +301,7 @@ function render(job) {
   const complete = job.status === "complete";
   show($("job-cancel"), !complete && !confirming($("job-cancel")));
   if (complete) closeConfirm($("job-cancel"));
-  show($("job-retry"), complete && count("failed") > 0);
+  show($("job-retry"), complete && count("failed") > 0 && !confirming($("job-retry")));
 
   const list = $("job-urls");
   let before = list.firstChild;
@@ -494,15 +498,20 @@ async function loadRecent(first) {
   }
 }
 
+// A row tells its job apart: when it was made (with the zone), whether it retries another
+// job, its status, how many images it holds and how they went.
 function recentItem(job) {
   const counts = job.counts || {};
+  const total = (counts.complete || 0) + (counts.failed || 0) + (counts.pending || 0);
   const parts = [`${counts.complete || 0} uploaded`, `${counts.failed || 0} failed`];
   if (counts.pending) parts.push(`${counts.pending} to go`);
   const link = el("a", { href: `#/jobs/${encodeURIComponent(job.id)}`, "data-job": job.id },
     timeEl(job.created) || job.id);
-  return el("li", {}, link,
+  const retry = typeof job.retry_of === "string"
+    ? el("span", { class: "retry-mark", title: `Retry of job ${job.retry_of}`, text: "retry" }) : null;
+  return el("li", {}, link, retry,
     el("span", { class: "badge", "data-status": job.status, text: STATUS[job.status] || job.status }),
-    el("span", { class: "counts", text: parts.join(", ") }));
+    el("span", { class: "counts", text: `${plural(total, "image")}: ${parts.join(", ")}` }));
 }
 
 function markRecent() {
@@ -521,7 +530,12 @@ function start() {
   show($("key-forget"), Boolean(sessionStorage.getItem(KEY_STORE)));
   $("job-cancel").addEventListener("click", () =>
     askConfirm($("job-cancel"), "Stop this job? Images not done yet will not be uploaded.", "Yes, cancel it", cancelJob));
-  $("job-retry").addEventListener("click", retryJob);
+  $("job-retry").addEventListener("click", () => {
+    const urls = view && view.job && Array.isArray(view.job.urls) ? view.job.urls : [];
+    const failed = urls.filter((entry) => entry.state === "failed").length;
+    askConfirm($("job-retry"), `Upload the ${plural(failed, "failed image")} again, as a new job?`,
+      "Yes, retry", retryJob);
+  });
   $("recent-more").addEventListener("click", () => loadRecent(false));
   window.addEventListener("hashchange", route);
   route();

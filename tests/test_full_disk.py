@@ -1,0 +1,193 @@
+"""A full disk is a wait with its reason, never a failure: the local image host's disk, and
+the embedded store's.
+
+The disks are real: the service runs in a user and mount namespace of its own
+(``unshare --user --map-root-user --mount``, no root needed) with a small tmpfs over its
+image directory and, on SQLite, another over its store. The test fills and frees them
+from outside, through ``/proc/<pid>/root``. Nothing outside the namespace is mounted, and
+no system file is touched.
+"""
+import errno
+import os
+import sys
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+import requests
+
+from uploader import jobs
+from uploader.config import config_from_dict
+from uploader.dispatcher import Dispatcher, _Submit
+from uploader.errors import HostFull, StoreFull
+from uploader.hosts import DirectUploader
+from uploader.jobs import Result, Waiting
+from uploader.store import open_store
+
+from .support import ServiceProcess
+from .test_crash import wait_until
+from .test_state_machine import StubPool
+
+
+class Report:
+    """What DirectUploader tells the job: its waits."""
+
+    def __init__(self):
+        self.waits = []
+
+    def describe(self):
+        return "job j: http://a.example/1.png"
+
+    def waiting(self, until, why, *, host_full=False):
+        self.waits.append((until is not None, why, host_full))
+
+
+def test_a_host_with_no_room_is_waited_for_not_failed(monkeypatch):
+    class FullTwice:
+        name = "local"
+        tries = 0
+
+        def upload(self, data, *, filename, mime):
+            self.tries += 1
+            if self.tries <= 2:
+                raise HostFull("the local image directory is full (No space left on device)")
+            return "uploaded"
+
+    slept = []
+    monkeypatch.setattr(time, "sleep", slept.append)
+    report, host = Report(), FullTwice()
+    assert DirectUploader(host).upload(b"x", filename="a.png", mime="image/png",
+                                       report=report) == "uploaded"
+    assert host.tries == 3 and slept == [1.0, 2.0]  # backing off
+    why = "the local image directory is full (No space left on device); trying again"
+    assert report.waits == [(True, why, True), (True, why, True), (False, None, False)]
+
+
+def embedded(tmp_path):
+    config = config_from_dict({"workers": {"processes": 1, "uploads_per_process": 2},
+                               "storage": {"path": str(tmp_path / "s.sqlite3")}}, environ={})
+    store = open_store(config.storage, "me")
+    dispatcher = Dispatcher(store=store, pool=StubPool(1), config=config)
+    dispatcher.recover()
+    return store, dispatcher
+
+
+def test_the_health_hears_of_urls_waiting_for_room_until_they_are_done(tmp_path):
+    store, dispatcher = embedded(tmp_path)
+    try:
+        dispatcher._turn([_Submit("job-1", ["https://example.test/a.png",
+                                            "https://example.test/b.png"], Future())])
+        first, second = dispatcher.state.assigned[0].values()
+        why = "the local image directory is full (No space left on device); trying again"
+        dispatcher._turn([Waiting(task.url_id, time.time() + 5, why, host_full=True)
+                          for task in (first, second)])
+        assert dispatcher.host_full() == f"{why} (2 URLs waiting)"
+        dispatcher._turn([Waiting(first.url_id, None)])  # stored after all
+        assert dispatcher.host_full() == f"{why} (1 URL waiting)"
+        dispatcher._turn([Waiting(first.url_id, time.time() + 5, "paced by imgur.rate_limit")])
+        assert dispatcher.host_full() == f"{why} (1 URL waiting)"  # another kind of wait
+        generation = dispatcher.pool.workers[0].generation
+        dispatcher._turn([Result(url_id=second.url_id, worker=0, generation=generation,
+                                 state=jobs.COMPLETE, attempts=1, link="https://i.test/b.png")])
+        assert dispatcher.host_full() is None
+    finally:
+        store.close()
+
+
+def test_a_full_store_is_said_to_be_full_while_its_retry_is_not_due(tmp_path):
+    """The first POST meets the full disk; one just after is refused at once, as full too."""
+    store, dispatcher = embedded(tmp_path)
+    try:
+        pages = store._writer.execute("PRAGMA page_count").fetchone()[0]
+        store._writer.execute(f"PRAGMA max_page_count = {pages}")
+        refused = [Future(), Future()]
+        for n, future in enumerate(refused):
+            dispatcher._turn([_Submit(f"job-{n}", [f"https://example.test/{n}/{i}.png"
+                                                   for i in range(1000)], future)])
+        assert [type(future.exception()) for future in refused] == [StoreFull, StoreFull]
+    finally:
+        store.close()
+
+
+def namespaced(config: Path, disks: dict) -> list:
+    """The service's command, in a namespace where each directory of ``disks`` is a tmpfs
+    of that size."""
+    mounts = " && ".join(f"mount -t tmpfs -o size={size} tmpfs '{path}'"
+                         for path, size in disks.items())
+    return ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+            f'{mounts} && exec "$@"', "sh",
+            sys.executable, "-m", "uploader.cli", "--config", str(config)]
+
+
+def fill(path: Path) -> None:
+    """Write zeros to ``path`` until its disk is full."""
+    with open(path, "wb", buffering=0) as filler:
+        while True:
+            try:
+                filler.write(b"\0" * 65536)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                return
+
+
+def health(service) -> dict:
+    return requests.get(f"{service.url}/healthz", timeout=10).json()
+
+
+def test_a_full_disk_is_a_wait_with_its_reason_then_the_work_goes_on(make_config, backend,
+                                                                      image_source, tmp_path):
+    images, store = tmp_path / "images-disk", tmp_path / "store-disk"
+    images.mkdir()
+    store.mkdir()
+    config = make_config(local={"directory": str(images)},
+                         storage={"path": str(store / "store.sqlite3")})
+    disks = {images: "1m"} if backend == "postgresql" else {images: "1m", store: "8m"}
+    service = ServiceProcess(config, command=namespaced(config, disks)).start()
+    try:
+        seen = Path(f"/proc/{service.proc.pid}/root")  # the service's view of its disks
+        assert not (images / "filler").exists()
+        fill(seen / images.relative_to("/") / "filler")
+        assert not (images / "filler").exists()  # that disk is the namespace's alone
+
+        # The local host's disk is full: the URLs wait, saying why, and the health says so.
+        urls = [image_source.url_for(f"/img/full-{n}.png") for n in range(2)]
+        job_id = service.post_job(urls)
+
+        def all_waiting():
+            found = service.job(job_id)
+            return all((u["waiting"] or {}).get("reason") for u in found["urls"]) and found
+
+        job = wait_until(all_waiting)
+        for entry in job["urls"]:
+            assert entry["state"] == jobs.IN_FLIGHT and entry["attempts"] == 1
+            assert entry["waiting"]["reason"] == ("the local image directory is full (No space "
+                                                  "left on device); trying again")
+        said = wait_until(lambda: (h := health(service))["status"] == "degraded" and h)
+        assert said["degraded"] == ["the local image directory is full (No space left on "
+                                    "device); trying again (2 URLs waiting)"]
+
+        # Room again: the images go up, nothing failed, the health is ok.
+        os.unlink(seen / images.relative_to("/") / "filler")
+        job = service.wait_job(job_id, timeout=60)
+        assert job["uploaded"]["failed"] == [] and len(job["uploaded"]["complete"]) == 2
+        assert all(u["waiting"] is None and u["attempts"] == 1 for u in job["urls"])
+        assert requests.get(job["urls"][0]["link"], timeout=10).status_code == 200
+        assert wait_until(lambda: health(service)["status"] == "ok")
+
+        if backend == "sqlite":  # the embedded store's disk is full: POST says so
+            fill(seen / store.relative_to("/") / "filler")
+            refused = requests.post(f"{service.url}/v1/images/upload", timeout=30, json={
+                "urls": [image_source.url_for(f"/img/later-{n}.png") for n in range(100)]})
+            assert refused.status_code == 503 and refused.headers["Retry-After"]
+            assert refused.json() == {"error": "the store is full (its disk has no space left); "
+                                               "retry once space is freed"}
+            os.unlink(seen / store.relative_to("/") / "filler")
+            again = wait_until(lambda: (answer := requests.post(  # once its retry is due
+                f"{service.url}/v1/images/upload", timeout=30, json={"urls": [
+                    image_source.url_for("/img/after-full.png")]})).status_code == 202 and answer)
+            assert service.wait_job(again.json()["jobId"])["uploaded"]["failed"] == []
+        log = service.read_log()
+        assert "Traceback" not in log and "internal error" not in log
+    finally:
+        service.kill()
