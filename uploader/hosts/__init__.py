@@ -47,7 +47,8 @@ class Uploaded:
 class ImageHost(Protocol):
     """What the service needs of a host."""
 
-    name: str
+    name: str  # its word in config, store and logs: imgur, local, s3
+    label: str  # how people call it, in reasons the job body shows: "Imgur", "S3"
 
     def upload(self, data: bytes, *, filename: str, mime: str) -> Uploaded:
         """Upload ``data``; return its link or raise a ``HostError``."""

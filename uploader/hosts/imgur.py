@@ -53,6 +53,7 @@ class ImgurHost:
     calls go through it."""
 
     name = "imgur"
+    label = "Imgur"
 
     def __init__(self, *, api_url, access_token="", client_id="", timeout_seconds=30.0,
                  session=None, user_agent="image-service/0.1", pool_size=32):
