@@ -43,6 +43,8 @@ class SlowFirstToken:
 
 
 class Report:
+    """What the worker's per-URL report offers the upload policy."""
+
     grant_open = False
     attempts = 1
     rate = None

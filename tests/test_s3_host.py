@@ -19,6 +19,7 @@ from uploader.page import image_origins
 from uploader.shared.embedded import Coordinator
 
 from .support import loopback_only, write_config
+from .test_citizen import Report
 
 KEY_ID, SECRET = "AKIDTESTS3HOST", "s3cr3t-never-shown-anywhere"
 CHECKSUM_HEADERS = ("x-amz-checksum-", "x-amz-sdk-checksum-algorithm")
@@ -142,24 +143,6 @@ def test_empty_keys_leave_credentials_to_boto3s_chain(s3_proxy, bucket, monkeypa
             png(11), filename="a.png", mime="image/png")
     (sent,) = s3_proxy.uploads()
     assert "Credential=from-the-environment/" in sent.headers["authorization"]
-
-
-class Report:
-    """What the worker's per-URL report offers the upload policy."""
-
-    grant_open = False
-    attempts = 1
-    rate = None
-    grants_given_back = 0
-
-    def describe(self):
-        return "a URL"
-
-    def waiting(self, until, why):
-        pass
-
-    def retrying(self):
-        self.attempts += 1
 
 
 def policy(host, coordinator):
