@@ -83,7 +83,7 @@ def test_the_service_stores_images_in_a_bucket(start_service, image_source, moto
 
     # A SlowDown pauses every upload: once the first URL waits for it, a new job's
     # uploads all reach S3 only after the pause.
-    s3_proxy.fail_next(1, "slowdown", retry_after=3)
+    s3_proxy.fail_next(1, "slowdown", retry_after=2)
     first = submit(service, [url("/s3/5.png")], ALICE)
     waiting = wait_until(lambda: api(service, "GET", f"/v1/images/upload/{first}", ALICE)
                          .json()["urls"][0]["waiting"])
@@ -94,7 +94,7 @@ def test_the_service_stores_images_in_a_bucket(start_service, image_source, moto
     assert all(u["state"] == "complete" for job in jobs for u in job["urls"])
     held = [r for r in s3_proxy.uploads() if r.key in {key_of(png(n)) for n in range(5, 12)}
             and r is not slowed]
-    assert len(held) == 7 and all(r.at >= slowed.at + 3 for r in held)
+    assert len(held) == 7 and all(r.at >= slowed.at + 2 for r in held)
 
     # The page lets thumbnails load from where the links point.
     csp = requests.get(service.url + "/", timeout=10).headers["Content-Security-Policy"]
