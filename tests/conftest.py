@@ -1,14 +1,22 @@
-"""Shared fixtures: the local image source, the fake Imgur, PostgreSQL, and the real service.
+"""Shared fixtures: the local image source, the fake Imgur, S3 (moto), PostgreSQL, and the
+real service.
 
 Every test that runs the service does so on both storage backends: ``backend`` is a
 fixture parameter (``sqlite``, ``postgresql``), and ``storage`` is the matching
 ``storage`` section: a SQLite file in the test's directory, or a fresh database on the
 session's throwaway PostgreSQL server (short leases, so drills do not wait long).
 """
+import os
+
 import pytest
 
 from tests.fakes.image_source import ImageSource
 from tests.fakes.imgur import FakeImgur
+from tests.fakes.s3 import MotoS3, S3FaultProxy
+
+# boto3 (in the tests and in every service they start) never looks for credentials beyond
+# this machine: no instance metadata service, whatever a test leaves unconfigured.
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
 from .postgres_server import PostgresServer
 from .support import ServiceProcess, write_config
@@ -39,6 +47,20 @@ def fake_imgur():
         imgur.set_budgets(user_limit=10**6, user_remaining=10**6, client_limit=10**7,
                           client_remaining=10**7, post_limit=10**5, post_remaining=10**5)
         yield imgur
+
+
+@pytest.fixture(scope="session")
+def moto_s3():
+    """moto's S3 server on loopback for the session; each test makes buckets of its own."""
+    with MotoS3() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_proxy(moto_s3):
+    """A proxy in front of moto that fails requests when told (``fail_next``)."""
+    with S3FaultProxy(moto_s3.url) as proxy:
+        yield proxy
 
 
 @pytest.fixture(scope="session")

@@ -6,6 +6,7 @@ import types
 
 from uploader import jobs
 from uploader.config import BackoffConfig
+from uploader.errors import RetryableHostError
 from uploader.hosts import Uploaded
 from uploader.hosts.citizen import PoliteUploader
 from uploader.shared.embedded import Coordinator
@@ -16,6 +17,7 @@ OWNER = ("w0", 1)
 
 class RecordingHost:
     name = "imgur"
+    label = "Imgur"
     access_token = ""
 
     def __init__(self):
@@ -41,6 +43,8 @@ class SlowFirstToken:
 
 
 class Report:
+    """What the worker's per-URL report offers the upload policy."""
+
     grant_open = False
     attempts = 1
     rate = None
@@ -51,6 +55,9 @@ class Report:
 
     def waiting(self, until, why):
         pass
+
+    def retrying(self):
+        self.attempts += 1
 
 
 def test_a_grant_held_up_past_its_moment_is_given_back_not_used_late():
@@ -127,3 +134,27 @@ def test_a_worker_reports_its_grants_given_back_in_the_urls_result():
     assert report.result(jobs.COMPLETE).grants_given_back == 0
     report.grants_given_back += 1  # what PoliteUploader._held_up does
     assert report.result(jobs.COMPLETE, link="https://i.example/a.png").grants_given_back == 1
+
+
+class SlowDownOnce(RecordingHost):
+    """A host whose first answer asks the whole service to slow down (S3's SlowDown)."""
+
+    name, label = "s3", "S3"
+
+    def upload(self, data, *, filename, mime):
+        super().upload(data, filename=filename, mime=mime)
+        if len(self.sent) == 1:
+            raise RetryableHostError("S3 bucket 'b': SlowDown", retry_after=0.3, pool_wide=True)
+        return Uploaded(link=f"https://s3.example/{filename}")
+
+
+def test_a_pool_wide_error_pauses_the_gate_with_a_reason_naming_the_host():
+    coordinator = Coordinator({"rate": 0, "burst": 1, "host": "S3"})  # S3's gate
+    host = SlowDownOnce()
+    uploader = PoliteUploader(host, coordinator=coordinator, credentials=None, owner=OWNER,
+                              max_attempts=3, backoff=BackoffConfig())
+    report = Report()
+    uploader.upload(b"x", filename="a.png", mime="image/png", report=report)
+    assert report.attempts == 2 and len(host.sent) == 2
+    assert host.sent[1] - host.sent[0] >= 0.3  # the second try only after the pause
+    assert coordinator.gate.state.pause_why == "S3 asked us to slow down: S3 bucket 'b': SlowDown"

@@ -192,6 +192,31 @@ def test_identical_bytes_are_uploaded_once_across_instances(cluster, image_sourc
     assert len({e["link"] for e in entries}) == 3
 
 
+def test_two_instances_sharing_a_bucket_store_identical_bytes_once(cluster, image_source,
+                                                                   moto_s3, s3_proxy):
+    """S3 keys an object by its bytes: whichever instance uploads them, one key, one link;
+    and the cluster's dedup uploads them once."""
+    from .test_s3 import key_of, s3_config
+    from .test_s3_host import png
+
+    bucket = moto_s3.new_bucket()
+    a, b = cluster(2, workers={"processes": 2, "uploads_per_process": 4},
+                   **s3_config(s3_proxy.url, bucket))
+    for n in range(12):
+        image_source.add(f"/s3-cluster/{n}.png", png(n % 3))
+    urls = [image_source.url_for(f"/s3-cluster/{n}.png") for n in range(12)]
+    first, second = a.post_job(urls[:6:2]), b.post_job(urls[1:6:2])  # at the same moment
+    jobs = [a.wait_job(first), b.wait_job(second)]
+    late = b.wait_job(b.post_job(urls[6:]))  # the other instance's links, reused
+    entries = jobs[0]["urls"] + jobs[1]["urls"] + late["urls"]
+    assert all(e["state"] == "complete" for e in entries)
+    assert {e["link"] for e in entries} == {f"{s3_proxy.url}/{bucket}/{key_of(png(n))}"
+                                            for n in range(3)}
+    assert all(e["reused"] for e in late["urls"])
+    assert sorted(r.key for r in s3_proxy.uploads()) == sorted(key_of(png(n)) for n in range(3))
+    assert moto_s3.keys(bucket) == sorted(key_of(png(n)) for n in range(3))
+
+
 def test_an_expired_token_is_refreshed_once_for_the_whole_cluster(cluster, image_source,
                                                                     fake_imgur):
     fake_imgur.expire_token("test-token")

@@ -235,6 +235,15 @@ def test_error_names_the_file(tmp_path):
     ({"fetch": {"denied_hosts": ["300.1.1.1"]}}, "fetch.denied_hosts[0]"),
     ({"fetch": {"denied_hosts": ["*."]}}, "fetch.denied_hosts[0]"),
     ({"fetch": {"denied_hosts": ["-bad.com"]}}, "fetch.denied_hosts[0]"),
+    ({"s3": {"bucket": "a/b"}}, "s3.bucket"),
+    ({"s3": {"bucket": "ab"}}, "s3.bucket"),
+    ({"s3": {"endpoint_url": "minio:9000"}}, "s3.endpoint_url"),
+    ({"s3": {"public_url": "cdn.example.com/img"}}, "s3.public_url"),
+    ({"s3": {"prefix": "/images/"}}, "s3.prefix"),
+    ({"s3": {"region": ""}}, "s3.region"),
+    ({"s3": {"addressing_style": "dns"}}, "s3.addressing_style"),
+    ({"image_host": "s3"}, "image_host"),
+    ({"s3": {"access_key_id": "AKIAEXAMPLE"}}, "s3.access_key_id"),
     ({"storage": {"path": None}}, "storage.path"),
     ({"logging": {"level": "TRACE"}}, "logging.level"),
     ({"logging": {"format": "xml"}}, "logging.format"),
@@ -284,6 +293,11 @@ def test_top_level_must_be_a_mapping(tmp_path, text):
     ({"imgur": {"client_secret": "s", "refresh_token": "r"}}, {}, "local"),
     ({"image_host": "local", "imgur": {"access_token": "t"}}, {}, "local"),
     ({"image_host": "imgur"}, {"IMGUR_CLIENT_ID": "c"}, "imgur"),
+    ({"s3": {"bucket": "images"}}, {}, "s3"),
+    ({"s3": {"bucket": "images"}, "imgur": {"access_token": "t"}}, {}, "s3"),  # s3 wins
+    ({"s3": {"bucket": "images"}}, {"ACCESS_TOKEN": "t"}, "s3"),
+    ({"image_host": "imgur", "s3": {"bucket": "images"}}, {"ACCESS_TOKEN": "t"}, "imgur"),
+    ({"image_host": "local", "s3": {"bucket": "images"}}, {}, "local"),
 ])
 def test_auto_host_resolution(data, environ, host):
     assert build(data, **environ).resolved_image_host == host
@@ -291,6 +305,30 @@ def test_auto_host_resolution(data, environ, host):
 
 def test_explicit_imgur_without_credentials_names_image_host():
     assert error_of({"image_host": "imgur"}).startswith("<dict>: image_host: ")
+
+
+def test_s3_without_a_bucket_says_what_is_missing():
+    assert error_of({"image_host": "s3"}) == (
+        "<dict>: image_host: 's3' needs s3.bucket, the bucket images are stored in")
+
+
+@pytest.mark.parametrize("s3, base", [
+    ({"bucket": "pics", "public_url": "https://cdn.example.com/img/"}, "https://cdn.example.com/img"),
+    ({"bucket": "pics", "endpoint_url": "http://127.0.0.1:9000/"}, "http://127.0.0.1:9000/pics"),
+    ({"bucket": "pics", "region": "eu-west-3"}, "https://pics.s3.eu-west-3.amazonaws.com"),
+])
+def test_s3_links_are_public_url_or_derived_from_endpoint_and_bucket(s3, base):
+    assert build({"s3": s3}).s3.link_base == base
+
+
+def test_s3_secrets_are_hidden_in_redacted_and_repr():
+    config = build({"s3": {"bucket": "pics", "access_key_id": "AKIDSECRETLOOKING",
+                           "secret_access_key": "s3cr3t-access-key"}})
+    shown = config.redacted()["s3"]
+    assert shown["access_key_id"] == shown["secret_access_key"] == "***"
+    assert shown["bucket"] == "pics"
+    assert "s3cr3t" not in repr(config) and "AKIDSECRET" not in repr(config)
+    assert "s3cr3t" not in error_of({"s3": {"secret_access_key": ["s3cr3t"]}})
 
 
 def test_redacted_hides_set_secrets_only():

@@ -136,3 +136,12 @@ def test_while_probing_a_batch_sends_one_upload_and_holds_the_rest():
     assert gate.in_flight == 1
     gate.observe(report(user=(100, 60), client=(1000, 60), post=(100, 60)), ("w0", 1))
     assert all(granted for granted, _, _ in gate.reserve_many(3, ("w0", 1)))
+
+
+def test_a_host_without_budgets_never_probes():
+    gate = _UploadGate(rate=0, burst=1, host="S3")  # what S3 gets: no pace, no budgets
+    answers = gate.reserve_many(3, ("w0", 1))
+    assert [granted for granted, _, _ in answers] == [True] * 3  # nobody waits for a first answer
+    gate.pause(60, "S3 asked us to slow down")
+    granted, _, why = gate.reserve(("w0", 1))
+    assert not granted and why == "S3 asked us to slow down"  # a pause still holds everyone

@@ -547,3 +547,103 @@ def test_a_turns_look_at_the_queue_reads_its_index_however_long_the_queue(postgr
                 "SEARCH urls USING INDEX urls_queued (suspect=?)"], plan
     finally:
         conn.close()
+
+
+def finish_all(store, finishes):
+    """Finish URLs together (PostgreSQL: as one batch) and each alone (one by one)."""
+    with store.transaction():
+        return store.finish_many(finishes)
+
+
+def image_ids(store, job_id):
+    return [u["image_id"] for u in job(store, job_id)["urls"]]
+
+
+def test_one_link_held_by_two_accounts_is_each_ones_own(store):
+    """S3 names an object by its bytes: two accounts uploading one image get one link,
+    each with its own image id, listing and deletion."""
+    same = "https://s3.example/pics/ab12.png"
+    with store.transaction():
+        store.create_job("a-job", ["https://a.example/x.png", "https://a.example/y.png"],
+                         account="alice")
+        store.create_job("b-job", ["https://b.example/x.png"], account="bob")
+        tasks = store.claim(10)
+    by_url = {task.url: task for task in tasks}
+    alice, bob = by_url["https://a.example/x.png"], by_url["https://b.example/x.png"]
+    finish_all(store, [(alice, jobs.COMPLETE, dict(attempts=1, link=same, sha256="ab", host="s3",
+                                                  deletehash="ab12.png")),
+                       (bob, jobs.COMPLETE, dict(attempts=1, link=same, sha256="ab", host="s3",
+                                                deletehash="ab12.png"))])
+    (alice_id, _), (bob_id,) = image_ids(store, "a-job"), image_ids(store, "b-job")
+    assert alice_id and bob_id and alice_id != bob_id
+    assert store.image(alice_id, "alice")[0] == store.image(bob_id, "bob")[0] == same
+    assert store.image(alice_id, "bob") is None
+    for account in ("alice", "bob"):
+        with store.links(10, account) as pages:
+            assert list(pages) == [[same]]
+    assert store.held_elsewhere(same, "alice") and store.held_elsewhere(same, "bob")
+    with store.transaction():
+        assert store.mark_deleted(bob_id, "bob")
+    assert not store.held_elsewhere(same, "alice")  # only Alice's is left
+    assert store.held_elsewhere(same, "bob")
+    assert job(store, "a-job")["urls"][0]["deleted"] is False
+    assert job(store, "b-job")["urls"][0]["deleted"] is True
+
+
+def test_bytes_uploaded_again_after_their_deletion_are_live_again(store):
+    """The same bytes to S3 after their link was deleted: the same link, live again under
+    a new image id, listed as the newest; a reused link keeps its row."""
+    same, other = "https://s3.example/pics/ab12.png", "https://s3.example/pics/cd34.png"
+    with store.transaction():
+        first, second, third = store.claim(3)
+    finish_all(store, [(first, jobs.COMPLETE, dict(attempts=1, link=same, sha256="ab",
+                                                   host="s3", deletehash="ab12.png")),
+                       (second, jobs.COMPLETE, dict(attempts=1, link=other, sha256="cd",
+                                                    host="s3", deletehash="cd34.png"))])
+    old_id = image_ids(store, "job-1")[0]
+    with store.transaction():
+        assert store.mark_deleted(old_id, "")
+    with store.transaction():
+        store.create_job("again", ["https://a.example/again.png", "https://a.example/more.png"])
+        tasks = store.claim(2)
+    finish_all(store, [(tasks[0], jobs.COMPLETE, dict(attempts=1, link=same, sha256="ab",
+                                                      host="s3", deletehash="ab12.png")),
+                       (tasks[1], jobs.COMPLETE, dict(attempts=1, link=other, sha256="cd",
+                                                      host="s3", reused=True))])
+    new_id = image_ids(store, "again")[0]
+    assert new_id and new_id != old_id
+    assert store.image(old_id, "") is None and store.image(new_id, "")[0] == same
+    assert job(store, "job-1")["urls"][0]["deleted"] is False  # the link lives again
+    with store.links(10) as pages:
+        assert list(pages) == [[other, same]]
+    assert image_ids(store, "again")[1] == image_ids(store, "job-1")[1]  # reused: one row
+
+
+def test_links_made_before_they_were_per_account_keep_their_rows_and_ids(storage, backend):
+    """Migration 7 makes the links table anew (SQLite cannot drop a column's UNIQUE)."""
+    run = sql_of(storage)
+    store = open_store(StorageConfig(**storage), "me")
+    with store.transaction():
+        store.create_job("old", URLS[:2])
+        tasks = store.claim(2)
+        for n, task in enumerate(tasks):
+            store.finish(task, jobs.COMPLETE, attempts=1, link=f"https://i.example/{n}.png",
+                         sha256=f"s{n}", host="local", deletehash=f"{n}.png")
+    store.close()
+    before = run("SELECT id, link, sha256, host, created, account, image_id, deletehash,"
+                 " deleted FROM links ORDER BY id")
+    run("UPDATE schema_version SET version = 6")  # as a store made before it
+    open_store(StorageConfig(**storage), "me").close()
+    assert run("SELECT version FROM schema_version") == [(schema.LATEST,)]
+    assert run("SELECT id, link, sha256, host, created, account, image_id, deletehash,"
+               " deleted FROM links ORDER BY id") == before
+    store = open_store(StorageConfig(**storage), "me")
+    with store.transaction():
+        store.create_job("new", ["https://a.example/new.png"], account="someone")
+        (task,) = store.claim(1)
+        store.finish(task, jobs.COMPLETE, attempts=1, link="https://i.example/0.png",
+                     sha256="s0", host="local")  # a link the table had, for another account
+    store.close()
+    rows = run("SELECT id, account FROM links ORDER BY id")
+    assert rows[:2] == [(before[0][0], ""), (before[1][0], "")]
+    assert rows[2][0] > before[1][0] and rows[2][1] == "someone"  # a second row, a new id

@@ -1,9 +1,9 @@
 """``bin/serve``: load the configuration, start the service, stop it cleanly on a signal.
 
 Exit codes: 0 after a clean stop, 2 for a bad configuration or a start that cannot
-happen (the store in use, unreachable, damaged or not writable, the image directory not
-writable, the port taken: one line says which), 3 when the worker machinery broke and a
-supervisor should restart the service.
+happen (the store in use, unreachable, damaged or not writable, the image directory or
+the S3 bucket not writable, the port taken: one line says which), 3 when the worker
+machinery broke and a supervisor should restart the service.
 """
 import argparse
 import asyncio
@@ -33,7 +33,7 @@ def parse_args(argv):
                              "else the built-in defaults of config/default.yaml)")
     parser.add_argument("--check-config", action="store_true",
                         help="validate the configuration and what it names (store, directories, "
-                             "database), print it with secrets hidden, and exit")
+                             "database, S3 bucket), print it with secrets hidden, and exit")
     parser.add_argument("--dev", action="store_true",
                         help="try it on this machine: fetch from loopback and private networks, "
                              "listen on 127.0.0.1 only (never where others can reach it)")
@@ -110,12 +110,19 @@ async def serve(config) -> int:
 
 
 def describe_host(config) -> None:
-    if config.resolved_image_host == "imgur":
+    if config.resolved_image_host == "s3":
+        s3 = config.s3
+        log.info("image host: S3, bucket %s at %s, links under %s/", s3.bucket,
+                 s3.endpoint_url or f"AWS S3 ({s3.region})", s3.link_base)
+        if config.image_host == "auto" and config.imgur_credentials:
+            log.info("Imgur credentials are set too; image_host auto picks s3 when s3.bucket "
+                     "is set (say image_host: imgur to use Imgur)")
+    elif config.resolved_image_host == "imgur":
         auth = "access token" if config.imgur.access_token else "client id"
         log.info("image host: Imgur at %s (%s)", config.imgur.api_url, auth)
     else:
-        log.info("image host: local, files in %s served at %s/i/ - set ACCESS_TOKEN or "
-                 "IMGUR_CLIENT_ID (or imgur.* in the config) to upload to Imgur instead",
+        log.info("image host: local, files in %s served at %s/i/ - set s3.bucket (see "
+                 "README: Using S3-compatible storage) to store images in a bucket instead",
                  config.local.directory, config.server.base_url)
 
 

@@ -60,9 +60,10 @@ def _one_of(*choices):
 
 def _opt(default, check=None, *, secret=False, normalize=None, shown=None):
     """A setting: its default, its check, whether to hide it (or ``shown``: how to print it
-    with its secret part hidden), how to normalise it."""
-    return field(default=default, metadata={"check": check, "secret": secret,
-                                            "normalize": normalize, "shown": shown})
+    with its secret part hidden), how to normalise it. A secret is left out of ``repr``."""
+    return field(default=default, repr=not secret,
+                 metadata={"check": check, "secret": secret, "normalize": normalize,
+                           "shown": shown})
 
 
 def _section(cls):
@@ -166,6 +167,41 @@ class LocalConfig:
     directory: str = _opt("data/images", NON_EMPTY)
 
 
+_BUCKET = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,61}[A-Za-z0-9]$")  # lenient: some stores
+BUCKET_NAME = (lambda v: v == "" or bool(_BUCKET.match(v)),  # allow capitals and underscores
+               'a bucket name (3-63 letters, digits, dots, hyphens, underscores) or ""')
+KEY_PREFIX = (lambda v: not v.startswith("/") and v.isprintable() and len(v) <= 512,
+              "a key prefix such as images/ (printable, not starting with /)")
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """S3-compatible object storage (AWS S3, R2, B2, Spaces, Ceph, Garage, SeaweedFS).
+
+    Empty keys leave boto3's own chain to find credentials (env AWS_ACCESS_KEY_ID /
+    AWS_SECRET_ACCESS_KEY with AWS_SESSION_TOKEN, the shared credentials file, an instance
+    role); keys given here win over them. ``public_url`` empty is derived: ``link_base``."""
+
+    bucket: str = _opt("", BUCKET_NAME)
+    endpoint_url: str = _opt("", OPTIONAL_URL)
+    region: str = _opt("us-east-1", NON_EMPTY)
+    prefix: str = _opt("", KEY_PREFIX)
+    public_url: str = _opt("", OPTIONAL_URL)
+    addressing_style: str = _opt("auto", _one_of("auto", "path", "virtual"))
+    access_key_id: str = _opt("", secret=True)
+    secret_access_key: str = _opt("", secret=True)
+
+    @property
+    def link_base(self):
+        """Where links point (no trailing slash): ``public_url``; else, with an endpoint,
+        the bucket in path style on it; else the bucket's own AWS address."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        if self.endpoint_url:
+            return f"{self.endpoint_url.rstrip('/')}/{self.bucket}"
+        return f"https://{self.bucket}.s3.{self.region}.amazonaws.com"
+
+
 @dataclass(frozen=True)
 class FetchConfig:
     """Limits on downloading source images; host lists take names, ``*.suffix``, IPs or CIDRs.
@@ -255,9 +291,10 @@ class Config:
 
     server: ServerConfig = _section(ServerConfig)
     workers: WorkersConfig = _section(WorkersConfig)
-    image_host: str = _opt("auto", _one_of("auto", "imgur", "local"))
+    image_host: str = _opt("auto", _one_of("auto", "imgur", "local", "s3"))
     imgur: ImgurConfig = _section(ImgurConfig)
     local: LocalConfig = _section(LocalConfig)
+    s3: S3Config = _section(S3Config)
     fetch: FetchConfig = _section(FetchConfig)
     webhooks: WebhooksConfig = _section(WebhooksConfig)
     storage: StorageConfig = _section(StorageConfig)
@@ -265,16 +302,32 @@ class Config:
 
     @property
     def resolved_image_host(self):
-        """``imgur`` or ``local``: ``auto`` picks Imgur when there is a credential to use."""
+        """``s3``, ``imgur`` or ``local``. ``auto`` picks s3 when a bucket is named (even
+        beside Imgur credentials: a bucket is named only on purpose, while a token may be
+        left in the environment), else Imgur when there is a credential to use."""
         if self.image_host != "auto":
             return self.image_host
-        return "imgur" if self.imgur.access_token or self.imgur.client_id else "local"
+        if self.s3.bucket:
+            return "s3"
+        return "imgur" if self.imgur_credentials else "local"
+
+    @property
+    def imgur_credentials(self):
+        """True when an Imgur token or client id is configured."""
+        return bool(self.imgur.access_token or self.imgur.client_id)
 
     def validate(self):
         """Check rules that span several keys (each key alone was checked on load)."""
-        if self.image_host == "imgur" and not (self.imgur.access_token or self.imgur.client_id):
+        if self.image_host == "imgur" and not self.imgur_credentials:
             raise ConfigError("image_host: 'imgur' needs imgur.access_token or imgur.client_id"
                               " (or env ACCESS_TOKEN / IMGUR_CLIENT_ID)")
+        if self.image_host == "s3" and not self.s3.bucket:
+            raise ConfigError("image_host: 's3' needs s3.bucket, the bucket images are stored in")
+        if bool(self.s3.access_key_id) != bool(self.s3.secret_access_key):
+            raise ConfigError("s3.access_key_id: goes with s3.secret_access_key: set both,"
+                              " or neither to let boto3 find credentials itself (env"
+                              " AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws/credentials,"
+                              " an instance role)")
         if self.imgur.backoff.max_seconds < self.imgur.backoff.base_seconds:
             raise ConfigError("imgur.backoff.max_seconds: must be >= imgur.backoff.base_seconds")
 
@@ -293,7 +346,7 @@ ENV_OVERRIDES = {
     "DATABASE_URL": "storage.url",
     "UPLOADER_API_KEYS": "server.api_keys",  # comma-separated
     "WEBHOOK_SECRET": "webhooks.secret",
-}
+}  # AWS_ACCESS_KEY_ID and the like are boto3's own: its chain reads them when s3.* keys are empty
 
 
 def load_config(path=None, *, environ=None):

@@ -38,9 +38,13 @@ def image_origins(config) -> list:
     """Where the links of the configured image host point, for the thumbnails.
 
     The local host links to ``server.base_url`` (``public_url``, else
-    ``http://localhost:<port>``). Imgur links to ``https://i.imgur.com``; an ``imgur.api_url``
-    other than Imgur's own (a stand-in such as ``bin/fake-imgur``) serves its links itself,
-    so its origin is added. Links made under an earlier configuration are not covered."""
+    ``http://localhost:<port>``); S3 to ``s3.link_base`` (``s3.public_url``, else derived
+    from the endpoint and bucket). Imgur links to ``https://i.imgur.com``; an
+    ``imgur.api_url`` other than Imgur's own (a stand-in such as ``bin/fake-imgur``) serves
+    its links itself, so its origin is added. Links made under an earlier configuration
+    are not covered."""
+    if config.resolved_image_host == "s3":
+        return [origin(config.s3.link_base)]
     if config.resolved_image_host == "imgur":
         origins = [IMGUR_IMAGES]
         if origin(config.imgur.api_url) != IMGUR_API:

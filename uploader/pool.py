@@ -94,8 +94,10 @@ class WorkerPool:
         self.on_event = on_event
         self.ctx = multiprocess.get_context("forkserver")
         # The fork server imports the worker's modules once; each worker is then a fork of
-        # it (single-threaded, so safe), instead of a new interpreter importing everything.
-        self.ctx.set_forkserver_preload(["uploader.worker"])
+        # it (single-threaded, so safe), instead of a new interpreter importing everything
+        # (boto3 too, for S3: half a second a worker).
+        host_modules = ["uploader.hosts.s3"] if config.resolved_image_host == "s3" else []
+        self.ctx.set_forkserver_preload(["uploader.worker", *host_modules])
         self.workers: Dict[int, WorkerHandle] = {}
         self._generation = 0
         self._closing = False

@@ -1,8 +1,9 @@
 """What would stop the service once started, found before it starts: one line each.
 
 ``bin/serve`` runs these checks before it opens anything, and ``--check-config`` runs them
-too (with a database connection attempt), so an unwritable store, a damaged SQLite file
-or an unreachable database is one clear line and exit code 2, not a traceback later.
+too (with a database connection attempt), so an unwritable store, a damaged SQLite file,
+an unreachable database or an S3 bucket we cannot write to is one clear line and exit
+code 2, not a traceback later (or every URL failing).
 """
 import os
 from typing import List
@@ -23,7 +24,21 @@ def problems(config, *, connect: bool = False) -> List[str]:
         found += _sqlite_problems(storage.path)
     if config.resolved_image_host == "local":
         found += _directory_problems(config.local.directory, "local.directory (the images)")
+    if config.resolved_image_host == "s3":
+        found += _bucket_problems(config.s3)
     return found
+
+
+def _bucket_problems(s3) -> List[str]:
+    """The bucket exists and takes (and gives up) an object: a probe written and deleted."""
+    from .errors import HostError
+    from .hosts.s3 import S3Host
+
+    try:
+        S3Host.from_config(s3).probe()
+    except HostError as exc:  # its reason names the bucket, the step and the cause
+        return [str(exc)]
+    return []
 
 
 def _sqlite_problems(path: str) -> List[str]:

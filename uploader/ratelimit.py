@@ -13,13 +13,17 @@ is closed by exactly one ``observe()`` when the upload's answer (or failure) is 
 things can make an upload wait:
 
 - the token bucket (``imgur.rate_limit``: uploads per second and burst);
-- a pause, set when any worker sees a 429 or "too fast" (``pause``), honouring Retry-After;
+- a pause, set when any worker sees a 429 or "too fast" (S3: SlowDown) (``pause``),
+  honouring Retry-After;
 - the host's budgets, as each answer reports what is left (``observe``). What was last
   reported, less the cost of every upload still in flight and of the next one, may not
   fall below the configured reserve; when it would, every upload waits for that budget's
   reset. While the host has not yet said what is left (at start, after a reset), one
   upload goes first as a probe. So the service never knowingly sends the request that
   exhausts a budget.
+
+A host with no budgets and no pace (S3: ``rate`` 0, no ``costs``) passes every upload at
+once; only a pause holds them.
 """
 import threading
 import time
@@ -179,9 +183,10 @@ class GateRules:
             state.paused_until, state.pause_why = until, why
 
     def _probing(self, state: GateState, budgets: Dict[str, Budget]) -> bool:
-        """True while a budget the host reports is unknown (the next answer tells)."""
-        return state.observed == 0 or any(
-            b.reported and b.remaining is None for b in budgets.values())
+        """True while a budget the host reports is unknown (the next answer tells). A host
+        without budgets (S3) has nothing to find out: it never probes."""
+        return bool(budgets) and (state.observed == 0 or any(
+            b.reported and b.remaining is None for b in budgets.values()))
 
 
 class UploadGate:

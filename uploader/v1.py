@@ -189,7 +189,9 @@ class ImagesHandler(BaseHandler):
 
 class ImageHandler(BaseHandler):
     """DELETE /v1/images/<image_id>: delete the image at its host; its link leaves the
-    listing, and its bytes are uploaded afresh if they come again."""
+    listing, and its bytes are uploaded afresh if they come again. A link another account
+    holds too (S3 gives identical bytes one link) stays at the host for them: only this
+    account's hold on it ends."""
 
     guarded = True
 
@@ -203,9 +205,11 @@ class ImageHandler(BaseHandler):
             raise ApiError(409, f"image {image_id} is on the {host} host, which this service "
                                 "no longer uses; delete it there")
         later = None
+        shared = await self.in_reader(service.store.held_elsewhere, link, account)
         try:
-            await asyncio.get_running_loop().run_in_executor(None, service.delete_at_host,
-                                                             deletehash)
+            if not shared:
+                await asyncio.get_running_loop().run_in_executor(None, service.delete_at_host,
+                                                                 deletehash)
         except RetryableHostError as exc:  # recorded below and tried again until done
             later = str(exc)
         except HostError as exc:
@@ -226,6 +230,7 @@ class ImageHandler(BaseHandler):
         except Exception as exc:  # the embedded index may still hold it: only until restart
             log.warning("could not drop image %s from the dedup index: %s", image_id, exc)
         log.info("image %s deleted (%s)%s", image_id, link,
+                 "; another account holds the same link: kept at the host" if shared else
                  f"; the host will be asked again: {later}" if later else "")
         self.set_status(204)
         self.finish()

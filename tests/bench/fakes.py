@@ -11,25 +11,33 @@ from . import REPO, TOKEN
 from .measure import cpu_seconds
 
 HUGE_BUDGET = 10**12
+S3_BUCKET = "bench"
 
 
 def serve_fake(kind: str, latency: float) -> None:
     """Child process entry: run one fake, print its URL, serve until stdin closes.
 
     The fake Imgur keeps no image bytes (the large scenario uploads GBs) and has budgets
-    too large to matter.
+    too large to matter. ``s3`` is moto's S3 server with the bucket ``S3_BUCKET`` (it keeps
+    what it is sent, in memory; ``latency`` does not apply).
     """
     from tests.fakes.image_source import ImageSource
     from tests.fakes.imgur import FakeImgur
+    from tests.fakes.s3 import MotoS3
 
     logging.basicConfig(level=logging.WARNING)
-    if kind == "imgur":
+    if kind == "s3":
+        fake = MotoS3()
+        fake.start()
+        fake.client().create_bucket(Bucket=S3_BUCKET)
+    elif kind == "imgur":
         fake = FakeImgur(access_tokens=(TOKEN,), keep_images=False)
         fake.set_budgets(user_limit=HUGE_BUDGET, client_limit=HUGE_BUDGET, post_limit=HUGE_BUDGET)
     else:
         fake = ImageSource()
-    fake.latency = latency
-    fake.start()
+    if kind != "s3":
+        fake.latency = latency
+        fake.start()
     print(fake.url, flush=True)
     sys.stdin.read()  # EOF when the bench closes the pipe or dies
     fake.stop()
@@ -41,7 +49,7 @@ def sized_urls(source: str, nbytes: int, count: int, tag: str) -> list:
 
 
 class FakeProcess:
-    """A fake (``imgur`` or ``source``) in a child process of its own process group."""
+    """A fake (``imgur``, ``source`` or ``s3``) in a child process of its own process group."""
 
     def __init__(self, kind: str, latency: float = 0.0):
         self.kind, self.latency = kind, latency
@@ -83,7 +91,9 @@ def child_env() -> dict:
     """The bench's environment minus the service's settings, with the repository importable."""
     env = {k: v for k, v in os.environ.items()
            if k not in ("ACCESS_TOKEN", "IMGUR_CLIENT_ID", "IMGUR_CLIENT_SECRET",
-                        "IMGUR_REFRESH_TOKEN", "PORT", "UPLOADER_CONFIG")}
+                        "IMGUR_REFRESH_TOKEN", "PORT", "UPLOADER_CONFIG")
+           and not k.startswith("AWS_")}
+    env["AWS_EC2_METADATA_DISABLED"] = "true"  # boto3 asks nothing beyond this machine
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
 

@@ -103,6 +103,7 @@ class Usage:
     bench_cpu: float = 0.0
     imgur_cpu: float = 0.0
     source_cpu: float = 0.0
+    s3_cpu: float = 0.0  # moto's, when the run uploads to S3
     machine_busy: float = 0.0  # fraction of all cores
     service_by_pid: dict = field(default_factory=dict)
 
@@ -115,15 +116,18 @@ def measure_usage(service_pgids, fakes, extra_pids=()):
     usage = Usage()
     pids = [pid for pgid in (service_pgids or ()) for pid in group_pids(pgid)] + list(extra_pids)
     per_pid = {pid: cpu_seconds([pid]) for pid in pids}
-    before = (time.perf_counter(), cpu_seconds(pids), time.process_time(),
-              fakes["imgur"].cpu_seconds(), fakes["source"].cpu_seconds(), machine_cpu())
+    def fake_cpu(kind):
+        return fakes[kind].cpu_seconds() if kind in fakes else 0.0
+
+    before = (time.perf_counter(), cpu_seconds(pids), time.process_time(), fake_cpu("imgur"),
+              fake_cpu("source"), fake_cpu("s3"), machine_cpu())
     yield usage
     usage.service_by_pid = {pid: cpu_seconds([pid]) - seconds for pid, seconds in per_pid.items()}
-    after = (time.perf_counter(), cpu_seconds(pids), time.process_time(),
-             fakes["imgur"].cpu_seconds(), fakes["source"].cpu_seconds(), machine_cpu())
-    usage.wall, usage.service_cpu, usage.bench_cpu, usage.imgur_cpu, usage.source_cpu = (
-        a - b for a, b in zip(after[:5], before[:5]))
-    busy, total = (a - b for a, b in zip(after[5], before[5]))
+    after = (time.perf_counter(), cpu_seconds(pids), time.process_time(), fake_cpu("imgur"),
+             fake_cpu("source"), fake_cpu("s3"), machine_cpu())
+    (usage.wall, usage.service_cpu, usage.bench_cpu, usage.imgur_cpu, usage.source_cpu,
+     usage.s3_cpu) = (a - b for a, b in zip(after[:6], before[:6]))
+    busy, total = (a - b for a, b in zip(after[6], before[6]))
     usage.machine_busy = busy / total if total else 0.0
 
 

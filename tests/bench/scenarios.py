@@ -19,7 +19,7 @@ from .measure import RssSampler, Usage, group_pids, median, percentile, rss_byte
 from .subjects import DENIED, POLL_SECONDS, Baseline, Run, ServiceUnderTest
 from .throughput import ThroughputScenarios
 
-SCENARIOS = ("latency", "cpu", "cluster", "large", "frontend", "scale")
+SCENARIOS = ("latency", "cpu", "cluster", "s3", "large", "frontend", "scale")
 BUSY_FAKE = 0.85  # a fake using this much of one core is (close to) the bottleneck
 
 

@@ -59,8 +59,10 @@ class ServiceUnderTest:
 
     def __init__(self, directory: Path, imgur_url: str, *, processes: int, slots: int,
                  storage: Optional[Path] = None, server: Optional[dict] = None,
-                 database: Optional[str] = None, lease_seconds: Optional[float] = None):
-        """``database``: a PostgreSQL URL (instances on one database act as one service)."""
+                 database: Optional[str] = None, lease_seconds: Optional[float] = None,
+                 host: Optional[dict] = None):
+        """``database``: a PostgreSQL URL (instances on one database act as one service);
+        ``host``: config sections that choose another image host than the fake Imgur."""
         self.directory = directory
         self.slots = processes * slots
         self.held = held(processes, slots)
@@ -79,6 +81,7 @@ class ServiceUnderTest:
                         **({"lease_seconds": lease_seconds} if lease_seconds else {})},
             "local": {"directory": str(directory / "images")},
             "logging": {"level": "INFO"},
+            **(host or {}),
         }
         self.config_path = directory / "service.yaml"
         self.config_path.write_text(yaml.safe_dump(config))

@@ -14,8 +14,13 @@ with no bookkeeping (what the bound leaves on this machine), and a naive script.
   twice as high; target: two do 1.6 x what one does), each beside the pipelined reference
   of its size; and two instances side by side with a script of as many threads as both
   have slots (the database's CPU counted as the service's).
+- ``s3``: the cpu workload (2,000 URLs of 20 KB in jobs of 200) through the embedded
+  service to S3 (moto, in a process of its own on loopback, which the bench starts), run
+  for run beside the same service with the ``local`` host: CPU per URL of each. moto is
+  the slow side of that wire (a Python server keeping every object): its throughput is
+  moto's, not S3's; what the service spends per URL is the figure.
 """
-from .fakes import sized_urls
+from .fakes import S3_BUCKET, FakeProcess, sized_urls
 from .measure import median
 from .subjects import Baseline, Pipelined, held
 
@@ -171,3 +176,50 @@ class ThroughputScenarios:
         ours, theirs = self.versus_naive(name, "two instances", head, baseline, quick,
                                          self.scaled(2000))
         self.record(name, rates=rates, service=ours, baseline=theirs)
+
+    def s3(self) -> None:
+        name, count = "s3", self.scaled(2000)
+        fakes = self.fakes()
+        fakes["s3"] = FakeProcess("s3").start()
+        self.stack.callback(fakes["s3"].stop)
+        hosts = {
+            "local": {"image_host": "local"},
+            "S3": {"image_host": "s3", "s3": {
+                "bucket": S3_BUCKET, "endpoint_url": fakes["s3"].url, "prefix": "bench/",
+                "access_key_id": "bench", "secret_access_key": "bench-secret"}},
+        }
+        services = {label: self.service(f"{name}-{label}", fakes, host=host)
+                    for label, host in hosts.items()}
+        slots = services["S3"].slots
+        print(f"{name}: {count} URLs of 20 KB in jobs of 200, {slots} slots (embedded), to S3"
+              " (moto on loopback), run for run beside the local host")
+        for label, service in services.items():  # workers started, code paths hot
+            service.run(sized_urls(fakes["source"].url, NBYTES, 2 * slots, f"warm-{label}"),
+                        2 * slots, fakes)
+        runs = {label: [] for label in services}
+        for r in range(self.repeat):
+            for label in (("local", "S3") if r % 2 == 0 else ("S3", "local")):
+                run = services[label].run(sized_urls(fakes["source"].url, NBYTES, count,
+                                                     f"{name}-{label}-{r}"), 200, fakes)
+                runs[label].append(run)
+                print(f"    {label:5} run {r + 1}: {run.urls} URLs in {run.seconds:.2f} s = "
+                      f"{run.rate:.0f}/s, {run.failed} failed, machine CPU busy "
+                      f"{run.usage.machine_busy:.0%}", flush=True)
+                if run.failed:
+                    self.notes.append(f"{name}: {label}: {run.failed} URLs failed in run {r + 1}")
+        for label, host_runs in runs.items():
+            self.add(name, f"{label} URLs/s", median(r.rate for r in host_runs), "URLs/s")
+            self.add(name, f"{label} CPU per URL (all its processes)",
+                     median(r.usage.service_cpu / r.urls for r in host_runs), "ms")
+            for role, seconds in services[label].cpu_by_role(host_runs[-1].usage).items():
+                if seconds:
+                    self.add(name, f"  of which {role} (last run)", seconds / host_runs[-1].urls,
+                             "ms")
+        self.add(name, "S3 / local CPU per URL", median(
+            s.usage.service_cpu / l.usage.service_cpu for s, l in zip(runs["S3"], runs["local"])),
+            "x")
+        self.add(name, "moto CPU per URL (not the service's)",
+                 median(r.usage.s3_cpu / r.urls for r in runs["S3"]), "ms")
+        self.add(name, "moto busy (max over runs, of 1 core)",
+                 max(r.usage.s3_cpu / r.usage.wall for r in runs["S3"] if r.usage.wall), "%")
+        self.record(name, runs=runs)

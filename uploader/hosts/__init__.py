@@ -1,13 +1,16 @@
 """Image hosts: where fetched bytes are re-hosted, and the policy of uploading there.
 
-Every host client offers ``upload(data, *, filename, mime) -> Uploaded`` and
-``delete(deletehash) -> bool`` (False: not there), and raises ``uploader.errors.HostError``
-subclasses on failure. A client knows nothing of
+Three hosts: ``s3`` (S3-compatible object storage), ``imgur`` and ``local`` (files the
+service serves itself). Every host client offers ``upload(data, *, filename, mime) ->
+Uploaded`` and ``delete(deletehash) -> bool`` (False: not there), and raises
+``uploader.errors.HostError`` subclasses on failure. A client knows nothing of
 jobs, queues or Tornado. What a host asks of the rest of the service is decided here,
-so the worker stays a generic pipeline: ``gate_settings`` (a shared upload gate and its
-credit costs: Imgur's), ``credential_settings`` (a token shared and refreshed by all:
-Imgur's) and ``build_uploader`` (the client wrapped in its upload policy).
+so the worker stays a generic pipeline: ``gate_settings`` (a shared upload gate: Imgur's
+with a pace and credit costs, S3's with neither, for its pauses), ``credential_settings``
+(a token shared and refreshed by all: Imgur's) and ``build_uploader`` (the client
+wrapped in its upload policy: ``citizen.PoliteUploader`` for Imgur and S3).
 """
+import email.utils
 import logging
 import time
 from dataclasses import dataclass, field
@@ -52,7 +55,8 @@ class Uploaded:
 class ImageHost(Protocol):
     """What the service needs of a host."""
 
-    name: str
+    name: str  # its word in config, store and logs: imgur, local, s3
+    label: str  # how people call it, in reasons the job body shows: "Imgur", "S3"
 
     def upload(self, data: bytes, *, filename: str, mime: str) -> Uploaded:
         """Upload ``data``; return its link or raise a ``HostError``."""
@@ -61,9 +65,27 @@ class ImageHost(Protocol):
         """Delete an upload; False when the host does not have it (any more)."""
 
 
+def retry_after_seconds(raw) -> Optional[float]:
+    """Seconds a ``Retry-After`` header asks for (seconds or an HTTP date), or None."""
+    raw = str(raw or "").strip()
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, email.utils.parsedate_to_datetime(raw).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
 def gate_settings(config) -> Optional[dict]:
     """``ratelimit.GateRules`` arguments when this host's uploads go through the shared gate."""
-    if config.resolved_image_host != "imgur":
+    host = config.resolved_image_host
+    if host == "s3":  # no pace, no budgets: the gate is there for a SlowDown's pause
+        return {"rate": 0, "burst": 1, "host": "S3"}
+    if host != "imgur":
         return None  # the local host has no limits
     from .imgur import UPLOAD_CREDITS
 
@@ -116,6 +138,15 @@ class DirectUploader:
 def build_uploader(config, shared, owner: tuple):
     """The configured host's client, built in this process, wrapped in its upload policy.
     ``owner``: (worker, generation), whose gate grants these uploads are."""
+    if config.resolved_image_host == "s3":
+        from ..config import BackoffConfig
+        from .citizen import PoliteUploader
+        from .s3 import BACKOFF_SECONDS, MAX_ATTEMPTS, S3Host
+
+        client = S3Host.from_config(config.s3, pool_size=config.workers.uploads_per_process)
+        return PoliteUploader(client, coordinator=shared.coordinator, credentials=None,
+                              owner=owner, max_attempts=MAX_ATTEMPTS,
+                              backoff=BackoffConfig(*BACKOFF_SECONDS))
     if config.resolved_image_host == "imgur":
         from .citizen import PoliteUploader
         from .imgur import ImgurHost
@@ -153,7 +184,17 @@ def learn_limits(config, shared) -> None:
 
 def build_deleter(config, shared):
     """``delete(deletehash) -> bool`` for the configured host, for the front end: Imgur's
-    with the shared current token, the local host's on its directory."""
+    with the shared current token, S3's with a client made at the first deletion, the
+    local host's on its directory."""
+    if config.resolved_image_host == "s3":
+        import functools
+
+        @functools.lru_cache(maxsize=1)
+        def client():
+            from .s3 import S3Host
+            return S3Host.from_config(config.s3)
+
+        return lambda deletehash: client().delete(deletehash)
     if config.resolved_image_host == "imgur":
         from .imgur import ImgurHost
 

@@ -1,12 +1,17 @@
-"""Uploading to Imgur as a good citizen: the shared gate, retries, and the shared token.
+"""Uploading as a good citizen of a host: the shared gate, retries, and the shared token.
 
-``PoliteUploader`` wraps the wire client (``imgur.ImgurHost``) with the policy the whole
-service (every worker of every instance) follows for each upload:
+``PoliteUploader`` wraps a wire client (``imgur.ImgurHost``, ``s3.S3Host``) with the
+policy the whole service (every worker of every instance) follows for each upload:
 
-    wait at the gate -> upload -> answer: budgets reported back to the gate
+    wait at the gate -> upload -> answer: budgets (if the host reports any) back to the gate
                           | transient error (429, 5xx, network): back off and try again,
-                          |   up to imgur.max_attempts; a 429 or "too fast" pauses everyone
-                          | token refused: refresh once for everyone, then try again
+                          |   up to max_attempts; a pool-wide one (Imgur's 429 or "too
+                          |   fast", S3's SlowDown) pauses everyone
+                          | token refused: refresh once for everyone (a host with a shared
+                          |   token: Imgur), then try again
+
+The host decides what its gate holds (``hosts.gate_settings``): Imgur's has a pace and
+credit budgets; S3's is unpaced with no budgets, so it only ever holds uploads for a pause.
 
 Each grant of the gate is closed exactly once: by an observation here for a try that is
 retried, by the worker's ``coordinator.end_many`` for the last one (``report.grant_open``),
@@ -36,6 +41,7 @@ class PoliteUploader:
                  backoff, rate: float = 0.0):
         self.host = host
         self.name = host.name
+        self.label = host.label  # the host as people call it, in what the job body shows
         self.coordinator = coordinator
         self.credentials = credentials
         self.owner = owner  # (worker, generation): whose grants these are
@@ -73,7 +79,7 @@ class PoliteUploader:
                 delay = self._backoff(report.attempts, exc.retry_after)
                 log.info("%s: %s; retrying in %.1f s", report.describe(), exc, delay)
                 if exc.pool_wide:
-                    self.coordinator.pause(delay, f"Imgur asked us to slow down: {exc}")
+                    self.coordinator.pause(delay, f"{self.label} asked us to slow down: {exc}")
                 else:
                     time.sleep(delay)
                 report.retrying()
@@ -99,15 +105,16 @@ class PoliteUploader:
         return True
 
     def _close_grant(self, report) -> None:
-        """Tell the gate a try is over (it is being retried), with Imgur's latest budgets."""
+        """Tell the gate a try is over (it is being retried), with the host's latest budgets."""
         if report.grant_open:
             self.coordinator.observe(report.rate, self.owner)
             report.grant_open = False
 
     def _use_current_token(self):
-        """Point the client at the shared current token; fail at once if Imgur refused it
-        for good. The token is read once, and again only after Imgur refuses it, so a
-        refresh done by another worker costs this one a single refused request."""
+        """Point the client at the shared current token (a host with one: Imgur); fail at
+        once if the host refused it for good. The token is read once, and again only after
+        the host refuses it, so a refresh done by another worker costs this one a single
+        refused request."""
         if self.credentials is None:
             return None
         if self._token is None:
@@ -153,5 +160,5 @@ class PoliteUploader:
 
 
 def _budgets(rate):
-    """Imgur's budgets from a RateLimitSnapshot, as the plain dict the gate takes."""
+    """The host's budgets from a RateLimitSnapshot (Imgur's), as the plain dict the gate takes."""
     return None if rate is None else vars(rate)

@@ -5,7 +5,6 @@ carrying Imgur's own reason. Imgur's error bodies come in several shapes (classi
 ``data.error`` envelope, newer ``errors`` list, bare object, HTML from the cache layer),
 so they are parsed defensively. Secrets never reach an exception message or a log line.
 """
-import email.utils
 import html
 import itertools
 import json
@@ -20,7 +19,7 @@ import requests
 import urllib3
 
 from uploader.errors import AuthRejectedError, PermanentHostError, RetryableHostError
-from uploader.hosts import RateLimitSnapshot, Uploaded
+from uploader.hosts import RateLimitSnapshot, Uploaded, retry_after_seconds
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +52,7 @@ class ImgurHost:
     calls go through it."""
 
     name = "imgur"
+    label = "Imgur"
 
     def __init__(self, *, api_url, access_token="", client_id="", timeout_seconds=30.0,
                  session=None, user_agent="image-service/0.1", pool_size=32):
@@ -255,17 +255,9 @@ def parse_rate_limits(headers) -> RateLimitSnapshot:
 
 def _retry_after(headers, status, rate):
     """Seconds to wait: Retry-After (seconds or HTTP date), else a short reset on a 429."""
-    raw = (headers.get("Retry-After") or "").strip()
-    if raw:
-        try:
-            return max(0.0, float(raw))
-        except ValueError:
-            pass
-        try:
-            when = email.utils.parsedate_to_datetime(raw)
-            return max(0.0, when.timestamp() - time.time())
-        except (TypeError, ValueError):
-            pass
+    asked = retry_after_seconds(headers.get("Retry-After"))
+    if asked is not None:
+        return asked
     if status != 429 or rate is None:
         return None
     # Wait for every budget too small for one more upload; a long (daily) reset is no retry hint.

@@ -26,6 +26,7 @@ class LocalHost:
     """Stores uploads as files; ``base_url`` is where the service is reachable."""
 
     name = "local"
+    label = "the local host"
 
     def __init__(self, *, directory: str, base_url: str):
         self.directory = directory

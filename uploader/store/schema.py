@@ -2,8 +2,9 @@
 
 Statements use a few words that each dialect fills in (``SCHEMA_WORDS`` of each store:
 ``{id}``, ``{real}``, ``{job_seq}`` the statement that gives jobs their order of
-creation, ``{account_seq}`` the columns that list an account's jobs in it), so one text
-describes the embedded SQLite store and the shared PostgreSQL one. Migrations run
+creation, ``{account_seq}`` the columns that list an account's jobs in it,
+``{links_ids_go_on}`` the statement that makes new links' ids follow those copied), so
+one text describes the embedded SQLite store and the shared PostgreSQL one. Migrations run
 in order at start-up, each once, recorded in ``schema_version``; PostgreSQL instances
 starting together serialise on an advisory lock, so none trips over another.
 
@@ -11,7 +12,8 @@ Tables:
 - ``jobs`` (with the account, i.e. API key, that owns each), ``urls`` (the queue: a URL is
   queued, in flight under an instance's lease, or final), ``links`` (every link uploaded,
   oldest first, with its image id, the host's delete hash and when it was deleted),
-  ``outbox`` (effects to carry out outside, durably: webhook deliveries, host deletions);
+  ``outbox`` (effects to carry out outside, durably: webhook deliveries, host deletions).
+  A link has one row per account holding it (S3 gives identical bytes one link);
 - PostgreSQL only, the state every instance shares: ``instances`` (who is alive),
   ``gate`` (the upload gate's state with the uploads granted and not yet answered, by
   worker, changed by compare-and-set on ``version``), ``dedup_claims`` (bytes being
@@ -150,6 +152,31 @@ MIGRATIONS = (
         # young PostgreSQL store sorted the whole queue for each claim (45 ms).
         "DROP INDEX urls_queued",
         "CREATE INDEX urls_queued ON urls(suspect, id) WHERE state = 'queued'",
+    )),
+    Migration(7, (  # a link is unique per account, not overall: S3 names an object by its
+        # bytes, so two accounts uploading one image get one link, and each must own a row
+        # of its own (its image id, its deletion). A column's UNIQUE cannot be dropped in
+        # SQLite: the table is made anew, ids and all, on both backends.
+        """CREATE TABLE links_new (
+            id         {id},
+            link       TEXT NOT NULL,
+            sha256     TEXT,
+            host       TEXT,
+            created    {real} NOT NULL,
+            account    TEXT NOT NULL DEFAULT '',
+            image_id   TEXT,
+            deletehash TEXT,
+            deleted    {real})""",
+        "INSERT INTO links_new (id, link, sha256, host, created, account, image_id, deletehash,"
+        " deleted) SELECT id, link, sha256, host, created, account, image_id, deletehash,"
+        " deleted FROM links ORDER BY id",
+        "DROP TABLE links",
+        "ALTER TABLE links_new RENAME TO links",
+        "{links_ids_go_on}",
+        "CREATE UNIQUE INDEX links_by_link ON links(link, account)",
+        "CREATE UNIQUE INDEX links_by_image ON links(image_id)",
+        "CREATE INDEX links_for_dedup ON links(sha256, host, account, id) WHERE deleted IS NULL",
+        "CREATE INDEX links_listed ON links(account, id) WHERE deleted IS NULL AND id > 0",
     )),
 )
 

@@ -231,10 +231,10 @@ class SqlStore(OutboxQueries):
         if row is None:
             return False
         if state == jobs.COMPLETE and link:
-            self._execute(
-                "INSERT INTO links (link, sha256, host, created, account, image_id, deletehash)"
-                " VALUES (?, ?, ?, {now}, ?, ?, ?) ON CONFLICT (link) DO NOTHING",
-                (link, sha256, host, task.account, new_image_id(), deletehash))
+            recorded = (link, sha256, host, task.account, new_image_id(), deletehash)
+            if not self._execute(NEW_LINK + " VALUES (?, ?, ?, {now}, ?, ?, ?)" + NEW_LINK_ONCE,
+                                 recorded).rowcount and not reused:
+                self._link_again([recorded])
             self._link_recorded(sha256, host, task.account)
         self._count(row[0], state)
         return True
@@ -242,6 +242,16 @@ class SqlStore(OutboxQueries):
     def finish_many(self, finishes: Sequence[Tuple[Task, str, dict]]) -> List[bool]:
         """``finish(task, state, **fields)`` for each, in order: what each returned."""
         return [self.finish(task, state, **fields) for task, state, fields in finishes]
+
+    def _link_again(self, rows: Sequence[tuple]) -> None:
+        """Fresh uploads whose links the account had already, as (link, sha256, host,
+        account, image id, delete hash) rows: a host that names objects by their bytes
+        (S3) gives the same bytes the same link. One deleted is live again: its row is
+        replaced by a new one (a new image id, listed as the newest). One live is kept."""
+        for row in rows:
+            if self._execute("DELETE FROM links WHERE link = ? AND account = ?"
+                             " AND deleted IS NOT NULL", (row[0], row[3])).rowcount:
+                self._execute(NEW_LINK + " VALUES (?, ?, ?, {now}, ?, ?, ?)", row)
 
     def _link_recorded(self, sha256: Optional[str], host: Optional[str], account: str) -> None:
         """A link is committed with this transaction (the shared dedup claim can go)."""
@@ -324,7 +334,8 @@ class SqlStore(OutboxQueries):
             if job is None:
                 return None
             rows = conn.execute(self.q(
-                f"SELECT {URL_COLUMNS} FROM urls u LEFT JOIN links l ON l.link = u.link"
+                f"SELECT {URL_COLUMNS} FROM urls u JOIN jobs j ON j.id = u.job_id"
+                " LEFT JOIN links l ON l.link = u.link AND l.account = j.account"
                 " WHERE u.job_id = ? ORDER BY u.id"), (job_id,)).fetchall()
             callback = conn.execute(self.q(
                 "SELECT state, attempts, last_error FROM outbox WHERE job_id = ?"
@@ -350,6 +361,14 @@ class SqlStore(OutboxQueries):
                 "SELECT link, host, deletehash, sha256 FROM links WHERE image_id = ?"
                 " AND account = ? AND deleted IS NULL"), (image_id, account)).fetchone()
         return None if row is None else tuple(row)
+
+    def held_elsewhere(self, link: str, account: str) -> bool:
+        """True when another account holds this link too, not deleted (S3 gives identical
+        bytes one link): deleting it at the host would take it from them."""
+        with self.reading() as conn:
+            return conn.execute(self.q(
+                "SELECT 1 FROM links WHERE link = ? AND account <> ? AND deleted IS NULL"
+                " LIMIT 1"), (link, account)).fetchone() is not None
 
     @contextlib.contextmanager
     def links(self, page_size: int, account: str = ""):
@@ -398,6 +417,10 @@ class SqlStore(OutboxQueries):
 # asks for. The index urls_queued answers it, order included, however long the queue
 # (schema.py, migration 6); with its suspects a filter, each turn read the whole queue.
 QUEUED_FIRST = "SELECT id FROM urls WHERE state = 'queued' AND suspect = ? ORDER BY id LIMIT ?"
+# A link recorded for an account, once: the same link again (reused, or the same bytes
+# uploaded again to a host that names objects by their bytes) keeps the row it has.
+NEW_LINK = "INSERT INTO links (link, sha256, host, created, account, image_id, deletehash)"
+NEW_LINK_ONCE = " ON CONFLICT (link, account) DO NOTHING"
 # The oldest live link of some bytes on a host for an account: what dedup reuses. The index
 # links_for_dedup answers it, order included (schema.py, migration 5).
 OLDEST_LINK = ("SELECT link FROM links WHERE sha256 = ? AND host = ? AND account = ?"

@@ -34,7 +34,8 @@ class SqliteStore(SqlStore):
     GREATEST = "max"
     SEQ = "rowid"  # jobs are a rowid table: the rowid is their order of creation
     SCHEMA_WORDS = {"id": "INTEGER PRIMARY KEY", "real": "REAL", "job_seq": "SELECT 1",
-                    "account_seq": "account"}  # an index entry ends with the rowid anyway
+                    "account_seq": "account",  # an index entry ends with the rowid anyway
+                    "links_ids_go_on": "SELECT 1"}  # a rowid goes on from the largest
 
     def __init__(self, path: str, instance: str, *, read_only: bool = False):
         """``read_only``: a reader beside the instance that holds the store (no lock, no
