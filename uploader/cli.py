@@ -14,8 +14,9 @@ import signal
 import sys
 from dataclasses import replace
 
-from .config import load_config
 from . import preflight
+from .config import load_config, redact_url_password
+from .connections import describe_limits, open_file_limit
 from .errors import ConfigError, StartError, StoreInUse, StoreUnavailable
 from .logs import setup_logging
 from .service import Service
@@ -91,6 +92,9 @@ async def serve(config) -> int:
         print(f"cannot start: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_CANNOT_START
     describe_host(service.config)
+    log.info("instance %s; store: %s", service.instance, describe_store(config.storage))
+    log.info("listening on %s:%d; %s", config.server.host, service.port,
+             describe_limits(config, service.open_files))
     loop = asyncio.get_running_loop()
     signals = []
 
@@ -107,6 +111,13 @@ async def serve(config) -> int:
     code = await service.stopped
     log.info("stopped (exit code %d)", code)
     return code
+
+
+def describe_store(storage) -> str:
+    """Where the store is, fit for a log line (a database URL's password as ``***``)."""
+    if storage.shared:
+        return f"PostgreSQL at {redact_url_password(storage.url)}"
+    return f"SQLite at {os.path.abspath(storage.path)}"
 
 
 def describe_host(config) -> None:

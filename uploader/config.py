@@ -78,6 +78,8 @@ class ServerConfig:
     port: int = _opt(8000, PORT)
     max_urls_per_job: int = _opt(1000, POSITIVE_INT)
     max_body_bytes: int = _opt(1048576, POSITIVE_INT)
+    header_timeout_seconds: float = _opt(10.0, POSITIVE)
+    body_timeout_seconds: float = _opt(60.0, POSITIVE)
     public_url: str = _opt("", OPTIONAL_URL)
     api_keys: tuple[str, ...] = _opt((), API_KEY, secret=True)
 
