@@ -13,6 +13,7 @@ import tornado.web
 from . import access
 from .auth import Unauthorized, account_for
 from .errors import StoreUnavailable
+from .scrub import control_problem, redact_userinfo
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class JsonErrors:
             message = "internal error; the service log has the details"
         else:
             message = self._reason
+        message = redact_userinfo(message)
         if status_code < 500 or isinstance(exc, ApiError):
             self.error_reason = message  # the access line tells it (access.log_request)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
