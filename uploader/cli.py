@@ -64,7 +64,7 @@ def main(argv=None) -> int:
             print(f"cannot start: {problem}", file=sys.stderr)
         return EXIT_CANNOT_START
     setup_logging(config.logging.level, config.logging.format)
-    for note in config.fetch.deprecations:
+    for note in config.warnings:
         log.warning("%s", note)
     if args.dev:
         log.warning("DEVELOPMENT MODE (--dev): sources on loopback and private networks are "
