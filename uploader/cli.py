@@ -52,13 +52,7 @@ def main(argv=None) -> int:
         config = dev_config(config)
     found = preflight.problems(config, connect=args.check_config)
     if args.check_config:
-        print(json.dumps(config.redacted(), indent=2))
-        for note in config.fetch.deprecations + found:
-            print(note, file=sys.stderr)
-        if found:
-            return EXIT_CANNOT_START
-        print(f"configuration OK ({args.config or 'built-in defaults'})", file=sys.stderr)
-        return 0
+        return check_config(config, found, args.config or "built-in defaults")
     if found:
         for problem in found:
             print(f"cannot start: {problem}", file=sys.stderr)
@@ -71,6 +65,25 @@ def main(argv=None) -> int:
                     "fetched, and the service listens on %s only. Never use --dev where others "
                     "can reach the service.", config.server.host)
     return asyncio.run(serve(config))
+
+
+def check_config(config, found, source: str) -> int:
+    """``--check-config``: the problems first, one line each, then warnings and the
+    connection limits (stderr), the configuration with secrets hidden (stdout), and the
+    verdict last."""
+    for problem in found:
+        print(f"problem: {problem}", file=sys.stderr)
+    for note in config.warnings:
+        print(f"warning: {note}", file=sys.stderr)
+    print(f"connections: {describe_limits(config, open_file_limit())}", file=sys.stderr,
+          flush=True)
+    print(json.dumps(config.redacted(), indent=2), flush=True)
+    if found:
+        print(f"{len(found)} problem(s), listed first: bin/serve would not start",
+              file=sys.stderr)
+        return EXIT_CANNOT_START
+    print(f"configuration OK ({source})", file=sys.stderr)
+    return 0
 
 
 def dev_config(config):
