@@ -88,8 +88,10 @@ def write_config(directory: Path, **sections) -> Path:
 class ServiceProcess:
     """The service in its own process group; ``stop()``/``kill()`` and cleanup of every child."""
 
-    def __init__(self, config_path: Path, *, command=None, env=None, log_path=None):
+    def __init__(self, config_path: Path, *, command=None, env=None, log_path=None,
+                 preexec_fn=None):
         self.config_path = config_path
+        self.preexec_fn = preexec_fn  # run in the child before the service starts
         self.command = command or [sys.executable, "-m", "uploader.cli", "--config", str(config_path)]
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_path or config_path.with_suffix(".log")
@@ -100,7 +102,7 @@ class ServiceProcess:
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             self.command, stdout=subprocess.PIPE, stderr=self.log, cwd=REPO, env=self.env,
-            start_new_session=True,
+            start_new_session=True, preexec_fn=self.preexec_fn,
         )
         found = threading.Event()
 

@@ -355,3 +355,66 @@ def test_frozen():
     assert changed.imgur.dedup is False and config.imgur.dedup is True
     assert isinstance(changed.imgur, ImgurConfig)
     assert hash(config) == hash(Config())
+
+
+@pytest.mark.parametrize("text, key, line, first", [
+    ("server:\n  host: 127.0.0.1\nworkers:\n  processes: 2\nserver:\n  port: 9000\n",
+     "server", 5, 1),  # the host of the first section would be lost, and 0.0.0.0 bound
+    ("fetch:\n  retries: 1\n  max_redirects: 2\n  retries: 3\n", "retries", 4, 2),
+    ("imgur: {rate_limit: {burst: 2, burst: 3}}\n", "burst", 1, 1),
+])
+def test_a_key_given_twice_is_an_error_naming_it_and_its_line(tmp_path, text, key, line, first):
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={})
+    message = str(info.value)
+    assert f"invalid YAML at line {line}," in message
+    assert f"duplicate key '{key}' (first at line {first})" in message
+
+
+def test_a_merge_key_is_not_a_duplicate(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("fetch: &f\n  retries: 1\nwebhooks:\n  backoff: {base_seconds: 2}\n"
+                    "imgur:\n  backoff:\n    <<: {base_seconds: 0.5, max_seconds: 9}\n"
+                    "    base_seconds: 0.25\n")
+    config = load_config(path, environ={})
+    assert config.imgur.backoff == BackoffConfig(base_seconds=0.25, max_seconds=9)
+
+
+def test_an_api_key_list_of_only_commas_from_the_environment_is_an_error():
+    for raw in (",", " , ,"):
+        message = error_of({}, UPLOADER_API_KEYS=raw)
+        assert message.startswith("environment variable UPLOADER_API_KEYS: ")
+        assert "holds no entry" in message
+    assert build({}, UPLOADER_API_KEYS="  ").server.api_keys == ()  # blank: not set at all
+    assert build({}, UPLOADER_API_KEYS="k" * 16 + ",").server.api_keys == ("k" * 16,)
+
+
+def test_a_bad_api_key_says_what_is_wrong_without_showing_it_or_its_type():
+    for data, env, wrong in [
+            ({"server": {"api_keys": ["short-key-123"]}}, {}, "too short: 13 characters, and "
+                                                              "an API key needs at least 16"),
+            ({}, {"UPLOADER_API_KEYS": "long-enough-key-1,tiny"}, "too short: 4 characters"),
+            ({"server": {"api_keys": ["has a space in it!!"]}}, {}, "contains a space or a comma"),
+            ({"server": {"api_keys": ["tab\there-and-more-chars"]}}, {}, "not printable")]:
+        message = error_of(data, **env)
+        assert wrong in message, message
+        assert "type" not in message and "str" not in message
+        for key in ("short-key-123", "tiny", "has a space", "tab\there"):
+            assert key not in message
+    message = error_of({"server": {"api_keys": [1234567890123456789]}})
+    assert "1234567890123456789" not in message and "got a number" in message
+
+
+@pytest.mark.parametrize("host, keys, warned", [
+    ("0.0.0.0", [], True), ("::", [], True), ("192.0.2.7", [], True),
+    ("images.example", [], True), ("0.0.0.0", ["k" * 16], False),
+    ("127.0.0.1", [], False), ("::1", [], False), ("localhost", [], False),
+])
+def test_an_open_api_on_a_non_loopback_address_is_a_warning(host, keys, warned):
+    config = build({"server": {"host": host, "api_keys": keys}})
+    notes = [note for note in config.warnings if note.startswith("the API is open")]
+    assert bool(notes) == warned
+    if warned:
+        assert f"listens on {host}" in notes[0] and "server.api_keys" in notes[0]

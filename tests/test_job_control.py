@@ -50,9 +50,12 @@ def test_jobs_are_listed_newest_first_a_page_at_a_time(start_service, image_sour
     rest = api(service, "GET", f"/v1/images/upload?limit=2&before={first['next']}").json()
     assert [j["id"] for j in rest["jobs"]] == [ids[0]] and rest["next"] is None
     assert [j["id"] for j in api(service, "GET", "/v1/images/upload").json()["jobs"]] == ids[::-1]
-    for query in ("limit=0", "limit=501", "limit=x", "before=abc", "before=-1"):
+    for query in ("limit=0", "limit=501", "limit=x", "before=abc", "before=-1",
+                  "before=9999999999999999999", "before=9223372036854775808", "limit=%C2%B2"):
         answer = api(service, "GET", f"/v1/images/upload?{query}")
         assert answer.status_code == 400 and answer.json()["error"], query
+    largest = api(service, "GET", "/v1/images/upload?before=9223372036854775807")  # 2**63 - 1
+    assert [j["id"] for j in largest.json()["jobs"]] == ids[::-1]  # the store takes it
 
 
 def test_retry_makes_a_new_job_of_exactly_the_failed_urls(start_service, image_source):

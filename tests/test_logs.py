@@ -8,6 +8,7 @@ import json
 import logging
 import re
 import shutil
+import sys
 import tempfile
 import time
 import types
@@ -144,6 +145,14 @@ class AccessLogTest(tornado.testing.AsyncHTTPTestCase):
             assert line.request_id == response.headers[REQUEST_ID_HEADER]
             assert f' error="{line.error[:20]}' in line.getMessage()
 
+    def test_the_access_line_of_a_path_with_a_password_does_not_repeat_it(self):
+        response = self.fetch("/go/http://user:s3cret@host.example/x")
+        assert response.code == 404 and "s3cret" not in response.body.decode()
+        (line,) = self.access_lines()
+        for formatter in (UtcFormatter(TEXT_FORMAT), JsonFormatter()):
+            written = formatter.format(line)
+            assert "s3cret" not in written and "/go/http://***@host.example/x" in written
+
     def test_a_503_while_stopping_is_a_warning(self):
         self.service.stopping = True
         response = self.fetch("/v1/images/upload", method="POST", body=b'{"urls": []}')
@@ -161,3 +170,40 @@ class AccessLogTest(tornado.testing.AsyncHTTPTestCase):
         assert "req-42" in bug.getMessage() and bug.exc_info[0] is RuntimeError
         assert (line.name, line.levelno, line.status) == ("uploader.access", logging.ERROR, 500)
         assert not hasattr(line, "error")
+
+
+def test_text_lines_escape_control_characters_and_line_separators():
+    evil = "/v1/images/upload/a\u2028FAKE\u0085LINE\nINFO forged\x1b[2J\u2029"
+    line = UtcFormatter(TEXT_FORMAT).format(record("GET %s", (evil,)))
+    assert len(line.splitlines()) == 1  # str.splitlines breaks at all of them
+    assert line.endswith("GET /v1/images/upload/a\\u2028FAKE\\x85LINE\\nINFO forged\\x1b[2J\\u2029")
+    entry = JsonFormatter().format(record("GET %s", (evil,), path=evil))
+    assert len(entry.splitlines()) == 1 and json.loads(entry)["path"] == evil
+
+
+def test_a_traceback_keeps_its_lines_but_each_line_is_escaped():
+    try:
+        raise ValueError("bad\u2028input\x85here")
+    except ValueError:
+        entry = record("failed", ())
+        entry.exc_info = sys.exc_info()
+    lines = UtcFormatter(TEXT_FORMAT).format(entry).split("\n")
+    assert lines[0].endswith("failed") and lines[1] == "Traceback (most recent call last):"
+    assert lines[-1] == "ValueError: bad\\u2028input\\x85here"
+    assert all(len(line.splitlines()) == 1 for line in lines)
+
+
+def test_no_log_line_repeats_the_userinfo_of_a_url():
+    for formatter in (UtcFormatter(TEXT_FORMAT), JsonFormatter()):
+        line = formatter.format(record(
+            "refused %s", ("http://user:s3cret@host.example/a.png",),
+            url="https://tok3n@host.example/", error="see ftp://u:p@w@x.example/f"))
+        assert "s3cret" not in line and "tok3n" not in line and "u:p@w" not in line, line
+        assert "http://***@host.example/a.png" in line
+    entry = json.loads(line)
+    assert (entry["url"], entry["error"]) == ("https://***@host.example/",
+                                              "see ftp://***@x.example/f")
+    for url, shown in [("postgresql://uploader:pw@db.example/x", "postgresql://uploader:***@"),
+                       ("postgres://uploader@db.example/x", "postgres://uploader@")]:
+        line = UtcFormatter(TEXT_FORMAT).format(record("store: %s", (url,)))
+        assert line.endswith(f"store: {shown}db.example/x")  # a database user is kept

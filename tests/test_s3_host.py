@@ -236,9 +236,11 @@ def test_bin_serve_checks_the_bucket_and_hides_the_secret(tmp_path, capsys, moto
     assert [r.method for r in s3_proxy.seen()] == ["PUT", "DELETE"]  # a probe, gone again
     assert moto_s3.keys(bucket) == []
     missing = s3_config("no-such-bucket")
-    for args, prefix in ((["--check-config"], ""), ([], "cannot start: ")):
+    for args, prefix in ((["--check-config"], "problem: "), ([], "cannot start: ")):
         assert cli.main(["--config", missing, *args]) == 2  # bin/serve makes the same check
-        (line,) = capsys.readouterr().err.splitlines()
+        lines = capsys.readouterr().err.splitlines()
+        assert [line for line in lines if line.startswith(prefix)] == lines[:1]  # first, alone
+        line = lines[0]
         assert line == (f"{prefix}S3 bucket 'no-such-bucket' at {s3_proxy.url}: cannot write a "
                         "probe object: no such bucket: create it, or check s3.bucket and "
                         "s3.endpoint_url (NoSuchBucket, HTTP 404)")

@@ -171,3 +171,23 @@ def test_an_unknown_key_is_refused_with_a_suggestion():
     with pytest.raises(SubmissionError, match="unknown key \"callback\" \\(did you mean 'callback_url'\\?\\)"):
         parse_submission(body({"urls": ["https://a.example/x.png"], "callback": "https://h/"}),
                          max_urls=10)
+
+
+@pytest.mark.parametrize("url, what, where", [
+    ("https://a.example/x\u0085y.png", "a control character (U+0085)", 19),  # NEL, C1
+    ("https://a.example/\u009bx.png", "a control character (U+009B)", 18),  # CSI, C1
+    ("https://a.example/x\u2028y.png", "a line separator (U+2028)", 19),
+    ("https://a.example/x.png?\u2029", "a paragraph separator (U+2029)", 24),
+    ("https://a.example/\x7f", "a control character (U+007F)", 18),
+])
+def test_line_breaking_and_control_characters_are_refused_with_their_name(url, what, where):
+    problem = url_problem(url)
+    assert problem.endswith(f"contains a space or control character: {what} at position {where}")
+    assert len(problem.splitlines()) == 1  # the URL is shown JSON-escaped
+
+
+def test_a_refused_url_with_user_info_is_shown_without_it():
+    with pytest.raises(SubmissionError) as caught:
+        parse_submission(body({"urls": ["https://ann:s3cret@a.example/x.png"]}), max_urls=3)
+    assert "s3cret" not in str(caught.value) and "ann" not in str(caught.value)
+    assert str(caught.value).startswith('urls[0] "https://***@a.example/x.png" contains user info')

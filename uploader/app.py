@@ -48,6 +48,7 @@ class HealthHandler(BaseHandler):
         self.write_json(200 if not problems else 503, body)
 
 
+@tornado.web.stream_request_body  # its body is counted, never buffered (JsonErrors)
 class LocalImageHandler(JsonErrors, tornado.web.StaticFileHandler):
     """GET /i/<name>: images stored by the ``local`` host, with the right content type."""
 
@@ -100,6 +101,7 @@ class OpenApiHandler(BaseHandler):
 
 class NotFoundHandler(BaseHandler):
     def prepare(self):
+        super().prepare()  # a body over the limit is refused (413) before it is read
         raise ApiError(404, f"no such resource: {self.request.path}")
 
 

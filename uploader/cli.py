@@ -14,8 +14,9 @@ import signal
 import sys
 from dataclasses import replace
 
-from .config import load_config
 from . import preflight
+from .config import load_config, redact_url_password
+from .connections import describe_limits, open_file_limit
 from .errors import ConfigError, StartError, StoreInUse, StoreUnavailable
 from .logs import setup_logging
 from .service import Service
@@ -51,25 +52,38 @@ def main(argv=None) -> int:
         config = dev_config(config)
     found = preflight.problems(config, connect=args.check_config)
     if args.check_config:
-        print(json.dumps(config.redacted(), indent=2))
-        for note in config.fetch.deprecations + found:
-            print(note, file=sys.stderr)
-        if found:
-            return EXIT_CANNOT_START
-        print(f"configuration OK ({args.config or 'built-in defaults'})", file=sys.stderr)
-        return 0
+        return check_config(config, found, args.config or "built-in defaults")
     if found:
         for problem in found:
             print(f"cannot start: {problem}", file=sys.stderr)
         return EXIT_CANNOT_START
     setup_logging(config.logging.level, config.logging.format)
-    for note in config.fetch.deprecations:
+    for note in config.warnings:
         log.warning("%s", note)
     if args.dev:
         log.warning("DEVELOPMENT MODE (--dev): sources on loopback and private networks are "
                     "fetched, and the service listens on %s only. Never use --dev where others "
                     "can reach the service.", config.server.host)
     return asyncio.run(serve(config))
+
+
+def check_config(config, found, source: str) -> int:
+    """``--check-config``: the problems first, one line each, then warnings and the
+    connection limits (stderr), the configuration with secrets hidden (stdout), and the
+    verdict last."""
+    for problem in found:
+        print(f"problem: {problem}", file=sys.stderr)
+    for note in config.warnings:
+        print(f"warning: {note}", file=sys.stderr)
+    print(f"connections: {describe_limits(config, open_file_limit())}", file=sys.stderr,
+          flush=True)
+    print(json.dumps(config.redacted(), indent=2), flush=True)
+    if found:
+        print(f"{len(found)} problem(s), listed first: bin/serve would not start",
+              file=sys.stderr)
+        return EXIT_CANNOT_START
+    print(f"configuration OK ({source})", file=sys.stderr)
+    return 0
 
 
 def dev_config(config):
@@ -91,6 +105,9 @@ async def serve(config) -> int:
         print(f"cannot start: cannot listen on {where}: {exc.strerror or exc}", file=sys.stderr)
         return EXIT_CANNOT_START
     describe_host(service.config)
+    log.info("instance %s; store: %s", service.instance, describe_store(config.storage))
+    log.info("listening on %s:%d; %s", config.server.host, service.port,
+             describe_limits(config, service.open_files))
     loop = asyncio.get_running_loop()
     signals = []
 
@@ -107,6 +124,13 @@ async def serve(config) -> int:
     code = await service.stopped
     log.info("stopped (exit code %d)", code)
     return code
+
+
+def describe_store(storage) -> str:
+    """Where the store is, fit for a log line (a database URL's password as ``***``)."""
+    if storage.shared:
+        return f"PostgreSQL at {redact_url_password(storage.url)}"
+    return f"SQLite at {os.path.abspath(storage.path)}"
 
 
 def describe_host(config) -> None:

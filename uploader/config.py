@@ -28,6 +28,17 @@ def _is_http_url(value):
 _HOST_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$", re.IGNORECASE)
 
 
+def _is_loopback(host):
+    """True for an address or name only this machine reaches (not 0.0.0.0: that is every
+    interface)."""
+    if host.lower() == "localhost" or host.lower().endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _is_host_pattern(value):
     """A hostname, ``*.suffix`` (any subdomain), an IP address or a CIDR network."""
     try:
@@ -50,8 +61,25 @@ NON_EMPTY = (bool, "a non-empty string")
 HTTP_URL = (_is_http_url, "an http(s) URL")
 OPTIONAL_URL = (lambda v: v == "" or _is_http_url(v), 'an http(s) URL or ""')
 HOST_PATTERN = (_is_host_pattern, "a hostname, *.suffix, IP address or CIDR network")
-API_KEY = (lambda v: len(v) >= 16 and v.isprintable() and " " not in v and "," not in v,
-           "an API key of at least 16 printable characters, without spaces or commas")
+MIN_API_KEY_LENGTH = 16
+
+
+def _api_key_problem(value):
+    """What is wrong with an API key, or '' (never the key itself: it is a secret)."""
+    if len(value) < MIN_API_KEY_LENGTH:
+        return (f"too short: {len(value)} characters, and an API key needs at least "
+                f"{MIN_API_KEY_LENGTH}")
+    if " " in value or "," in value:
+        return "contains a space or a comma, which separate keys"
+    if not value.isprintable():
+        return "contains a character that is not printable"
+    return ""
+
+
+# A check may have a third part: what is wrong with a value it refuses, without showing it.
+API_KEY = (lambda v: not _api_key_problem(v),
+           "an API key of at least 16 printable characters, without spaces or commas",
+           _api_key_problem)
 
 
 def _one_of(*choices):
@@ -79,6 +107,8 @@ class ServerConfig:
     port: int = _opt(8000, PORT)
     max_urls_per_job: int = _opt(1000, POSITIVE_INT)
     max_body_bytes: int = _opt(1048576, POSITIVE_INT)
+    header_timeout_seconds: float = _opt(10.0, POSITIVE)
+    body_timeout_seconds: float = _opt(60.0, POSITIVE)
     public_url: str = _opt("", OPTIONAL_URL)
     api_keys: tuple[str, ...] = _opt((), API_KEY, secret=True)
 
@@ -331,6 +361,18 @@ class Config:
         if self.imgur.backoff.max_seconds < self.imgur.backoff.base_seconds:
             raise ConfigError("imgur.backoff.max_seconds: must be >= imgur.backoff.base_seconds")
 
+    @property
+    def warnings(self):
+        """What deserves a WARNING at start (and in ``--check-config``), one line each:
+        deprecated keys, and an API open to anyone on a non-loopback address."""
+        notes = list(self.fetch.deprecations)
+        if not self.server.api_keys and not _is_loopback(self.server.host):
+            notes.append(f"the API is open: server.api_keys is empty and the service listens "
+                         f"on {self.server.host}, so anyone who can reach it may make jobs and "
+                         "delete images; set server.api_keys (env UPLOADER_API_KEYS) or "
+                         "server.host: 127.0.0.1")
+        return notes
+
     def redacted(self):
         """The whole configuration as plain nested dicts, secrets shown as ``***``."""
         return _as_dict(self)
@@ -349,6 +391,27 @@ ENV_OVERRIDES = {
 }  # AWS_ACCESS_KEY_ID and the like are boto3's own: its chain reads them when s3.* keys are empty
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping, at any depth: YAML
+    keeps the last silently, so a section written twice would lose all of the first."""
+
+    MERGE = "tag:yaml.org,2002:merge"
+
+    def compose_mapping_node(self, anchor):
+        node = super().compose_mapping_node(anchor)
+        first = {}
+        for key, _value in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == self.MERGE:
+                continue
+            earlier = first.setdefault((key.tag, key.value), key)
+            if earlier is not key:
+                raise yaml.composer.ComposerError(
+                    None, None, f"duplicate key '{key.value}' (first at line "
+                    f"{earlier.start_mark.line + 1}): YAML would keep only the last, so "
+                    "merge the two", key.start_mark)
+        return node
+
+
 def load_config(path=None, *, environ=None):
     """Read ``path`` (None: built-in defaults only), apply the environment, validate."""
     if path is None:
@@ -356,7 +419,7 @@ def load_config(path=None, *, environ=None):
     source = os.fspath(path)
     try:
         with open(source, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = yaml.load(f, Loader=UniqueKeyLoader)
     except FileNotFoundError:
         raise ConfigError(f"{source}: file not found") from None
     except OSError as exc:
@@ -428,8 +491,10 @@ def _coerce(tp, value, label, meta):
         typed = meta["normalize"](typed)
     if typed is _INVALID or (check and not check[0](typed)):
         wanted = check[1] if check else _TYPE_NAMES[tp]
+        if meta.get("secret") and typed is not _INVALID and len(check) > 2:
+            raise ConfigError(f"{label}: {check[2](typed)} (the value is not shown)")
         if meta.get("secret"):
-            shown = f"a value of type {type(value).__name__}"
+            shown = f"{_kind(value)} (the value is not shown)"
         elif meta.get("shown") and isinstance(value, str):
             shown = repr(meta["shown"](value))
         else:
@@ -439,6 +504,16 @@ def _coerce(tp, value, label, meta):
 
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def _kind(value) -> str:
+    """What a YAML value is, in the file's words: for a secret, shown instead of it."""
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return "true or false"
+    return {int: "a number", float: "a number", str: "text", list: "a list",
+            dict: "a mapping"}.get(type(value), "another kind of value")
 
 
 def _typed(tp, value):
@@ -460,6 +535,9 @@ def _override(obj, path, raw, label):
     value = int(raw) if tp is int and re.fullmatch(r"[+-]?\d+", raw) else raw
     if get_origin(tp) is tuple:  # a list from the environment: comma-separated
         value = [item.strip() for item in raw.split(",") if item.strip()]
+        if not value:  # "," is a mistake, not a wish for none (for API keys: an open API)
+            raise ConfigError(f"{label}: {raw!r} holds no entry, only commas and spaces; "
+                              "unset the variable, or leave it empty, for none")
     return dataclasses.replace(obj, **{name: _coerce(tp, value, label, meta)})
 
 

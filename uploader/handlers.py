@@ -1,8 +1,14 @@
 """What every handler shares: JSON errors, the store's reader threads, API keys, JSON bodies.
 
-Every error body is JSON ``{"error": "..."}``, Tornado's own 404 and 405 included. A
-handler of the ``/v1`` API is ``guarded``: with API keys configured it learns the
-caller's account in ``prepare`` or answers 401.
+Every error body is JSON ``{"error": "..."}``, Tornado's own 404 and 405 included, with
+any URL's userinfo shown as ``***``. A handler of the ``/v1`` API is ``guarded``: with API
+keys configured it learns the caller's account in ``prepare`` or answers 401.
+
+No handler lets a stranger fill the memory: each streams its request body
+(``stream_request_body``) and counts it against its ``body_limit`` (the upload route's is
+``server.max_body_bytes``, every other route's a few KB), so a body over the limit is
+answered 413 from its ``Content-Length`` before a byte of it is read, or as soon as a
+chunked body passes the limit; the connection then closes, the rest unread.
 """
 import asyncio
 import json
@@ -13,8 +19,12 @@ import tornado.web
 from . import access
 from .auth import Unauthorized, account_for
 from .errors import StoreFull, StoreUnavailable
+from .scrub import control_problem, redact_userinfo
 
 log = logging.getLogger(__name__)
+
+SMALL_BODY_BYTES = 8192  # the body limit of every route but the upload's (none reads a body)
+UNBOUNDED = 1 << 62
 
 
 class ApiError(tornado.web.HTTPError):
@@ -35,7 +45,42 @@ def store_down(exc: StoreUnavailable) -> ApiError:
 
 
 class JsonErrors:
-    """Mixin: every error, including Tornado's own 404/405, answers JSON."""
+    """Mixin: every error, including Tornado's own 404/405, answers JSON; a request target
+    with control characters answers 400 and a body over ``body_limit`` 413 (the handler
+    must be ``tornado.web.stream_request_body``, or Tornado buffers the body first)."""
+
+    def body_limit(self) -> int:
+        """The largest request body this handler takes, in bytes."""
+        return SMALL_BODY_BYTES
+
+    def keep_body(self, chunk: bytes) -> None:
+        """A handler that reads its body keeps each chunk here; the others drop it."""
+
+    def prepare(self):
+        problem = control_problem(self.request.uri)
+        if problem:
+            raise ApiError(400, f"the request target {problem}")
+        self.body_size = 0
+        limit = self.body_limit()
+        # This handler counts its body (``data_received``). The server's own limit, a
+        # backstop for a handler that does not stream, would pre-empt the 413 with a bare
+        # 400, and complain about the rest of a body refused below.
+        self.request.connection.set_max_body_size(UNBOUNDED)
+        length = self.request.headers.get("Content-Length", "")
+        if length.isascii() and length.isdigit() and int(length) > limit:
+            raise ApiError(413, f"body is {length} bytes; the limit is {limit}")
+        super().prepare()
+
+    def data_received(self, chunk):
+        if self._finished:
+            return
+        self.body_size += len(chunk)
+        limit = self.body_limit()
+        if self.body_size > limit:
+            self.send_error(413, exc_info=(ApiError, ApiError(
+                413, f"body is over the limit of {limit} bytes"), None))
+            return
+        self.keep_body(chunk)
 
     def decode_argument(self, value, name=None):
         """A path argument that is not UTF-8 names nothing here: 404, not Tornado's bare 400."""
@@ -65,6 +110,7 @@ class JsonErrors:
             message = "internal error; the service log has the details"
         else:
             message = self._reason
+        message = redact_userinfo(message)
         if status_code < 500 or isinstance(exc, ApiError):
             self.error_reason = message  # the access line tells it (access.log_request)
         self.set_header("Content-Type", "application/json; charset=UTF-8")
@@ -79,6 +125,7 @@ class JsonErrors:
                   self.request.path, access.request_id(self.request), exc_info=(typ, value, tb))
 
 
+@tornado.web.stream_request_body
 class BaseHandler(JsonErrors, tornado.web.RequestHandler):
     guarded = False  # part of the /v1 API: needs an API key when keys are configured
 
@@ -87,6 +134,7 @@ class BaseHandler(JsonErrors, tornado.web.RequestHandler):
         self.account = None
 
     def prepare(self):
+        super().prepare()
         if self.guarded:
             try:
                 self.account = account_for(self.request.headers.get("Authorization"),

@@ -3,12 +3,18 @@
 Every line carries the process id, so the interleaved output of a pool can be told
 apart, and its time in ISO 8601 UTC with milliseconds (``2026-11-29T21:41:15.753Z``),
 the format of the API's timestamps. ``json`` emits one object per line for log shippers.
+
+Both formats scrub every record (``scrub``): the userinfo of a URL is shown as ``***``,
+and in text a control character or line separator in a message (request paths and URLs
+included) or a traceback's line is escaped, so one record stays one line (JSON escapes
+them itself).
 """
 import json
 import logging
 import sys
 
 from .jobs import format_timestamp
+from .scrub import for_log, redact_userinfo
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s [%(process)d %(name)s] %(message)s"
 
@@ -18,6 +24,20 @@ class UtcFormatter(logging.Formatter):
 
     def formatTime(self, record: logging.LogRecord, datefmt=None) -> str:
         return format_timestamp(record.created)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return for_log(super().formatMessage(record))
+
+    def formatException(self, exc_info) -> str:
+        return _each_line(super().formatException(exc_info))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _each_line(super().formatStack(stack_info))
+
+
+def _each_line(text: str) -> str:
+    """A traceback scrubbed line by line: its own line breaks are kept."""
+    return "\n".join(for_log(line) for line in text.split("\n"))
 
 
 class JsonFormatter(UtcFormatter):
@@ -31,12 +51,14 @@ class JsonFormatter(UtcFormatter):
             "level": record.levelname,
             "pid": record.process,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact_userinfo(record.getMessage()),
         }
-        entry.update({k: v for k, v in vars(record).items() if k not in self._standard})
+        entry.update({k: redact_userinfo(v) if isinstance(v, str) else v
+                      for k, v in vars(record).items() if k not in self._standard})
         if record.exc_info:
-            entry["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+            entry["traceback"] = redact_userinfo(  # not escaped: JSON does that itself
+                logging.Formatter.formatException(self, record.exc_info))
+        return json.dumps(entry, default=str)  # escapes every control character itself
 
 
 def setup_logging(level: str = "INFO", fmt: str = "text") -> None:

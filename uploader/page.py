@@ -60,6 +60,7 @@ def content_security_policy(config) -> str:
             "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
+@tornado.web.stream_request_body  # its body is counted, never buffered (JsonErrors)
 class WebFileHandler(JsonErrors, tornado.web.StaticFileHandler):
     """GET / (the page) and GET /web/<asset>; anything else answers a JSON 404."""
 

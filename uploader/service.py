@@ -10,11 +10,11 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
-import tornado.httpserver
 import tornado.netutil
 
 from . import hosts
 from .app import make_app
+from .connections import make_server, open_file_limit
 from .courier import Courier
 from .dispatcher import Dispatcher
 from .errors import StartError
@@ -76,7 +76,8 @@ class Service:
         self.courier.start()
         if self.config.storage.shared:
             self.store.listen(self.dispatcher.wake)
-        self.http = tornado.httpserver.HTTPServer(make_app(self))
+        self.open_files = open_file_limit()
+        self.http = make_server(make_app(self), self.config, self.open_files)
         self.http.add_sockets(sockets)
 
         def when_stopped():

@@ -13,9 +13,10 @@ from urllib.parse import quote, urlsplit
 
 from .errors import FetchError
 from .netpolicy import normalize_host
+from .scrub import describe_char, redact_userinfo
 
 MAX_URL_LENGTH = 2048
-_CONTROL = re.compile(r"[\x00-\x20\x7f]")
+_SPACE_OR_CONTROL = re.compile("[ \x00-\x1f\x7f-\x9f\u2028\u2029]")  # scrub.CONTROL and " "
 
 
 class SubmissionError(Exception):
@@ -92,13 +93,15 @@ def _url_problem(url) -> str:
         return f"must be a string, got {_json_type(url)}"
     if len(url) > MAX_URL_LENGTH:
         return f"is longer than {MAX_URL_LENGTH} characters"
-    shown = json.dumps(url if len(url) <= 100 else url[:100] + "...")
+    shown = _shown(url)
     try:
         url.encode("utf-8")
     except UnicodeEncodeError:  # JSON can spell a lone surrogate ("\\ud800"); no store takes it
         return f"{shown} is not valid Unicode (it holds a lone surrogate)"
-    if _CONTROL.search(url):
-        return f"{shown} contains a space or control character"
+    found = _SPACE_OR_CONTROL.search(url)  # C0, C1, U+2028/9: each would split a log line
+    if found:
+        return (f"{shown} contains a space or control character: "
+                f"{describe_char(found.group(0))} at position {found.start()}")
     try:
         parts = urlsplit(url)
         parts.port  # raises on a bad port
@@ -203,9 +206,15 @@ def callback_url_problem(url: object) -> str:
     try:
         normalize_host(urlsplit(url).hostname)
     except FetchError as exc:
-        shown = url if len(url) <= 100 else url[:100] + "..."
-        return f'"{shown}" has an invalid host: {exc}'
+        return f"{_shown(url)} has an invalid host: {exc}"
     return ""
+
+
+def _shown(url: str) -> str:
+    """``url`` quoted for a reason: cut at 100 characters, its userinfo as ``***``, JSON
+    escapes for anything that is not printable ASCII."""
+    url = redact_userinfo(url)
+    return json.dumps(url if len(url) <= 100 else url[:100] + "...")
 
 
 def _json_type(value) -> str:

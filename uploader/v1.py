@@ -15,6 +15,7 @@ every caller sees its own jobs and links only: another's answer 404.
 import asyncio
 import json
 import logging
+import re
 import uuid
 
 import tornado.web
@@ -29,6 +30,15 @@ log = logging.getLogger(__name__)
 
 LINKS_PAGE = 10_000
 LIST_DEFAULT, LIST_MAX = 50, 500
+MAX_CURSOR = 2 ** 63 - 1  # a cursor is a job's sequence number: 64 bits in either store
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+def _whole_number(text: str, largest: int):
+    """``text`` as a whole number from 0 to ``largest`` (ASCII digits only), else None."""
+    if not _DIGITS.fullmatch(text) or int(text) > largest:
+        return None
+    return int(text)
 
 
 def _job_id(job_id: str) -> str:
@@ -55,35 +65,30 @@ async def create(handler, urls, **options) -> None:
     handler.write_json(202, {"jobId": job_id})
 
 
-@tornado.web.stream_request_body
 class UploadHandler(BaseHandler):
     """POST /v1/images/upload: validate, create the job, answer 202 at once.
     GET /v1/images/upload: the caller's jobs."""
 
     guarded = True
 
+    def body_limit(self) -> int:
+        if self.request.method == "POST":
+            return self.service.config.server.max_body_bytes
+        return super().body_limit()
+
+    def keep_body(self, chunk):
+        self.body += chunk
+
     def prepare(self):
+        self.body = bytearray()
         super().prepare()
         if self.request.method not in ("POST", "GET"):
             # Refuse now: the body of a PUT/PATCH/DELETE would otherwise reach data_received.
             raise tornado.web.HTTPError(405)
-        self.body = bytearray()
         if self.request.method == "GET":
             return
         refuse_while_stopping(self.service)
         self.require_json()
-        self.limit = self.service.config.server.max_body_bytes
-        length = self.request.headers.get("Content-Length")
-        if length is not None and length.isdigit() and int(length) > self.limit:
-            raise ApiError(413, f"body is {length} bytes; the limit is {self.limit}")
-
-    def data_received(self, chunk):
-        if self._finished or self.request.method != "POST":
-            return
-        self.body += chunk
-        if len(self.body) > self.limit:
-            self.send_error(413, exc_info=(ApiError, ApiError(
-                413, f"body is over the limit of {self.limit} bytes"), None))
 
     async def post(self):
         loop = asyncio.get_running_loop()
@@ -96,14 +101,18 @@ class UploadHandler(BaseHandler):
         await create(self, job.urls, callback_url=job.callback_url)
 
     async def get(self):
-        limit = self.get_query_argument("limit", str(LIST_DEFAULT))
-        if not limit.isdigit() or not 1 <= int(limit) <= LIST_MAX:
-            raise ApiError(400, f"limit must be a whole number from 1 to {LIST_MAX}, got {limit!r}")
+        limit = _whole_number(self.get_query_argument("limit", str(LIST_DEFAULT)), LIST_MAX)
+        if limit is None or limit < 1:
+            raise ApiError(400, f"limit must be a whole number from 1 to {LIST_MAX}, "
+                                f"got {self.get_query_argument('limit')!r}")
         before = self.get_query_argument("before", None)
-        if before is not None and not (before.isdigit() and len(before) <= 19):
-            raise ApiError(400, f"before must be a cursor this service gave (\"next\"), got {before!r}")
+        if before is not None:
+            before = _whole_number(before, MAX_CURSOR)
+            if before is None:
+                raise ApiError(400, "before must be a cursor this service gave (\"next\"), "
+                                    f"got {self.get_query_argument('before')!r}")
         rows, cursor = await self.in_reader(self.service.store.list_jobs, self.account,
-                                            int(limit), None if before is None else int(before))
+                                            limit, before)
         self.write_json(200, {"jobs": [job_summary(row) for row in rows], "next": cursor})
 
 

@@ -20,6 +20,7 @@ serialization failure becomes ``StoreConflict``.
 import contextlib
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -120,7 +121,26 @@ def driver_errors():
         raise StoreFull(f"PostgreSQL is full: {exc}".strip()) from exc
     except (psycopg.OperationalError, psycopg.InterfaceError,
             psycopg.errors.IdleInTransactionSessionTimeout) as exc:  # the server hung up
-        raise StoreUnavailable(f"PostgreSQL unreachable: {exc}".strip()) from exc
+        raise StoreUnavailable(login_refused(exc) or f"PostgreSQL unreachable: {exc}".strip()) \
+            from exc
+
+
+# How the server words a refused login (libpq gives it no SQLSTATE): the password, an
+# unknown role, no password at all, or another method (ident, peer, cert) failing.
+_LOGIN_REFUSED = re.compile(r'password authentication failed|role "[^"]*" does not exist'
+                            r'|no password supplied|\w+ authentication failed')
+
+
+def login_refused(exc: Exception):
+    """Why the server refused our login, naming the user, or None if it was not that."""
+    found = _LOGIN_REFUSED.search(str(exc))
+    if found is None:
+        return None
+    user = getattr(getattr(exc, "pgconn", None), "user", None) or b"?"
+    reason = {"password authentication failed": "the password was refused",
+              "no password supplied": "no password was given"}.get(found.group(0), found.group(0))
+    return (f'PostgreSQL authentication failed for user "{user.decode(errors="replace")}": '
+            f"{reason}; check the user and password of storage.url (or env DATABASE_URL)")
 
 
 def migrate(conn: psycopg.Connection) -> None:
