@@ -1,5 +1,5 @@
 """What is published carries no personal metadata: ``metadata.strip`` drops it without
-re-encoding.
+re-encoding, before the SHA-256, on every host.
 
 Pillow (test only) makes images that carry everything (EXIF with GPS, a serial number and
 the Orientation, XMP, IPTC, comments, text chunks, application extensions, a "motion
@@ -7,17 +7,19 @@ photo" appended) and decodes what strip returns: the metadata is gone (every pie
 says SECRET), what decides the look stays (Orientation, ICC profile, loop count), the
 pixels are identical and, where the format shows it, so is the compressed data.
 """
+import hashlib
 import io
 import struct
 
 import pytest
+import requests
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image, ImageCms, ImageSequence, PngImagePlugin
 
 from uploader import imagetype, metadata
 from uploader.errors import CorruptImage
 
-from .fakes.image_source import make_image
+from .fakes.image_source import declared_png, make_image
 
 SECRET = b"SECRET"  # every piece of metadata below says it; none of the pixel data does
 ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
@@ -338,3 +340,33 @@ def test_strip_refuses_what_it_cannot_follow():
     with pytest.raises(CorruptImage, match="^corrupt WebP: VP8X chunk cut short$"):
         strip(webp([b"VP8X" + struct.pack("<I", 2) + b"\x08\0"] + image))
 
+
+# --- through the service -----------------------------------------------------------------------
+
+@pytest.mark.filterwarnings("ignore:Image appears to be a malformed MPO file")  # the source's MPF
+def test_the_service_stores_stripped_bytes_refuses_a_pixel_bomb_and_takes_webp_locally(
+        start_service, image_source):
+    service = start_service()  # the local host, strip_metadata and max_pixels as by default
+    source_photo, source_webp = photo(), saved(picture(), "WEBP", exif=exif(), xmp=b"<x>SECRET</x>")
+    image_source.add("/photo.jpg", source_photo, content_type="image/jpeg")
+    image_source.add("/bomb.png", declared_png(60_000, 60_000))
+    image_source.add("/photo.webp", source_webp, content_type="image/webp")
+    urls = [image_source.url_for(path) for path in ("/photo.jpg", "/bomb.png", "/photo.webp")]
+    job = service.wait_job(service.post_job(urls))
+    photo_entry, bomb_entry, webp_entry = job["urls"]
+
+    stored = requests.get(photo_entry["link"], timeout=10).content
+    assert stored == strip(source_photo) and SECRET not in stored
+    assert dict(decoded(stored).getexif()) == {ORIENTATION: 6}  # no GPS; still the right way up
+    assert service.query("SELECT sha256 FROM links WHERE link = ?", (photo_entry["link"],)) == [
+        (hashlib.sha256(stored).hexdigest(),)]  # the digest names the bytes stored
+
+    assert (bomb_entry["state"], bomb_entry["reason"]) == (
+        "failed", "image is 60000 x 60000 pixels, over the limit of 100,000,000 (images.max_pixels)")
+    metrics = requests.get(f"{service.url}/metrics", timeout=10).text
+    assert 'failure_class="too_many_pixels"' in metrics
+
+    assert webp_entry["state"] == "complete" and webp_entry["link"].endswith(".webp")
+    served = requests.get(webp_entry["link"], timeout=10)
+    assert served.headers["Content-Type"] == "image/webp"
+    assert served.content == strip(source_webp) and SECRET not in served.content

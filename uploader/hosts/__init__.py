@@ -6,11 +6,14 @@ subclasses on failure. A client knows nothing of
 jobs, queues or Tornado. What a host asks of the rest of the service is decided here,
 so the worker stays a generic pipeline: ``gate_settings`` (a shared upload gate and its
 credit costs: Imgur's), ``credential_settings`` (a token shared and refreshed by all:
-Imgur's) and ``build_uploader`` (the client wrapped in its upload policy).
+Imgur's), ``build_uploader`` (the client wrapped in its upload policy) and
+``accepted_types`` (the image formats it takes).
 """
 import logging
 from dataclasses import dataclass, field
 from typing import Optional, Protocol
+
+from .. import imagetype
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,14 @@ class ImageHost(Protocol):
 
     def delete(self, deletehash: str) -> bool:
         """Delete an upload; False when the host does not have it (any more)."""
+
+
+def accepted_types(config) -> frozenset:
+    """The MIME types of the images the configured host takes: Imgur's list for Imgur; the
+    other hosts serve browsers, which show WebP too."""
+    if config.resolved_image_host == "imgur":
+        return imagetype.ACCEPTED_BY_IMGUR
+    return imagetype.ACCEPTED_BY_IMGUR | {imagetype.WEBP.mime}
 
 
 def gate_settings(config) -> Optional[dict]:
