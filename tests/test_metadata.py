@@ -14,7 +14,7 @@ import struct
 import pytest
 import requests
 from hypothesis import HealthCheck, given, settings, strategies as st
-from PIL import Image, ImageCms, ImageSequence, PngImagePlugin
+from PIL import Image, ImageCms, ImageSequence, PngImagePlugin, TiffImagePlugin
 
 from uploader import imagetype, metadata
 from uploader.errors import CorruptImage
@@ -288,11 +288,56 @@ def test_gif_keeps_the_loop_count_and_every_frame_drops_comments_and_other_exten
     assert b"!\xff\x0bNETSCAPE2.0" in out and b"!\xfe" not in labels
 
 
-# --- BMP, TIFF ---------------------------------------------------------------------------------
+# --- TIFF, BMP ---------------------------------------------------------------------------------
 
-def test_bmp_and_tiff_pass_unchanged():
-    for data in (saved(picture(), "BMP"), saved(picture(), "TIFF", description="a caption")):
-        assert strip(data) is data
+DROPPED_TIFF_TAGS = {271, 272, 306, 315, 316, 700, 33723, 34377, 34665, 34853}
+
+
+def tiff_with_everything(pages=1):
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    info.update({270: "a caption", 271: "SECRET maker", 315: "SECRET artist", 274: 6,
+                 700: b"<x:xmpmeta>SECRET xmp</x:xmpmeta>", 33723: b"SECRET IPTC",
+                 34377: b"8BIM SECRET Photoshop resources"})
+    if pages == 1:  # Pillow writes a second page's EXIF and GPS directories but points to the first's
+        info[0x8825] = {1: "N", 2: (48.0, 51.0, 30.0), 27: b"SECRET method"}
+        info[0x8769] = {0xA431: "SECRET serial", 0x927C: b"SECRET maker note " * 8}
+    frames = [picture(), picture().rotate(180)][:pages]
+    return saved(frames[0], "TIFF", tiffinfo=info, save_all=True, append_images=frames[1:])
+
+
+def tiff_tags(data):
+    return [dict(frame.tag_v2) for frame in ImageSequence.Iterator(Image.open(io.BytesIO(data)))]
+
+
+@pytest.mark.parametrize("pages", [1, 2])
+def test_tiff_loses_its_metadata_entries_in_place_and_keeps_every_pixel_byte(pages):
+    source = tiff_with_everything(pages)
+    out = strip(source)
+    assert_stripped(source, out)
+    assert len(out) == len(source)  # nothing moved: the directories shrank, the rest is zeros
+    before, after = tiff_tags(source), tiff_tags(out)
+    assert len(after) == pages
+    for page_before, page_after in zip(before, after):
+        assert DROPPED_TIFF_TAGS & set(page_before) and not DROPPED_TIFF_TAGS & set(page_after)
+        assert page_after == {tag: value for tag, value in page_before.items() if tag not in DROPPED_TIFF_TAGS}
+        assert page_after[274] == 6 and page_after[270] == "a caption"
+        offset, count = page_after[273][0], page_after[279][0]
+        assert out[offset:offset + count] == source[offset:offset + count]  # the strip, byte for byte
+
+
+def test_tiff_metadata_sharing_bytes_with_the_image_is_refused():
+    source = bytearray(saved(picture(), "TIFF", tiffinfo={700: b"<x>SECRET xmp</x>" * 4}))
+    tiff = metadata._Tiff(bytes(source))
+    entries = {entry[1]: entry for entry in tiff.entries(tiff.chain()[0])}
+    strip_at = tiff.numbers(entries[273])[0]
+    struct.pack_into("<I", source, entries[700][0] + 8, strip_at)  # XMP "lies" in the pixels
+    with pytest.raises(CorruptImage, match="^corrupt TIFF: metadata at bytes .* overlaps what is kept$"):
+        strip(bytes(source))
+
+
+def test_bmp_passes_unchanged():
+    data = saved(picture(), "BMP")
+    assert strip(data) is data
 
 
 # --- bad input ---------------------------------------------------------------------------------
@@ -300,7 +345,8 @@ def test_bmp_and_tiff_pass_unchanged():
 SOURCES = {"jpeg": saved(picture((12, 8)), "JPEG", exif=exif(), comment=b"SECRET", xmp=b"<x>SECRET</x>"),
            "png": saved(picture((12, 8)), "PNG", exif=exif()),
            "webp": saved(picture((12, 8)), "WEBP", exif=exif(), xmp=b"<x>SECRET</x>"),
-           "gif": saved(picture((12, 8), mode="P"), "GIF", comment=b"SECRET", loop=0)}
+           "gif": saved(picture((12, 8), mode="P"), "GIF", comment=b"SECRET", loop=0),
+           "tiff": saved(picture((12, 8)), "TIFF", tiffinfo={700: b"<x>SECRET</x>", 0x8825: {1: "N", 27: b"SECRET"}})}
 
 
 def strips_or_says_corrupt(data, image_type):

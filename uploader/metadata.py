@@ -17,7 +17,11 @@ what it does not, so a new kind of metadata is dropped too:
           EXIF, XMP and unknown chunks, and fixes the RIFF size.
     GIF   drops comments and every application extension but the loop count
           (NETSCAPE2.0, ANIMEXTS1.0).
-    BMP, TIFF  unchanged: BMP has no such metadata; TIFF is not stripped (see README).
+    TIFF  drops, in place, the entries of every page's directory that hold or point to
+          metadata (EXIF and GPS directories, XMP, IPTC, Photoshop, Make, Model, DateTime,
+          Artist, HostComputer) and zeros what they pointed to; the file keeps its length
+          and its image data. Bytes that nothing points to stay as they are.
+    BMP   unchanged: it has no such metadata.
 
 The EXIF Orientation of a JPEG, PNG or WebP stays, as a minimal EXIF holding that one tag
 in the source's byte order, so a photo still shows the right way up. Whatever follows the
@@ -28,6 +32,7 @@ structure and no copy; a stripped image strips to itself. The bytes were verifie
 (``imagetype.verify``), yet nothing is trusted: a structure it cannot follow raises
 ``CorruptImage``, never half-stripped bytes.
 """
+import bisect
 import struct
 import zlib
 
@@ -197,6 +202,134 @@ def _gif(data):
     raise AssertionError("gif_blocks ends with the trailer or raises")
 
 
+# --- TIFF --------------------------------------------------------------------------------------
+
+# Entries whose values are metadata: who and what took it (Make, Model, DateTime, Artist,
+# HostComputer), XMP, IPTC, Photoshop's resources, the EXIF and GPS directories.
+_TIFF_DROPPED = frozenset({271, 272, 306, 315, 316, 700, 33723, 34377, 34665, 34853})
+_TIFF_DIRECTORIES = frozenset({34665, 34853, 40965})  # EXIF, GPS, Interoperability
+_TIFF_SIZES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4}
+_TIFF_IMAGE_DATA = ((273, 279), (324, 325), (513, 514))  # strips, tiles, an old-style JPEG
+
+
+def _tiff(data):
+    """In place: the metadata entries leave each directory of the chain (which shrinks, its
+    freed entries zeroed), and what they pointed to (EXIF and GPS directories with their
+    values, maker notes included) becomes zeros. Nothing moves, so the image data stays
+    where and what it was. Metadata overlapping what is kept is refused as corrupt."""
+    tiff = _Tiff(data)
+    kept_ranges, erased, rewrites = [], [], []
+    for ifd in tiff.chain():
+        entries = tiff.entries(ifd)
+        kept = [entry for entry in entries if entry[1] not in _TIFF_DROPPED]
+        kept_ranges.append((ifd, ifd + 6 + 12 * len(entries)))
+        kept_ranges.extend(entry[4] for entry in kept if entry[4])
+        kept_ranges.extend(tiff.image_data(kept))
+        for entry in entries:
+            if entry[1] in _TIFF_DROPPED:
+                erased.extend(tiff.reach(entry, depth=0))
+        if len(kept) < len(entries):
+            rewrites.append((ifd, entries, kept))
+    if not rewrites:
+        return data
+    _refuse_overlaps(erased, kept_ranges)
+    out = bytearray(data)
+    for start, end in erased:
+        out[start:end] = bytes(end - start)
+    for ifd, entries, kept in rewrites:
+        end = ifd + 6 + 12 * len(entries)
+        directory = (struct.pack(tiff.order + "H", len(kept)) + b"".join(data[at:at + 12] for at, *_ in kept)
+                     + data[end - 4:end])  # the next directory's offset
+        out[ifd:end] = directory + bytes(end - ifd - len(directory))
+    return bytes(out)
+
+
+def _refuse_overlaps(erased, kept):
+    """Raise CorruptImage if a range to erase overlaps one to keep (a file whose metadata
+    shares bytes with its image cannot be stripped without harming it)."""
+    kept = sorted(kept)
+    starts, reach, furthest = [start for start, _ in kept], [], 0
+    for _, end in kept:
+        furthest = max(furthest, end)
+        reach.append(furthest)  # the furthest end among the ranges starting so far
+    for start, end in erased:
+        before = bisect.bisect_left(starts, end)  # the kept ranges starting before this one ends
+        if before and reach[before - 1] > start:
+            raise CorruptImage(f"corrupt TIFF: metadata at bytes {start}-{end} overlaps what is kept")
+
+
+class _Tiff:
+    """Reads a classic TIFF's directories; every offset is checked against the file."""
+
+    def __init__(self, data):
+        self.data = data
+        self.order = "<" if data[:2] == b"II" else ">"
+
+    def _unpack(self, fmt, at):
+        try:
+            return struct.unpack_from(self.order + fmt, self.data, at)
+        except struct.error:
+            raise CorruptImage(f"corrupt TIFF: an offset points past the end (byte {at})") from None
+
+    def chain(self):
+        """The offsets of IFD0 and each next directory."""
+        (ifd,) = self._unpack("I", 4)
+        seen = []
+        while ifd:
+            if ifd in seen or len(seen) >= 1024:
+                raise CorruptImage("corrupt TIFF: its directories loop")
+            seen.append(ifd)
+            (count,) = self._unpack("H", ifd)
+            (ifd,) = self._unpack("I", ifd + 2 + 12 * count)
+        return seen
+
+    def entries(self, ifd):
+        """``(at, tag, type, count, value)`` of each entry: ``value`` is the (start, end) of
+        a value stored out of the entry, else None."""
+        (count,) = self._unpack("H", ifd)
+        self._unpack("I", ifd + 2 + 12 * count)  # the whole directory is in the file
+        entries = []
+        for at in range(ifd + 2, ifd + 2 + 12 * count, 12):
+            tag, kind, number, offset = self._unpack("HHII", at)
+            size = _TIFF_SIZES.get(kind, 1) * number
+            value = None
+            if size > 4:
+                if offset + size > len(self.data):
+                    raise CorruptImage(f"corrupt TIFF: the value of tag {tag} lies past the end")
+                value = (offset, offset + size)
+            entries.append((at, tag, kind, number, value))
+        return entries
+
+    def numbers(self, entry):
+        at, _, kind, number, value = entry
+        if kind not in (3, 4, 13):
+            return []
+        return list(self._unpack(f"{number}{'H' if kind == 3 else 'I'}", value[0] if value else at + 8))
+
+    def image_data(self, entries):
+        """The (start, end) of the strips, tiles or JPEG the entries point to."""
+        by_tag = {entry[1]: entry for entry in entries}
+        ranges = []
+        for offsets, counts in _TIFF_IMAGE_DATA:
+            if offsets in by_tag and counts in by_tag:
+                starts, sizes = self.numbers(by_tag[offsets]), self.numbers(by_tag[counts])
+                ranges.extend((start, start + size) for start, size in zip(starts, sizes))
+        return ranges
+
+    def reach(self, entry, depth):
+        """What a dropped entry's value occupies: its bytes, and for a directory (EXIF, GPS,
+        Interoperability) the directory with every value in it."""
+        at, tag, kind, number, value = entry
+        ranges = [value] if value else []
+        if tag in _TIFF_DIRECTORIES and depth < 3:
+            for ifd in self.numbers(entry):
+                entries = self.entries(ifd)
+                ranges.append((ifd, ifd + 6 + 12 * len(entries)))
+                for inner in entries:
+                    ranges.extend(self.reach(inner, depth + 1))
+        return ranges
+
+
 # --- EXIF Orientation --------------------------------------------------------------------------
 
 def _orientation_only(tiff):
@@ -224,4 +357,4 @@ def _orientation_only(tiff):
 
 
 _STRIPPERS = {imagetype.JPEG: _jpeg, imagetype.PNG: _png, imagetype.WEBP: _webp,
-              imagetype.GIF: _gif}
+              imagetype.GIF: _gif, imagetype.TIFF: _tiff}
