@@ -94,7 +94,7 @@ def dimensions(data, image_type):
     if read is None:
         return None
     try:
-        return read(memoryview(data))
+        return read(data)  # no memoryview: the fetcher's bytearray of the first bytes grows after
     except (CorruptImage, struct.error):  # cut short (still arriving), or broken: verify says which
         return None
 
