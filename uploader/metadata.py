@@ -4,8 +4,8 @@ A photo's EXIF can say where it was taken (GPS), with which camera (its serial n
 when; XMP, IPTC and comments can name people and places; a video or a second picture
 appended after the image (a "motion photo") carries metadata of its own. ``strip`` keeps
 what decides how the image looks and drops the rest, copying the compressed image data
-byte for byte, so the pixels are exactly the source's. It keeps what it knows and drops
-what it does not, so a new kind of metadata is dropped too:
+byte for byte, so the pixels are exactly the source's. In JPEG, PNG and WebP it keeps what
+it knows and drops what it does not, so a new kind of metadata is dropped too:
 
     JPEG  keeps JFIF (APP0, without a thumbnail), the ICC profile (APP2), Adobe (APP14: its
           colour transform) and every segment that is not APPn or COM; drops the other
