@@ -11,6 +11,7 @@ from uploader.config import (
     BackoffConfig, Config, ImgurConfig, RateLimitConfig, ReserveConfig, config_from_dict,
     load_config,
 )
+from uploader import imagetype
 from uploader.errors import ConfigError, SourceRefused
 from uploader.worker import build_fetcher
 
@@ -122,6 +123,16 @@ def test_new_keys_reach_the_fetcher():
     policy.check_address(ipaddress.ip_address("10.1.1.1"), "intranet.test")
     with pytest.raises(SourceRefused, match="not in the allow-list"):
         policy.check_host("anything.test")
+
+
+def test_the_host_decides_the_formats_fetched_and_the_pixel_limit_reaches_the_fetcher():
+    local = build_fetcher(build({"image_host": "local", "images": {"max_pixels": 1234}}))
+    assert local.accepted_mimes == {"image/jpeg", "image/png", "image/gif", "image/tiff", "image/bmp",
+                                    "image/webp"}  # browsers show WebP
+    assert local.max_pixels == 1234
+    imgur = build_fetcher(build({"image_host": "imgur", "imgur": {"client_id": "an-id"}}))
+    assert imgur.accepted_mimes == imagetype.ACCEPTED_BY_IMGUR  # Imgur refuses WebP
+    assert imgur.max_pixels == 100_000_000
 
 
 def test_no_warning_without_the_old_key(caplog):

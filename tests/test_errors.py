@@ -7,12 +7,15 @@ from uploader import errors
 from uploader.errors import (AuthRejectedError, CorruptImage, FetchError, FetchTimeout, HostError,
                              InvalidSourceURL, NotAnImage, PermanentHostError, RetryableHostError,
                              SourceBroken, SourceHTTPError, SourceRefused, SourceTooLarge,
-                             SourceUnreachable, TooManyRedirects, failure_class, source_may_recover)
+                             SourceUnreachable, TooManyPixels, TooManyRedirects, failure_class,
+                             source_may_recover)
 
 
 @pytest.mark.parametrize("exc, name, may_recover", [
     (SourceRefused("refused: 10.0.0.1 is a private address"), "refused", False),
     (SourceTooLarge("too large: over 20 MB"), "too_large", False),
+    (TooManyPixels("image is 60000 x 60000 pixels, over the limit of 100,000,000 (images.max_pixels)"),
+     "too_many_pixels", False),
     (FetchTimeout("timed out after 15 s"), "timeout", False),
     (NotAnImage("not an image: looks like HTML"), "not_an_image", False),
     (NotAnImage("unsupported image format: WebP (image/webp)"), "not_an_image", False),
@@ -68,9 +71,9 @@ def test_host_and_other_errors(exc, name):
 def test_every_fetch_error_class_documents_itself():
     classes = [c for c in vars(errors).values()
                if isinstance(c, type) and issubclass(c, FetchError) and c is not FetchError]
-    assert len(classes) == 10
+    assert len(classes) == 11
     for cls in classes:
         assert cls.__doc__ and "\n" not in cls.__doc__.strip(), cls
         assert cls.failure_class in ("refused", "too_large", "timeout", "not_an_image",
                                      "source_http_error", "source_broken", "invalid_url",
-                                     "too_many_redirects", "source_unreachable"), cls
+                                     "too_many_redirects", "source_unreachable", "too_many_pixels"), cls

@@ -8,22 +8,28 @@ connections made, so a refusal test can prove that no connection happened at all
 import concurrent.futures
 import contextlib
 import http.client
+import io
 import os
 import re
 import socket
 import ssl
 import statistics
+import struct
 import threading
 import time
 import urllib.parse
+import zlib
 
 import pytest
+from PIL import Image
 
 from uploader import fetch as fetch_module
+from uploader import imagetype
 from uploader.errors import (CorruptImage, FetchError, FetchTimeout, InvalidSourceURL, NotAnImage,
                              SourceBroken, SourceHTTPError, SourceRefused, SourceTooLarge,
-                             SourceUnreachable, TooManyRedirects, failure_class, source_may_recover)
-from tests.fakes.image_source import ImageSource, make_image, sized_jpeg_parts
+                             SourceUnreachable, TooManyPixels, TooManyRedirects, failure_class,
+                             source_may_recover)
+from tests.fakes.image_source import ImageSource, declared_png, make_image, sized_jpeg_parts
 from tests.support import loopback_only
 from uploader.fetch import Fetched, Fetcher, format_size
 
@@ -137,6 +143,72 @@ def test_webp_is_refused_unless_accepted(source):
         fetcher(allow_private_networks=True).fetch(url)
     accepting = fetcher(allow_private_networks=True, accepted_mimes={"image/webp"})
     assert accepting.fetch(url).mime == "image/webp"
+
+
+EVERY_FORMAT = imagetype.ACCEPTED_BY_IMGUR | {imagetype.WEBP.mime}
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP"])
+def test_the_pixel_limit_holds_for_every_format(source, fmt):
+    out = io.BytesIO()
+    Image.linear_gradient("L").resize((37, 23)).save(out, fmt)  # 851 pixels
+    source.add(f"/limit.{fmt}", out.getvalue())
+    url = source.url_for(f"/limit.{fmt}")
+    at_the_limit = fetcher(allow_private_networks=True, accepted_mimes=EVERY_FORMAT, max_pixels=851)
+    assert at_the_limit.fetch(url).data == out.getvalue()
+    over = fetcher(allow_private_networks=True, accepted_mimes=EVERY_FORMAT, max_pixels=850)
+    with pytest.raises(TooManyPixels, match=r"^image is 37 x 23 pixels, over the limit of 850 "
+                                            r"\(images\.max_pixels\)$") as caught:
+        over.fetch(url)
+    assert failure_class(caught.value) == "too_many_pixels" and not source_may_recover(caught.value)
+
+
+def png_chunk(kind, payload):
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def jpeg_segment(marker, payload):
+    return b"\xff" + bytes([marker]) + struct.pack(">H", len(payload) + 2) + payload
+
+
+def declared_jpeg(width, height, before, after):
+    """A JPEG whose frame header says ``width`` x ``height``, behind ``before`` bytes of APP1
+    and followed by ``after`` bytes of comments."""
+    out = io.BytesIO()
+    Image.new("L", (8, 8)).save(out, "JPEG")
+    data = out.getvalue()
+    sof, end = next((start, end) for marker, start, end in imagetype.jpeg_segments(data) if marker == 0xC0)
+    frame = data[sof:sof + 5] + struct.pack(">HH", height, width) + data[sof + 9:end]
+    exif = b"".join(jpeg_segment(0xE1, bytes(60_000)) for _ in range(before // 60_000))
+    comments = b"".join(jpeg_segment(0xFE, bytes(60_000)) for _ in range(after // 60_000))
+    return data[:2] + exif + data[2:sof] + frame + comments + data[end:]
+
+
+@pytest.mark.parametrize("body", [
+    # 60,000 x 60,000 in the first bytes, 6 MB of pixel data after them
+    declared_png(60_000, 60_000)[:-12] + png_chunk(b"IDAT", bytes(6_000_000)) + png_chunk(b"IEND", b""),
+    # a frame header only after 180 KB of EXIF, 6 MB of comments after it
+    declared_jpeg(60_000, 60_000, before=180_000, after=6_000_000),
+], ids=["png", "jpeg-after-exif"])
+def test_an_image_declaring_gigapixels_is_refused_before_it_is_downloaded(source, body):
+    imagetype.verify(body, imagetype.sniff(body))  # a whole file: only its size gives it away
+    source.add("/bomb", body)
+    received = []
+    with pytest.raises(TooManyPixels, match=r"^image is 60000 x 60000 pixels, over the limit of "
+                                            r"100,000,000 \(images\.max_pixels\)$"):
+        fetcher(allow_private_networks=True).fetch(source.url_for("/bomb"),
+                                                   on_progress=lambda got, total: received.append(got))
+    assert received[-1] < 250_000  # refused once the header was in, 6 MB short of the end
+
+
+def test_a_header_at_the_end_of_the_file_is_measured_once_the_body_is_in(source):
+    pixels = bytes(300_000)  # a TIFF may keep its directory after the pixels, past what is read early
+    entries = [(256, 4, 60_000), (257, 4, 60_000), (273, 4, 8), (279, 4, len(pixels))]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", tag, kind, 1, value)
+                                                      for tag, kind, value in entries) + bytes(4)
+    source.add("/late.tiff", b"II*\0" + struct.pack("<I", 8 + len(pixels)) + pixels + ifd)
+    with pytest.raises(TooManyPixels, match=r"^image is 60000 x 60000 pixels"):
+        fetcher(allow_private_networks=True).fetch(source.url_for("/late.tiff"))
 
 
 def test_sends_host_header_and_user_agent_to_the_pinned_address():
@@ -499,7 +571,7 @@ def test_custom_bodies_are_described(source):
 
 
 @pytest.mark.parametrize("body, reason", [
-    (make_image("png", "x" * 200)[:100], "^truncated PNG: chunk tEXt cut short$"),
+    (make_image("png", "x" * 200)[:50], "^truncated PNG: chunk IDAT cut short$"),
     (b"\x89PNG\r\n\x1a\n" + b"\x00\x00\x00\x0dIHDR" + bytes(range(200)),
      "^corrupt PNG: bad CRC in chunk IHDR$"),
     (make_image("jpg", "cut")[:-2], "^truncated JPEG: no end-of-image marker$"),

@@ -1,14 +1,16 @@
 """Content is judged by its bytes: magic numbers for images, a short guess for the rest."""
 
+import io
 import struct
 import zlib
 
 import pytest
 from hypothesis import given, settings, strategies as st
+from PIL import Image
 
 from uploader import imagetype
 from uploader.errors import CorruptImage, failure_class, source_may_recover
-from tests.fakes.image_source import MIN_SIZED_JPEG, make_image, sized_jpeg_parts
+from tests.fakes.image_source import MIN_SIZED_JPEG, declared_png, make_image, sized_jpeg_parts
 
 
 def _ftyp(major, *compatible):
@@ -147,9 +149,9 @@ def test_every_cut_is_seen(fmt):
         assert corrupt_reason(data[:end]).startswith(f"truncated {NAMES[fmt]}: "), end
 
 
-def test_a_png_cut_after_100_bytes():
+def test_a_png_cut_after_50_bytes():
     data = make_image("png", "x" * 200)
-    assert corrupt_reason(data[:100]) == "truncated PNG: chunk tEXt cut short"
+    assert corrupt_reason(data[:50]) == "truncated PNG: chunk IDAT cut short"
     assert corrupt_reason(data[:-12]) == "truncated PNG: no IEND chunk"
 
 
@@ -248,3 +250,103 @@ def test_verify_says_corrupt_or_nothing(fmt, cut, tail):
         imagetype.verify(data, kind)
     except CorruptImage as exc:
         assert str(exc).startswith(("truncated ", "corrupt "))
+
+
+# --- width x height, read from the header ------------------------------------------------------
+
+def pillow(fmt, size=(37, 23), **options):
+    """An image made and read back by Pillow, the test-only decoder."""
+    out = io.BytesIO()
+    Image.linear_gradient("L").resize(size).convert("RGB").save(out, fmt, **options)
+    data = out.getvalue()
+    assert Image.open(io.BytesIO(data)).size == size
+    return data
+
+
+def header_end(data, kind):
+    """The shortest prefix of ``data`` whose header gives the size (found by bisection:
+    once a prefix has it, every longer one has it too)."""
+    low, high = 0, len(data)
+    while low < high:
+        middle = (low + high) // 2
+        if imagetype.dimensions(data[:middle], kind) is None:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+# A JPEG's frame header after a large EXIF segment, as in a camera's photo.
+LARGE_EXIF = b"Exif\0\0MM\0*\0\0\0\x08\0\0" + bytes(60_000)
+
+
+@pytest.mark.parametrize("fmt, options, header", [
+    ("PNG", {}, 33),  # IHDR, its CRC included
+    ("JPEG", {}, None), ("JPEG", {"progressive": True, "exif": LARGE_EXIF}, None),
+    ("GIF", {}, 10),  # the logical screen
+    ("BMP", {}, 26),
+    ("TIFF", {}, None),
+    ("WEBP", {"lossless": True}, 25), ("WEBP", {"lossless": False}, 30),
+    ("WEBP", {"lossless": False, "exif": b"Exif\0\0II*\0\x08\0\0\0\0\0"}, 30),  # VP8X: the canvas
+])
+def test_width_and_height_come_from_the_header_as_soon_as_it_is_in(fmt, options, header):
+    data = pillow(fmt, **options)
+    kind = imagetype.sniff(data)
+    assert imagetype.dimensions(data, kind) == (37, 23)
+    end = header_end(data, kind)
+    assert end == header if header else end < len(data)
+    assert imagetype.dimensions(data[:end - 1], kind) is None
+    if fmt == "JPEG":  # right after the frame header (SOFn), before any scan
+        sof = next(stop for marker, _, stop in imagetype.jpeg_segments(data) if marker in imagetype.SOF_MARKERS)
+        assert end == sof and end > 60_000 * ("exif" in options)
+
+
+def test_bmp_sizes_in_every_header_and_row_order():
+    rows = bytes(112 * 23)  # 37 BGR pixels, padded to 4 bytes, 23 rows
+    core = b"BM" + struct.pack("<IHHI", 26 + len(rows), 0, 0, 26) + struct.pack("<IHHHH", 12, 37, 23, 1, 24)
+    top_down = b"BM" + struct.pack("<IHHI", 54 + len(rows), 0, 0, 54) + struct.pack(
+        "<IiiHHIIiiII", 40, 37, -23, 1, 24, 0, len(rows), 2835, 2835, 0, 0)
+    for data in (core + rows, top_down + rows):
+        assert Image.open(io.BytesIO(data)).size == (37, 23)
+        assert imagetype.dimensions(data, imagetype.BMP) == (37, 23)
+
+
+def test_tiff_sizes_in_either_byte_order_short_or_long():
+    entries = [(256, 4, 37), (257, 3, 23), (258, 3, 8), (259, 3, 1), (262, 3, 1), (273, 4, 8 + 2 + 12 * 9 + 4),
+               (277, 3, 1), (278, 4, 23), (279, 4, 37 * 23)]
+    ifd = struct.pack(">H", len(entries)) + b"".join(
+        struct.pack(">HHI", tag, kind, 1) + (struct.pack(">HH", value, 0) if kind == 3 else struct.pack(">I", value))
+        for tag, kind, value in entries) + bytes(4)
+    data = b"MM\0*" + struct.pack(">I", 8) + ifd + bytes(37 * 23)
+    assert Image.open(io.BytesIO(data)).size == (37, 23)
+    assert imagetype.dimensions(data, imagetype.TIFF) == (37, 23)
+
+
+def test_a_gif_measures_the_canvas_every_frame_needs():
+    screen = b"GIF89a" + struct.pack("<HH", 10, 10) + b"\0\0\0"
+    frame = b"," + struct.pack("<4HB", 5, 2, 100, 3, 0) + b"\x02\x02\x44\x01\0"  # at (5, 2), 100 x 3
+    data = screen + frame + b";"
+    imagetype.verify(data, imagetype.GIF)
+    assert imagetype.dimensions(data, imagetype.GIF) == (105, 10)
+    assert imagetype.dimensions(screen + frame[:5], imagetype.GIF) == (10, 10)  # the screen, till the frame is in
+
+
+def test_a_100_byte_png_can_declare_3_6_gigapixels():
+    data = declared_png(60_000, 60_000)
+    assert len(data) < 100
+    imagetype.verify(data, imagetype.PNG)  # whole as a file: only its size gives it away
+    assert imagetype.dimensions(data, imagetype.PNG) == (60_000, 60_000)
+
+
+def test_a_header_that_fails_its_crc_gives_no_size():
+    data = bytearray(declared_png(60_000, 60_000))
+    data[17] ^= 0xFF  # the width, under the CRC
+    assert imagetype.dimensions(bytes(data), imagetype.PNG) is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(VERIFIED + ["webp"]), st.integers(min_value=0, max_value=400), st.binary(max_size=300))
+def test_dimensions_are_a_size_or_none_never_an_error(fmt, cut, tail):
+    data = make_image(fmt, "fuzz")[:max(cut, imagetype.SNIFF_BYTES)] + tail
+    size = imagetype.dimensions(data, imagetype.sniff(data))
+    assert size is None or (len(size) == 2 and all(isinstance(n, int) and n >= 0 for n in size))

@@ -1,10 +1,14 @@
-"""Worker pieces that need no process: the first round's order, the inbox at a stop, and
-the dedup claim a fetch thread makes for each URL."""
+"""Worker pieces that need no process: the first round's order, the inbox at a stop, the
+dedup claim a fetch thread makes for each URL, and the bytes it hashes for it."""
+import hashlib
+import io
 import queue
 import threading
 
 import pytest
+from PIL import Image
 
+from uploader import imagetype, metadata
 from uploader.config import load_config
 from uploader.dedup import DedupIndex
 from uploader.jobs import COMPLETE, Task
@@ -97,3 +101,20 @@ def test_a_broken_trip_to_the_manager_ends_the_worker_instead_of_failing_the_url
     with pytest.raises(SystemExit) as ended:
         worker.prepare(Task(1, "job", image_source.url_for("/gone.png"), 1))
     assert ended.value.code == SHARED_STATE_LOST
+
+
+@pytest.mark.parametrize("strip", [True, False])
+def test_the_digest_names_the_bytes_to_store_stripped_unless_turned_off(tmp_path, image_source, strip):
+    # dedup and a content-addressed host key by the digest: it must be that of the bytes stored
+    coordinator = Coordinator()
+    coordinator.dedup = DedupIndex(lambda key: None)
+    config = load_config(write_config(tmp_path, images={"strip_metadata": strip}))
+    worker = Worker(0, 1, config, Discard(), Shared(coordinator))
+    out = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(out, "JPEG", comment=b"taken at home")
+    photo = out.getvalue()
+    image_source.add("/photo.jpg", photo, content_type="image/jpeg")
+    ready = worker.prepare(Task(1, "job", image_source.url_for("/photo.jpg"), 1))
+    stored = metadata.strip(photo, imagetype.JPEG) if strip else photo
+    assert (b"taken at home" in ready.fetched.data) is not strip
+    assert ready.fetched.data == stored and ready.digest == hashlib.sha256(stored).hexdigest()

@@ -267,6 +267,14 @@ class FetchConfig:
                 "rename the key. fetch.only_hosts is the new allow-only list."]
 
 
+@dataclass(frozen=True)
+class ImagesConfig:
+    """What is published: personal metadata stripped (the pixels untouched), a pixel limit."""
+
+    strip_metadata: bool = _opt(True)
+    max_pixels: int = _opt(100_000_000, POSITIVE_INT)
+
+
 def _is_database_url(value):
     parts = urlsplit(value)
     return parts.scheme in ("postgresql", "postgres") and bool(parts.path.strip("/") or parts.hostname)
@@ -326,6 +334,7 @@ class Config:
     local: LocalConfig = _section(LocalConfig)
     s3: S3Config = _section(S3Config)
     fetch: FetchConfig = _section(FetchConfig)
+    images: ImagesConfig = _section(ImagesConfig)
     webhooks: WebhooksConfig = _section(WebhooksConfig)
     storage: StorageConfig = _section(StorageConfig)
     logging: LoggingConfig = _section(LoggingConfig)

@@ -99,6 +99,13 @@ class CorruptImage(FetchError):
     may_recover = False  # the body arrived whole as the source has it: a retry gets the same
 
 
+class TooManyPixels(FetchError):
+    """The image's header declares more pixels (width x height) than ``images.max_pixels``."""
+
+    failure_class = "too_many_pixels"
+    may_recover = False
+
+
 class NotAnImage(FetchError):
     """The body is no image, or an image format the image host does not take."""
 

@@ -9,7 +9,9 @@ The body streams under a byte cap and one deadline for the whole download: a
 watchdog shuts the socket when the deadline passes, so a server trickling a byte at
 a time is cut off even though no single read times out. One watchdog thread per
 process serves every download (a heap of deadlines), so a fetch starts no thread.
-The bytes are then judged by their magic number, never by Content-Type or extension.
+The bytes are judged by their magic number, never by Content-Type or extension, and the
+image's width x height by its header as soon as that has arrived, so a decompression bomb
+(a small file declaring gigapixels) is refused before it is downloaded whole.
 
 Plain ``http.client`` on a socket we opened ourselves keeps the pinning obvious: no
 library between us and the wire resolves names or follows redirects on our behalf.
@@ -34,9 +36,9 @@ import time
 import urllib.parse
 
 from . import imagetype
-from .errors import (FetchError, FetchTimeout, InvalidSourceURL, NotAnImage,
+from .errors import (CorruptImage, FetchError, FetchTimeout, InvalidSourceURL, NotAnImage,
                      SourceBroken, SourceHTTPError, SourceTooLarge, SourceUnreachable,
-                     TooManyRedirects)
+                     TooManyPixels, TooManyRedirects)
 from .netpolicy import AddressPolicy, normalize_host, parse_ip_literal
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,9 @@ log = logging.getLogger(__name__)
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _CHUNK = 16 * 1024  # the most one read takes; progress is reported after every read
 _SMALL_READ = 4096  # reads shorter than this are gathered before they are kept
+# The image's width x height is looked for in this much of the body as it arrives (a JPEG's
+# EXIF and ICC segments come before its frame header); past it, in the whole body.
+_HEADER_BYTES = 256 * 1024
 _SAFE_URL_CHARS = "!#$%&'()*+,/:;=?@[]~"
 # What a misbehaving server or network can make http.client, ssl and sockets raise.
 WIRE_ERRORS = (OSError, http.client.HTTPException, ValueError)
@@ -364,14 +369,16 @@ class Fetcher:
 
     def __init__(self, *, timeout_seconds=15.0, max_bytes=20 * 1024 * 1024, max_redirects=5,
                  allow_private_networks=False, private_hosts_allowed=(), only_hosts=(),
-                 denied_hosts=(), accepted_mimes=imagetype.ACCEPTED_BY_IMGUR, resolver=None,
-                 user_agent="image-service/0.1", ca_certs=None):
+                 denied_hosts=(), accepted_mimes=imagetype.ACCEPTED_BY_IMGUR,
+                 max_pixels=100_000_000, resolver=None, user_agent="image-service/0.1",
+                 ca_certs=None):
         self.timeout_seconds = float(timeout_seconds)
         self.max_bytes = int(max_bytes)
         self.max_redirects = int(max_redirects)
         self.policy = AddressPolicy(allow_private_networks, private_hosts_allowed=private_hosts_allowed,
                                     only_hosts=only_hosts, denied_hosts=denied_hosts)
         self.accepted_mimes = frozenset(accepted_mimes)
+        self.max_pixels = int(max_pixels)
         self.resolver = resolver or default_resolver
         self.user_agent = user_agent
         self.ca_certs = ca_certs
@@ -472,7 +479,7 @@ class Fetcher:
             on_progress(0, total)
         chunks, dribble = [], bytearray()
         size = 0
-        sniffed = False
+        kind = head = None  # head: the first bytes, kept until they show width x height
         try:
             while True:
                 sock.settimeout(guard.remaining())
@@ -494,9 +501,13 @@ class Fetcher:
                     if len(dribble) >= _CHUNK:
                         chunks.append(bytes(dribble))
                         dribble.clear()
-                if not sniffed and size >= imagetype.SNIFF_BYTES:
-                    self._judge(chunk if len(chunk) == size else b"".join(chunks) + dribble, None)
-                    sniffed = True
+                if kind is None and size >= imagetype.SNIFF_BYTES:
+                    head = bytearray(chunk if len(chunk) == size else b"".join(chunks) + dribble)
+                    kind = self._judge(head, None)
+                elif head is not None:
+                    head += chunk
+                if head is not None and (self._measure(head, kind) or len(head) >= _HEADER_BYTES):
+                    head = None  # measured, or left to the whole body
                 if on_progress is not None:
                     on_progress(size, total)
         except http.client.IncompleteRead:
@@ -511,8 +522,8 @@ class Fetcher:
         return b"".join(chunks)
 
     def _judge(self, data, final_url):
-        """Check the bytes are an accepted image; with a URL (the whole body is in), check its
-        structure too and return the ``Fetched``."""
+        """Check the bytes are an accepted image and return its type; with a URL (the whole
+        body is in), check its structure and size too and return the ``Fetched``."""
         if not data:
             raise NotAnImage("not an image: the source sent an empty body")
         kind = imagetype.sniff(data)
@@ -521,9 +532,23 @@ class Fetcher:
         if kind.mime not in self.accepted_mimes:
             raise NotAnImage(f"unsupported image format: {imagetype.name(kind)} ({kind.mime})")
         if final_url is None:
-            return None
+            return kind
         imagetype.verify(data, kind)
+        if not self._measure(data, kind) and kind in imagetype.MEASURABLE:
+            raise CorruptImage(f"corrupt {imagetype.name(kind)}: no width and height in its header")
         return Fetched(data=bytes(data), mime=kind.mime, ext=kind.ext, final_url=final_url)
+
+    def _measure(self, data, kind):
+        """True once ``data`` (the body so far, or all of it) shows the image's width x height,
+        False while it does not; raises ``TooManyPixels`` over ``max_pixels``."""
+        size = imagetype.dimensions(data, kind)
+        if size is None:
+            return False
+        width, height = size
+        if width * height > self.max_pixels:
+            raise TooManyPixels(f"image is {width} x {height} pixels, over the limit of "
+                                f"{self.max_pixels:,} (images.max_pixels)")
+        return True
 
 
 def translate_error(exc, guard, target, *, peer="source"):

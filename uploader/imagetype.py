@@ -9,8 +9,13 @@ Once the whole body is in, ``verify`` checks what each format gives for free, so
 file cut short or garbage behind a magic number is not republished: PNG chunk
 lengths and CRCs up to IEND, the JPEG segment chain up to its end-of-image marker,
 the GIF block chain up to its trailer, the BMP file size and pixel offset, the TIFF
-header and first IFD. Bytes after a format's end (zero padding, the video a "motion
-photo" appends to its JPEG) are ignored, as every decoder ignores them.
+header and first IFD, the WebP RIFF size and chunks. Bytes after a format's end (zero
+padding, the video a "motion photo" appends to its JPEG) are ignored, as every decoder
+ignores them. The walkers behind those checks (``jpeg_segments``, ``png_chunks``,
+``gif_blocks``, ``webp_chunks``) are public: ``metadata`` strips along the same paths.
+
+``dimensions`` reads the width x height a header declares, from the first bytes of a body
+still arriving, so a small file that declares gigapixels is refused before it is all in.
 """
 
 import dataclasses
@@ -79,6 +84,21 @@ def sniff(data):
     return _sniff_isobmff(head)
 
 
+def dimensions(data, image_type):
+    """``(width, height)`` in pixels as the header of ``data`` declares them, or None while
+    ``data`` (a whole body, or the start of one still arriving) does not reach them.
+
+    Nothing is decoded, so a 100-byte PNG that declares 60,000 x 60,000 pixels measures
+    as such. A GIF measures the canvas that its screen and every frame in ``data`` need."""
+    read = _SIZE_READERS.get(image_type)
+    if read is None:
+        return None
+    try:
+        return read(data)  # no memoryview: the fetcher's bytearray of the first bytes grows after
+    except (CorruptImage, struct.error):  # cut short (still arriving), or broken: verify says which
+        return None
+
+
 def verify(data, image_type):
     """Raise ``CorruptImage`` with a precise reason if ``data`` (a whole body that ``sniff``
     found to be ``image_type``) is cut short or broken inside; formats without a check pass."""
@@ -87,8 +107,9 @@ def verify(data, image_type):
         check(memoryview(data))
 
 
-def _png(data):
-    """Every chunk's length and CRC, from IHDR up to and including IEND."""
+def png_chunks(data):
+    """Yield ``(kind, start, end)`` for each chunk of a PNG, IHDR first, up to and including
+    IEND: ``start`` is its length field, ``end`` is past its CRC. Raises ``CorruptImage``."""
     pos, first = 8, True
     while True:
         if pos + 8 > len(data):
@@ -101,15 +122,21 @@ def _png(data):
             raise CorruptImage(f"corrupt PNG: first chunk is {name}, not IHDR")
         if length > 0x7FFFFFFF:
             raise CorruptImage(f"corrupt PNG: chunk {name} claims {length} bytes")
-        end = pos + 8 + length
-        if end + 4 > len(data):
+        end = pos + 12 + length
+        if end > len(data):
             raise CorruptImage(f"truncated PNG: chunk {name} cut short")
-        (crc,) = struct.unpack_from(">I", data, end)
-        if zlib.crc32(data[pos + 4:end]) != crc:
-            raise CorruptImage(f"corrupt PNG: bad CRC in chunk {name}")
+        yield kind, pos, end
         if kind == b"IEND":
             return
-        pos, first = end + 4, False
+        pos, first = end, False
+
+
+def _png(data):
+    """Every chunk's length and CRC, from IHDR up to and including IEND."""
+    for kind, start, end in png_chunks(data):
+        (crc,) = struct.unpack_from(">I", data, end - 4)
+        if zlib.crc32(data[start + 4:end - 4]) != crc:
+            raise CorruptImage(f"corrupt PNG: bad CRC in chunk {kind.decode('ascii')}")
 
 
 # In entropy-coded data a 0xFF byte is followed by 0x00 (a stuffed 0xFF), a restart
@@ -118,8 +145,15 @@ _NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 _JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RST0-7 carry no length
 
 
-def _jpeg(data):
-    """The chain of marker segments, through each scan's data, must reach EOI (FFD9)."""
+SOF_MARKERS = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+"""Start-of-frame markers (every coding process): their segment gives the image's size."""
+
+
+def jpeg_segments(data):
+    """Yield ``(marker, start, end)`` for each marker after SOI, up to and including EOI:
+    ``start`` is the 0xFF just before the marker byte (fill bytes before it are in no
+    segment), ``end`` is past its segment; a scan (SOS, 0xDA) ends where its entropy-coded
+    data does. Raises ``CorruptImage``."""
     pos, size = 2, len(data)
     while True:
         if pos >= size:
@@ -131,10 +165,13 @@ def _jpeg(data):
         if pos >= size:
             raise CorruptImage("truncated JPEG: no end-of-image marker")
         marker = data[pos]
+        start = pos - 1
         pos += 1
         if marker == 0xD9:
+            yield marker, start, pos
             return
         if marker in _JPEG_STANDALONE:
+            yield marker, start, pos
             continue
         if marker < 0xC0 or marker == 0xD8:  # 0x02-0xBF are reserved; a second SOI is wrong
             raise CorruptImage(f"corrupt JPEG: unexpected marker 0x{marker:02X} at byte {pos - 1}")
@@ -144,22 +181,34 @@ def _jpeg(data):
         if length < 2:
             raise CorruptImage(f"corrupt JPEG: segment 0x{marker:02X} has length {length}")
         pos += length
-        if marker == 0xDA and pos <= size:  # start of scan: entropy-coded data follows
+        if pos > size:
+            raise CorruptImage("truncated JPEG: no end-of-image marker")
+        if marker == 0xDA:  # start of scan: entropy-coded data follows
             found = _NEXT_MARKER.search(data, pos)
             if found is None:
                 raise CorruptImage("truncated JPEG: no end-of-image marker")
             pos = found.start()
+        yield marker, start, pos
 
 
-def _gif(data):
-    """Header, colour tables, then extension and image blocks up to the trailer (0x3B)."""
+def _jpeg(data):
+    """The chain of marker segments, through each scan's data, must reach EOI (FFD9)."""
+    for _ in jpeg_segments(data):
+        pass
+
+
+def gif_blocks(data):
+    """Yield ``(introducer, start, end)`` for each block after the header and global colour
+    table, up to and including the trailer (0x3B): 0x21 an extension (its label at
+    ``start + 1``), 0x2C an image (descriptor, local colour table, pixels). Raises ``CorruptImage``."""
     size = len(data)
     if size < 13:
         raise CorruptImage("truncated GIF: no trailer")
     pos = 13 + _gif_colour_table(data[10])
     while pos < size:
-        introducer = data[pos]
+        introducer, start = data[pos], pos
         if introducer == 0x3B:
+            yield introducer, start, pos + 1
             return
         if introducer == 0x21:  # extension: label, then data sub-blocks
             pos = _gif_sub_blocks(data, pos + 2)
@@ -169,7 +218,16 @@ def _gif(data):
             pos = _gif_sub_blocks(data, pos + 10 + _gif_colour_table(data[pos + 9]) + 1)
         else:
             raise CorruptImage(f"corrupt GIF: unknown block 0x{introducer:02X} at byte {pos}")
+        if pos > size:
+            break
+        yield introducer, start, pos
     raise CorruptImage("truncated GIF: no trailer")
+
+
+def _gif(data):
+    """Header, colour tables, then extension and image blocks up to the trailer (0x3B)."""
+    for _ in gif_blocks(data):
+        pass
 
 
 def _gif_colour_table(flags):
@@ -184,7 +242,7 @@ def _gif_sub_blocks(data, pos):
         pos += 1 + length
         if length == 0:
             return pos
-    return size  # ran off the end: the caller finds no trailer
+    return size + 1  # ran off the end: the caller finds no trailer
 
 
 def _bmp(data):
@@ -213,6 +271,105 @@ def _tiff(data):
         raise CorruptImage(f"truncated TIFF: first IFD ({entries} entries) cut short")
 
 
+def webp_chunks(data):
+    """Yield ``(kind, start, end)`` for each chunk inside the RIFF container of a WebP:
+    ``end`` is past its payload and the pad byte that evens it. Raises ``CorruptImage``."""
+    if len(data) < 12:
+        raise CorruptImage("truncated WebP: header cut short")
+    (riff_size,) = struct.unpack_from("<I", data, 4)
+    end_of_riff = 8 + riff_size
+    if end_of_riff > len(data):
+        raise CorruptImage(f"truncated WebP: RIFF says {end_of_riff} bytes, got {len(data)}")
+    pos = 12
+    while pos < end_of_riff:
+        if pos + 8 > end_of_riff:
+            raise CorruptImage(f"corrupt WebP: chunk header at byte {pos} cut short")
+        kind, size = struct.unpack_from("<4sI", data, pos)
+        end = pos + 8 + size + (size & 1)
+        if pos + 8 + size > end_of_riff:
+            raise CorruptImage(f"truncated WebP: chunk {_shown(kind)} cut short")
+        yield kind, pos, min(end, end_of_riff)  # the last chunk's pad byte may be missing
+        pos = end
+
+
+_WEBP_IMAGES = frozenset({b"VP8 ", b"VP8L", b"ANMF"})
+
+
+def _webp(data):
+    """The RIFF size, the chunk chain within it, and an image in it."""
+    kinds = [kind for kind, _, _ in webp_chunks(data)]
+    if not kinds or kinds[0] not in (b"VP8 ", b"VP8L", b"VP8X"):
+        raise CorruptImage("corrupt WebP: no VP8, VP8L or VP8X chunk first")
+    if not _WEBP_IMAGES.intersection(kinds):
+        raise CorruptImage("corrupt WebP: no image data")
+
+
+def _png_size(data):
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        return None
+    if zlib.crc32(data[12:29]) != int.from_bytes(data[29:33], "big"):
+        return None  # sizes that cannot be trusted: verify says why
+    return struct.unpack_from(">II", data, 16)
+
+
+def _jpeg_size(data):
+    for marker, start, _ in jpeg_segments(data):
+        if marker in SOF_MARKERS:
+            height, width = struct.unpack_from(">HH", data, start + 5)
+            return width, height
+        if marker == 0xDA:  # a scan before any frame header
+            return None
+    return None
+
+
+def _gif_size(data):
+    width, height = struct.unpack_from("<HH", data, 6)
+    try:
+        for introducer, start, _ in gif_blocks(data):
+            if introducer == 0x2C:
+                left, top, frame_width, frame_height = struct.unpack_from("<4H", data, start + 1)
+                width, height = max(width, left + frame_width), max(height, top + frame_height)
+    except CorruptImage:
+        pass  # still arriving: the frames so far
+    return width, height
+
+
+def _bmp_size(data):
+    if len(data) < 26:
+        return None
+    if int.from_bytes(data[14:18], "little") == 12:  # BITMAPCOREHEADER: 16-bit sizes
+        return struct.unpack_from("<HH", data, 18)
+    width, height = struct.unpack_from("<ii", data, 18)
+    return abs(width), abs(height)  # a negative height means rows stored top-down
+
+
+def _tiff_size(data):
+    order = "<" if data[:2] == b"II" else ">"
+    (offset,) = struct.unpack_from(order + "I", data, 4)
+    (entries,) = struct.unpack_from(order + "H", data, offset)
+    found = {}
+    for entry in range(offset + 2, offset + 2 + 12 * entries, 12):
+        tag, kind, count = struct.unpack_from(order + "HHI", data, entry)
+        if tag in (256, 257) and count >= 1 and kind in (3, 4):  # ImageWidth, ImageLength
+            found[tag] = struct.unpack_from(order + ("H" if kind == 3 else "I"), data, entry + 8)[0]
+    return (found[256], found[257]) if len(found) == 2 else None
+
+
+def _webp_size(data):
+    kind = bytes(data[12:16])
+    if len(data) < (25 if kind == b"VP8L" else 30):
+        return None
+    if kind == b"VP8X":  # the canvas: 24-bit width - 1, height - 1
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if kind == b"VP8L" and data[20] == 0x2F:  # 14-bit width - 1, height - 1
+        (bits,) = struct.unpack_from("<I", data, 21)
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if kind == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # key frame: 14-bit width, height
+        width, height = struct.unpack_from("<HH", data, 26)
+        return width & 0x3FFF, height & 0x3FFF
+    return None
+
+
 def _shown(raw):
     return repr(bytes(raw))[1:]
 
@@ -234,7 +391,11 @@ def _sniff_isobmff(head):
     return None
 
 
-_VERIFIERS = {PNG: _png, JPEG: _jpeg, GIF: _gif, BMP: _bmp, TIFF: _tiff}
+_VERIFIERS = {PNG: _png, JPEG: _jpeg, GIF: _gif, BMP: _bmp, TIFF: _tiff, WEBP: _webp}
+_SIZE_READERS = {PNG: _png_size, JPEG: _jpeg_size, GIF: _gif_size, BMP: _bmp_size, TIFF: _tiff_size,
+                 WEBP: _webp_size}
+MEASURABLE = frozenset(_SIZE_READERS)
+"""The types whose header ``dimensions`` reads: every type a host accepts."""
 
 
 def name(image_type):

@@ -12,7 +12,8 @@ in hand (memory stays bounded by what it holds).
 An empty message stops it: every URL taken is finished, then it ends. Only small records
 cross the process boundary; errors travel as their message.
 
-Per URL: fetch (safe, capped, tried again while the source may recover) -> SHA-256 ->
+Per URL: fetch (safe, capped, tried again while the source may recover) -> strip personal
+metadata (``images.strip_metadata``) -> SHA-256 of the bytes to store ->
 claim the bytes (reuse the link they already have, or own their upload) -> ready -> the
 host's uploader (for Imgur: wait at the shared gate, retry, refresh the shared token) ->
 result; aside, in batches: ``coordinator.end_many`` (the last answers' budgets; publish
@@ -28,12 +29,12 @@ import re
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
-from . import hosts, httpheaders, jobs, lifeline
+from . import hosts, httpheaders, imagetype, jobs, lifeline, metadata
 from .errors import FetchError, HostError, SharedStateLost, failure_class, source_may_recover
-from .fetch import Fetcher
+from .fetch import Fetched, Fetcher
 from .logs import setup_logging
 from .shared.coalesce import Line, next_batch
 from .shared.embedded import guarded
@@ -151,6 +152,8 @@ def build_fetcher(config) -> Fetcher:
         private_hosts_allowed=f.private_hosts_allowed,
         only_hosts=f.only_hosts,
         denied_hosts=f.denied_hosts,
+        accepted_mimes=hosts.accepted_types(config),
+        max_pixels=config.images.max_pixels,
     )
 
 
@@ -215,6 +218,8 @@ class Worker:
         try:
             fetched = self._fetch(task, report)
             report.fetched(len(fetched.data))
+            if self.config.images.strip_metadata:  # before the digest: it names the stored bytes
+                fetched = stripped(fetched)
             digest = report.sha256 = hashlib.sha256(fetched.data).hexdigest()
             # the claim is this URL's, not this thread's: the thread may fetch the same
             # bytes for another URL while a slot still uploads them for this one
@@ -447,6 +452,12 @@ class _Report:
             upload_seconds=self.upload_seconds, fetched_bytes=self.fetched_bytes,
             uploaded_bytes=self.uploaded_bytes, rate=self.rate,
             grants_given_back=self.grants_given_back, **fields)
+
+
+def stripped(fetched: Fetched) -> Fetched:
+    """The fetched image without its personal metadata (``metadata.strip``)."""
+    data = metadata.strip(fetched.data, imagetype.ImageType(fetched.mime, fetched.ext))
+    return fetched if data is fetched.data else replace(fetched, data=data)
 
 
 def upload_name(url: str, ext: str) -> str:

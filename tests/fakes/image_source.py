@@ -14,6 +14,7 @@ per path and query, and ``pace=<seconds>`` waits between 64 KiB parts), ``/html`
 """
 
 import collections
+import functools
 import http.server
 import logging
 import re
@@ -41,7 +42,13 @@ Request.__doc__ = "One request answered: its path with query, and when (``time.m
 # --- tiny valid images ---------------------------------------------------------------------
 
 def make_image(fmt, tag=""):
-    """Return a valid 1x1 image in ``fmt``; ``tag`` is embedded as metadata so bytes differ."""
+    """Return a valid small image in ``fmt``; ``tag`` makes its bytes differ per name.
+
+    The tag sits where no metadata strip removes it, so what the service stores is what
+    was served: in the pixels (PNG and GIF: one row of them), in a Huffman table no scan
+    uses (JPEG), in the ImageDescription (TIFF), in the gap before the pixels (BMP). Only
+    WebP carries it as XMP, which the strip drops. Without a tag: 1x1 pixel.
+    """
     fmt = fmt.lower()
     text = tag.encode("utf-8")
     makers = {"png": _png, "jpg": _jpeg, "jpeg": _jpeg, "gif": _gif, "tiff": _tiff, "tif": _tiff,
@@ -56,23 +63,40 @@ def _png_chunk(kind, payload):
 
 
 def _png(text):
-    ihdr = struct.pack(">IIBBBBB", 1, 1, 8, 0, 0, 0, 0)  # 1x1, 8-bit greyscale
-    comment = _png_chunk(b"tEXt", b"Comment\0" + text) if text else b""
-    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr) + comment
-            + _png_chunk(b"IDAT", zlib.compress(b"\0\x80")) + _png_chunk(b"IEND", b""))
+    row = text or b"\x80"  # 8-bit greyscale, one row: a pixel per byte of the tag
+    ihdr = struct.pack(">IIBBBBB", len(row), 1, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
+            + _png_chunk(b"IDAT", zlib.compress(b"\0" + row)) + _png_chunk(b"IEND", b""))
+
+
+def declared_png(width, height):
+    """A PNG of under 100 bytes whose header declares ``width`` x ``height`` pixels: whole as
+    a file (lengths, CRCs, IEND), though its pixel data is only a few bytes."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", ihdr)
+            + _png_chunk(b"IDAT", zlib.compress(b"\0\0")) + _png_chunk(b"IEND", b""))
 
 
 def _jpeg_segment(marker, payload):
     return b"\xff" + bytes([marker]) + struct.pack(">H", len(payload) + 2) + payload
 
 
+def _unused_huffman_table(symbols):
+    """A definition of AC Huffman table 3, which no scan here uses: up to 255 ``symbols``,
+    all with 8-bit codes. Decoders read it and go on; a metadata strip keeps it."""
+    counts = bytearray(16)
+    counts[7] = len(symbols)
+    return b"\x13" + bytes(counts) + symbols
+
+
 def _jpeg(text):
     """Baseline 1x1 greyscale: one-code Huffman tables, a single DC-0 + EOB block."""
     huffman_one_code = bytes([1] + [0] * 15) + b"\0"
+    tag = b"".join(_unused_huffman_table(text[i:i + 255]) for i in range(0, len(text), 255))
     return b"".join([
         b"\xff\xd8",
         _jpeg_segment(0xE0, b"JFIF\0\x01\x01\0\0\x01\0\x01\0\0"),
-        _jpeg_segment(0xFE, text) if text else b"",
+        _jpeg_segment(0xC4, tag) if text else b"",
         _jpeg_segment(0xDB, b"\0" + b"\x01" * 64),
         _jpeg_segment(0xC0, b"\x08\0\x01\0\x01\x01\x01\x11\0"),
         _jpeg_segment(0xC4, b"\x00" + huffman_one_code),
@@ -84,12 +108,26 @@ def _jpeg(text):
 
 
 def _gif(text):
-    comment = b""
-    if text:
-        blocks = b"".join(bytes([len(text[i:i + 255])]) + text[i:i + 255] for i in range(0, len(text), 255))
-        comment = b"!\xfe" + blocks + b"\0"
-    return (b"GIF89a\x01\0\x01\0\x80\0\0" + b"\0\0\0\xff\xff\xff" + comment
-            + b",\0\0\0\0\x01\0\x01\0\0" + b"\x02\x02\x44\x01\0" + b";")
+    if not text:
+        return (b"GIF89a\x01\0\x01\0\x80\0\0" + b"\0\0\0\xff\xff\xff"
+                + b",\0\0\0\0\x01\0\x01\0\0" + b"\x02\x02\x44\x01\0" + b";")
+    greys = bytes(v for grey in range(256) for v in (grey, grey, grey))
+    pixels = _lzw_literals(text)
+    blocks = b"".join(bytes([len(pixels[i:i + 255])]) + pixels[i:i + 255] for i in range(0, len(pixels), 255))
+    return (b"GIF89a" + struct.pack("<HH", len(text), 1) + b"\xf7\0\0" + greys
+            + b"," + struct.pack("<4HB", 0, 0, len(text), 1, 0) + b"\x08" + blocks + b"\0;")
+
+
+def _lzw_literals(pixels):
+    """8-bit pixels as GIF LZW data without compression: 9-bit literal codes, a clear code
+    every 250 of them so the code width never grows."""
+    codes = []
+    for i in range(0, len(pixels), 250):
+        codes.append(256)  # clear
+        codes.extend(pixels[i:i + 250])
+    codes.append(257)  # end of information
+    value = sum(code << (9 * n) for n, code in enumerate(codes))
+    return value.to_bytes((9 * len(codes) + 7) // 8, "little")
 
 
 def _tiff(text):
@@ -140,7 +178,8 @@ def _webp(text):
 
 
 def sized_jpeg_parts(nbytes, tag="sized"):
-    """Yield a JPEG of exactly ``nbytes`` (padding is comment segments) in <=64 KiB parts.
+    """Yield a JPEG of exactly ``nbytes`` in <=64 KiB parts; the padding is Huffman tables no
+    scan uses (fewer than 21 bytes: fill bytes before a marker), which a strip keeps.
 
     Valid from ``MIN_SIZED_JPEG`` bytes up: when the tag does not fit it is left out (so
     such small images no longer differ per tag); below that minimum the image is cut short.
@@ -149,18 +188,32 @@ def sized_jpeg_parts(nbytes, tag="sized"):
     if len(core) > nbytes:
         core = make_image("jpg")
     fill = nbytes - len(core)
-    if fill < 4:  # too small for a comment segment: trailing zeros (or a cut) instead
-        yield (core + bytes(max(fill, 0)))[:nbytes]
+    if fill < 0:
+        yield core[:nbytes]
         return
     yield core[:2]
-    while fill > 0:
-        size = min(fill, 65537)
-        if 0 < fill - size < 4:
-            size -= 4
-        yield b"\xff\xfe" + struct.pack(">H", size - 2)
-        yield memoryview(_ZEROS)[:size - 4]
+    if fill < 21:
+        yield b"\xff" * fill
+    while fill >= 21:
+        size = min(fill, 65535)
+        if 0 < fill - size < 21:
+            size -= 21
+        yield _padding_segment(size)
         fill -= size
     yield core[2:]
+
+
+@functools.lru_cache(maxsize=4)
+def _padding_segment(size):
+    """A DHT segment of ``size`` (21 to 65535) bytes: unused tables of zero symbols."""
+    payload, tables = size - 4, []
+    while payload:
+        n = min(255, payload - 17)
+        if 0 < payload - 17 - n < 17:
+            n -= 17  # leave room for a whole table
+        tables.append(_unused_huffman_table(bytes(n)))
+        payload -= 17 + n
+    return _jpeg_segment(0xC4, b"".join(tables))
 
 
 MIN_SIZED_JPEG = len(make_image("jpg"))

@@ -7,8 +7,9 @@ Uploaded`` and ``delete(deletehash) -> bool`` (False: not there), and raises
 jobs, queues or Tornado. What a host asks of the rest of the service is decided here,
 so the worker stays a generic pipeline: ``gate_settings`` (a shared upload gate: Imgur's
 with a pace and credit costs, S3's with neither, for its pauses), ``credential_settings``
-(a token shared and refreshed by all: Imgur's) and ``build_uploader`` (the client
-wrapped in its upload policy: ``citizen.PoliteUploader`` for Imgur and S3).
+(a token shared and refreshed by all: Imgur's), ``build_uploader`` (the client wrapped in
+its upload policy: ``citizen.PoliteUploader`` for Imgur and S3) and ``accepted_types``
+(the image formats it takes).
 """
 import email.utils
 import logging
@@ -16,6 +17,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional, Protocol
 
+from .. import imagetype
 from ..errors import HostFull
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,14 @@ def retry_after_seconds(raw) -> Optional[float]:
         return max(0.0, email.utils.parsedate_to_datetime(raw).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
+
+
+def accepted_types(config) -> frozenset:
+    """The MIME types of the images the configured host takes: Imgur's list for Imgur; the
+    other hosts serve browsers, which show WebP too."""
+    if config.resolved_image_host == "imgur":
+        return imagetype.ACCEPTED_BY_IMGUR
+    return imagetype.ACCEPTED_BY_IMGUR | {imagetype.WEBP.mime}
 
 
 def gate_settings(config) -> Optional[dict]:
