@@ -102,7 +102,8 @@ def test_a_dead_instances_published_links_outlive_it(database):
 def test_a_grant_given_back_no_longer_counts_and_teaches_nothing(database):
     store = open_store(StorageConfig(url=database), "me")  # live: its grants count
     try:
-        gate = PgCoordinator(database, "me", lease_seconds=15, gate={"rate": 0, "burst": 1})
+        gate = PgCoordinator(database, "me", lease_seconds=15,  # budgets: Imgur's, probed
+                             gate={"rate": 0, "burst": 1, "costs": {"user": 10}})
         owner = (0, 1)
         assert gate.reserve(owner)[0]  # the probe
         assert not gate.reserve(owner)[0]
