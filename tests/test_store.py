@@ -7,10 +7,11 @@ import pytest
 
 from uploader import jobs
 from uploader.config import StorageConfig
-from uploader.errors import StoreInUse, StoreUnavailable
+from uploader.errors import QueueFull, StoreInUse, StoreUnavailable
 from uploader.render import job_document
 from uploader.store import open_store
 from uploader.store import schema
+from uploader.store import sql
 from uploader.store.sql import OLDEST_LINK, QUEUED_FIRST
 
 URLS = ["https://a.example/1.png", "https://a.example/2.png", "https://a.example/3.png"]
@@ -222,6 +223,93 @@ def test_suspects_are_claimed_only_one_at_a_time_and_apart(store):
         assert not store.suspects_waiting()
 
 
+def make_jobs(store, *jobs_of):
+    """Create ``(job id, account, URL count)`` jobs in one transaction, in order."""
+    with store.transaction():
+        for job_id, account, count in jobs_of:
+            store.create_job(job_id, [f"https://{job_id}.example/{n}.png" for n in range(count)],
+                             account=account)
+
+
+def claim_one_by_one(store, count):
+    """URLs claimed one claim of one at a time, as ``job/n`` names."""
+    taken = []
+    for _ in range(count):
+        with store.transaction():
+            (task,) = store.claim(1)
+        taken.append(task.url.split("//")[1].replace(".example", "").replace(".png", ""))
+    return taken
+
+
+def test_claims_take_turns_across_keys_in_rounds(opened):
+    store = opened("me")
+    make_jobs(store, ("a", "key-a", 5), ("b", "key-b", 3), ("c", "key-c", 1))
+    assert claim_one_by_one(store, 1) == ["a/0"]  # nobody has any in flight: the oldest
+    with store.transaction():  # key-a has one in flight now: each other key's first comes first
+        assert [t.url for t in store.claim(2)] == ["https://b.example/0.png",
+                                                    "https://c.example/0.png"]
+    with store.transaction():  # one each in flight (c has no more): a and b take turns
+        tasks = store.claim(3)
+    assert {t.url for t in tasks} == {"https://a.example/1.png", "https://b.example/1.png",
+                                      "https://a.example/2.png"}
+    assert {t.account for t in tasks} == {"key-a", "key-b"}
+    assert all(t.account == "key-" + t.job_id for t in tasks)
+
+
+def test_a_key_that_arrives_behind_a_backlog_is_claimed_at_the_next_free_slot(opened):
+    store = opened("me")
+    make_jobs(store, ("a", "key-a", 100))
+    with store.transaction():
+        held = store.claim(4)  # every slot busy with key-a's backlog
+    make_jobs(store, ("b", "key-b", 1))
+    with store.transaction():
+        assert store.finish(held[0], jobs.COMPLETE, attempts=1, link="https://i.example/a0")
+        (task,) = store.claim(1)  # a slot freed: key-b's, not key-a's fifth
+    assert task.url == "https://b.example/0.png" and task.account == "key-b"
+    assert claim_one_by_one(store, 2) == ["a/4", "a/5"]  # and then key-a's, in order
+
+
+def test_the_jobs_of_one_key_take_turns(opened):
+    store = opened("me")
+    make_jobs(store, ("one", "", 6))
+    assert claim_one_by_one(store, 2) == ["one/0", "one/1"]
+    make_jobs(store, ("two", "", 2), ("three", "", 1))  # they join the rotation at its head
+    assert claim_one_by_one(store, 7) == ["one/2", "two/0", "three/0", "one/3", "two/1",
+                                          "one/4", "one/5"]
+
+
+def test_a_url_handed_back_keeps_its_turn(opened):
+    store = opened("me")
+    make_jobs(store, ("one", "", 10))
+    assert claim_one_by_one(store, 4) == ["one/0", "one/1", "one/2", "one/3"]
+    make_jobs(store, ("two", "", 2))
+    with store.transaction():
+        taken = store.claim(2)
+    assert sorted(t.url for t in taken) == ["https://one.example/4.png", "https://two.example/0.png"]
+    with store.transaction():  # its worker died: it goes back where it was, ahead of one/5
+        assert store.requeue(next(t for t in taken if t.job_id == "two"))
+    assert claim_one_by_one(store, 4) == ["two/0", "one/5", "two/1", "one/6"]
+
+
+def test_a_keys_queue_cap_refuses_a_job_whole_and_spoils_nothing(opened):
+    store = opened("me")
+    make_jobs(store, ("a", "key-a", 5))
+    with store.transaction():
+        with pytest.raises(QueueFull, match="5 URLs queued and the limit is 7: a job of 3"):
+            store.create_job("refused", URLS, account="key-a", max_queued=7)
+        store.create_job("other-key", URLS, account="key-b", max_queued=7)  # its own count
+        store.create_job("fits", URLS[:2], account="key-a", max_queued=7)  # 5 + 2 = 7
+    assert store.read_job("refused") is None
+    assert job(store, "other-key")["status"] == "pending" and job(store, "fits")
+    with store.transaction():
+        store.claim(10)  # in flight is not queued: room again
+        store.create_job("later", URLS, account="key-a", max_queued=7)
+        with pytest.raises(QueueFull):
+            store.create_job("too-big", ["https://a.example/%d" % n for n in range(8)],
+                             account="key-a", max_queued=7)
+    assert job(store, "later")["uploaded"]["pending"] == URLS
+
+
 def test_unknown_job_reads_as_none(store):
     assert store.read_job("nope") is None
 
@@ -313,10 +401,11 @@ def shared_store(postgres):
 
 
 def test_claims_of_concurrent_instances_never_overlap(shared_store):
-    urls = [f"https://a.example/{n}.png" for n in range(300)]
     first, second = shared_store("one"), shared_store("two")
     with first.transaction():
-        first.create_job("big", urls)
+        for key in ("a", "b", "c"):  # three keys: each claim reads each key's first few
+            first.create_job(f"big-{key}", [f"https://{key}.example/{n}.png" for n in range(100)],
+                             account=key)
     taken = {"one": [], "two": []}
 
     def drain(store):
@@ -421,12 +510,17 @@ def test_each_migration_has_a_version_of_its_own():
     assert len(set(versions)) == len(versions)
 
 
+BEFORE_FAIRNESS = ("DROP INDEX urls_turns", "ALTER TABLE urls DROP COLUMN turn",
+                   "ALTER TABLE urls DROP COLUMN account")  # as before migration 7
+
+
 def test_a_store_made_before_the_queue_and_dedup_indexes_gets_both(storage, backend):
     """Two migrations were both numbered 4: a store made between them (job control in, the
     dedup index not yet) never got the second."""
     run = sql_of(storage)
     open_store(StorageConfig(**storage), "me").close()
-    for statement in ("DROP INDEX urls_queued", "DROP INDEX links_for_dedup",  # as at version 4
+    for statement in (*BEFORE_FAIRNESS,
+                      "DROP INDEX urls_queued", "DROP INDEX links_for_dedup",  # as at version 4
                       "CREATE INDEX urls_queued ON urls(id) WHERE state = 'queued'",
                       "CREATE INDEX links_for_dedup ON links(sha256, host) WHERE deleted IS NULL",
                       "UPDATE schema_version SET version = 4"):
@@ -477,3 +571,85 @@ def test_a_turns_look_at_the_queue_reads_its_index_however_long_the_queue(postgr
                 "SEARCH urls USING INDEX urls_queued (suspect=?)"], plan
     finally:
         conn.close()
+
+
+def test_a_store_from_before_fairness_gets_keys_and_turns_for_its_queue(storage, backend):
+    """Migration 7 copies each job's account to its URLs and numbers its queued URLs in
+    their job's order, so the claim is fair from the first turn after the upgrade."""
+    run = sql_of(storage)
+    store = open_store(StorageConfig(**storage), "me")
+    make_jobs(store, ("a", "key-a", 4), ("b", "key-b", 2))
+    with store.transaction():
+        store.claim(1)  # a/0: in flight across the upgrade
+    store.close()
+    for statement in (*BEFORE_FAIRNESS, "UPDATE schema_version SET version = 6"):
+        run(statement)
+    store = open_store(StorageConfig(**storage), "me")
+    try:
+        assert run("SELECT account, turn FROM urls ORDER BY id") == [
+            ("key-a", 0), ("key-a", 0), ("key-a", 1), ("key-a", 2), ("key-b", 0), ("key-b", 1)]
+        with store.transaction():
+            tasks = store.claim(2)  # key-b has none in flight: its first, then key-a's next
+        assert {(t.url, t.account) for t in tasks} == {("https://b.example/0.png", "key-b"),
+                                                       ("https://a.example/1.png", "key-a")}
+    finally:
+        store.close()
+
+
+def test_the_fair_claim_reads_a_few_urls_of_each_key_however_long_the_queue(postgres, tmp_path):
+    """Each key's first few from urls_turns, whatever the queue's length: with 6,000 queued
+    (three keys, one with 5,000), no step of the claim's plan handles more than a claim's
+    worth of rows, young store or analysed, as a generic plan (what a prepared statement
+    gets). A new job's place in its key's rotation and the key's count (its cap) read the
+    same index. SQLite had taken urls_queued to find the keys, reading the whole queue."""
+    import re
+    import psycopg
+    import sqlite3
+
+    pg = open_store(StorageConfig(url=postgres.create_database()), "me")
+    lite = open_store(StorageConfig(path=str(tmp_path / "store.sqlite3")), "me")
+    try:
+        for store in (pg, lite):
+            make_jobs(store, ("a", "key-a", 5000), ("b", "key-b", 500), ("c", "key-c", 500))
+            with store.transaction():
+                store.claim(20)  # some in flight, as under load
+        queries = {"claim": (sql.FAIR_CLAIM, ("int", "int", "text", "bigint"), "16, 16, 'me', 1"),
+                   "head": (sql.ROTATION_HEAD, ("text",), "'key-a'"),
+                   "count": (sql.KEY_QUEUED, ("text", "text"), "'key-b', 'key-b'")}
+        with psycopg.connect(pg.url, autocommit=True) as conn:
+            conn.execute("SET plan_cache_mode = force_generic_plan")
+            for name, (query, types, _) in queries.items():
+                numbered = re.sub(r"%s", lambda m, n=iter(range(1, 9)): f"${next(n)}", pg.q(query))
+                conn.execute(f"PREPARE {name}({', '.join(types)}) AS {numbered}")
+            for step in ("young", "ANALYZE urls"):
+                if step != "young":
+                    conn.execute(step)
+                plans = {}
+                for name, (_, _, args) in queries.items():
+                    with conn.transaction(force_rollback=True):
+                        plans[name] = "\n".join(row[0] for row in conn.execute(
+                            f"EXPLAIN (ANALYZE) EXECUTE {name}({args})"))
+                for name, plan in plans.items():
+                    assert "urls_turns" in plan and "Seq Scan on urls" not in plan, (step, plan)
+                rows = [int(n) for n in re.findall(r"actual time=\S+ rows=(\d+)", plans["claim"])]
+                assert "urls_queued" not in plans["claim"] and max(rows) <= 60, (step, plans["claim"])
+        conn = sqlite3.connect(lite.path)
+        try:
+            for step in ("young", "ANALYZE"):
+                if step != "young":
+                    conn.execute(step)
+                for name, (query, _, args) in queries.items():
+                    plan = [row[-1] for row in conn.execute(
+                        "EXPLAIN QUERY PLAN " + lite.q(query), eval(f"({args},)"))]
+                    reads = [s for s in plan if re.match(r"(SEARCH|SCAN) (urls|u|h)\b", s)]
+                    assert any("urls_turns" in s for s in reads), (step, plan)
+                    assert all(re.search(r"USING (INDEX urls_turns|INTEGER PRIMARY KEY|INDEX "
+                                         r"urls_in_flight|INDEX urls_queued \(suspect=\?\)$)", s)
+                               for s in reads), (step, plan)
+                    if name != "count":  # (its suspects' part reads urls_queued: a handful)
+                        assert not any("urls_queued" in s for s in reads), (step, plan)
+        finally:
+            conn.close()
+    finally:
+        pg.close()
+        lite.close()

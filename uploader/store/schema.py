@@ -151,6 +151,18 @@ MIGRATIONS = (
         "DROP INDEX urls_queued",
         "CREATE INDEX urls_queued ON urls(suspect, id) WHERE state = 'queued'",
     )),
+    Migration(7, (  # fairness (sql.FAIR_CLAIM): each URL carries its job's account and its
+        # turn in that account's rotation; the claim reads the first few of each account
+        # from urls_turns instead of the oldest of the whole queue. URLs queued before keep
+        # their order: turn = their place in their job.
+        "ALTER TABLE urls ADD COLUMN account TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE urls ADD COLUMN turn BIGINT NOT NULL DEFAULT 0",
+        "UPDATE urls SET account = (SELECT account FROM jobs WHERE jobs.id = urls.job_id)"
+        " WHERE job_id IN (SELECT id FROM jobs WHERE account <> '')",
+        "UPDATE urls SET turn = r.n FROM (SELECT id, row_number() OVER (PARTITION BY job_id"
+        " ORDER BY id) - 1 AS n FROM urls WHERE state = 'queued') AS r WHERE urls.id = r.id",
+        "CREATE INDEX urls_turns ON urls(account, turn, id) WHERE state = 'queued' AND suspect = 0",
+    )),
 )
 
 LATEST = max(m.version for m in MIGRATIONS)

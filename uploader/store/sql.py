@@ -20,6 +20,7 @@ import secrets
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .. import jobs
+from ..errors import QueueFull
 from ..jobs import Task
 from .outbox import OutboxQueries
 
@@ -42,6 +43,9 @@ class SqlStore(OutboxQueries):
     GREATEST = ""  # the two-argument maximum
     SKIP_LOCKED = ""  # appended to a claim's SELECT
     SEQ = ""  # the column giving jobs their order of creation
+    FIRST_OF_EACH_KEY = ""  # joins keys k to h(id, turn): the first ? claimable URLs of k.account
+    PICKED = ""  # "id {picked}": the id is one of those the CTE ``picked`` chose
+    BY_TURNS = BY_QUEUED = ""  # after "FROM urls": through that index, where a planner would not
 
     def __init__(self, instance: str):
         self.instance = instance
@@ -64,9 +68,9 @@ class SqlStore(OutboxQueries):
         """Run one writer statement; returns a cursor."""
         raise NotImplementedError
 
-    def _insert_urls(self, job_id: str, urls: Sequence[str]) -> None:
-        self._executemany("INSERT INTO urls (job_id, url, state) VALUES (?, ?, ?)",
-                          [(job_id, url, jobs.QUEUED) for url in urls])
+    def _insert_urls(self, job_id: str, urls: Sequence[str], account: str, turn: int) -> None:
+        self._executemany("INSERT INTO urls (job_id, url, state, account, turn) VALUES (?, ?, ?, ?, ?)",
+                          [(job_id, url, jobs.QUEUED, account, turn + n) for n, url in enumerate(urls)])
 
     def _executemany(self, sql: str, rows) -> None:
         raise NotImplementedError
@@ -93,7 +97,9 @@ class SqlStore(OutboxQueries):
         done = self._queries.get(sql)
         if done is None:
             done = sql.format(now=self.NOW, greatest=self.GREATEST,
-                              skip_locked=self.SKIP_LOCKED, seq=self.SEQ)
+                              skip_locked=self.SKIP_LOCKED, seq=self.SEQ,
+                              first_of_each_key=self.FIRST_OF_EACH_KEY, picked=self.PICKED,
+                              by_turns=self.BY_TURNS, by_queued=self.BY_QUEUED)
             done = self._queries[sql] = self._placeholders(done)
         return done
 
@@ -133,16 +139,25 @@ class SqlStore(OutboxQueries):
 
     # -- the writer: jobs and the queue ------------------------------------------------------
     def create_job(self, job_id: str, urls: Sequence[str], *, account: str = "",
-                   retry_of: Optional[str] = None, callback_url: Optional[str] = None) -> None:
+                   retry_of: Optional[str] = None, callback_url: Optional[str] = None,
+                   max_queued: int = 0) -> None:
         """Insert a job and its URLs; all or nothing, without spoiling the rest of the batch.
-        ``account``: who owns it (a digest of the API key, '' when there are no keys)."""
+        ``account``: who owns it (a digest of the API key, '' when there are no keys).
+        ``max_queued``: when set, ``QueueFull`` (nothing created) if the account would then
+        have more URLs queued. Its URLs join the account's rotation at its head (``turn``:
+        the head's, then one more for each), so they take turns with the jobs already
+        queued there instead of waiting behind them."""
         self._execute("SAVEPOINT create_job")
         try:
-            self._execute(
+            head, queued = self._execute(
                 "INSERT INTO jobs (id, created, status, remaining, account, retry_of, callback_url)"
-                " VALUES (?, {now}, ?, ?, ?, ?, ?)",
-                (job_id, jobs.JOB_PENDING, len(urls), account, retry_of, callback_url))
-            self._insert_urls(job_id, urls)
+                f" VALUES (?, {{now}}, ?, ?, ?, ?, ?) RETURNING ({ROTATION_HEAD}), "
+                + (f"({KEY_QUEUED})" if max_queued else "0"),
+                (job_id, jobs.JOB_PENDING, len(urls), account, retry_of, callback_url, account,
+                 *((account, account) if max_queued else ()))).fetchone()
+            if max_queued and queued + len(urls) > max_queued:
+                raise QueueFull(queued=queued, adding=len(urls), limit=max_queued)
+            self._insert_urls(job_id, urls, account, head)
         except BaseException:
             self._execute("ROLLBACK TO SAVEPOINT create_job")
             raise
@@ -168,35 +183,29 @@ class SqlStore(OutboxQueries):
             self._count(job_id, jobs.FAILED)
 
     def claim(self, limit: int) -> List[Task]:
-        """Take up to ``limit`` queued URLs (suspects excepted), oldest first, under a new lease."""
+        """Take up to ``limit`` queued URLs (suspects excepted) under a new lease, fairly: in
+        rounds across API keys, the key with the fewest URLs in flight first, and within a
+        key in its rotation across jobs (see ``FAIR_CLAIM``)."""
         if limit <= 0:
             return []
-        return self._claim(0, limit)
+        return self._claim(FAIR_CLAIM, (limit, limit))
 
     def claim_suspect(self) -> Optional[Task]:
         """Take the oldest queued suspect, to run alone (see ``quarantine``)."""
-        tasks = self._claim(1, 1)
+        tasks = self._claim(SUSPECT_CLAIM, ())
         return tasks[0] if tasks else None
 
-    def _claim(self, suspect: int, limit: int) -> List[Task]:
+    def _claim(self, sql: str, params: tuple) -> List[Task]:
         lease = secrets.randbits(62)
-        rows = self._execute(
-            "WITH picked AS MATERIALIZED (" + QUEUED_FIRST + " {skip_locked})"
-            " UPDATE urls SET state = 'in_flight', owner = ?, lease = ?,"
-            " attempts = attempts + 1, " + CLEARED +
-            " WHERE id IN (SELECT id FROM picked) AND state = 'queued'"
-            " RETURNING id, job_id, url, attempts, suspect",
-            (suspect, limit, self.instance, lease)).fetchall()
+        rows = self._execute(sql, (*params, self.instance, lease)).fetchall()
         job_ids = sorted({r[1] for r in rows})
         if not job_ids:
             return []
         self._execute(
             f"UPDATE jobs SET status = ? WHERE id IN ({_marks(job_ids)}) AND status = ?",
             (jobs.JOB_IN_PROGRESS, *job_ids, jobs.JOB_PENDING))
-        accounts = dict(self._execute(f"SELECT id, account FROM jobs WHERE id IN ({_marks(job_ids)})",
-                                      job_ids).fetchall())
         return [Task(url_id=r[0], job_id=r[1], url=r[2], attempt=r[3], lease=lease,
-                     suspect=bool(r[4]), account=accounts[r[1]]) for r in sorted(rows)]
+                     suspect=bool(r[4]), account=r[5]) for r in sorted(rows)]
 
     def suspects_waiting(self) -> bool:
         """True while a suspect waits for its solitary run (on any instance's queue)."""
@@ -387,6 +396,43 @@ class SqlStore(OutboxQueries):
 # asks for. The index urls_queued answers it, order included, however long the queue
 # (schema.py, migration 6); with its suspects a filter, each turn read the whole queue.
 QUEUED_FIRST = "SELECT id FROM urls WHERE state = 'queued' AND suspect = ? ORDER BY id LIMIT ?"
+TAKEN = (" UPDATE urls SET state = 'in_flight', owner = ?, lease = ?, attempts = attempts + 1, "
+         + CLEARED + " WHERE id {picked}"
+         " RETURNING id, job_id, url, attempts, suspect, account")
+# The claim, fair across API keys and within a key across jobs, in one statement. Each key
+# with claimable URLs (found one index probe each: keys), its first URLs in its rotation
+# (by turn, then id: the jobs of a key take turns, see create_job) numbered from the URLs it
+# has in flight anywhere (busy), so the key with the fewest in flight comes first; the
+# lowest numbers win: round-robin across keys, and a key that arrives behind another's
+# backlog is served at the next free slot. Each key's few first come from urls_turns
+# (schema.py, migration 7), however long the queue (SQLite is told to: without statistics
+# it took urls_queued to find the keys, reading the whole queue). PostgreSQL locks them
+# (FOR UPDATE SKIP LOCKED: instances never wait for each other, never take the same URL;
+# the lock rechecks that a row is still queued, so the UPDATE need not: one that said so
+# again was planned on urls_queued, reading the whole queue, in a young store) and takes
+# them by id = ANY (a hash join over the whole table, in a generic plan, otherwise).
+FAIR_CLAIM = (
+    "WITH RECURSIVE keys (account) AS ("
+    " SELECT min(account) FROM urls {by_turns} WHERE state = 'queued' AND suspect = 0"
+    " UNION ALL SELECT (SELECT min(u.account) FROM urls AS u {by_turns} WHERE u.state = 'queued'"
+    " AND u.suspect = 0 AND u.account > k.account) FROM keys k WHERE k.account IS NOT NULL),"
+    " busy AS (SELECT account, count(*) AS n FROM urls WHERE state = 'in_flight' GROUP BY account),"
+    " ranked AS (SELECT h.id, coalesce(b.n, 0) + row_number() OVER"
+    " (PARTITION BY k.account ORDER BY h.turn, h.id) AS round"
+    " FROM keys k {first_of_each_key} LEFT JOIN busy b ON b.account = k.account),"
+    " picked AS MATERIALIZED (SELECT id FROM ranked ORDER BY round, id LIMIT ?)" + TAKEN)
+# The oldest queued suspect (they run alone, oldest first).
+SUSPECT_CLAIM = ("WITH picked AS MATERIALIZED (SELECT id FROM urls WHERE state = 'queued'"
+                 " AND suspect = 1 ORDER BY id LIMIT 1 {skip_locked})" + TAKEN)
+# Where a new job of an account joins its rotation: the turn of its head (the first
+# claimable URL), read from urls_turns (create_job).
+ROTATION_HEAD = ("SELECT coalesce(min(turn), 0) FROM urls {by_turns} WHERE state = 'queued'"
+                 " AND suspect = 0 AND account = ?")
+# An account's queued URLs, a per-key cap's measure: its claimable ones from urls_turns, and
+# its suspects (a handful at most) from urls_queued.
+KEY_QUEUED = ("SELECT (SELECT count(*) FROM urls {by_turns} WHERE state = 'queued' AND suspect = 0"
+              " AND account = ?) + (SELECT count(*) FROM urls {by_queued} WHERE state = 'queued'"
+              " AND suspect = 1 AND account = ?)")
 # The oldest live link of some bytes on a host for an account: what dedup reuses. The index
 # links_for_dedup answers it, order included (schema.py, migration 5).
 OLDEST_LINK = ("SELECT link FROM links WHERE sha256 = ? AND host = ? AND account = ?"

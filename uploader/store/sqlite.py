@@ -31,6 +31,11 @@ class SqliteStore(SqlStore):
     NOW = "((julianday('now') - 2440587.5) * 86400.0)"
     GREATEST = "max"
     SEQ = "rowid"  # jobs are a rowid table: the rowid is their order of creation
+    PICKED = "IN (SELECT id FROM picked)"
+    BY_TURNS, BY_QUEUED = "INDEXED BY urls_turns", "INDEXED BY urls_queued"  # (no statistics)
+    FIRST_OF_EACH_KEY = (  # no LATERAL here: a list subquery per key, read from urls_turns
+        "JOIN urls h ON h.id IN (SELECT id FROM urls INDEXED BY urls_turns WHERE state = 'queued'"
+        " AND suspect = 0 AND account = k.account ORDER BY turn, id LIMIT ?)")
     SCHEMA_WORDS = {"id": "INTEGER PRIMARY KEY", "real": "REAL", "job_seq": "SELECT 1",
                     "account_seq": "account"}  # an index entry ends with the rowid anyway
 
