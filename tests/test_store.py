@@ -597,11 +597,12 @@ def test_a_store_from_before_fairness_gets_keys_and_turns_for_its_queue(storage,
 
 
 def test_the_fair_claim_reads_a_few_urls_of_each_key_however_long_the_queue(postgres, tmp_path):
-    """Each key's first few from urls_turns, whatever the queue's length: with 6,000 queued
-    (three keys, one with 5,000), no step of the claim's plan handles more than a claim's
-    worth of rows, young store or analysed, as a generic plan (what a prepared statement
-    gets). A new job's place in its key's rotation and the key's count (its cap) read the
-    same index. SQLite had taken urls_queued to find the keys, reading the whole queue."""
+    """Each key's first few from urls_turns, whatever the queue's length: with 6,800 queued
+    (43 keys, one with 5,000), no step of the claim's plan handles more than a claim's
+    worth of rows, and PostgreSQL locks little more than it takes, young store or analysed,
+    as a generic plan (what a prepared statement gets). A new job's place in its key's
+    rotation and the key's count (its cap) read the same index. SQLite had taken
+    urls_queued to find the keys, reading the whole queue."""
     import re
     import psycopg
     import sqlite3
@@ -610,10 +611,11 @@ def test_the_fair_claim_reads_a_few_urls_of_each_key_however_long_the_queue(post
     lite = open_store(StorageConfig(path=str(tmp_path / "store.sqlite3")), "me")
     try:
         for store in (pg, lite):
-            make_jobs(store, ("a", "key-a", 5000), ("b", "key-b", 500), ("c", "key-c", 500))
+            make_jobs(store, ("a", "key-a", 5000), ("b", "key-b", 500), ("c", "key-c", 500),
+                      *((f"small-{n}", f"key-{n:02}", 20) for n in range(40)))
             with store.transaction():
                 store.claim(20)  # some in flight, as under load
-        queries = {"claim": (sql.FAIR_CLAIM, ("int", "int", "text", "bigint"), "16, 16, 'me', 1"),
+        queries = {"claim": (sql.FAIR_CLAIM, ("int", "text", "bigint"), "16, 'me', 1"),
                    "head": (sql.ROTATION_HEAD, ("text",), "'key-a'"),
                    "count": (sql.KEY_QUEUED, ("text", "text"), "'key-b', 'key-b'")}
         with psycopg.connect(pg.url, autocommit=True) as conn:
@@ -633,6 +635,9 @@ def test_the_fair_claim_reads_a_few_urls_of_each_key_however_long_the_queue(post
                     assert "urls_turns" in plan and "Seq Scan on urls" not in plan, (step, plan)
                 rows = [int(n) for n in re.findall(r"actual time=\S+ rows=(\d+)", plans["claim"])]
                 assert "urls_queued" not in plans["claim"] and max(rows) <= 60, (step, plans["claim"])
+                locked = [int(rows) * int(loops) for rows, loops in re.findall(
+                    r"LockRows .* rows=(\d+) loops=(\d+)", plans["claim"])]
+                assert 16 <= sum(locked) <= 32, (step, plans["claim"])  # not 16 of each of 43 keys
         conn = sqlite3.connect(lite.path)
         try:
             for step in ("young", "ANALYZE"):

@@ -43,7 +43,7 @@ class SqlStore(OutboxQueries):
     GREATEST = ""  # the two-argument maximum
     SKIP_LOCKED = ""  # appended to a claim's SELECT
     SEQ = ""  # the column giving jobs their order of creation
-    FIRST_OF_EACH_KEY = ""  # joins keys k to h(id, turn): the first ? claimable URLs of k.account
+    RANKED = ""  # the fair claim's CTE ranked (id, round): see FAIR_CLAIM
     PICKED = ""  # "id {picked}": the id is one of those the CTE ``picked`` chose
     BY_TURNS = BY_QUEUED = ""  # after "FROM urls": through that index, where a planner would not
 
@@ -98,7 +98,7 @@ class SqlStore(OutboxQueries):
         if done is None:
             done = sql.format(now=self.NOW, greatest=self.GREATEST,
                               skip_locked=self.SKIP_LOCKED, seq=self.SEQ,
-                              first_of_each_key=self.FIRST_OF_EACH_KEY, picked=self.PICKED,
+                              ranked=self.RANKED, picked=self.PICKED,
                               by_turns=self.BY_TURNS, by_queued=self.BY_QUEUED)
             done = self._queries[sql] = self._placeholders(done)
         return done
@@ -188,7 +188,7 @@ class SqlStore(OutboxQueries):
         key in its rotation across jobs (see ``FAIR_CLAIM``)."""
         if limit <= 0:
             return []
-        return self._claim(FAIR_CLAIM, (limit, limit))
+        return self._claim(FAIR_CLAIM, (limit,))
 
     def claim_suspect(self) -> Optional[Task]:
         """Take the oldest queued suspect, to run alone (see ``quarantine``)."""
@@ -399,28 +399,36 @@ QUEUED_FIRST = "SELECT id FROM urls WHERE state = 'queued' AND suspect = ? ORDER
 TAKEN = (" UPDATE urls SET state = 'in_flight', owner = ?, lease = ?, attempts = attempts + 1, "
          + CLEARED + " WHERE id {picked}"
          " RETURNING id, job_id, url, attempts, suspect, account")
-# The claim, fair across API keys and within a key across jobs, in one statement. Each key
-# with claimable URLs (found one index probe each: keys), its first URLs in its rotation
-# (by turn, then id: the jobs of a key take turns, see create_job) numbered from the URLs it
-# has in flight anywhere (busy), so the key with the fewest in flight comes first; the
-# lowest numbers win: round-robin across keys, and a key that arrives behind another's
-# backlog is served at the next free slot. Each key's few first come from urls_turns
-# (schema.py, migration 7), however long the queue (SQLite is told to: without statistics
-# it took urls_queued to find the keys, reading the whole queue). PostgreSQL locks them
-# (FOR UPDATE SKIP LOCKED: instances never wait for each other, never take the same URL;
-# the lock rechecks that a row is still queued, so the UPDATE need not: one that said so
-# again was planned on urls_queued, reading the whole queue, in a young store) and takes
-# them by id = ANY (a hash join over the whole table, in a generic plan, otherwise).
+# The claim, fair across API keys and within a key across jobs, in one statement. A key's
+# claimable URLs form its rotation (by turn, then id: the jobs of a key take turns, see
+# create_job); the n-th of them has the round (what the key has in flight anywhere) + n,
+# and the claim takes the lowest rounds (then the oldest): round-robin across keys, and a
+# key that arrives behind another's backlog is served at the next free slot. Keys are found
+# one probe of urls_turns each (keys), with their first URL (head); each dialect then reads
+# only what can be taken ({ranked}: rows of id and round), however long the queue:
+# SQLite merges the keys' rotations, lowest round first, stopping at the limit; PostgreSQL
+# reads and locks each key's first few (FOR UPDATE SKIP LOCKED: instances never wait for
+# each other, never take the same URL): none for a key behind ``wanted`` others, at most
+# wanted + 1 - (keys as busy or less) for the others. (The lock rechecks that a URL is
+# still queued, so the UPDATE need not: one that said so again was planned on urls_queued,
+# reading the whole queue, in a young store; PostgreSQL takes them by id = ANY, as a
+# generic plan hash-joined the whole table otherwise. SQLite is told the index: without
+# statistics it read the whole queue to find the keys.)
 FAIR_CLAIM = (
-    "WITH RECURSIVE keys (account) AS ("
+    "WITH RECURSIVE wanted (n) AS (SELECT CAST(? AS INTEGER)),"
+    " keys (account) AS ("
     " SELECT min(account) FROM urls {by_turns} WHERE state = 'queued' AND suspect = 0"
     " UNION ALL SELECT (SELECT min(u.account) FROM urls AS u {by_turns} WHERE u.state = 'queued'"
     " AND u.suspect = 0 AND u.account > k.account) FROM keys k WHERE k.account IS NOT NULL),"
     " busy AS (SELECT account, count(*) AS n FROM urls WHERE state = 'in_flight' GROUP BY account),"
-    " ranked AS (SELECT h.id, coalesce(b.n, 0) + row_number() OVER"
-    " (PARTITION BY k.account ORDER BY h.turn, h.id) AS round"
-    " FROM keys k {first_of_each_key} LEFT JOIN busy b ON b.account = k.account),"
-    " picked AS MATERIALIZED (SELECT id FROM ranked ORDER BY round, id LIMIT ?)" + TAKEN)
+    " queues AS (SELECT q.*, w.n AS wanted, row_number() OVER (ORDER BY q.busy, q.head) AS place,"
+    " count(*) OVER (ORDER BY q.busy) AS level FROM wanted w, (SELECT k.account,"
+    " coalesce(b.n, 0) AS busy, (SELECT id FROM urls {by_turns} WHERE state = 'queued'"
+    " AND suspect = 0 AND account = k.account ORDER BY turn, id LIMIT 1) AS head FROM keys k"
+    " LEFT JOIN busy b ON b.account = k.account WHERE k.account IS NOT NULL) AS q),"
+    " {ranked},"
+    " picked AS MATERIALIZED (SELECT id FROM ranked ORDER BY round, id LIMIT (SELECT n FROM wanted))"
+    + TAKEN)
 # The oldest queued suspect (they run alone, oldest first).
 SUSPECT_CLAIM = ("WITH picked AS MATERIALIZED (SELECT id FROM urls WHERE state = 'queued'"
                  " AND suspect = 1 ORDER BY id LIMIT 1 {skip_locked})" + TAKEN)
