@@ -80,6 +80,7 @@ class ServerConfig:
     max_body_bytes: int = _opt(1048576, POSITIVE_INT)
     public_url: str = _opt("", OPTIONAL_URL)
     api_keys: tuple[str, ...] = _opt((), API_KEY, secret=True)
+    max_queued_urls_per_key: int = _opt(0, NON_NEGATIVE_INT)
 
     @property
     def base_url(self):

@@ -20,7 +20,7 @@ import uuid
 import tornado.web
 
 from . import jobs
-from .errors import HostError, RetryableHostError
+from .errors import HostError, QueueFull, RetryableHostError
 from .handlers import ApiError, BaseHandler
 from .render import job_document, job_summary
 from .submission import SubmissionError, parse_submission
@@ -28,6 +28,7 @@ from .submission import SubmissionError, parse_submission
 log = logging.getLogger(__name__)
 
 LINKS_PAGE = 10_000
+QUEUE_FULL_RETRY_SECONDS = 30  # a key's queue drains at the pace of its uploads: not at once
 LIST_DEFAULT, LIST_MAX = 50, 500
 
 
@@ -46,10 +47,14 @@ def refuse_while_stopping(service) -> None:
 
 
 async def create(handler, urls, **options) -> None:
-    """Create a job of the caller's and answer 202 with its id and Location."""
+    """Create a job of the caller's and answer 202 with its id and Location (429 when the
+    caller's key has as many URLs queued as ``server.max_queued_urls_per_key`` allows)."""
     job_id = str(uuid.uuid4())
-    await handler.wait(handler.service.dispatcher.submit(job_id, urls, account=handler.account,
-                                                         **options))
+    try:
+        await handler.wait(handler.service.dispatcher.submit(job_id, urls, account=handler.account,
+                                                             **options))
+    except QueueFull as exc:
+        raise ApiError(429, str(exc), headers={"Retry-After": str(QUEUE_FULL_RETRY_SECONDS)}) from None
     log.info("job %s accepted with %d URLs", job_id, len(urls))
     handler.set_header("Location", f"/v1/images/upload/{job_id}")
     handler.write_json(202, {"jobId": job_id})
