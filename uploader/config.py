@@ -157,6 +157,7 @@ class WebhooksConfig:
     secret: str = _opt("", secret=True)
     max_attempts: int = _opt(8, POSITIVE_INT)
     timeout_seconds: float = _opt(10.0, POSITIVE)
+    concurrency: int = _opt(8, POSITIVE_INT)
     backoff: WebhookBackoffConfig = _section(WebhookBackoffConfig)
 
 

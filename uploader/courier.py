@@ -1,7 +1,12 @@
-"""The courier: carries out the outbox's effects, one attempt at a time, until each is done.
+"""The courier: carries out the outbox's effects, each on a thread of its own, until done.
 
-One thread per instance. It claims due effects through the dispatcher (the one writer),
-carries each out, and records the outcome the same way:
+    outbox --claim (as many as threads are free)--> courier thread --> delivery threads
+            <--record (done | again later | failed)----------------------------+
+
+One claiming thread per instance and ``webhooks.concurrency`` delivery threads: a slow
+receiver holds the thread of its own delivery, never another's (one thread delivering
+one at a time let four slow receivers delay another key's webhook by 40 s). Claims and
+records go through the dispatcher (the one writer). The effects:
 
     webhook      POST the job document (its bytes fixed at the first attempt, so every
                  retry sends the same) to the job's callback_url, signed when a secret is
@@ -15,13 +20,16 @@ carries each out, and records the outcome the same way:
 A claim is held for a while; an instance that dies mid-attempt lets it go, and the effect
 is carried out again (at least once: a receiver tells retries apart by
 ``X-Uploader-Delivery``). The attempt cut short still counts (it is counted when
-claimed), so a receiver never gets more than ``max_attempts`` requests. The courier
-sleeps until the next effect is due, or until a commit adds one (``wake``), or
-``poll_seconds`` (effects added by other instances).
+claimed), so a receiver never gets more than ``max_attempts`` requests. An effect is
+claimed only when a thread is free to carry it out at once, so no claim waits in line.
+The courier sleeps until the next effect is due, a commit adds one or a delivery ends
+(``wake``), or ``poll_seconds`` (effects added by other instances).
 """
 import json
 import logging
+import queue
 import threading
+from typing import Optional
 from urllib.parse import urlsplit
 
 from .errors import HostError, RetryableHostError, StoreUnavailable
@@ -31,7 +39,6 @@ from .webhook import WebhookSender, backoff_seconds
 
 log = logging.getLogger(__name__)
 
-CLAIM_BATCH = 8
 OUTAGE_SECONDS = 2.0  # wait this long when the store cannot be reached
 
 
@@ -42,6 +49,7 @@ class Courier:
         self.metrics = metrics
         self.delete_at_host = delete_at_host
         hooks = config.webhooks
+        self.concurrency = hooks.concurrency
         self.max_attempts = hooks.max_attempts
         self.backoff = hooks.backoff
         self.hold_seconds = hooks.timeout_seconds * 2 + 30  # longer than any one attempt
@@ -55,8 +63,15 @@ class Courier:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="courier", daemon=True)
+        self._handed: "queue.SimpleQueue[Optional[Effect]]" = queue.SimpleQueue()
+        self._carrying = 0  # effects claimed and not yet recorded (guarded by _lock)
+        self._lock = threading.Lock()
+        self._deliverers = [threading.Thread(target=self._deliverer, name=f"courier-{n}",
+                                             daemon=True) for n in range(self.concurrency)]
 
     def start(self) -> None:
+        for thread in self._deliverers:
+            thread.start()
         self._thread.start()
 
     def wake(self) -> None:
@@ -66,28 +81,52 @@ class Courier:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        for _ in self._deliverers:
+            self._handed.put(None)
 
-    # -- the loop ----------------------------------------------------------------------------
+    # -- the loops ---------------------------------------------------------------------------
     def _run(self) -> None:
+        """Claim as many due effects as threads are free, hand them over, sleep."""
         while not self._stop.is_set():
             try:
-                effects = self._call(lambda store: store.claim_effects(CLAIM_BATCH,
-                                                                       self.hold_seconds))
-                for effect in effects:
-                    if self._stop.is_set():
-                        return  # its claim runs out and it is carried out later
-                    self._carry_out(effect)
-                if len(effects) == CLAIM_BATCH:
-                    continue
-                due = self.store.next_effect_in()
+                with self._lock:
+                    free = self.concurrency - self._carrying
+                if free <= 0:
+                    wait = self.poll_seconds  # until a delivery ends (it wakes us)
+                else:
+                    effects = self._call(lambda store: store.claim_effects(free, self.hold_seconds))
+                    if effects:
+                        with self._lock:
+                            self._carrying += len(effects)
+                        for effect in effects:
+                            self._handed.put(effect)
+                        continue  # more may be due
+                    due = self.store.next_effect_in()
+                    wait = self.poll_seconds if due is None else min(due, self.poll_seconds)
             except StoreUnavailable as exc:
                 log.debug("courier: the store is unreachable (%s)", exc)
-                due = OUTAGE_SECONDS
+                wait = OUTAGE_SECONDS
             except Exception:
-                log.exception("courier: an effect could not be carried out")
-                due = OUTAGE_SECONDS
-            self._wake.wait(self.poll_seconds if due is None else min(due, self.poll_seconds))
+                log.exception("courier: could not claim effects")
+                wait = OUTAGE_SECONDS
+            self._wake.wait(wait)
             self._wake.clear()
+
+    def _deliverer(self) -> None:
+        """One delivery thread: carry out what it is handed, one effect at a time."""
+        while (effect := self._handed.get()) is not None:
+            try:
+                if not self._stop.is_set():  # else its claim runs out: carried out later
+                    self._carry_out(effect)
+            except StoreUnavailable as exc:  # the outcome was not recorded: the claim runs
+                log.warning("courier: could not record %s %s (%s); it will be carried out "
+                            "again", effect.kind, effect.id, exc)  # out, and it goes again
+            except Exception:
+                log.exception("courier: %s %s could not be carried out", effect.kind, effect.id)
+            finally:
+                with self._lock:
+                    self._carrying -= 1
+                self._wake.set()
 
     def _call(self, fn):
         return self.dispatcher.call(fn).result()
