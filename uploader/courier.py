@@ -13,9 +13,11 @@ records go through the dispatcher (the one writer). The effects:
                  set; a non-2xx answer or a timeout is tried again after an exponential
                  backoff with full jitter, up to webhooks.max_attempts; an address the
                  policy refuses fails at once, without a request.
-    host_delete  ask the image host again to delete an image it could not delete when the
-                 client asked (the image is already gone from the API); the same tries and
-                 backoff as a webhook's.
+    host_delete  remove an image's bytes at the image host, owed since the client deleted
+                 it (the image left the API in that same commit); the same tries and
+                 backoff as a webhook's. Should the host refuse for good (or this service
+                 no longer use that host), the link is live again: listed, reused by
+                 dedup, not deleted in its jobs, as it still is at the host.
 
 A claim is held for a while; an instance that dies mid-attempt lets it go, and the effect
 is carried out again (at least once: a receiver tells retries apart by
@@ -48,6 +50,7 @@ class Courier:
         self.store = store
         self.metrics = metrics
         self.delete_at_host = delete_at_host
+        self.host = config.resolved_image_host
         hooks = config.webhooks
         self.concurrency = hooks.concurrency
         self.max_attempts = hooks.max_attempts
@@ -135,10 +138,13 @@ class Courier:
         if effect.attempts >= self.max_attempts:  # the last was cut short: none is left
             log.warning("courier: %s %s has no attempts left (the last one was cut short by a"
                         " stop); given up", effect.kind, effect.id)
-            self._record(effect, FAILED, f"no attempts left: the last of {self.max_attempts} was"
-                         " cut short (the service stopped during it)", attempted=False)
-            count = self.metrics.webhook if effect.kind == "webhook" else self.metrics.host_deletion
-            count("failed")
+            error = (f"no attempts left: the last of {self.max_attempts} was cut short (the "
+                     "service stopped during it)")
+            if effect.kind == "host_delete":
+                self._give_up_deletion(effect, error, attempted=False)
+                return
+            self._record(effect, FAILED, error, attempted=False)
+            self.metrics.webhook("failed")
             return
         if effect.kind == "webhook":
             self._deliver(effect)
@@ -189,6 +195,11 @@ class Courier:
     # -- deletions at the host ---------------------------------------------------------------
     def _delete(self, effect: Effect) -> None:
         attempt = effect.attempts + 1
+        host = json.loads(effect.body or "{}").get("host")
+        if host and host != self.host:
+            self._give_up_deletion(effect, f"the image is on the {host} host, which this "
+                                           "service no longer uses; delete it there")
+            return
         try:
             self.delete_at_host(effect.target)
         except RetryableHostError as exc:
@@ -197,20 +208,36 @@ class Courier:
                                         maximum=self.backoff.max_seconds)
                 self._record(effect, PENDING, str(exc), delay)
                 self.metrics.host_deletion("retried")
+                log.info("the host could not delete an image on attempt %d of %d (%s); again "
+                         "in %.1f s", attempt, self.max_attempts, exc, delay)
                 return
-            self._record(effect, FAILED, str(exc))
-            self.metrics.host_deletion("failed")
-            log.error("could not delete %s at the host after %d attempts: %s",
-                      _shown(json.loads(effect.body or "{}").get("link", "")), attempt, exc)
+            self._give_up_deletion(effect, f"{exc} (attempt {attempt} of {self.max_attempts})")
             return
         except HostError as exc:
-            self._record(effect, FAILED, str(exc))
-            self.metrics.host_deletion("failed")
-            log.error("the host refused to delete an image: %s", exc)
+            self._give_up_deletion(effect, f"the host refused: {exc}")
             return
         self._record(effect, DONE, None)
         self.metrics.host_deletion("deleted")
         log.info("the host deleted an image on attempt %d", attempt)
+
+    def _give_up_deletion(self, effect: Effect, error: str, attempted: bool = True) -> None:
+        """The bytes stay at the host: so does the link, live again, in one transaction with
+        the effect's failure (never a link that looks deleted while its image is there)."""
+        link = json.loads(effect.body or "{}").get("link", "")
+
+        def give_up(store):
+            kept = store.record_effect(effect.id, state=FAILED, error=error, attempted=attempted)
+            if kept and link:
+                store.restore_link(link)
+            return kept
+
+        if not self._call(give_up):
+            log.warning("courier: the claim on host_delete %s ran out before it was recorded; "
+                        "it will be carried out again", effect.id)
+            return
+        self.metrics.host_deletion("failed")
+        log.error("could not delete %s at the host: %s; its link is live again (listed, and "
+                  "no longer deleted in its jobs)", _shown(link), error)
 
 
 def _shown(url: str) -> str:

@@ -6,10 +6,10 @@
     DELETE /v1/images/upload/<id>         cancel: queued URLs fail, in-flight ones finish
     POST   /v1/images/upload/<id>/retry   a new job of exactly the failed URLs (202)
     GET    /v1/images                     the caller's links, oldest first, streamed
-    DELETE /v1/images/<image_id>          delete an image at its host (204)
+    DELETE /v1/images/<image_id>          delete an image; its bytes go next, via the outbox (202)
 
 Handlers never block: writes are dispatcher calls awaited as futures, reads run on the
-store's reader threads, a deletion at the host on the default executor. With API keys,
+store's reader threads. With API keys,
 every caller sees its own jobs and links only: another's answer 404.
 """
 import asyncio
@@ -20,7 +20,7 @@ import uuid
 import tornado.web
 
 from . import jobs
-from .errors import HostError, QueueFull, RetryableHostError
+from .errors import QueueFull
 from .handlers import ApiError, BaseHandler
 from .render import job_document, job_summary
 from .submission import SubmissionError, parse_submission
@@ -191,8 +191,11 @@ class ImagesHandler(BaseHandler):
 
 
 class ImageHandler(BaseHandler):
-    """DELETE /v1/images/<image_id>: delete the image at its host; its link leaves the
-    listing, and its bytes are uploaded afresh if they come again."""
+    """DELETE /v1/images/<image_id>: delete an image. Its deletion is recorded first, in one
+    transaction (the link leaves the listing and dedup, its jobs show it deleted, the
+    outbox owes the host the removal of its bytes); the courier then removes the bytes,
+    retried until the host confirms. So a failure at any step never leaves a dead link
+    that looks alive: 202, and the bytes follow."""
 
     guarded = True
 
@@ -201,37 +204,20 @@ class ImageHandler(BaseHandler):
         found = await self.in_reader(service.store.image, image_id, account)
         if found is None:
             raise ApiError(404, f"no image with id {image_id!r}")
-        link, host, deletehash, sha256 = found
+        link, host, _, sha256 = found
         if host and host != service.config.resolved_image_host:
             raise ApiError(409, f"image {image_id} is on the {host} host, which this service "
                                 "no longer uses; delete it there")
-        later = None
-        try:
-            await asyncio.get_running_loop().run_in_executor(None, service.delete_at_host,
-                                                             deletehash)
-        except RetryableHostError as exc:  # recorded below and tried again until done
-            later = str(exc)
-        except HostError as exc:
-            raise ApiError(409, f"the host refused to delete image {image_id}: {exc}") from None
-
-        def mark(store):
-            if not store.mark_deleted(image_id, account):
-                return False
-            if later is not None:
-                store.add_effect("host_delete", deletehash,
-                                 body=json.dumps({"host": host, "link": link, "error": later}))
-            return True
-
-        if not await self.wait(service.dispatcher.call(mark)):
+        recorded = await self.wait(service.dispatcher.call(
+            lambda store: store.delete_image(image_id, account)))
+        if recorded is None:
             raise ApiError(404, f"no image with id {image_id!r}")
         try:
             service.pool.shared.coordinator.forget(sha256, account)
         except Exception as exc:  # the embedded index may still hold it: only until restart
             log.warning("could not drop image %s from the dedup index: %s", image_id, exc)
-        log.info("image %s deleted (%s)%s", image_id, link,
-                 f"; the host will be asked again: {later}" if later else "")
-        self.set_status(204)
-        self.finish()
+        log.info("image %s deleted (%s); its bytes are removed at the host next", image_id, link)
+        self.write_json(202, {"image_id": image_id, "link": link})
 
 
 def routes(args: dict) -> list:

@@ -16,6 +16,7 @@ so do their links; every read for a client names the account. The writer side (`
 dispatcher's; readers come from any thread and each read sees one snapshot.
 """
 import contextlib
+import json
 import secrets
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
@@ -304,12 +305,25 @@ class SqlStore(OutboxQueries):
         return requeued, failed
 
     # -- images ------------------------------------------------------------------------------
-    def mark_deleted(self, image_id: str, account: str) -> bool:
-        """The image is gone from its host: its link leaves the listing and dedup. False: no
-        such image for this account, or deleted already."""
-        return self._execute(
-            "UPDATE links SET deleted = {now} WHERE image_id = ? AND account = ? AND deleted IS NULL",
-            (image_id, account)).rowcount == 1
+    def delete_image(self, image_id: str, account: str) -> Optional[tuple]:
+        """Record an image's deletion, all of it in this transaction: its link leaves the
+        listing and dedup (its jobs show it deleted) and the outbox owes the host the
+        removal of its bytes, which the courier then carries out. (link, host) of the image,
+        or None: no such image of this account, or deleted already."""
+        row = self._execute(
+            "UPDATE links SET deleted = {now} WHERE image_id = ? AND account = ? AND deleted IS NULL"
+            " RETURNING link, host, deletehash", (image_id, account)).fetchone()
+        if row is None:
+            return None
+        link, host, deletehash = row
+        if deletehash:  # (a link the host gave without one cannot be removed there)
+            self.add_effect("host_delete", deletehash, body=json.dumps({"host": host, "link": link}))
+        return link, host
+
+    def restore_link(self, link: str) -> None:
+        """The host refused for good to delete this link's image: the link is live again
+        (listed, reused by dedup, not deleted in its jobs), as it is at the host."""
+        self._execute("UPDATE links SET deleted = NULL WHERE link = ?", (link,))
 
     # -- readers -----------------------------------------------------------------------------
     def read_job(self, job_id: str, account: Optional[str] = None):
