@@ -145,9 +145,9 @@ class SqlStore(OutboxQueries):
         """Insert a job and its URLs; all or nothing, without spoiling the rest of the batch.
         ``account``: who owns it (a digest of the API key, '' when there are no keys).
         ``max_queued``: when set, ``QueueFull`` (nothing created) if the account would then
-        have more URLs queued. Its URLs join the account's rotation at its head (``turn``:
-        the head's, then one more for each), so they take turns with the jobs already
-        queued there instead of waiting behind them."""
+        have more URLs queued (counted up to that many). Its URLs join the account's
+        rotation at its head (``turn``: the head's, then one more for each), so they take
+        turns with the jobs already queued there instead of waiting behind them."""
         self._execute("SAVEPOINT create_job")
         try:
             head, queued = self._execute(
@@ -155,7 +155,7 @@ class SqlStore(OutboxQueries):
                 f" VALUES (?, {{now}}, ?, ?, ?, ?, ?) RETURNING ({ROTATION_HEAD}), "
                 + (f"({KEY_QUEUED})" if max_queued else "0"),
                 (job_id, jobs.JOB_PENDING, len(urls), account, retry_of, callback_url, account,
-                 *((account, account) if max_queued else ()))).fetchone()
+                 *((account, max_queued, account) if max_queued else ()))).fetchone()
             if max_queued and queued + len(urls) > max_queued:
                 raise QueueFull(queued=queued, adding=len(urls), limit=max_queued)
             self._insert_urls(job_id, urls, account, head)
@@ -189,12 +189,17 @@ class SqlStore(OutboxQueries):
         key in its rotation across jobs (see ``FAIR_CLAIM``)."""
         if limit <= 0:
             return []
-        return self._claim(FAIR_CLAIM, (limit,))
+        return self._claim(FAIR_CLAIM, self._fair_claim_params(limit))
 
     def claim_suspect(self) -> Optional[Task]:
         """Take the oldest queued suspect, to run alone (see ``quarantine``)."""
         tasks = self._claim(SUSPECT_CLAIM, ())
         return tasks[0] if tasks else None
+
+    @staticmethod
+    def _fair_claim_params(limit: int) -> tuple:
+        """FAIR_CLAIM's parameters before owner and lease (a backend may add its own)."""
+        return (limit,)
 
     def _claim(self, sql: str, params: tuple) -> List[Task]:
         lease = secrets.randbits(62)
@@ -450,11 +455,14 @@ SUSPECT_CLAIM = ("WITH picked AS MATERIALIZED (SELECT id FROM urls WHERE state =
 # claimable URL), read from urls_turns (create_job).
 ROTATION_HEAD = ("SELECT coalesce(min(turn), 0) FROM urls {by_turns} WHERE state = 'queued'"
                  " AND suspect = 0 AND account = ?")
-# An account's queued URLs, a per-key cap's measure: its claimable ones from urls_turns, and
-# its suspects (a handful at most) from urls_queued.
-KEY_QUEUED = ("SELECT (SELECT count(*) FROM urls {by_turns} WHERE state = 'queued' AND suspect = 0"
-              " AND account = ?) + (SELECT count(*) FROM urls {by_queued} WHERE state = 'queued'"
-              " AND suspect = 1 AND account = ?)")
+# An account's queued URLs, a per-key cap's measure, counted up to the cap: its claimable
+# ones in rotation order (so from urls_turns, and no further than the cap: a generic plan
+# counted them on urls_queued, reading the whole queue), and its suspects (a handful at
+# most) from urls_queued.
+KEY_QUEUED = ("SELECT (SELECT count(*) FROM (SELECT id FROM urls {by_turns} WHERE state = 'queued'"
+              " AND suspect = 0 AND account = ? ORDER BY turn, id LIMIT ?) AS q)"
+              " + (SELECT count(*) FROM urls {by_queued} WHERE state = 'queued' AND suspect = 1"
+              " AND account = ?)")
 # The oldest live link of some bytes on a host for an account: what dedup reuses. The index
 # links_for_dedup answers it, order included (schema.py, migration 5).
 OLDEST_LINK = ("SELECT link FROM links WHERE sha256 = ? AND host = ? AND account = ?"
