@@ -55,7 +55,8 @@ def serving(app):
 @pytest.fixture
 def service(storage, tmp_path):
     """A stand-in service with a real store holding one uploaded image, a writer that can
-    be told to fail, and a courier that removes bytes at a host recording what it is asked."""
+    be told to fail, and a courier (not started) that removes bytes at a host recording
+    what it is asked."""
     store = open_store(StorageConfig(**storage), "me")
     with store.transaction():
         store.create_job("job-1", ["https://a.example/cat.png"])
@@ -79,8 +80,7 @@ def service(storage, tmp_path):
         forgotten=forgotten,
         pool=types.SimpleNamespace(shared=types.SimpleNamespace(coordinator=types.SimpleNamespace(
             forget=lambda sha256, account: forgotten.append(sha256)))))
-    courier.start()
-    yield stand_in
+    yield stand_in  # (the test starts the courier)
     courier.stop()
     readers.shutdown()
     store.close()
@@ -103,6 +103,7 @@ def test_a_deletion_the_store_cannot_record_changes_nothing_anywhere(service):
         assert job_document(*store.read_job("job-1"))["urls"][0]["deleted"] is False
         assert store.next_effect_in() is None and service.forgotten == []
         assert service.asked == []  # the bytes are still there too
+        service.courier.start()  # (not before: its claims would take the failure meant above)
 
         answer = requests.delete(f"{url}/v1/images/{image_id}", timeout=10)
         assert answer.status_code == 202 and answer.json() == {"image_id": image_id, "link": LINK}
