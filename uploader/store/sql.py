@@ -422,8 +422,8 @@ TAKEN = (" UPDATE urls SET state = 'in_flight', owner = ?, lease = ?, attempts =
 # claimable URLs form its rotation (by turn, then id: the jobs of a key take turns, see
 # create_job); the n-th of them has the round (what the key has in flight anywhere) + n,
 # and the claim takes the lowest rounds (then the oldest): round-robin across keys, and a
-# key that arrives behind another's backlog is served at the next free slot. Keys are found
-# one probe of urls_turns each (keys), with their first URL (head); each dialect then reads
+# key that arrives behind another's backlog is served at the next free slot. The keys are
+# found with their first URLs (heads), one probe of urls_turns each; each dialect then reads
 # only what can be taken ({ranked}: rows of id and round), however long the queue:
 # SQLite merges the keys' rotations, lowest round first, stopping at the limit; PostgreSQL
 # reads and locks each key's first few (FOR UPDATE SKIP LOCKED: instances never wait for
@@ -435,16 +435,16 @@ TAKEN = (" UPDATE urls SET state = 'in_flight', owner = ?, lease = ?, attempts =
 # statistics it read the whole queue to find the keys.)
 FAIR_CLAIM = (
     "WITH RECURSIVE wanted (n) AS (SELECT CAST(? AS INTEGER)),"
-    " keys (account) AS ("
-    " SELECT min(account) FROM urls {by_turns} WHERE state = 'queued' AND suspect = 0"
-    " UNION ALL SELECT (SELECT min(u.account) FROM urls AS u {by_turns} WHERE u.state = 'queued'"
-    " AND u.suspect = 0 AND u.account > k.account) FROM keys k WHERE k.account IS NOT NULL),"
+    " heads (account, head) AS (SELECT h.account, h.id FROM urls h WHERE h.id = (SELECT id"
+    " FROM urls {by_turns} WHERE state = 'queued' AND suspect = 0 ORDER BY account, turn, id"
+    " LIMIT 1) UNION ALL SELECT h.account, h.id FROM heads k JOIN urls h ON h.id = (SELECT id"
+    " FROM urls {by_turns} WHERE state = 'queued' AND suspect = 0 AND account > k.account"
+    " ORDER BY account, turn, id LIMIT 1)),"
     " busy AS (SELECT account, count(*) AS n FROM urls WHERE state = 'in_flight' GROUP BY account),"
-    " queues AS (SELECT q.*, w.n AS wanted, row_number() OVER (ORDER BY q.busy, q.head) AS place,"
-    " count(*) OVER (ORDER BY q.busy) AS level FROM wanted w, (SELECT k.account,"
-    " coalesce(b.n, 0) AS busy, (SELECT id FROM urls {by_turns} WHERE state = 'queued'"
-    " AND suspect = 0 AND account = k.account ORDER BY turn, id LIMIT 1) AS head FROM keys k"
-    " LEFT JOIN busy b ON b.account = k.account WHERE k.account IS NOT NULL) AS q),"
+    " queues AS (SELECT q.account, q.head, coalesce(b.n, 0) AS busy, w.n AS wanted,"
+    " row_number() OVER (ORDER BY coalesce(b.n, 0), q.head) AS place,"
+    " count(*) OVER (ORDER BY coalesce(b.n, 0)) AS level"
+    " FROM wanted w CROSS JOIN heads q LEFT JOIN busy b ON b.account = q.account),"
     " {ranked},"
     " picked AS MATERIALIZED (SELECT id FROM ranked ORDER BY round, id LIMIT (SELECT n FROM wanted))"
     + TAKEN)
