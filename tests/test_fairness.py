@@ -24,7 +24,8 @@ def test_a_key_behind_anothers_backlog_is_served_at_the_next_free_slot(start_ser
                   json={"urls": [image_source.url_for(f"/held/more-{n}.png") for n in range(20)]})
     assert refused.status_code == 429 and int(refused.headers["Retry-After"]) > 0
     assert "48 URLs queued and the limit is 60" in refused.json()["error"]
-    assert [j["id"] for j in api(service, "GET", "/v1/images/upload", KEY_A).json()["jobs"]] == [backlog]
+    listed = api(service, "GET", "/v1/images/upload", KEY_A).json()["jobs"]
+    assert [job["id"] for job in listed] == [backlog]
 
     # Key B's one image: the first URL taken once a slot frees, ahead of A's 48.
     one = submit(service, [image_source.url_for("/held/b-0.png")], KEY_B)
@@ -33,6 +34,7 @@ def test_a_key_behind_anothers_backlog_is_served_at_the_next_free_slot(start_ser
     assert image_source.paths[2] == "/held/b-0.png", image_source.paths
     image_source.release(2)
     assert wait_job(service, one, KEY_B, timeout=60)["uploaded"]["complete"]
-    states = [u["state"] for u in api(service, "GET", f"/v1/images/upload/{backlog}", KEY_A).json()["urls"]]
+    states = [u["state"] for u in
+              api(service, "GET", f"/v1/images/upload/{backlog}", KEY_A).json()["urls"]]
     assert states.count("queued") >= 45  # B done while A's backlog waits
     image_source.release(100)

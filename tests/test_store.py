@@ -285,7 +285,8 @@ def test_a_url_handed_back_keeps_its_turn(opened):
     make_jobs(store, ("two", "", 2))
     with store.transaction():
         taken = store.claim(2)
-    assert sorted(t.url for t in taken) == ["https://one.example/4.png", "https://two.example/0.png"]
+    assert sorted(t.url for t in taken) == ["https://one.example/4.png",
+                                            "https://two.example/0.png"]
     with store.transaction():  # its worker died: it goes back where it was, ahead of one/5
         assert store.requeue(next(t for t in taken if t.job_id == "two"))
     assert claim_one_by_one(store, 4) == ["two/0", "one/5", "two/1", "one/6"]

@@ -54,7 +54,8 @@ async def create(handler, urls, **options) -> None:
         await handler.wait(handler.service.dispatcher.submit(job_id, urls, account=handler.account,
                                                              **options))
     except QueueFull as exc:
-        raise ApiError(429, str(exc), headers={"Retry-After": str(QUEUE_FULL_RETRY_SECONDS)}) from None
+        raise ApiError(429, str(exc),
+                       headers={"Retry-After": str(QUEUE_FULL_RETRY_SECONDS)}) from None
     log.info("job %s accepted with %d URLs", job_id, len(urls))
     handler.set_header("Location", f"/v1/images/upload/{job_id}")
     handler.write_json(202, {"jobId": job_id})

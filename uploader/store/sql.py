@@ -70,8 +70,9 @@ class SqlStore(OutboxQueries):
         raise NotImplementedError
 
     def _insert_urls(self, job_id: str, urls: Sequence[str], account: str, turn: int) -> None:
-        self._executemany("INSERT INTO urls (job_id, url, state, account, turn) VALUES (?, ?, ?, ?, ?)",
-                          [(job_id, url, jobs.QUEUED, account, turn + n) for n, url in enumerate(urls)])
+        self._executemany(
+            "INSERT INTO urls (job_id, url, state, account, turn) VALUES (?, ?, ?, ?, ?)",
+            [(job_id, url, jobs.QUEUED, account, turn + n) for n, url in enumerate(urls)])
 
     def _executemany(self, sql: str, rows) -> None:
         raise NotImplementedError
@@ -316,13 +317,14 @@ class SqlStore(OutboxQueries):
         removal of its bytes, which the courier then carries out. (link, host) of the image,
         or None: no such image of this account, or deleted already."""
         row = self._execute(
-            "UPDATE links SET deleted = {now} WHERE image_id = ? AND account = ? AND deleted IS NULL"
-            " RETURNING link, host, deletehash", (image_id, account)).fetchone()
+            "UPDATE links SET deleted = {now} WHERE image_id = ? AND account = ?"
+            " AND deleted IS NULL RETURNING link, host, deletehash", (image_id, account)).fetchone()
         if row is None:
             return None
         link, host, deletehash = row
         if deletehash:  # (a link the host gave without one cannot be removed there)
-            self.add_effect("host_delete", deletehash, body=json.dumps({"host": host, "link": link}))
+            self.add_effect("host_delete", deletehash,
+                            body=json.dumps({"host": host, "link": link}))
         return link, host
 
     def restore_link(self, link: str) -> None:
@@ -446,7 +448,8 @@ FAIR_CLAIM = (
     " count(*) OVER (ORDER BY coalesce(b.n, 0)) AS level"
     " FROM wanted w CROSS JOIN heads q LEFT JOIN busy b ON b.account = q.account),"
     " {ranked},"
-    " picked AS MATERIALIZED (SELECT id FROM ranked ORDER BY round, id LIMIT (SELECT n FROM wanted))"
+    " picked AS MATERIALIZED (SELECT id FROM ranked ORDER BY round, id"
+    " LIMIT (SELECT n FROM wanted))"
     + TAKEN)
 # The oldest queued suspect (they run alone, oldest first).
 SUSPECT_CLAIM = ("WITH picked AS MATERIALIZED (SELECT id FROM urls WHERE state = 'queued'"
