@@ -801,8 +801,9 @@ IMAGES = f"{SERVER}/v1/images"
 
 
 def test_delete_deletes_each_image_once_one_line_each(requests_mock, capsys):
-    requests_mock.delete(f"{IMAGES}/img-cat", status_code=204)
-    requests_mock.delete(f"{IMAGES}/img-dog", status_code=204)
+    requests_mock.delete(f"{IMAGES}/img-cat", status_code=202,
+                         json={"image_id": "img-cat", "link": "https://i.example/cat.png"})
+    requests_mock.delete(f"{IMAGES}/img-dog", status_code=204)  # as an older service answered
     assert cli("--key", KEY, "delete", "img-cat", "img-dog", "img-cat") == 0
     assert capsys.readouterr() == ("OK    img-cat  deleted\nOK    img-dog  deleted\n", "")
     assert [(r.method, r.path) for r in requests_mock.request_history] == [
@@ -813,7 +814,7 @@ def test_delete_deletes_each_image_once_one_line_each(requests_mock, capsys):
 def test_delete_goes_on_past_an_image_it_cannot_delete_and_exits_1(requests_mock, capsys):
     requests_mock.delete(f"{IMAGES}/img-gone", status_code=404, json={"error": "no image"})
     requests_mock.delete(f"{IMAGES}/img-odd", status_code=409, json={"error": "still uploading"})
-    requests_mock.delete(f"{IMAGES}/img-cat", status_code=204)
+    requests_mock.delete(f"{IMAGES}/img-cat", status_code=202, json={})
     assert cli("delete", "img-gone", "img-odd", "img-cat") == 1
     assert capsys.readouterr() == (
         "FAIL  img-gone  :  no such image (already deleted, or it belongs to another key)\n"
@@ -822,7 +823,7 @@ def test_delete_goes_on_past_an_image_it_cannot_delete_and_exits_1(requests_mock
 
 
 def test_delete_quotes_the_id_into_the_path(requests_mock):
-    requests_mock.delete(f"{IMAGES}/..%2Fupload%2Fjob-1", status_code=204)
+    requests_mock.delete(f"{IMAGES}/..%2Fupload%2Fjob-1", status_code=202, json={})
     assert cli("delete", "../upload/job-1") == 0
     assert requests_mock.last_request.path == "/v1/images/..%2fupload%2fjob-1"
 

@@ -117,11 +117,12 @@ def test_deleting_a_local_image_removes_it_everywhere(start_service, image_sourc
     assert entry["image_id"] and entry["deleted"] is False
     assert requests.get(entry["link"], timeout=10).status_code == 200
     answer = api(service, "DELETE", f"/v1/images/{entry['image_id']}")
-    assert answer.status_code == 204 and answer.content == b""
-    assert requests.get(entry["link"], timeout=10).status_code == 404
-    assert entry["link"] not in service.links()
+    assert answer.status_code == 202
+    assert answer.json() == {"image_id": entry["image_id"], "link": entry["link"]}
+    assert entry["link"] not in service.links()  # at once, as the job says
     (after,) = api(service, "GET", f"/v1/images/upload/{job_id}").json()["urls"]
     assert after["deleted"] is True and after["link"] == entry["link"]
+    wait_until(lambda: requests.get(entry["link"], timeout=10).status_code == 404)  # the bytes next
     again = api(service, "DELETE", f"/v1/images/{entry['image_id']}")
     assert again.status_code == 404 and again.json()["error"]
     (fresh,) = wait_job(service, submit(service, [url]))["urls"]  # the same bytes again
@@ -133,21 +134,30 @@ def test_deleting_an_imgur_image_calls_imgur_with_its_deletehash(start_service, 
                                                                 fake_imgur):
     service = start_service(**imgur_config(fake_imgur),
                             webhooks={"backoff": {"base_seconds": 0.1, "max_seconds": 0.2}})
-    job = wait_job(service, submit(service, [image_source.url_for("/img/imgur-deleted.png"),
-                                             image_source.url_for("/img/imgur-kept.png")]))
-    deleted, kept = job["urls"]
+    job = wait_job(service, submit(service, [image_source.url_for(f"/img/imgur-{n}.png")
+                                             for n in ("deleted", "kept", "refused")]))
+    deleted, kept, refused = job["urls"]
     fake_imgur.image_bytes(deleted["link"])  # there
-    assert api(service, "DELETE", f"/v1/images/{deleted['image_id']}").status_code == 204
-    (record,) = fake_imgur.deletes
+    assert api(service, "DELETE", f"/v1/images/{deleted['image_id']}").status_code == 202
+    assert sorted(service.links()) == sorted([kept["link"], refused["link"]])  # (oldest first)
+    (record,) = wait_until(lambda: fake_imgur.deletes)
     assert record.status == 200 and record.auth == "bearer"
     assert requests.get(deleted["link"].replace("https://i.imgur.example", fake_imgur.url),
                         timeout=10).status_code == 404
-    assert service.links() == [kept["link"]]
-    # Imgur down at the moment of the second deletion: recorded, and Imgur asked again.
+    # Imgur down for the second deletion: recorded, and Imgur asked again until it confirms.
     fake_imgur.fail_next_delete(2, status=503, body="Service Unavailable")
-    assert api(service, "DELETE", f"/v1/images/{kept['image_id']}").status_code == 204
-    assert service.links() == []
+    assert api(service, "DELETE", f"/v1/images/{kept['image_id']}").status_code == 202
+    assert service.links() == [refused["link"]]
     wait_until(lambda: [r.status for r in fake_imgur.deletes] == [200, 503, 503, 200])
+    # Imgur refuses the third for good: the image is still there, and so is its link again.
+    fake_imgur.fail_next_delete(1, status=403, body="Permission denied")
+    assert api(service, "DELETE", f"/v1/images/{refused['image_id']}").status_code == 202
+    wait_until(lambda: service.links() == [refused["link"]])
+    assert fake_imgur.image_bytes(refused["link"])
+    entry = api(service, "GET", f"/v1/images/upload/{job['id']}").json()["urls"][2]
+    assert entry["deleted"] is False
+    metrics = requests.get(f"{service.url}/metrics", timeout=10).text
+    assert 'uploader_host_deletions_total{outcome="failed"} 1.0' in metrics
 
 
 def test_a_post_that_is_not_json_creates_nothing(start_service, image_source):

@@ -9,11 +9,12 @@ import pytest
 
 from uploader import jobs
 from uploader.config import StorageConfig
-from uploader.errors import StoreFull, StoreInUse, StoreUnavailable
+from uploader.errors import QueueFull, StoreFull, StoreInUse, StoreUnavailable
 from uploader.render import job_document
 from uploader.store import open_store
 from uploader.store import postgres as postgres_store
 from uploader.store import schema
+from uploader.store import sql
 from uploader.store.sql import OLDEST_LINK, QUEUED_FIRST
 
 URLS = ["https://a.example/1.png", "https://a.example/2.png", "https://a.example/3.png"]
@@ -225,6 +226,94 @@ def test_suspects_are_claimed_only_one_at_a_time_and_apart(store):
         assert not store.suspects_waiting()
 
 
+def make_jobs(store, *jobs_of):
+    """Create ``(job id, account, URL count)`` jobs in one transaction, in order."""
+    with store.transaction():
+        for job_id, account, count in jobs_of:
+            store.create_job(job_id, [f"https://{job_id}.example/{n}.png" for n in range(count)],
+                             account=account)
+
+
+def claim_one_by_one(store, count):
+    """URLs claimed one claim of one at a time, as ``job/n`` names."""
+    taken = []
+    for _ in range(count):
+        with store.transaction():
+            (task,) = store.claim(1)
+        taken.append(task.url.split("//")[1].replace(".example", "").replace(".png", ""))
+    return taken
+
+
+def test_claims_take_turns_across_keys_in_rounds(opened):
+    store = opened("me")
+    make_jobs(store, ("a", "key-a", 5), ("b", "key-b", 3), ("c", "key-c", 1))
+    assert claim_one_by_one(store, 1) == ["a/0"]  # nobody has any in flight: the oldest
+    with store.transaction():  # key-a has one in flight now: each other key's first comes first
+        assert [t.url for t in store.claim(2)] == ["https://b.example/0.png",
+                                                    "https://c.example/0.png"]
+    with store.transaction():  # one each in flight (c has no more): a and b take turns
+        tasks = store.claim(3)
+    assert {t.url for t in tasks} == {"https://a.example/1.png", "https://b.example/1.png",
+                                      "https://a.example/2.png"}
+    assert {t.account for t in tasks} == {"key-a", "key-b"}
+    assert all(t.account == "key-" + t.job_id for t in tasks)
+
+
+def test_a_key_that_arrives_behind_a_backlog_is_claimed_at_the_next_free_slot(opened):
+    store = opened("me")
+    make_jobs(store, ("a", "key-a", 100))
+    with store.transaction():
+        held = store.claim(4)  # every slot busy with key-a's backlog
+    make_jobs(store, ("b", "key-b", 1))
+    with store.transaction():
+        assert store.finish(held[0], jobs.COMPLETE, attempts=1, link="https://i.example/a0")
+        (task,) = store.claim(1)  # a slot freed: key-b's, not key-a's fifth
+    assert task.url == "https://b.example/0.png" and task.account == "key-b"
+    assert claim_one_by_one(store, 2) == ["a/4", "a/5"]  # and then key-a's, in order
+
+
+def test_the_jobs_of_one_key_take_turns(opened):
+    store = opened("me")
+    make_jobs(store, ("one", "", 6))
+    assert claim_one_by_one(store, 2) == ["one/0", "one/1"]
+    make_jobs(store, ("two", "", 2), ("three", "", 1))  # they join the rotation at its head
+    assert claim_one_by_one(store, 7) == ["one/2", "two/0", "three/0", "one/3", "two/1",
+                                          "one/4", "one/5"]
+
+
+def test_a_url_handed_back_keeps_its_turn(opened):
+    store = opened("me")
+    make_jobs(store, ("one", "", 10))
+    assert claim_one_by_one(store, 4) == ["one/0", "one/1", "one/2", "one/3"]
+    make_jobs(store, ("two", "", 2))
+    with store.transaction():
+        taken = store.claim(2)
+    assert sorted(t.url for t in taken) == ["https://one.example/4.png",
+                                            "https://two.example/0.png"]
+    with store.transaction():  # its worker died: it goes back where it was, ahead of one/5
+        assert store.requeue(next(t for t in taken if t.job_id == "two"))
+    assert claim_one_by_one(store, 4) == ["two/0", "one/5", "two/1", "one/6"]
+
+
+def test_a_keys_queue_cap_refuses_a_job_whole_and_spoils_nothing(opened):
+    store = opened("me")
+    make_jobs(store, ("a", "key-a", 5))
+    with store.transaction():
+        with pytest.raises(QueueFull, match="5 URLs queued and the limit is 7: a job of 3"):
+            store.create_job("refused", URLS, account="key-a", max_queued=7)
+        store.create_job("other-key", URLS, account="key-b", max_queued=7)  # its own count
+        store.create_job("fits", URLS[:2], account="key-a", max_queued=7)  # 5 + 2 = 7
+    assert store.read_job("refused") is None
+    assert job(store, "other-key")["status"] == "pending" and job(store, "fits")
+    with store.transaction():
+        store.claim(10)  # in flight is not queued: room again
+        store.create_job("later", URLS, account="key-a", max_queued=7)
+        with pytest.raises(QueueFull):
+            store.create_job("too-big", ["https://a.example/%d" % n for n in range(8)],
+                             account="key-a", max_queued=7)
+    assert job(store, "later")["uploaded"]["pending"] == URLS
+
+
 def test_unknown_job_reads_as_none(store):
     assert store.read_job("nope") is None
 
@@ -383,10 +472,11 @@ def shared_store(postgres):
 
 
 def test_claims_of_concurrent_instances_never_overlap(shared_store):
-    urls = [f"https://a.example/{n}.png" for n in range(300)]
     first, second = shared_store("one"), shared_store("two")
     with first.transaction():
-        first.create_job("big", urls)
+        for key in ("a", "b", "c"):  # three keys: each claim reads each key's first few
+            first.create_job(f"big-{key}", [f"https://{key}.example/{n}.png" for n in range(100)],
+                             account=key)
     taken = {"one": [], "two": []}
 
     def drain(store):
@@ -491,12 +581,17 @@ def test_each_migration_has_a_version_of_its_own():
     assert len(set(versions)) == len(versions)
 
 
+BEFORE_FAIRNESS = ("DROP INDEX urls_turns", "ALTER TABLE urls DROP COLUMN turn",
+                   "ALTER TABLE urls DROP COLUMN account")  # as before migration 8
+
+
 def test_a_store_made_before_the_queue_and_dedup_indexes_gets_both(storage, backend):
     """Two migrations were both numbered 4: a store made between them (job control in, the
     dedup index not yet) never got the second."""
     run = sql_of(storage)
     open_store(StorageConfig(**storage), "me").close()
-    for statement in ("DROP INDEX urls_queued", "DROP INDEX links_for_dedup",  # as at version 4
+    for statement in (*BEFORE_FAIRNESS,
+                      "DROP INDEX urls_queued", "DROP INDEX links_for_dedup",  # as at version 4
                       "CREATE INDEX urls_queued ON urls(id) WHERE state = 'queued'",
                       "CREATE INDEX links_for_dedup ON links(sha256, host) WHERE deleted IS NULL",
                       "UPDATE schema_version SET version = 4"):
@@ -581,13 +676,17 @@ def test_one_link_held_by_two_accounts_is_each_ones_own(store):
     for account in ("alice", "bob"):
         with store.links(10, account) as pages:
             assert list(pages) == [[same]]
-    assert store.held_elsewhere(same, "alice") and store.held_elsewhere(same, "bob")
     with store.transaction():
-        assert store.mark_deleted(bob_id, "bob")
-    assert not store.held_elsewhere(same, "alice")  # only Alice's is left
-    assert store.held_elsewhere(same, "bob")
+        assert store.delete_image(bob_id, "bob") == (same, "s3", True)  # Alice holds it too
+        assert store.claim_effects(10, 60) == []  # so its bytes stay at the host
+    assert store.link_live(same)
     assert job(store, "a-job")["urls"][0]["deleted"] is False
     assert job(store, "b-job")["urls"][0]["deleted"] is True
+    with store.transaction():
+        assert store.delete_image(alice_id, "alice") == (same, "s3", False)  # the last one
+        (effect,) = store.claim_effects(10, 60)
+    assert (effect.kind, effect.target) == ("host_delete", "ab12.png")
+    assert not store.link_live(same)
 
 
 def test_bytes_uploaded_again_after_their_deletion_are_live_again(store):
@@ -602,7 +701,7 @@ def test_bytes_uploaded_again_after_their_deletion_are_live_again(store):
                                                     host="s3", deletehash="cd34.png"))])
     old_id = image_ids(store, "job-1")[0]
     with store.transaction():
-        assert store.mark_deleted(old_id, "")
+        assert store.delete_image(old_id, "") == (same, "s3", False)
     with store.transaction():
         store.create_job("again", ["https://a.example/again.png", "https://a.example/more.png"])
         tasks = store.claim(2)
@@ -632,7 +731,8 @@ def test_links_made_before_they_were_per_account_keep_their_rows_and_ids(storage
     store.close()
     before = run("SELECT id, link, sha256, host, created, account, image_id, deletehash,"
                  " deleted FROM links ORDER BY id")
-    run("UPDATE schema_version SET version = 6")  # as a store made before it
+    for statement in (*BEFORE_FAIRNESS, "UPDATE schema_version SET version = 6"):
+        run(statement)  # as a store made before it
     open_store(StorageConfig(**storage), "me").close()
     assert run("SELECT version FROM schema_version") == [(schema.LATEST,)]
     assert run("SELECT id, link, sha256, host, created, account, image_id, deletehash,"
@@ -647,3 +747,124 @@ def test_links_made_before_they_were_per_account_keep_their_rows_and_ids(storage
     rows = run("SELECT id, account FROM links ORDER BY id")
     assert rows[:2] == [(before[0][0], ""), (before[1][0], "")]
     assert rows[2][0] > before[1][0] and rows[2][1] == "someone"  # a second row, a new id
+
+
+def test_a_store_from_before_fairness_gets_keys_and_turns_for_its_queue(storage, backend):
+    """Migration 8 copies each job's account to its URLs and numbers its queued URLs in
+    their job's order, so the claim is fair from the first turn after the upgrade."""
+    run = sql_of(storage)
+    store = open_store(StorageConfig(**storage), "me")
+    make_jobs(store, ("a", "key-a", 4), ("b", "key-b", 2))
+    with store.transaction():
+        store.claim(1)  # a/0: in flight across the upgrade
+    store.close()
+    for statement in (*BEFORE_FAIRNESS, "UPDATE schema_version SET version = 7"):
+        run(statement)
+    store = open_store(StorageConfig(**storage), "me")
+    try:
+        assert run("SELECT account, turn FROM urls ORDER BY id") == [
+            ("key-a", 0), ("key-a", 0), ("key-a", 1), ("key-a", 2), ("key-b", 0), ("key-b", 1)]
+        with store.transaction():
+            tasks = store.claim(2)  # key-b has none in flight: its first, then key-a's next
+        assert {(t.url, t.account) for t in tasks} == {("https://b.example/0.png", "key-b"),
+                                                       ("https://a.example/1.png", "key-a")}
+    finally:
+        store.close()
+
+
+def many_keys(store):
+    """42 keys more with a few queued URLs each; some in flight, as under load."""
+    make_jobs(store, ("b", "key-b", 500), ("c", "key-c", 500),
+              *((f"small-{n}", f"key-{n:02}", 20) for n in range(40)))
+    with store.transaction():
+        store.claim(20)
+
+
+# The queries that read the queue by key: the claim, a new job's place in its key's
+# rotation, a key's count for its cap; with the parameters of a claim of 16.
+BY_KEY = {"claim": sql.FAIR_CLAIM, "head": sql.ROTATION_HEAD, "count": sql.KEY_QUEUED}
+ARGS = {"head": ("key-a",), "count": ("key-b", 1000, "key-b")}
+
+
+def test_postgres_reads_a_few_urls_of_each_key_however_long_the_queue(postgres):
+    """With 100,000 queued for one key, then 42 keys more, no step of the claim's plan
+    handles more than a claim's worth of rows and it locks little more than it takes, in a
+    young store or an analysed one, planned for its parameters or generic (what a prepared
+    statement may get), and it is costed low enough not to be compiled (it was not: JIT
+    took 150 ms); the head and the count read urls_turns too."""
+    import re
+    import psycopg
+
+    store = open_store(StorageConfig(url=postgres.create_database()), "me")
+    try:
+        args = {**ARGS, "claim": (*store._fair_claim_params(16), "me", 1)}
+        with psycopg.connect(store.url, autocommit=True) as conn:
+            for name, query in BY_KEY.items():
+                numbered = re.sub(r"%s", lambda m, n=iter(range(1, 9)): f"${next(n)}",
+                                  store.q(query))
+                types = ", ".join("text" if isinstance(a, str) else "bigint" for a in args[name])
+                conn.execute(f"PREPARE {name}({types}) AS {numbered}")
+
+            def plans():
+                """{(step, mode, query): its plan}, as the store is and once analysed."""
+                found = {}
+                for step in ("as it is", "ANALYZE urls"):
+                    if step != "as it is":
+                        conn.execute(step)
+                    for mode in ("force_custom_plan", "force_generic_plan"):
+                        conn.execute(f"SET plan_cache_mode = {mode}")
+                        for name in BY_KEY:
+                            with conn.transaction(force_rollback=True):
+                                found[step, mode, name] = "\n".join(row[0] for row in conn.execute(
+                                    f"EXPLAIN (ANALYZE) EXECUTE {name}"
+                                    f"({', '.join(map(repr, args[name]))})"))
+                return found
+
+            make_jobs(store, ("a", "key-a", 100_000))  # young: no statistics yet
+            with store.transaction():
+                store.claim(20)
+            for where, plan in plans().items():  # one key's long queue: JIT's trap
+                assert "JIT" not in plan, (where, plan)
+            many_keys(store)
+            for where, plan in plans().items():
+                assert "urls_turns" in plan and "Seq Scan on urls" not in plan, (where, plan)
+                assert "JIT" not in plan, (where, plan)
+                if where[2] == "claim":
+                    rows = [int(n) for n in re.findall(r"actual time=\S+ rows=(\d+)", plan)]
+                    assert "urls_queued" not in plan and max(rows) <= 60, (where, plan)
+                    locked = [int(rows) * int(loops) for rows, loops in re.findall(
+                        r"LockRows .* rows=(\d+) loops=(\d+)", plan)]
+                    assert 16 <= sum(locked) <= 32, (where, plan)  # not 16 of each of 43 keys
+    finally:
+        store.close()
+
+
+def test_sqlite_reads_a_few_urls_of_each_key_however_long_the_queue(tmp_path):
+    """Every read of the queue by key goes through urls_turns (or in-flight URLs, or by
+    id), young store or analysed: without statistics SQLite had taken urls_queued to find
+    the keys, reading the whole queue."""
+    import re
+    import sqlite3
+
+    store = open_store(StorageConfig(path=str(tmp_path / "store.sqlite3")), "me")
+    conn = sqlite3.connect(store.path)
+    try:
+        make_jobs(store, ("a", "key-a", 5000))
+        many_keys(store)
+        args = {**ARGS, "claim": (*store._fair_claim_params(16), "me", 1)}
+        for step in ("young", "ANALYZE"):
+            if step != "young":
+                conn.execute(step)
+            for name, query in BY_KEY.items():
+                plan = [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + store.q(query),
+                                                        args[name])]
+                reads = [line for line in plan if re.match(r"(SEARCH|SCAN) (urls|u|h)\b", line)]
+                assert any("urls_turns" in line for line in reads), plan
+                assert all(re.search(r"USING (INDEX urls_turns|INTEGER PRIMARY KEY|INDEX "
+                                     r"urls_in_flight|INDEX urls_queued \(suspect=\?\)$)", line)
+                           for line in reads), plan
+                if name != "count":  # (its suspects' part reads urls_queued: a handful)
+                    assert not any("urls_queued" in line for line in reads), plan
+    finally:
+        conn.close()
+        store.close()

@@ -190,11 +190,13 @@ class Api:
         return page
 
     def delete_image(self, image_id):
-        """DELETE an uploaded image: ``None`` once deleted, else why not. A 401 raises, as
-        a network failure does: every other image would meet the same refusal."""
+        """DELETE an uploaded image: ``None`` once deleted (202: its link is gone from the
+        service, which removes the bytes at the host next; an older service answered 204),
+        else why not. A 401 raises, as a network failure does: every other image would
+        meet the same refusal."""
         response = self.request("DELETE", f"/v1/images/{quote(image_id, safe='')}",
                                 f"to delete image {image_id}")
-        if response.status_code in (200, 204):
+        if response.status_code in (202, 204):
             return None
         if response.status_code == 401:
             raise self.refused(response, "")

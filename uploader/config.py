@@ -111,6 +111,7 @@ class ServerConfig:
     body_timeout_seconds: float = _opt(60.0, POSITIVE)
     public_url: str = _opt("", OPTIONAL_URL)
     api_keys: tuple[str, ...] = _opt((), API_KEY, secret=True)
+    max_queued_urls_per_key: int = _opt(0, NON_NEGATIVE_INT)
 
     @property
     def base_url(self):
@@ -187,6 +188,7 @@ class WebhooksConfig:
     secret: str = _opt("", secret=True)
     max_attempts: int = _opt(8, POSITIVE_INT)
     timeout_seconds: float = _opt(10.0, POSITIVE)
+    concurrency: int = _opt(8, POSITIVE_INT)
     backoff: WebhookBackoffConfig = _section(WebhookBackoffConfig)
 
 

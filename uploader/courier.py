@@ -1,27 +1,37 @@
-"""The courier: carries out the outbox's effects, one attempt at a time, until each is done.
+"""The courier: carries out the outbox's effects, each on a thread of its own, until done.
 
-One thread per instance. It claims due effects through the dispatcher (the one writer),
-carries each out, and records the outcome the same way:
+    outbox --claim (as many as threads are free)--> courier thread --> delivery threads
+            <--record (done | again later | failed)----------------------------+
+
+One claiming thread per instance and ``webhooks.concurrency`` delivery threads: a slow
+receiver holds the thread of its own delivery, never another's (one thread delivering
+one at a time let four slow receivers delay another key's webhook by 40 s). Claims and
+records go through the dispatcher (the one writer). The effects:
 
     webhook      POST the job document (its bytes fixed at the first attempt, so every
                  retry sends the same) to the job's callback_url, signed when a secret is
                  set; a non-2xx answer or a timeout is tried again after an exponential
                  backoff with full jitter, up to webhooks.max_attempts; an address the
                  policy refuses fails at once, without a request.
-    host_delete  ask the image host again to delete an image it could not delete when the
-                 client asked (the image is already gone from the API); the same tries and
-                 backoff as a webhook's.
+    host_delete  remove an image's bytes at the image host, owed since the client deleted
+                 it (the image left the API in that same commit); the same tries and
+                 backoff as a webhook's. Should the host refuse for good (or this service
+                 no longer use that host), the link is live again: listed, reused by
+                 dedup, not deleted in its jobs, as it still is at the host.
 
 A claim is held for a while; an instance that dies mid-attempt lets it go, and the effect
 is carried out again (at least once: a receiver tells retries apart by
 ``X-Uploader-Delivery``). The attempt cut short still counts (it is counted when
-claimed), so a receiver never gets more than ``max_attempts`` requests. The courier
-sleeps until the next effect is due, or until a commit adds one (``wake``), or
-``poll_seconds`` (effects added by other instances).
+claimed), so a receiver never gets more than ``max_attempts`` requests. An effect is
+claimed only when a thread is free to carry it out at once, so no claim waits in line.
+The courier sleeps until the next effect is due, a commit adds one or a delivery ends
+(``wake``), or ``poll_seconds`` (effects added by other instances).
 """
 import json
 import logging
+import queue
 import threading
+from typing import Optional
 from urllib.parse import urlsplit
 
 from .errors import HostError, RetryableHostError, StoreUnavailable
@@ -31,7 +41,6 @@ from .webhook import WebhookSender, backoff_seconds
 
 log = logging.getLogger(__name__)
 
-CLAIM_BATCH = 8
 OUTAGE_SECONDS = 2.0  # wait this long when the store cannot be reached
 
 
@@ -41,7 +50,9 @@ class Courier:
         self.store = store
         self.metrics = metrics
         self.delete_at_host = delete_at_host
+        self.host = config.resolved_image_host
         hooks = config.webhooks
+        self.concurrency = hooks.concurrency
         self.max_attempts = hooks.max_attempts
         self.backoff = hooks.backoff
         self.hold_seconds = hooks.timeout_seconds * 2 + 30  # longer than any one attempt
@@ -55,8 +66,15 @@ class Courier:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="courier", daemon=True)
+        self._handed: "queue.SimpleQueue[Optional[Effect]]" = queue.SimpleQueue()
+        self._carrying = 0  # effects claimed and not yet recorded (guarded by _lock)
+        self._lock = threading.Lock()
+        self._deliverers = [threading.Thread(target=self._deliverer, name=f"courier-{n}",
+                                             daemon=True) for n in range(self.concurrency)]
 
     def start(self) -> None:
+        for thread in self._deliverers:
+            thread.start()
         self._thread.start()
 
     def wake(self) -> None:
@@ -66,28 +84,52 @@ class Courier:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+        for _ in self._deliverers:
+            self._handed.put(None)
 
-    # -- the loop ----------------------------------------------------------------------------
+    # -- the loops ---------------------------------------------------------------------------
     def _run(self) -> None:
+        """Claim as many due effects as threads are free, hand them over, sleep."""
         while not self._stop.is_set():
             try:
-                effects = self._call(lambda store: store.claim_effects(CLAIM_BATCH,
-                                                                       self.hold_seconds))
-                for effect in effects:
-                    if self._stop.is_set():
-                        return  # its claim runs out and it is carried out later
-                    self._carry_out(effect)
-                if len(effects) == CLAIM_BATCH:
-                    continue
-                due = self.store.next_effect_in()
+                with self._lock:
+                    free = self.concurrency - self._carrying
+                if free <= 0:
+                    wait = self.poll_seconds  # until a delivery ends (it wakes us)
+                else:
+                    effects = self._call(lambda store: store.claim_effects(free, self.hold_seconds))
+                    if effects:
+                        with self._lock:
+                            self._carrying += len(effects)
+                        for effect in effects:
+                            self._handed.put(effect)
+                        continue  # more may be due
+                    due = self.store.next_effect_in()
+                    wait = self.poll_seconds if due is None else min(due, self.poll_seconds)
             except StoreUnavailable as exc:
                 log.debug("courier: the store is unreachable (%s)", exc)
-                due = OUTAGE_SECONDS
+                wait = OUTAGE_SECONDS
             except Exception:
-                log.exception("courier: an effect could not be carried out")
-                due = OUTAGE_SECONDS
-            self._wake.wait(self.poll_seconds if due is None else min(due, self.poll_seconds))
+                log.exception("courier: could not claim effects")
+                wait = OUTAGE_SECONDS
+            self._wake.wait(wait)
             self._wake.clear()
+
+    def _deliverer(self) -> None:
+        """One delivery thread: carry out what it is handed, one effect at a time."""
+        while (effect := self._handed.get()) is not None:
+            try:
+                if not self._stop.is_set():  # else its claim runs out: carried out later
+                    self._carry_out(effect)
+            except StoreUnavailable as exc:  # the outcome was not recorded: the claim runs
+                log.warning("courier: could not record %s %s (%s); it will be carried out "
+                            "again", effect.kind, effect.id, exc)  # out, and it goes again
+            except Exception:
+                log.exception("courier: %s %s could not be carried out", effect.kind, effect.id)
+            finally:
+                with self._lock:
+                    self._carrying -= 1
+                self._wake.set()
 
     def _call(self, fn):
         return self.dispatcher.call(fn).result()
@@ -96,10 +138,13 @@ class Courier:
         if effect.attempts >= self.max_attempts:  # the last was cut short: none is left
             log.warning("courier: %s %s has no attempts left (the last one was cut short by a"
                         " stop); given up", effect.kind, effect.id)
-            self._record(effect, FAILED, f"no attempts left: the last of {self.max_attempts} was"
-                         " cut short (the service stopped during it)", attempted=False)
-            count = self.metrics.webhook if effect.kind == "webhook" else self.metrics.host_deletion
-            count("failed")
+            error = (f"no attempts left: the last of {self.max_attempts} was cut short (the "
+                     "service stopped during it)")
+            if effect.kind == "host_delete":
+                self._give_up_deletion(effect, error, attempted=False)
+                return
+            self._record(effect, FAILED, error, attempted=False)
+            self.metrics.webhook("failed")
             return
         if effect.kind == "webhook":
             self._deliver(effect)
@@ -150,6 +195,17 @@ class Courier:
     # -- deletions at the host ---------------------------------------------------------------
     def _delete(self, effect: Effect) -> None:
         attempt = effect.attempts + 1
+        host = json.loads(effect.body or "{}").get("host")
+        if host and host != self.host:
+            self._give_up_deletion(effect, f"the image is on the {host} host, which this "
+                                           "service no longer uses; delete it there")
+            return
+        link = json.loads(effect.body or "{}").get("link", "")
+        if link and self.store.link_live(link):  # the same bytes were uploaded again since
+            self._record(effect, DONE, None)  # (S3 names an object by its bytes): kept
+            log.info("an image deleted earlier was uploaded again; kept at the host (%s)",
+                     _shown(link))
+            return
         try:
             self.delete_at_host(effect.target)
         except RetryableHostError as exc:
@@ -158,20 +214,37 @@ class Courier:
                                         maximum=self.backoff.max_seconds)
                 self._record(effect, PENDING, str(exc), delay)
                 self.metrics.host_deletion("retried")
+                log.info("the host could not delete an image on attempt %d of %d (%s); again "
+                         "in %.1f s", attempt, self.max_attempts, exc, delay)
                 return
-            self._record(effect, FAILED, str(exc))
-            self.metrics.host_deletion("failed")
-            log.error("could not delete %s at the host after %d attempts: %s",
-                      _shown(json.loads(effect.body or "{}").get("link", "")), attempt, exc)
+            self._give_up_deletion(effect, f"{exc} (attempt {attempt} of {self.max_attempts})")
             return
         except HostError as exc:
-            self._record(effect, FAILED, str(exc))
-            self.metrics.host_deletion("failed")
-            log.error("the host refused to delete an image: %s", exc)
+            self._give_up_deletion(effect, f"the host refused: {exc}")
             return
         self._record(effect, DONE, None)
         self.metrics.host_deletion("deleted")
         log.info("the host deleted an image on attempt %d", attempt)
+
+    def _give_up_deletion(self, effect: Effect, error: str, attempted: bool = True) -> None:
+        """The bytes stay at the host: so does the link, live again, in one transaction with
+        the effect's failure (never a link that looks deleted while its image is there)."""
+        body = json.loads(effect.body or "{}")
+        link, account = body.get("link", ""), body.get("account", "")
+
+        def give_up(store):
+            kept = store.record_effect(effect.id, state=FAILED, error=error, attempted=attempted)
+            if kept and link:
+                store.restore_link(link, account)
+            return kept
+
+        if not self._call(give_up):
+            log.warning("courier: the claim on host_delete %s ran out before it was recorded; "
+                        "it will be carried out again", effect.id)
+            return
+        self.metrics.host_deletion("failed")
+        log.error("could not delete %s at the host: %s; its link is live again (listed, and "
+                  "no longer deleted in its jobs)", _shown(link), error)
 
 
 def _shown(url: str) -> str:

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Sequence
 
 from . import jobs
-from .errors import PoolBroken, StoreConflict, StoreUnavailable
+from .errors import PoolBroken, QueueFull, StoreConflict, StoreUnavailable
 from .jobs import Attempt, Progress, Ready, Result, Task, Waiting, WorkerExited
 from .metrics import Metrics
 from .pool import ManagerLost
@@ -111,6 +111,7 @@ class Dispatcher:
         # A worker holds the URLs its upload slots upload and those it gets ready for them.
         self.slots = config.workers.uploads_per_process + config.workers.fetch_ahead
         self.max_attempts = config.imgur.max_attempts
+        self.max_queued = config.server.max_queued_urls_per_key  # 0: no cap
         self.host = config.resolved_image_host
         self.on_fatal = on_fatal or (lambda reason: None)
         self.on_outbox = on_outbox or (lambda: None)  # a commit added effects to carry out
@@ -388,9 +389,13 @@ class Dispatcher:
             with self.store.transaction():
                 for event in submits:
                     try:
-                        self.store.create_job(event.job_id, event.urls, **event.options)
+                        self.store.create_job(event.job_id, event.urls,
+                                              max_queued=self.max_queued, **event.options)
                     except (StoreUnavailable, StoreConflict):
                         raise
+                    except QueueFull as exc:  # an answer (429), not a fault
+                        event.future.set_exception(exc)
+                        continue
                     except Exception as exc:  # one bad job must not stop the service
                         log.exception("could not store job %s", event.job_id)
                         event.future.set_exception(exc)

@@ -164,6 +164,17 @@ class StoreConflict(UploaderError):
     """A transaction lost a race with another instance (deadlock, serialization): run it again."""
 
 
+class QueueFull(UploaderError):
+    """An API key has as many URLs queued as ``server.max_queued_urls_per_key`` allows: a new
+    job of it is refused, and nothing is created."""
+
+    def __init__(self, *, queued: int, adding: int, limit: int):
+        super().__init__(f"this API key has {queued:,} URLs queued and the limit is {limit:,}: "
+                         f"a job of {adding:,} more is refused; submit it again once some have "
+                         "been uploaded")
+        self.queued, self.adding, self.limit = queued, adding, limit
+
+
 class StartError(UploaderError):
     """The service cannot start as configured (a store it cannot open, a directory it cannot write)."""
 

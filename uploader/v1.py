@@ -6,10 +6,10 @@
     DELETE /v1/images/upload/<id>         cancel: queued URLs fail, in-flight ones finish
     POST   /v1/images/upload/<id>/retry   a new job of exactly the failed URLs (202)
     GET    /v1/images                     the caller's links, oldest first, streamed
-    DELETE /v1/images/<image_id>          delete an image at its host (204)
+    DELETE /v1/images/<image_id>          delete an image; its bytes go next, via the outbox (202)
 
 Handlers never block: writes are dispatcher calls awaited as futures, reads run on the
-store's reader threads, a deletion at the host on the default executor. With API keys,
+store's reader threads. With API keys,
 every caller sees its own jobs and links only: another's answer 404.
 """
 import asyncio
@@ -21,7 +21,7 @@ import uuid
 import tornado.web
 
 from . import jobs
-from .errors import HostError, RetryableHostError
+from .errors import QueueFull
 from .handlers import ApiError, BaseHandler
 from .render import job_document, job_summary
 from .submission import SubmissionError, parse_submission
@@ -29,6 +29,7 @@ from .submission import SubmissionError, parse_submission
 log = logging.getLogger(__name__)
 
 LINKS_PAGE = 10_000
+QUEUE_FULL_RETRY_SECONDS = 30  # a key's queue drains at the pace of its uploads: not at once
 LIST_DEFAULT, LIST_MAX = 50, 500
 MAX_CURSOR = 2 ** 63 - 1  # a cursor is a job's sequence number: 64 bits in either store
 _DIGITS = re.compile(r"[0-9]{1,19}")
@@ -56,10 +57,15 @@ def refuse_while_stopping(service) -> None:
 
 
 async def create(handler, urls, **options) -> None:
-    """Create a job of the caller's and answer 202 with its id and Location."""
+    """Create a job of the caller's and answer 202 with its id and Location (429 when the
+    caller's key has as many URLs queued as ``server.max_queued_urls_per_key`` allows)."""
     job_id = str(uuid.uuid4())
-    await handler.wait(handler.service.dispatcher.submit(job_id, urls, account=handler.account,
-                                                         **options))
+    try:
+        await handler.wait(handler.service.dispatcher.submit(job_id, urls, account=handler.account,
+                                                             **options))
+    except QueueFull as exc:
+        raise ApiError(429, str(exc),
+                       headers={"Retry-After": str(QUEUE_FULL_RETRY_SECONDS)}) from None
     log.info("job %s accepted with %d URLs", job_id, len(urls))
     handler.set_header("Location", f"/v1/images/upload/{job_id}")
     handler.write_json(202, {"jobId": job_id})
@@ -197,10 +203,12 @@ class ImagesHandler(BaseHandler):
 
 
 class ImageHandler(BaseHandler):
-    """DELETE /v1/images/<image_id>: delete the image at its host; its link leaves the
-    listing, and its bytes are uploaded afresh if they come again. A link another account
-    holds too (S3 gives identical bytes one link) stays at the host for them: only this
-    account's hold on it ends."""
+    """DELETE /v1/images/<image_id>: delete an image. Its deletion is recorded first, in one
+    transaction (the link leaves the listing and dedup, its jobs show it deleted, the
+    outbox owes the host the removal of its bytes); the courier then removes the bytes,
+    retried until the host confirms. So a failure at any step never leaves a dead link
+    that looks alive: 202, and the bytes follow. A link another account holds too (S3 gives
+    identical bytes one link) stays at the host for them: only this account's hold ends."""
 
     guarded = True
 
@@ -209,40 +217,23 @@ class ImageHandler(BaseHandler):
         found = await self.in_reader(service.store.image, image_id, account)
         if found is None:
             raise ApiError(404, f"no image with id {image_id!r}")
-        link, host, deletehash, sha256 = found
+        link, host, _, sha256 = found
         if host and host != service.config.resolved_image_host:
             raise ApiError(409, f"image {image_id} is on the {host} host, which this service "
                                 "no longer uses; delete it there")
-        later = None
-        shared = await self.in_reader(service.store.held_elsewhere, link, account)
-        try:
-            if not shared:
-                await asyncio.get_running_loop().run_in_executor(None, service.delete_at_host,
-                                                                 deletehash)
-        except RetryableHostError as exc:  # recorded below and tried again until done
-            later = str(exc)
-        except HostError as exc:
-            raise ApiError(409, f"the host refused to delete image {image_id}: {exc}") from None
-
-        def mark(store):
-            if not store.mark_deleted(image_id, account):
-                return False
-            if later is not None:
-                store.add_effect("host_delete", deletehash,
-                                 body=json.dumps({"host": host, "link": link, "error": later}))
-            return True
-
-        if not await self.wait(service.dispatcher.call(mark)):
+        recorded = await self.wait(service.dispatcher.call(
+            lambda store: store.delete_image(image_id, account)))
+        if recorded is None:
             raise ApiError(404, f"no image with id {image_id!r}")
         try:
             service.pool.shared.coordinator.forget(sha256, account)
         except Exception as exc:  # the embedded index may still hold it: only until restart
             log.warning("could not drop image %s from the dedup index: %s", image_id, exc)
-        log.info("image %s deleted (%s)%s", image_id, link,
-                 "; another account holds the same link: kept at the host" if shared else
-                 f"; the host will be asked again: {later}" if later else "")
-        self.set_status(204)
-        self.finish()
+        link, _host, shared = recorded
+        log.info("image %s deleted (%s); %s", image_id, link,
+                 "another account holds the same link: kept at the host" if shared
+                 else "its bytes are removed at the host next")
+        self.write_json(202, {"image_id": image_id, "link": link})
 
 
 def routes(args: dict) -> list:

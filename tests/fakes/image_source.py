@@ -10,7 +10,9 @@ per path and query, and ``pace=<seconds>`` waits between 64 KiB parts), ``/html`
 ``/lying.jpg`` (HTML labelled image/jpeg), ``/status/<code>``, ``/redirect/<n>``,
 ``/redirect-to?url=<u>[&status=30x]``, ``/loop``, ``/slow/<seconds-per-byte>``,
 ``/huge`` (announces 10 GB), ``/huge-chunked`` (endless chunked body),
-``/truncated.jpg`` (promises 2000 bytes, sends 100), plus routes added with ``add``.
+``/truncated.jpg`` (promises 2000 bytes, sends 100), ``/held/<name>.png`` (answered
+only once ``release()`` lets it go: a source as slow as a test needs), plus routes added
+with ``add``.
 """
 
 import collections
@@ -266,6 +268,11 @@ class ImageSource(LoopbackServer):
         self._routes = {}
         self._log = []
         self._lock = threading.Lock()
+        self._held = threading.Semaphore(0)
+
+    def release(self, n=1):
+        """Let ``n`` requests of ``/held/`` be answered (held now or to come)."""
+        self._held.release(n)
 
     @property
     def requests(self):
@@ -304,6 +311,12 @@ class ImageSource(LoopbackServer):
             if seen <= failures:
                 return self._send(h, 503, b"busy, try later\n", "text/plain")
             return self._send(h, 200, make_image("png", name), "image/png")
+        if match := re.fullmatch(r"/held/([^/]+)\.png", path):
+            while not self._held.acquire(timeout=0.05):
+                if self._stopping.is_set():
+                    h.close_connection = True
+                    return None
+            return self._send(h, 200, make_image("png", match.group(1)), "image/png")
         if match := re.fullmatch(r"/img/([^/]+)\.([a-z]+)", path):
             name, ext = match.groups()
             if ext in CONTENT_TYPES:

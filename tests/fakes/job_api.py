@@ -14,7 +14,7 @@ of an in-memory API:
     DELETE /v1/images/upload/<id>             -> 200, the job with queued URLs cancelled
                                                  (X-Cancelled-Urls: how many)
     POST   /v1/images/upload/<id>/retry       -> 202 {"jobId"} of a job of the failed URLs
-    DELETE /v1/images/<image_id>              -> 204, the entry marked deleted
+    DELETE /v1/images/<image_id>              -> 202 {"image_id", "link"}, the entry marked deleted
     GET    /i/<name>.png                      -> a small PNG (the thumbnails)
 
 Run-time controls: ``key`` (every API call then needs ``Authorization: Bearer <key>``,
@@ -172,11 +172,13 @@ class FakeJobApi:
             return job, len(queued)
 
     def delete_image(self, image_id):
+        """Mark it deleted; its link."""
         with self._lock:
             job_id, url = self.images.pop(image_id)
             for entry in self.jobs[job_id]["urls"]:
                 if entry["url"] == url:
                     entry["deleted"] = True
+                    return entry["link"]
 
     def summaries(self, limit, before):
         with self._lock:
@@ -303,8 +305,8 @@ class ImageHandler(FakeHandler):
         if image_id not in self.fake.images:
             self.answer(404, {"error": f"no image with id {image_id!r}"})
             return
-        self.fake.delete_image(image_id)
-        self.answer(204)
+        link = self.fake.delete_image(image_id)
+        self.answer(202, {"image_id": image_id, "link": link})
 
 
 class PictureHandler(tornado.web.RequestHandler):

@@ -10,8 +10,10 @@ It runs a stdlib ``ThreadingHTTPServer`` in a background thread, records every r
         receiver.answer(Answer(hang_up="reset"))  # drop the connection without an answer
 
 When the script is used up, every request gets ``default`` (``Answer(200)``). ``delay``
-on the receiver slows every answer. Waits end at once when the receiver stops, so a
-test never waits out a slow answer it has already given up on.
+on the receiver slows every answer; ``hold()`` keeps every answer back until
+``release()``, and ``most_at_once`` says how many requests it ever had at once. Waits
+end at once when the receiver stops, so a test never waits out a slow answer it has
+already given up on.
 """
 
 import collections
@@ -106,6 +108,17 @@ class WebhookReceiver(LoopbackServer):
         self._script = collections.deque()
         self._log = []
         self._lock = threading.Lock()
+        self._open = threading.Event()  # cleared: answers are held back
+        self._open.set()
+        self._at_once = 0
+        self.most_at_once = 0  # requests received and not yet answered, at most
+
+    def hold(self) -> None:
+        """Answer nothing from now on until ``release()`` (or the receiver stops)."""
+        self._open.clear()
+
+    def release(self) -> None:
+        self._open.set()
 
     def answer(self, *answers: Union[int, Answer]) -> None:
         """Queue answers for the next requests: a status, or an ``Answer``."""
@@ -131,6 +144,19 @@ class WebhookReceiver(LoopbackServer):
         with self._lock:
             self._log.append(Request(h.command, h.path, tuple(h.headers.items()), body))
             answer = self._script.popleft() if self._script else self.default
+            self._at_once += 1
+            self.most_at_once = max(self.most_at_once, self._at_once)
+        try:
+            self._answer_with(h, answer)
+        finally:
+            with self._lock:
+                self._at_once -= 1
+
+    def _answer_with(self, h, answer):
+        while not self._open.wait(0.05):  # held back
+            if self._stopping.is_set():
+                h.close_connection = True
+                return
         wait = self.delay + answer.delay
         if wait and self._stopping.wait(wait):
             h.close_connection = True

@@ -77,8 +77,10 @@ class OutboxQueries:
              self.instance)).rowcount == 1
 
     def next_effect_in(self) -> Optional[float]:
-        """Seconds until the next pending effect is due (0 if one is), None if none waits."""
+        """Seconds until the next pending effect no live claim holds is due (0 if one is),
+        None if none waits. (One being carried out is not due: its outcome is.)"""
         with self.reading() as conn:
             row = conn.execute(self.q(
-                "SELECT MIN(next_at) - {now} FROM outbox WHERE state = 'pending'")).fetchone()
+                "SELECT MIN(next_at) - {now} FROM outbox WHERE state = 'pending'"
+                " AND (held_until IS NULL OR held_until < {now})")).fetchone()
         return None if row[0] is None else max(0.0, row[0])

@@ -178,6 +178,18 @@ MIGRATIONS = (
         "CREATE INDEX links_for_dedup ON links(sha256, host, account, id) WHERE deleted IS NULL",
         "CREATE INDEX links_listed ON links(account, id) WHERE deleted IS NULL AND id > 0",
     )),
+    Migration(8, (  # fairness (sql.FAIR_CLAIM): each URL carries its job's account and its
+        # turn in that account's rotation; the claim reads the first few of each account
+        # from urls_turns instead of the oldest of the whole queue. URLs queued before keep
+        # their order: turn = their place in their job.
+        "ALTER TABLE urls ADD COLUMN account TEXT NOT NULL DEFAULT ''",
+        "ALTER TABLE urls ADD COLUMN turn BIGINT NOT NULL DEFAULT 0",
+        "UPDATE urls SET account = (SELECT account FROM jobs WHERE jobs.id = urls.job_id)"
+        " WHERE job_id IN (SELECT id FROM jobs WHERE account <> '')",
+        "UPDATE urls SET turn = r.n FROM (SELECT id, row_number() OVER (PARTITION BY job_id"
+        " ORDER BY id) - 1 AS n FROM urls WHERE state = 'queued') AS r WHERE urls.id = r.id",
+        "CREATE INDEX urls_turns ON urls(account, turn, id) WHERE state = 'queued' AND suspect = 0",
+    )),
 )
 
 LATEST = max(m.version for m in MIGRATIONS)

@@ -16,10 +16,12 @@ so do their links; every read for a client names the account. The writer side (`
 dispatcher's; readers come from any thread and each read sees one snapshot.
 """
 import contextlib
+import json
 import secrets
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from .. import jobs
+from ..errors import QueueFull
 from ..jobs import Task
 from .outbox import OutboxQueries
 
@@ -42,6 +44,9 @@ class SqlStore(OutboxQueries):
     GREATEST = ""  # the two-argument maximum
     SKIP_LOCKED = ""  # appended to a claim's SELECT
     SEQ = ""  # the column giving jobs their order of creation
+    RANKED = ""  # the fair claim's CTE ranked (id, round): see FAIR_CLAIM
+    PICKED = ""  # "id {picked}": the id is one of those the CTE ``picked`` chose
+    BY_TURNS = BY_QUEUED = ""  # after "FROM urls": through that index, where a planner would not
 
     def __init__(self, instance: str):
         self.instance = instance
@@ -64,9 +69,10 @@ class SqlStore(OutboxQueries):
         """Run one writer statement; returns a cursor."""
         raise NotImplementedError
 
-    def _insert_urls(self, job_id: str, urls: Sequence[str]) -> None:
-        self._executemany("INSERT INTO urls (job_id, url, state) VALUES (?, ?, ?)",
-                          [(job_id, url, jobs.QUEUED) for url in urls])
+    def _insert_urls(self, job_id: str, urls: Sequence[str], account: str, turn: int) -> None:
+        self._executemany(
+            "INSERT INTO urls (job_id, url, state, account, turn) VALUES (?, ?, ?, ?, ?)",
+            [(job_id, url, jobs.QUEUED, account, turn + n) for n, url in enumerate(urls)])
 
     def _executemany(self, sql: str, rows) -> None:
         raise NotImplementedError
@@ -93,7 +99,9 @@ class SqlStore(OutboxQueries):
         done = self._queries.get(sql)
         if done is None:
             done = sql.format(now=self.NOW, greatest=self.GREATEST,
-                              skip_locked=self.SKIP_LOCKED, seq=self.SEQ)
+                              skip_locked=self.SKIP_LOCKED, seq=self.SEQ,
+                              ranked=self.RANKED, picked=self.PICKED,
+                              by_turns=self.BY_TURNS, by_queued=self.BY_QUEUED)
             done = self._queries[sql] = self._placeholders(done)
         return done
 
@@ -138,19 +146,28 @@ class SqlStore(OutboxQueries):
 
     # -- the writer: jobs and the queue ------------------------------------------------------
     def create_job(self, job_id: str, urls: Sequence[str], *, account: str = "",
-                   retry_of: Optional[str] = None, callback_url: Optional[str] = None) -> None:
+                   retry_of: Optional[str] = None, callback_url: Optional[str] = None,
+                   max_queued: int = 0) -> None:
         """Insert a job and its URLs; all or nothing, without spoiling the rest of the batch.
-        ``account``: who owns it (a digest of the API key, '' when there are no keys). A
-        store that cannot take it (unreachable, full) says so as the store's error, so the
-        caller tells that from a bad job."""
+        ``account``: who owns it (a digest of the API key, '' when there are no keys).
+        ``max_queued``: when set, ``QueueFull`` (nothing created) if the account would then
+        have more URLs queued (counted up to that many). Its URLs join the account's
+        rotation at its head (``turn``: the head's, then one more for each), so they take
+        turns with the jobs already queued there instead of waiting behind them. A store
+        that cannot take it (unreachable, full) says so as the store's error, so the caller
+        tells that from a bad job."""
         with self._driver_errors():
             self._execute("SAVEPOINT create_job")
             try:
-                self._execute(
+                head, queued = self._execute(
                     "INSERT INTO jobs (id, created, status, remaining, account, retry_of,"
-                    " callback_url) VALUES (?, {now}, ?, ?, ?, ?, ?)",
-                    (job_id, jobs.JOB_PENDING, len(urls), account, retry_of, callback_url))
-                self._insert_urls(job_id, urls)
+                    f" callback_url) VALUES (?, {{now}}, ?, ?, ?, ?, ?) RETURNING ({ROTATION_HEAD}), "
+                    + (f"({KEY_QUEUED})" if max_queued else "0"),
+                    (job_id, jobs.JOB_PENDING, len(urls), account, retry_of, callback_url, account,
+                     *((account, max_queued, account) if max_queued else ()))).fetchone()
+                if max_queued and queued + len(urls) > max_queued:
+                    raise QueueFull(queued=queued, adding=len(urls), limit=max_queued)
+                self._insert_urls(job_id, urls, account, head)
             except BaseException:
                 try:
                     self._execute("ROLLBACK TO SAVEPOINT create_job")
@@ -179,35 +196,34 @@ class SqlStore(OutboxQueries):
         return len(rows)
 
     def claim(self, limit: int) -> List[Task]:
-        """Take up to ``limit`` queued URLs (suspects excepted), oldest first, under a new lease."""
+        """Take up to ``limit`` queued URLs (suspects excepted) under a new lease, fairly: in
+        rounds across API keys, the key with the fewest URLs in flight first, and within a
+        key in its rotation across jobs (see ``FAIR_CLAIM``)."""
         if limit <= 0:
             return []
-        return self._claim(0, limit)
+        return self._claim(FAIR_CLAIM, self._fair_claim_params(limit))
 
     def claim_suspect(self) -> Optional[Task]:
         """Take the oldest queued suspect, to run alone (see ``quarantine``)."""
-        tasks = self._claim(1, 1)
+        tasks = self._claim(SUSPECT_CLAIM, ())
         return tasks[0] if tasks else None
 
-    def _claim(self, suspect: int, limit: int) -> List[Task]:
+    @staticmethod
+    def _fair_claim_params(limit: int) -> tuple:
+        """FAIR_CLAIM's parameters before owner and lease (a backend may add its own)."""
+        return (limit,)
+
+    def _claim(self, sql: str, params: tuple) -> List[Task]:
         lease = secrets.randbits(62)
-        rows = self._execute(
-            "WITH picked AS MATERIALIZED (" + QUEUED_FIRST + " {skip_locked})"
-            " UPDATE urls SET state = 'in_flight', owner = ?, lease = ?,"
-            " attempts = attempts + 1, " + CLEARED +
-            " WHERE id IN (SELECT id FROM picked) AND state = 'queued'"
-            " RETURNING id, job_id, url, attempts, suspect",
-            (suspect, limit, self.instance, lease)).fetchall()
+        rows = self._execute(sql, (*params, self.instance, lease)).fetchall()
         job_ids = sorted({r[1] for r in rows})
         if not job_ids:
             return []
         self._execute(
             f"UPDATE jobs SET status = ? WHERE id IN ({_marks(job_ids)}) AND status = ?",
             (jobs.JOB_IN_PROGRESS, *job_ids, jobs.JOB_PENDING))
-        accounts = dict(self._execute(f"SELECT id, account FROM jobs WHERE id IN ({_marks(job_ids)})",
-                                      job_ids).fetchall())
         return [Task(url_id=r[0], job_id=r[1], url=r[2], attempt=r[3], lease=lease,
-                     suspect=bool(r[4]), account=accounts[r[1]]) for r in sorted(rows)]
+                     suspect=bool(r[4]), account=r[5]) for r in sorted(rows)]
 
     def suspects_waiting(self) -> bool:
         """True while a suspect waits for its solitary run (on any instance's queue)."""
@@ -316,12 +332,30 @@ class SqlStore(OutboxQueries):
         return requeued, failed
 
     # -- images ------------------------------------------------------------------------------
-    def mark_deleted(self, image_id: str, account: str) -> bool:
-        """The image is gone from its host: its link leaves the listing and dedup. False: no
-        such image for this account, or deleted already."""
-        return self._execute(
-            "UPDATE links SET deleted = {now} WHERE image_id = ? AND account = ? AND deleted IS NULL",
-            (image_id, account)).rowcount == 1
+    def delete_image(self, image_id: str, account: str) -> Optional[tuple]:
+        """Record an image's deletion, all of it in this transaction: its link leaves the
+        listing and dedup (its jobs show it deleted) and, unless another account holds the
+        same link (S3 gives identical bytes one object), the outbox owes the host the
+        removal of its bytes, which the courier then carries out. (link, host, held
+        elsewhere) of the image, or None: no such image of this account, or deleted already."""
+        row = self._execute(
+            "UPDATE links SET deleted = {now} WHERE image_id = ? AND account = ?"
+            " AND deleted IS NULL RETURNING link, host, deletehash", (image_id, account)).fetchone()
+        if row is None:
+            return None
+        link, host, deletehash = row
+        held = self._execute("SELECT 1 FROM links WHERE link = ? AND account <> ?"
+                             " AND deleted IS NULL LIMIT 1", (link, account)).fetchone()
+        if deletehash and held is None:  # (a link the host gave without one stays there)
+            self.add_effect("host_delete", deletehash,
+                            body=json.dumps({"host": host, "link": link, "account": account}))
+        return link, host, held is not None
+
+    def restore_link(self, link: str, account: str) -> None:
+        """The host refused for good to delete this link's image: the account's link is live
+        again (listed, reused by dedup, not deleted in its jobs), as it is at the host."""
+        self._execute("UPDATE links SET deleted = NULL WHERE link = ? AND account = ?",
+                      (link, account))
 
     # -- readers -----------------------------------------------------------------------------
     def read_job(self, job_id: str, account: Optional[str] = None):
@@ -362,13 +396,13 @@ class SqlStore(OutboxQueries):
                 " AND account = ? AND deleted IS NULL"), (image_id, account)).fetchone()
         return None if row is None else tuple(row)
 
-    def held_elsewhere(self, link: str, account: str) -> bool:
-        """True when another account holds this link too, not deleted (S3 gives identical
-        bytes one link): deleting it at the host would take it from them."""
+    def link_live(self, link: str) -> bool:
+        """True when some account holds this link, not deleted: its bytes must stay at the
+        host (S3 names an object by its bytes, so a deleted image uploaded again, by anyone,
+        has its link back)."""
         with self.reading() as conn:
-            return conn.execute(self.q(
-                "SELECT 1 FROM links WHERE link = ? AND account <> ? AND deleted IS NULL"
-                " LIMIT 1"), (link, account)).fetchone() is not None
+            return conn.execute(self.q("SELECT 1 FROM links WHERE link = ? AND deleted IS NULL"
+                                       " LIMIT 1"), (link,)).fetchone() is not None
 
     @contextlib.contextmanager
     def links(self, page_size: int, account: str = ""):
@@ -421,6 +455,55 @@ QUEUED_FIRST = "SELECT id FROM urls WHERE state = 'queued' AND suspect = ? ORDER
 # uploaded again to a host that names objects by their bytes) keeps the row it has.
 NEW_LINK = "INSERT INTO links (link, sha256, host, created, account, image_id, deletehash)"
 NEW_LINK_ONCE = " ON CONFLICT (link, account) DO NOTHING"
+TAKEN = (" UPDATE urls SET state = 'in_flight', owner = ?, lease = ?, attempts = attempts + 1, "
+         + CLEARED + " WHERE id {picked}"
+         " RETURNING id, job_id, url, attempts, suspect, account")
+# The claim, fair across API keys and within a key across jobs, in one statement. A key's
+# claimable URLs form its rotation (by turn, then id: the jobs of a key take turns, see
+# create_job); the n-th of them has the round (what the key has in flight anywhere) + n,
+# and the claim takes the lowest rounds (then the oldest): round-robin across keys, and a
+# key that arrives behind another's backlog is served at the next free slot. The keys are
+# found with their first URLs (heads), one probe of urls_turns each; each dialect then reads
+# only what can be taken ({ranked}: rows of id and round), however long the queue:
+# SQLite merges the keys' rotations, lowest round first, stopping at the limit; PostgreSQL
+# reads and locks each key's first few (FOR UPDATE SKIP LOCKED: instances never wait for
+# each other, never take the same URL): none for a key behind ``wanted`` others, at most
+# wanted + 1 - (keys as busy or less) for the others. (The lock rechecks that a URL is
+# still queued, so the UPDATE need not: one that said so again was planned on urls_queued,
+# reading the whole queue, in a young store; PostgreSQL takes them by id = ANY, as a
+# generic plan hash-joined the whole table otherwise. SQLite is told the index: without
+# statistics it read the whole queue to find the keys.)
+FAIR_CLAIM = (
+    "WITH RECURSIVE wanted (n) AS (SELECT CAST(? AS INTEGER)),"
+    " heads (account, head) AS (SELECT h.account, h.id FROM urls h WHERE h.id = (SELECT id"
+    " FROM urls {by_turns} WHERE state = 'queued' AND suspect = 0 ORDER BY account, turn, id"
+    " LIMIT 1) UNION ALL SELECT h.account, h.id FROM heads k JOIN urls h ON h.id = (SELECT id"
+    " FROM urls {by_turns} WHERE state = 'queued' AND suspect = 0 AND account > k.account"
+    " ORDER BY account, turn, id LIMIT 1)),"
+    " busy AS (SELECT account, count(*) AS n FROM urls WHERE state = 'in_flight' GROUP BY account),"
+    " queues AS (SELECT q.account, q.head, coalesce(b.n, 0) AS busy, w.n AS wanted,"
+    " row_number() OVER (ORDER BY coalesce(b.n, 0), q.head) AS place,"
+    " count(*) OVER (ORDER BY coalesce(b.n, 0)) AS level"
+    " FROM wanted w CROSS JOIN heads q LEFT JOIN busy b ON b.account = q.account),"
+    " {ranked},"
+    " picked AS MATERIALIZED (SELECT id FROM ranked ORDER BY round, id"
+    " LIMIT (SELECT n FROM wanted))"
+    + TAKEN)
+# The oldest queued suspect (they run alone, oldest first).
+SUSPECT_CLAIM = ("WITH picked AS MATERIALIZED (SELECT id FROM urls WHERE state = 'queued'"
+                 " AND suspect = 1 ORDER BY id LIMIT 1 {skip_locked})" + TAKEN)
+# Where a new job of an account joins its rotation: the turn of its head (the first
+# claimable URL), read from urls_turns (create_job).
+ROTATION_HEAD = ("SELECT coalesce(min(turn), 0) FROM urls {by_turns} WHERE state = 'queued'"
+                 " AND suspect = 0 AND account = ?")
+# An account's queued URLs, a per-key cap's measure, counted up to the cap: its claimable
+# ones in rotation order (so from urls_turns, and no further than the cap: a generic plan
+# counted them on urls_queued, reading the whole queue), and its suspects (a handful at
+# most) from urls_queued.
+KEY_QUEUED = ("SELECT (SELECT count(*) FROM (SELECT id FROM urls {by_turns} WHERE state = 'queued'"
+              " AND suspect = 0 AND account = ? ORDER BY turn, id LIMIT ?) AS q)"
+              " + (SELECT count(*) FROM urls {by_queued} WHERE state = 'queued' AND suspect = 1"
+              " AND account = ?)")
 # The oldest live link of some bytes on a host for an account: what dedup reuses. The index
 # links_for_dedup answers it, order included (schema.py, migration 5).
 OLDEST_LINK = ("SELECT link FROM links WHERE sha256 = ? AND host = ? AND account = ?"

@@ -33,6 +33,18 @@ class SqliteStore(SqlStore):
     NOW = "((julianday('now') - 2440587.5) * 86400.0)"
     GREATEST = "max"
     SEQ = "rowid"  # jobs are a rowid table: the rowid is their order of creation
+    PICKED = "IN (SELECT id FROM picked)"
+    BY_TURNS, BY_QUEUED = "INDEXED BY urls_turns", "INDEXED BY urls_queued"  # (no statistics)
+    RANKED = (  # the keys' rotations merged, lowest round first (a recursive CTE with an
+        # ORDER BY takes its rows from a priority queue), each URL bringing in its key's next,
+        # until the limit: one probe per key and one per URL taken
+        "ranked (account, round, turn, id) AS ("
+        " SELECT q.account, q.busy + 1, h.turn, h.id FROM queues q JOIN urls h ON h.id = q.head"
+        " UNION ALL SELECT r.account, r.round + 1, h.turn, h.id FROM ranked r JOIN urls h"
+        " ON h.id = (SELECT id FROM urls INDEXED BY urls_turns WHERE state = 'queued'"
+        " AND suspect = 0 AND account = r.account AND (turn, id) > (r.turn, r.id)"
+        " ORDER BY turn, id LIMIT 1)"
+        " ORDER BY 2, 4 LIMIT (SELECT n FROM wanted))")
     SCHEMA_WORDS = {"id": "INTEGER PRIMARY KEY", "real": "REAL", "job_seq": "SELECT 1",
                     "account_seq": "account",  # an index entry ends with the rowid anyway
                     "links_ids_go_on": "SELECT 1"}  # a rowid goes on from the largest
