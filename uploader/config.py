@@ -234,6 +234,10 @@ class StorageConfig:
     url: str = _opt("", DATABASE_URL, shown=redact_url_password)
     lease_seconds: float = _opt(15.0, (lambda v: v >= 3, "a number of seconds, at least 3"))
     poll_seconds: float = _opt(2.0, POSITIVE)
+    listen_url: str = _opt("", DATABASE_URL, shown=redact_url_password)
+    read_connections: int = _opt(2, (lambda v: v >= 2, "an integer, at least 2 (a listing"
+                                     " streamed to a slow client holds one)"))
+    shared_connections: int = _opt(1, POSITIVE_INT)
 
     @property
     def shared(self):

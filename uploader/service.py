@@ -20,8 +20,8 @@ from .dispatcher import Dispatcher
 from .errors import StartError
 from .metrics import Metrics
 from .pool import WorkerPool
-from .shared import make_shared
-from .store import open_store
+from .shared import make_shared, tickets
+from .store import CHANNEL, open_store
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ class Service:
             self.store.close()
             raise StartError(f"local.directory {self.config.local.directory}: {exc.strerror}") from None
         self.readers = ThreadPoolExecutor(4, thread_name_prefix="store-read")
+        self.listing_slots = asyncio.Semaphore(self.store.listings_at_once or 2 ** 16)
         self.pool = WorkerPool(self.config, on_event=lambda event: self.dispatcher.post(event))
         self.metrics = Metrics()
         self.dispatcher = Dispatcher(store=self.store, pool=self.pool, config=self.config,
@@ -64,7 +65,8 @@ class Service:
                                      on_outbox=lambda: self.courier.wake())
         # registered when the store opened: the lease is kept until the dispatcher keeps it
         with self.store.kept_alive():
-            self.pool.start(lambda manager: make_shared(self.config, manager, self.instance))
+            self.pool.start(lambda manager: make_shared(self.config, manager, self.instance,
+                                                        getattr(self.store, "database", None)))
             self.delete_at_host = hosts.build_deleter(self.config, self.pool.shared)
             self.courier = Courier(dispatcher=self.dispatcher, store=self.store,
                                    config=self.config, metrics=self.metrics,
@@ -73,7 +75,9 @@ class Service:
         self.dispatcher.start()
         self.courier.start()
         if self.config.storage.shared:
-            self.store.listen(self.dispatcher.wake)
+            self.store.listen({CHANNEL: self.dispatcher.wake,
+                               tickets.CHANNEL: lambda: self.pool.tell_gate(True)},
+                              on_state=self._listening)
         self.http = tornado.httpserver.HTTPServer(make_app(self))
         self.http.add_sockets(sockets)
 
@@ -82,6 +86,13 @@ class Service:
             loop.call_soon_threadsafe(self._finish)
 
         loop.run_in_executor(None, when_stopped)
+
+    def _listening(self, listening: bool) -> None:
+        """The store's listening connection is up (work added meanwhile is looked for at
+        once), or lost; workers hear it either way (``shared.tickets``)."""
+        self.pool.tell_gate(listening)
+        if listening:
+            self.dispatcher.wake()
 
     def credential_problem(self):
         """Why the image host's credential is dead (Imgur refused it for good), or None.

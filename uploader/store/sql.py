@@ -42,6 +42,7 @@ class SqlStore(OutboxQueries):
     GREATEST = ""  # the two-argument maximum
     SKIP_LOCKED = ""  # appended to a claim's SELECT
     SEQ = ""  # the column giving jobs their order of creation
+    listings_at_once = None  # how many ``links`` listings may stream at once (None: any)
 
     def __init__(self, instance: str):
         self.instance = instance
