@@ -246,6 +246,14 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    """How long finished jobs are kept (with their URLs and settled deliveries; links stay)."""
+
+    finished_jobs_seconds: float = _opt(2592000.0, NON_NEGATIVE)  # 0 keeps everything
+    check_seconds: float = _opt(60.0, POSITIVE)
+
+
+@dataclass(frozen=True)
 class LoggingConfig:
     """Log level and line format."""
 
@@ -265,6 +273,7 @@ class Config:
     fetch: FetchConfig = _section(FetchConfig)
     webhooks: WebhooksConfig = _section(WebhooksConfig)
     storage: StorageConfig = _section(StorageConfig)
+    retention: RetentionConfig = _section(RetentionConfig)
     logging: LoggingConfig = _section(LoggingConfig)
 
     @property

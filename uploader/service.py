@@ -20,6 +20,7 @@ from .dispatcher import Dispatcher
 from .errors import StartError
 from .metrics import Metrics
 from .pool import WorkerPool
+from .retention import Pruner
 from .shared import make_shared, tickets
 from .store import CHANNEL, open_store
 
@@ -74,6 +75,10 @@ class Service:
             loop.run_in_executor(None, hosts.learn_limits, self.config, self.pool.shared)
         self.dispatcher.start()
         self.courier.start()
+        retention = self.config.retention
+        self.pruner = Pruner(self.store, older_than=retention.finished_jobs_seconds,
+                             every=retention.check_seconds, metrics=self.metrics)
+        self.pruner.start()
         if self.config.storage.shared:
             self.store.listen({CHANNEL: self.dispatcher.wake,
                                tickets.CHANNEL: lambda: self.pool.tell_gate(True)},
@@ -129,6 +134,7 @@ class Service:
 
     def _finish(self) -> None:
         self.courier.stop()
+        self.pruner.stop()
         self.http.stop()
         self.readers.shutdown(wait=False)
         self.store.close()

@@ -41,6 +41,7 @@ from .. import jobs
 from ..errors import StoreConflict, StoreUnavailable
 from . import schema
 from . import CHANNEL
+from .prune import PRUNE_LOCK
 from .refusals import refusals
 from .sql import CLEARED, SqlStore, new_image_id
 
@@ -315,6 +316,18 @@ class PostgresStore(SqlStore):
     def reading(self):
         with driver_errors(), self._pool.connection() as conn:
             yield conn
+
+    @contextlib.contextmanager
+    def _pruning(self):
+        """A transaction on a connection of this process's shared pool (``prune``), or
+        None while another instance prunes: one of a cluster at a time, by a lock that
+        ends with the transaction."""
+        with driver_errors(), self.database.pool().connection() as conn, conn.transaction():
+            if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)",
+                                (PRUNE_LOCK,)).fetchone()[0]:
+                yield None
+            else:
+                yield lambda sql, params=(): conn.execute(self.q(sql), params)
 
     def _stream_cursor(self, conn):
         return conn.cursor(name="links")  # server-side: pages come as they are read

@@ -151,6 +151,9 @@ MIGRATIONS = (
         "DROP INDEX urls_queued",
         "CREATE INDEX urls_queued ON urls(suspect, id) WHERE state = 'queued'",
     )),
+    Migration(8, (  # retention (store.prune): finished jobs, oldest first, from an index
+        "CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished) WHERE finished IS NOT NULL",
+    )),
 )
 
 LATEST = max(m.version for m in MIGRATIONS)

@@ -22,6 +22,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 from .. import jobs
 from ..jobs import Task
 from .outbox import OutboxQueries
+from .prune import PruneQueries
 
 URL_COLUMNS = ("u.id, u.url, u.state, u.link, u.reason, u.attempts, u.reused, u.waiting_until,"
                " u.waiting_reason, u.progress_bytes, u.progress_total, l.image_id, l.deleted")
@@ -34,7 +35,7 @@ CLEARED = ("waiting_until = NULL, waiting_reason = NULL, progress_bytes = NULL,"
            " progress_total = NULL")  # what a URL in flight shows, and nothing else does
 
 
-class SqlStore(OutboxQueries):
+class SqlStore(OutboxQueries, PruneQueries):
     """Queries shared by the backends; see the module docstring for the queue's rules."""
 
     dialect = ""
