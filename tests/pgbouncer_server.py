@@ -42,6 +42,10 @@ class PgBouncer:
             f"auth_type = trust\nauth_file = {self.root / 'users.txt'}\n"
             f"pool_mode = transaction\ndefault_pool_size = {pool_size}\n"
             "max_client_conn = 2000\nmax_db_connections = 0\n"
+            # after a failed login to the server, try again within a second (not 15 s), and
+            # answer a query that waits for a server connection with an error after 10 s
+            # (not 120 s): what docs/operating-postgresql.md advises
+            "server_login_retry = 1\nquery_wait_timeout = 10\n"
             f"logfile = {self.log}\npidfile = {self.pidfile}\n")
         self.user = None
         if os.geteuid() == 0:

@@ -22,6 +22,7 @@ from tests.fakes.image_source import make_image
 from uploader.config import WorkersConfig
 from uploader.store import schema
 
+from .pgbouncer_server import PgBouncer
 from .postgres_server import PostgresServer
 from .support import REPO, ServiceProcess, write_config
 from .test_crash import slow_urls, wait_until
@@ -233,9 +234,13 @@ def test_instances_starting_together_share_one_schema(cluster, postgres):
 
 
 def test_the_database_going_away_loses_nothing(tmp_path, image_source, fake_imgur):
-    with PostgresServer() as server:
+    # PostgreSQL killed behind PgBouncer, which stays up: queries fail there, or wait for a
+    # server connection until PgBouncer's query_wait_timeout, until it logs in again
+    with PostgresServer() as server, PgBouncer(server) as bouncer:
+        direct = server.create_database()
         config = write_config(tmp_path, workers={"processes": 2, "uploads_per_process": 4},
-                              storage={"url": server.create_database(), "lease_seconds": LEASE,
+                              storage={"url": bouncer.behind(direct), "listen_url": direct,
+                                       "lease_seconds": LEASE,
                                        "poll_seconds": 0.5}, **imgur_config(fake_imgur))
         service = ServiceProcess(config).start()
         try:

@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     parser.add_argument("--urls", type=int, default=400, help="in all, split among instances")
     parser.add_argument("--processes", type=int, default=4)
     parser.add_argument("--timeout", type=float, default=120, help="seconds given to the jobs")
+    parser.add_argument("--imgur-latency", type=float, default=0.0, help="seconds per upload")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="uploader-connections-"))
     with PostgresServer(max_connections=args.max_connections,
@@ -75,7 +76,8 @@ def main(argv=None) -> int:
         with psycopg.connect(server.url(ROLE), autocommit=True) as admin:
             admin.execute("CREATE EXTENSION pg_stat_statements")
         database = server.url(ROLE).replace("postgres@", f"{ROLE}@")
-        source, imgur = FakeProcess("source").start(), FakeProcess("imgur").start()
+        source = FakeProcess("source").start()
+        imgur = FakeProcess("imgur", args.imgur_latency).start()
         sampler = Sampler(server.url(ROLE)).start()
         instances = []
         try:
