@@ -1,5 +1,5 @@
-"""Shared fixtures: the local image source, the fake Imgur, S3 (moto), PostgreSQL, and the
-real service.
+"""Shared fixtures: the local image source, the fake Imgur, S3 (moto), PostgreSQL (and
+PgBouncer in front of it), and the real service.
 
 Every test that runs the service does so on both storage backends: ``backend`` is a
 fixture parameter (``sqlite``, ``postgresql``), and ``storage`` is the matching
@@ -18,13 +18,14 @@ from tests.fakes.s3 import MotoS3, S3FaultProxy
 # this machine: no instance metadata service, whatever a test leaves unconfigured.
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
+from .pgbouncer_server import PgBouncer
 from .postgres_server import PostgresServer
 from .support import ServiceProcess, write_config
 
 BACKENDS = ("sqlite", "postgresql")
 # A test that needs one of these starts processes or servers: it is a "system" test.
-SYSTEM_FIXTURES = {"postgres", "storage", "make_config", "start_service", "module_service",
-                   "cluster", "browser"}
+SYSTEM_FIXTURES = {"postgres", "pgbouncer", "storage", "make_config", "start_service",
+                   "module_service", "cluster", "browser"}
 
 
 def pytest_collection_modifyitems(items):
@@ -68,6 +69,14 @@ def postgres():
     """One throwaway PostgreSQL server for the session; if it cannot start, tests fail."""
     with PostgresServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def pgbouncer(postgres):
+    """PgBouncer in transaction pooling mode in front of the session's PostgreSQL (its
+    ``behind(url)`` is a database's URL through it); if it cannot start, tests fail."""
+    with PgBouncer(postgres) as bouncer:
+        yield bouncer
 
 
 @pytest.fixture(params=BACKENDS)

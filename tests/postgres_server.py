@@ -44,9 +44,13 @@ def free_port() -> int:
 class PostgresServer:
     """``with PostgresServer() as pg: url = pg.create_database()``."""
 
-    def __init__(self, port: int = 0):
+    def __init__(self, port: int = 0, *, max_connections: int = 400, extensions=()):
+        """``extensions``: preloaded libraries (``shared_preload_libraries``), such as
+        ``pg_stat_statements``."""
         self.bin = server_binaries()
         self.port = port or free_port()
+        self.max_connections = max_connections
+        self.extensions = tuple(extensions)
         self.root = Path(tempfile.mkdtemp(prefix="uploader-pg-"))
         self.data = self.root / "data"
         self.log = self.root / "server.log"
@@ -79,7 +83,9 @@ class PostgresServer:
     def start(self) -> "PostgresServer":
         options = (f"-c port={self.port} -c listen_addresses=127.0.0.1 "
                    f"-c unix_socket_directories={self.root} -c fsync=off "
-                   "-c full_page_writes=off -c max_connections=400")
+                   f"-c full_page_writes=off -c max_connections={self.max_connections}")
+        if self.extensions:
+            options += f" -c shared_preload_libraries={','.join(self.extensions)}"
         self._run(str(self.bin / "pg_ctl"), "start", "-w", "-t", "60", "-D", str(self.data),
                   "-l", str(self.log), "-o", options)
         return self

@@ -1,8 +1,10 @@
 """Many instances, one service: drills with real processes on one PostgreSQL database.
 
 Each instance is a whole service (front end, manager, workers) in its own process group,
-started from its own config file; they share the database and nothing else. Leases are
-short (3 s) so that taking over a dead instance's work is quick to watch.
+started from its own config file; they share the database and nothing else. They reach
+it as large deployments do, through PgBouncer in transaction pooling mode, listening on
+a direct connection (``storage.listen_url``) or, asked so, not at all (they poll).
+Leases are short (3 s) so that taking over a dead instance's work is quick to watch.
 """
 import hashlib
 import os
@@ -20,6 +22,7 @@ from tests.fakes.image_source import make_image
 from uploader.config import WorkersConfig
 from uploader.store import schema
 
+from .pgbouncer_server import PgBouncer
 from .postgres_server import PostgresServer
 from .support import REPO, ServiceProcess, write_config
 from .test_crash import slow_urls, wait_until
@@ -31,22 +34,24 @@ LEASE = 3  # for the tests about a dead instance: it is found dead this soon
 
 
 @pytest.fixture
-def cluster(tmp_path, postgres):
-    """``cluster(n, database=None, lease=15, **sections)``: n instances on one database (a
-    fresh one by default); all of them stopped after the test. A test about a dead instance
+def cluster(tmp_path, postgres, pgbouncer):
+    """``cluster(n, database=None, lease=15, listen=True, **sections)``: n instances on one
+    database (a fresh one by default) through PgBouncer, listening on a direct connection
+    unless ``listen`` is False; all of them stopped after the test. A test about a dead instance
     asks for a short lease; the others keep the default, so that no live instance is judged
     dead on a loaded machine (with two busy loops beside the suite, more than 3 s between
     an instance's registration and its first heartbeat was common until start-up kept the
     lease, and a busy machine can hold up any heartbeat)."""
     started = []
 
-    def start(n, database=None, lease=15.0, **sections):
+    def start(n, database=None, lease=15.0, listen=True, **sections):
         database = database or postgres.create_database()
         services = []
         for i in range(n):
             directory = tmp_path / f"instance-{len(started) + i}"
             directory.mkdir()
-            storage = {"path": str(directory / "unused.sqlite3"), "url": database,
+            storage = {"path": str(directory / "unused.sqlite3"),
+                       "url": pgbouncer.behind(database), "listen_url": database if listen else "",
                        "lease_seconds": lease, "poll_seconds": 0.5}
             config = write_config(directory, **{**sections, "storage": storage})
             services.append(ServiceProcess(config))
@@ -233,13 +238,16 @@ def test_an_expired_token_is_refreshed_once_for_the_whole_cluster(cluster, image
 
 
 def test_every_instance_answers_the_same(cluster, image_source):
-    a, b = cluster(2, image_host="local", server={"host": "127.0.0.1", "port": 0})
+    # not listening (PgBouncer does not deliver LISTEN): each instance polls for work
+    a, b = cluster(2, listen=False, image_host="local", server={"host": "127.0.0.1", "port": 0})
     job_id = a.post_job([image_source.url_for("/img/everywhere.png"),
                          image_source.url_for("/status/404")])
     assert b.job(job_id)["id"] == job_id  # readable elsewhere at once
     done = b.wait_job(job_id)
     assert a.job(job_id) == done
     assert a.links() == b.links() == done["uploaded"]["complete"]
+    for service in (a, b):
+        assert service.read_log().count("ends a session with each transaction") == 1
 
 
 def test_instances_starting_together_share_one_schema(cluster, postgres):
@@ -251,9 +259,13 @@ def test_instances_starting_together_share_one_schema(cluster, postgres):
 
 
 def test_the_database_going_away_loses_nothing(tmp_path, image_source, fake_imgur):
-    with PostgresServer() as server:
+    # PostgreSQL killed behind PgBouncer, which stays up: queries fail there, or wait for a
+    # server connection until PgBouncer's query_wait_timeout, until it logs in again
+    with PostgresServer() as server, PgBouncer(server) as bouncer:
+        direct = server.create_database()
         config = write_config(tmp_path, workers={"processes": 2, "uploads_per_process": 4},
-                              storage={"url": server.create_database(), "lease_seconds": LEASE,
+                              storage={"url": bouncer.behind(direct), "listen_url": direct,
+                                       "lease_seconds": LEASE,
                                        "poll_seconds": 0.5}, **imgur_config(fake_imgur))
         service = ServiceProcess(config).start()
         try:

@@ -1,7 +1,8 @@
 """The cluster's shared state (``shared.postgres``). Dedup claims: a batch answers as
 claims made one after the other would, in one statement per step; publishing never waits;
 a dead instance's published links are reused. The gate: a grant given back is void;
-unpaced, tickets held ahead count in flight and a pause in any instance voids them."""
+unpaced, tickets held ahead count in flight and a pause in any instance voids them (heard
+by the listening connection of each instance's store)."""
 import json
 import threading
 
@@ -10,7 +11,9 @@ import pytest
 
 from uploader.config import StorageConfig
 from uploader.shared.postgres import PgCoordinator
+from uploader.shared.tickets import CHANNEL
 from uploader.store import open_store
+from uploader.store.postgres import Database
 
 from .test_crash import wait_until
 
@@ -23,7 +26,7 @@ def database(postgres):
 
 
 def coordinator(url, instance):
-    return PgCoordinator(url, instance, lease_seconds=15, dedup_host="imgur")
+    return PgCoordinator(Database(url), instance, lease_seconds=15, dedup_host="imgur")
 
 
 def claims_held(url):
@@ -102,7 +105,7 @@ def test_a_dead_instances_published_links_outlive_it(database):
 def test_a_grant_given_back_no_longer_counts_and_teaches_nothing(database):
     store = open_store(StorageConfig(url=database), "me")  # live: its grants count
     try:
-        gate = PgCoordinator(database, "me", lease_seconds=15,  # budgets: Imgur's, probed
+        gate = PgCoordinator(Database(database), "me", lease_seconds=15,  # budgets: probed
                              gate={"rate": 0, "burst": 1, "costs": {"user": 10}})
         owner = (0, 1)
         assert gate.reserve(owner)[0]  # the probe
@@ -124,12 +127,14 @@ def test_unpaced_tickets_count_in_the_row_and_a_pause_anywhere_voids_them(databa
     stores = [open_store(StorageConfig(url=database), name) for name in ("me", "other")]
     try:
         unpaced = {"rate": 0, "burst": 1}
-        me = PgCoordinator(database, "me", lease_seconds=15, gate=unpaced, tickets=4)
-        other = PgCoordinator(database, "other", lease_seconds=15, gate=unpaced, tickets=4)
+        me = PgCoordinator(Database(database), "me", lease_seconds=15, gate=unpaced, tickets=4)
+        other = PgCoordinator(Database(database), "other", lease_seconds=15, gate=unpaced,
+                              tickets=4)
         me._tickets.tell_seconds = 3600  # unused tickets kept: only a pause voids them here
         owner = (0, 1)
         me.learn({})  # the budgets were asked for at start: no probe
-        assert me.reserve_many(1, owner)[0][0]  # starts the listener
+        assert me.reserve_many(1, owner)[0][0]  # nobody listens yet: none taken ahead
+        stores[0].listen({CHANNEL: lambda: me.heard(True)}, on_state=me.heard)  # my instance's
         wait_until(lambda: me._tickets.listening)
         assert all(granted for granted, _, _ in me.reserve_many(2, owner))
         version, grants = gate_row(database)
@@ -150,6 +155,6 @@ def test_unpaced_tickets_count_in_the_row_and_a_pause_anywhere_voids_them(databa
 
 
 def test_a_paced_gate_takes_no_tickets(database):
-    paced = PgCoordinator(database, "me", lease_seconds=15, gate={"rate": 5, "burst": 1},
-                          tickets=4)
+    paced = PgCoordinator(Database(database), "me", lease_seconds=15,
+                          gate={"rate": 5, "burst": 1}, tickets=4)
     assert paced._tickets is None

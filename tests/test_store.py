@@ -433,7 +433,7 @@ def test_a_pool_tries_to_reconnect_at_least_every_few_seconds():
             super().schedule_task(task, 0.01)
 
     pool = Recorded(f"postgresql://postgres@127.0.0.1:{port}/none",
-                    kwargs=postgres_store.connection_kwargs(), min_size=1, max_size=1,
+                    kwargs=postgres_store.connection_kwargs("test"), min_size=1, max_size=1,
                     reconnect_timeout=3600, open=True)
     try:
         deadline = time.monotonic() + 60

@@ -2,7 +2,6 @@
 taken ahead in one change and counted in flight, handed out without a trip, answers told
 together, unused ones given back, none held across a pause or while pauses go unheard,
 none taken from a budget's last uploads."""
-import queue
 import time
 
 import pytest
@@ -10,8 +9,6 @@ import pytest
 from uploader.hosts.imgur import UPLOAD_CREDITS
 from uploader.ratelimit import GateRules
 from uploader.shared.tickets import Tickets
-
-from .test_crash import wait_until
 
 OWNER = (0, 1)
 
@@ -46,30 +43,6 @@ class MemoryGate:
             grants.pop(owner, None)
 
 
-class Notices:
-    """What ``listen()`` yields: False once listening and while quiet, True for each pause
-    told with ``pause()``; ``lose()`` ends the connection with an error."""
-
-    def __init__(self):
-        self.told = queue.SimpleQueue()
-
-    def __call__(self):
-        while True:
-            yield False
-            try:
-                if not self.told.get(timeout=0.1):
-                    raise ConnectionError("the listening connection was lost")
-            except queue.Empty:
-                continue
-            yield True
-
-    def pause(self):
-        self.told.put(True)
-
-    def lose(self):
-        self.told.put(False)
-
-
 @pytest.fixture
 def make():
     """``make(remaining, batch)``: tickets on a gate whose budgets are known (no probe),
@@ -81,23 +54,24 @@ def make():
                           costs=UPLOAD_CREDITS)
         gate = MemoryGate(rules)
         rules.learn(gate.state, time.monotonic(), report(user=(remaining, 3600)))
-        notices = Notices()
-        tickets = Tickets(rules, gate.change, gate.count, notices, batch, tell_seconds=3600)
+        tickets = Tickets(rules, gate.change, gate.count, batch, tell_seconds=3600)
         made.append(tickets)
-        return gate, tickets, notices
+        return gate, tickets
     yield tickets_on_a_gate
     for tickets in made:
         tickets.close()
 
 
 def listening(tickets):
-    """The first reservation starts the listener; wait until it hears."""
+    """One grant (taken alone: nobody listens yet), then the instance's listener is up."""
     assert all(granted for granted, _, _ in tickets.reserve(1, OWNER))
-    wait_until(lambda: tickets.listening)
+    assert not tickets.listening
+    tickets.heard(True)
+    assert tickets.listening
 
 
 def test_tickets_are_taken_ahead_in_one_change_and_count_as_in_flight(make):
-    gate, tickets, _ = make(batch=4)
+    gate, tickets = make(batch=4)
     listening(tickets)
     before = gate.changes
     answers = tickets.reserve(2, OWNER)
@@ -116,7 +90,7 @@ def test_tickets_are_taken_ahead_in_one_change_and_count_as_in_flight(make):
 
 
 def test_answers_are_told_together_and_their_resets_aged(make):
-    gate, tickets, _ = make()
+    gate, tickets = make()
     listening(tickets)
     tickets.reserve(2, OWNER)
     in_flight, before = gate.grants[OWNER], gate.changes
@@ -136,7 +110,7 @@ def test_answers_are_told_together_and_their_resets_aged(make):
 
 
 def test_tickets_unused_since_the_last_telling_are_given_back(make):
-    gate, tickets, _ = make(batch=4)
+    gate, tickets = make(batch=4)
     listening(tickets)
     tickets.reserve(1, OWNER)
     assert tickets.held(OWNER) == 4
@@ -147,13 +121,13 @@ def test_tickets_unused_since_the_last_telling_are_given_back(make):
 
 
 def test_a_pause_heard_voids_the_tickets_held(make):
-    gate, tickets, notices = make(batch=4)
+    gate, tickets = make(batch=4)
     listening(tickets)
     tickets.reserve(1, OWNER)
     assert tickets.held(OWNER) == 4
     gate.rules.pause(gate.state, time.monotonic(), 30, "Imgur asked us to slow down")
-    notices.pause()  # as another process's pause is heard
-    wait_until(lambda: tickets.held(OWNER) == 0)
+    tickets.heard(True)  # as another process's pause is heard
+    assert tickets.held(OWNER) == 0
 
     granted, when, why = tickets.reserve(1, OWNER)[0]
     assert not granted and why == "Imgur asked us to slow down" and when > time.monotonic() + 20
@@ -161,7 +135,7 @@ def test_a_pause_heard_voids_the_tickets_held(make):
 
 
 def test_tickets_granted_before_a_pause_heard_during_the_trip_are_not_kept(make):
-    gate, tickets, notices = make(batch=4)
+    gate, tickets = make(batch=4)
     listening(tickets)
     gate.during_change = tickets.void  # the pause's notice arrives while the trip is made
     assert tickets.reserve(1, OWNER)[0][0]  # the asker's own grant: used, as one just before
@@ -171,25 +145,25 @@ def test_tickets_granted_before_a_pause_heard_during_the_trip_are_not_kept(make)
     assert gate.grants[OWNER] == 2  # the four given back
 
 
-def test_no_tickets_are_taken_ahead_while_pauses_go_unheard(make, caplog):
-    gate, tickets, notices = make(batch=4)
+def test_no_tickets_are_taken_ahead_while_pauses_go_unheard(make):
+    gate, tickets = make(batch=4)
     listening(tickets)
     tickets.reserve(1, OWNER)
-    notices.lose()
-    wait_until(lambda: not tickets.listening)
-    assert tickets.held(OWNER) == 0
-    assert "cannot hear the gate's pauses" in caplog.text
+    tickets.heard(False)  # the instance's listening connection was lost
+    assert not tickets.listening and tickets.held(OWNER) == 0
     before = gate.changes
     tickets.reserve(1, OWNER)
     tickets.reserve(1, OWNER)
     assert gate.changes == before + 2 and tickets.held(OWNER) == 0  # one trip each, as before
     assert gate.grants[OWNER] == 4  # three asked for, the one held before given back
-    wait_until(lambda: tickets.listening, timeout=5)  # listening again after a second
+    tickets.heard(True)  # listening again
+    tickets.reserve(1, OWNER)
+    assert tickets.held(OWNER) == 4
 
 
 def test_the_last_uploads_a_budget_allows_are_not_taken_ahead(make):
     # 110 credits left, 10 kept back, 10 an upload: ten uploads fit
-    gate, tickets, _ = make(remaining=110, batch=4)
+    gate, tickets = make(remaining=110, batch=4)
     listening(tickets)  # one in flight
     tickets.reserve(1, OWNER)  # two, and room beyond four more for four more: four ahead
     assert tickets.held(OWNER) == 4 and gate.grants[OWNER] == 6
@@ -202,7 +176,7 @@ def test_the_last_uploads_a_budget_allows_are_not_taken_ahead(make):
 
 
 def test_a_failed_trip_keeps_the_answers_for_the_next_telling(make):
-    gate, tickets, _ = make()
+    gate, tickets = make()
     listening(tickets)
     tickets.reserve(1, OWNER)
     tickets.answered([(None, OWNER)])
@@ -219,7 +193,7 @@ def test_a_failed_trip_keeps_the_answers_for_the_next_telling(make):
 
 
 def test_closing_tells_the_gate_what_was_held_and_kept(make):
-    gate, tickets, _ = make(batch=4)
+    gate, tickets = make(batch=4)
     listening(tickets)
     tickets.reserve(2, OWNER)  # four more held
     tickets.answered([(report(user=(420, 100.0)), OWNER)])
@@ -229,7 +203,7 @@ def test_closing_tells_the_gate_what_was_held_and_kept(make):
 
 
 def test_without_room_ahead_each_answer_is_told_as_it_comes(make):
-    gate, tickets, _ = make(remaining=110, batch=4)  # ten uploads fit: room for no batch
+    gate, tickets = make(remaining=110, batch=4)  # ten uploads fit: room for no batch
     listening(tickets)  # one in flight
     tickets.reserve(4, OWNER)  # five, and room beyond four more for one more: one ahead
     tickets.reserve(2, OWNER)  # the one held and one more: seven, no room for any ahead
@@ -243,7 +217,7 @@ def test_without_room_ahead_each_answer_is_told_as_it_comes(make):
 
 
 def test_a_batch_of_answers_kept_is_told_at_once(make):
-    gate, tickets, _ = make(batch=4)
+    gate, tickets = make(batch=4)
     listening(tickets)
     tickets.reserve(4, OWNER)  # four in use (and the first), four held
     before = gate.changes

@@ -11,13 +11,15 @@ from . import access, page, v1
 from .handlers import ApiError, BaseHandler, JsonErrors
 from .hosts.local import NAME_PATTERN
 from .metrics import CONTENT_TYPE_LATEST
+from .store.refusals import refusals
 
 log = logging.getLogger(__name__)
 
 
 class HealthHandler(BaseHandler):
     """GET /healthz: 200 when the store is reachable and writable and every worker is
-    alive ("degraded" while the image host refuses our credential or has no room); else 503."""
+    alive ("degraded" while the image host refuses our credential or has no room, or
+    PostgreSQL refuses some of our connections for want of room); else 503."""
 
     async def get(self):
         problems = []
@@ -36,15 +38,17 @@ class HealthHandler(BaseHandler):
         if self.service.stopping:
             problems.append("shutting down")
         credential = None if problems else await self.in_reader(self.service.credential_problem)
-        degraded = [why for why in (credential, self.service.dispatcher.host_full()) if why]
+        degraded = [reason for reason in (credential, self.service.dispatcher.host_full(),
+                                          refusals.summary(),
+                                          *self.service.dispatcher.refused_workers()) if reason]
         status = "unhealthy" if problems else "degraded" if degraded else "ok"
         body = {"status": status, "instance": self.service.instance,
                 "workers": {"alive": alive, "expected": expected, "pids": self.service.pool.pids()},
                 "manager": {"pid": self.service.pool.manager_pid()}}
         if problems:
             body["problems"] = problems
-        if degraded:  # serving, but no upload can succeed until this is fixed
-            body["degraded"] = degraded
+        if degraded:  # serving, but no upload can succeed until this is fixed, or slower,
+            body["degraded"] = degraded  # short of connections (and saying why)
         self.write_json(200 if not problems else 503, body)
 
 

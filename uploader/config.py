@@ -310,11 +310,23 @@ class StorageConfig:
     url: str = _opt("", DATABASE_URL, shown=redact_url_password)
     lease_seconds: float = _opt(15.0, (lambda v: v >= 3, "a number of seconds, at least 3"))
     poll_seconds: float = _opt(2.0, POSITIVE)
+    listen_url: str = _opt("", DATABASE_URL, shown=redact_url_password)
+    read_connections: int = _opt(2, (lambda v: v >= 2, "an integer, at least 2 (a listing"
+                                     " streamed to a slow client holds one)"))
+    shared_connections: int = _opt(1, POSITIVE_INT)
 
     @property
     def shared(self):
         """True when the store is PostgreSQL, shared by every instance."""
         return bool(self.url)
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """How long finished jobs are kept (with their URLs and settled deliveries; links stay)."""
+
+    finished_jobs_seconds: float = _opt(2592000.0, NON_NEGATIVE)  # 0 keeps everything
+    check_seconds: float = _opt(60.0, POSITIVE)
 
 
 @dataclass(frozen=True)
@@ -339,6 +351,7 @@ class Config:
     images: ImagesConfig = _section(ImagesConfig)
     webhooks: WebhooksConfig = _section(WebhooksConfig)
     storage: StorageConfig = _section(StorageConfig)
+    retention: RetentionConfig = _section(RetentionConfig)
     logging: LoggingConfig = _section(LoggingConfig)
 
     @property

@@ -32,7 +32,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 from . import jobs
 from .errors import PoolBroken, QueueFull, StoreConflict, StoreUnavailable
-from .jobs import Attempt, Progress, Ready, Result, Task, Waiting, WorkerExited
+from .jobs import Attempt, Progress, Ready, Refused, Result, Task, Waiting, WorkerExited
 from .metrics import Metrics
 from .pool import ManagerLost
 from .quarantine import Quarantine
@@ -123,6 +123,7 @@ class Dispatcher:
         self.stopped = threading.Event()
         self.store_problem: Optional[str] = None  # why the last turn could not commit
         self._store_error = StoreUnavailable  # its kind (StoreFull: the disk is full)
+        self._refused: Dict[int, Refused] = {}  # worker -> PostgreSQL refuses its connections
         self._held: List[object] = []  # events of a turn that could not commit, to run again
         self._retry_at: Optional[float] = None
         self._failures = 0
@@ -181,6 +182,12 @@ class Dispatcher:
         reason = next(iter(waiting.values()))
         return f"{reason} ({len(waiting)} URL{'' if len(waiting) == 1 else 's'} waiting)"
 
+    def refused_workers(self) -> List[str]:
+        """Why PostgreSQL refuses connections of live workers (``store.refusals``)."""
+        live = {index: handle.generation for index, handle in list(self.pool.workers.items())}
+        return [f"worker {event.worker}: {event.reason}" for event in list(self._refused.values())
+                if event.reason and live.get(event.worker) == event.generation]
+
     def ready_workers(self) -> int:
         """Worker processes alive and past their start-up (their slots take tasks)."""
         ready = self.state.ready
@@ -227,7 +234,9 @@ class Dispatcher:
             self._create_jobs(submits)
         for call in (event for event in batch if isinstance(event, _Call)):
             self._run_call(call)
-        batch = [event for event in batch if not isinstance(event, (_Submit, _Call))]
+        for refused in (event for event in batch if isinstance(event, Refused)):
+            self._refused[refused.worker] = refused  # heard even while the store is away
+        batch = [event for event in batch if not isinstance(event, (_Submit, _Call, Refused))]
         if self._retry_at is not None and time.monotonic() < self._retry_at:
             self._held = batch  # the store was unreachable a moment ago: wait a little more
             return

@@ -154,6 +154,24 @@ class Ready:
 
 
 @dataclass(frozen=True)
+class GateNews:
+    """To a worker, from its instance's listening connection: a pause of the shared gate
+    was announced (``listening`` True), or listening began or ended (``shared.tickets``)."""
+
+    listening: bool
+
+
+@dataclass(frozen=True)
+class Refused:
+    """From a worker: PostgreSQL refuses its connections for want of room (``reason``),
+    or no longer does (None); ``store.refusals``."""
+
+    worker: int
+    generation: int
+    reason: Optional[str]
+
+
+@dataclass(frozen=True)
 class WorkerExited:
     """A worker process ended; sent through the result queue after its last results."""
 

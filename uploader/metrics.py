@@ -89,6 +89,9 @@ class Metrics:
         self.host_deletions = Counter(
             "uploader_host_deletions", "Deletions at the image host tried again after the "
             "client's request, by outcome (deleted, retried, failed).", ["outcome"], registry=r)
+        self.pruned_rows = Counter(
+            "uploader_pruned_rows", "Rows deleted by retention (retention.finished_jobs_seconds),"
+            " by table (jobs, urls, outbox).", ["table"], registry=r)
         self.http_requests = Counter(
             "uploader_http_requests", "HTTP requests answered, by route pattern, method and status.",
             ["route", "method", "status"], registry=r)
@@ -107,6 +110,11 @@ class Metrics:
     def host_deletion(self, outcome: str) -> None:
         """A deletion at the host tried again later: deleted, retried or failed."""
         self.host_deletions.labels(outcome).inc()
+
+    def pruned(self, deleted: dict) -> None:
+        """Rows retention deleted, by table."""
+        for table, rows in deleted.items():
+            self.pruned_rows.labels(table).inc(rows)
 
     def job_submitted(self, url_count: int) -> None:
         self.jobs_submitted.inc()

@@ -1,6 +1,7 @@
 """The worker pool: a ``multiprocess`` manager for what workers share, and a pipe per worker.
 
     dispatcher --send(i, tasks)--> pipe i --> worker process i (N slot threads)
+    store listener --tell_gate-->  pipe i      (a cluster gate's pauses: shared.tickets)
     dispatcher <--on_event-- reader thread <-- pipe i (batches of results), one per worker
                                                  EOF on pipe i: worker i ended
 
@@ -84,6 +85,7 @@ class WorkerHandle:
     process: object
     conn: object  # our end of the worker's pipe
     started: float = field(default_factory=time.monotonic)
+    sending: threading.Lock = field(default_factory=threading.Lock)  # one message at a time
 
 
 class WorkerPool:
@@ -101,6 +103,8 @@ class WorkerPool:
         self.workers: Dict[int, WorkerHandle] = {}
         self._generation = 0
         self._closing = False
+        self._gate_news = None  # the last jobs.GateNews told, for workers started later
+        self._gate_lock = threading.Lock()
 
     # -- start -----------------------------------------------------------------
     def start(self, make_shared: Callable[[SyncManager], Shared]) -> None:
@@ -134,7 +138,10 @@ class WorkerPool:
         finally:
             theirs.close()  # only the worker holds its end: its death is our EOF
         handle = WorkerHandle(index, self._generation, process, ours)
-        self.workers[index] = handle
+        with self._gate_lock:
+            self.workers[index] = handle
+            if self._gate_news is not None:
+                self._send(handle, [self._gate_news])
         os.write(self._wake_w, b"x")
         log.info("started worker %d (pid %d, generation %d)", index, process.pid, handle.generation)
         return handle
@@ -143,10 +150,23 @@ class WorkerPool:
     def send(self, index: int, tasks) -> None:
         """Send worker ``index`` a batch of tasks, in one message. A worker that died
         meanwhile loses nothing: its EOF hands its tasks back."""
+        self._send(self.workers[index], tasks)
+
+    def tell_gate(self, listening: bool) -> None:
+        """Thread-safe: tell every worker a pause of the cluster's gate was heard
+        (``listening`` True), or that listening began or ended (``jobs.GateNews``)."""
+        with self._gate_lock:
+            self._gate_news = jobs.GateNews(listening)
+            for handle in list(self.workers.values()):
+                self._send(handle, [self._gate_news])
+
+    def _send(self, handle: WorkerHandle, records) -> None:
         try:
-            self.workers[index].conn.send_bytes(jobs.pack(tasks))
+            with handle.sending:  # the dispatcher's tasks and the listener's news
+                handle.conn.send_bytes(jobs.pack(records))
         except OSError as exc:
-            log.info("worker %d is gone; its tasks come back with its exit (%s)", index, exc)
+            log.info("worker %d is gone; its tasks come back with its exit (%s)", handle.index,
+                     exc)
 
     def release_claims(self, index: int, generation: int) -> None:
         """A worker ended: the bytes it had claimed are free to take, its gate grants void."""
@@ -169,7 +189,8 @@ class WorkerPool:
         """An empty message stops a worker's slots once each has finished its current URL."""
         for handle in self.workers.values():
             try:
-                handle.conn.send_bytes(b"")
+                with handle.sending:
+                    handle.conn.send_bytes(b"")
             except OSError:  # gone already
                 pass
 

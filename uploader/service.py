@@ -20,8 +20,9 @@ from .dispatcher import Dispatcher
 from .errors import StartError
 from .metrics import Metrics
 from .pool import WorkerPool
-from .shared import make_shared
-from .store import open_store
+from .retention import Pruner
+from .shared import make_shared, tickets
+from .store import CHANNEL, open_store
 from .storegauges import StoreGauges
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class Service:
             raise StartError(f"local.directory {self.config.local.directory}: {exc.strerror}") from None
         self.readers = ThreadPoolExecutor(4, thread_name_prefix="store-read")
         self.store_gauges = StoreGauges(self._store_figures, self.readers)
+        self.listing_slots = asyncio.Semaphore(self.store.listings_at_once or 2 ** 16)
         self.pool = WorkerPool(self.config, on_event=lambda event: self.dispatcher.post(event))
         self.metrics = Metrics()
         self.dispatcher = Dispatcher(store=self.store, pool=self.pool, config=self.config,
@@ -66,7 +68,8 @@ class Service:
                                      on_outbox=lambda: self.courier.wake())
         # registered when the store opened: the lease is kept until the dispatcher keeps it
         with self.store.kept_alive():
-            self.pool.start(lambda manager: make_shared(self.config, manager, self.instance))
+            self.pool.start(lambda manager: make_shared(self.config, manager, self.instance,
+                                                        getattr(self.store, "database", None)))
             self.delete_at_host = hosts.build_deleter(self.config, self.pool.shared)
             self.courier = Courier(dispatcher=self.dispatcher, store=self.store,
                                    config=self.config, metrics=self.metrics,
@@ -74,8 +77,14 @@ class Service:
             loop.run_in_executor(None, hosts.learn_limits, self.config, self.pool.shared)
         self.dispatcher.start()
         self.courier.start()
+        retention = self.config.retention
+        self.pruner = Pruner(self.store, older_than=retention.finished_jobs_seconds,
+                             every=retention.check_seconds, metrics=self.metrics)
+        self.pruner.start()
         if self.config.storage.shared:
-            self.store.listen(self.dispatcher.wake)
+            self.store.listen({CHANNEL: self.dispatcher.wake,
+                               tickets.CHANNEL: lambda: self.pool.tell_gate(True)},
+                              on_state=self._listening)
         self.open_files = open_file_limit()
         self.http = make_server(make_app(self), self.config, self.open_files)
         self.http.add_sockets(sockets)
@@ -90,6 +99,13 @@ class Service:
         """What /metrics reads of the store (blocking): see ``StoreGauges``."""
         queued, oldest = self.store.queue_depth()
         return queued, oldest, self.credential_problem() is not None
+
+    def _listening(self, listening: bool) -> None:
+        """The store's listening connection is up (work added meanwhile is looked for at
+        once), or lost; workers hear it either way (``shared.tickets``)."""
+        self.pool.tell_gate(listening)
+        if listening:
+            self.dispatcher.wake()
 
     def credential_problem(self):
         """Why the image host's credential is dead (Imgur refused it for good), or None.
@@ -126,6 +142,7 @@ class Service:
 
     def _finish(self) -> None:
         self.courier.stop()
+        self.pruner.stop()
         self.http.stop()
         self.readers.shutdown(wait=False)
         self.store.close()

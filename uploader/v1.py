@@ -187,19 +187,20 @@ class ImagesHandler(BaseHandler):
     guarded = True
 
     async def get(self):
-        listing = self.service.store.links(LINKS_PAGE, self.account)
-        pages = await self.in_reader(listing.__enter__)
-        try:
-            self.set_header("Content-Type", "application/json; charset=UTF-8")
-            self.write('{"uploaded": [')
-            separator = ""
-            while page := await self.in_reader(next, pages, None):
-                self.write(separator + ", ".join(json.dumps(link) for link in page))
-                separator = ", "
-                await self.flush()
-            self.finish("]}")
-        finally:
-            await self.in_reader(listing.__exit__, None, None, None)
+        async with self.service.listing_slots:  # a store's listings at once (store.sql)
+            listing = self.service.store.links(LINKS_PAGE, self.account)
+            pages = await self.in_reader(listing.__enter__)
+            try:
+                self.set_header("Content-Type", "application/json; charset=UTF-8")
+                self.write('{"uploaded": [')
+                separator = ""
+                while page := await self.in_reader(next, pages, None):
+                    self.write(separator + ", ".join(json.dumps(link) for link in page))
+                    separator = ", "
+                    await self.flush()
+                self.finish("]}")
+            finally:
+                await self.in_reader(listing.__exit__, None, None, None)
 
 
 class ImageHandler(BaseHandler):

@@ -38,6 +38,7 @@ from .fetch import Fetched, Fetcher
 from .logs import setup_logging
 from .shared.coalesce import Line, next_batch
 from .shared.embedded import guarded
+from .store.refusals import refusals
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ def run(index, generation, conn, lifeline_end, config, shared):
     tasks: "queue.SimpleQueue" = queue.SimpleQueue()
     ready: "queue.SimpleQueue" = queue.SimpleQueue()
     outbox = Outbox(conn)
+    refusals.subscribe(lambda reason: outbox.put(jobs.Refused(index, generation, reason)))
     shared = guarded(shared)  # a broken call to the manager is no URL's failure
     worker = Worker(index, generation, config, outbox, shared)
     fetchers = [threading.Thread(target=worker.fetch_loop, args=(tasks, ready, n >= slots),
@@ -77,8 +79,9 @@ def run(index, generation, conn, lifeline_end, config, shared):
         thread.start()
     sender = threading.Thread(target=outbox.run, name="sender")
     sender.start()
-    threading.Thread(target=_read_inbox, args=(conn, tasks, len(fetchers), worker.first_round),
-                     name="inbox", daemon=True).start()
+    hear = getattr(shared.coordinator, "heard", None)  # a cluster gate's pauses
+    threading.Thread(target=_read_inbox, args=(conn, tasks, len(fetchers), worker.first_round,
+                                               hear), name="inbox", daemon=True).start()
     outbox.put(jobs.Ready(index, generation))
     log.info("worker %d ready with %d upload slots, %d images fetched ahead (host: %s)",
              index, slots, ahead, worker.uploader.name)
@@ -96,9 +99,10 @@ def run(index, generation, conn, lifeline_end, config, shared):
     sender.join()
 
 
-def _read_inbox(conn, tasks, fetchers, first_round) -> None:
-    """Unpack task batches for the fetch threads; an empty message (a stop) or the pipe's
-    end (the front end is gone) ends every one of them."""
+def _read_inbox(conn, tasks, fetchers, first_round, hear=None) -> None:
+    """Unpack task batches for the fetch threads, and pass news of the gate to ``hear``;
+    an empty message (a stop) or the pipe's end (the front end is gone) ends every one
+    of them."""
     while True:
         try:
             message = conn.recv_bytes()
@@ -109,8 +113,12 @@ def _read_inbox(conn, tasks, fetchers, first_round) -> None:
             for _ in range(fetchers):
                 tasks.put(None)
             return
-        for task in jobs.unpack(message):
-            tasks.put(task)
+        for record in jobs.unpack(message):
+            if isinstance(record, jobs.GateNews):
+                if hear is not None:
+                    hear(record.listening)
+            else:
+                tasks.put(record)
 
 
 class Outbox:

@@ -28,20 +28,21 @@ class Shared:
     credentials: object = None
 
 
-def make_shared(config, manager, instance: str) -> Shared:
-    """The shared state the configuration asks for; ``manager``: the started manager."""
+def make_shared(config, manager, instance: str, database=None) -> Shared:
+    """The shared state the configuration asks for; ``manager``: the started manager;
+    ``database``: how to reach PostgreSQL (``store.postgres.Database``) for a cluster."""
     gate, credential = hosts.gate_settings(config), hosts.credential_settings(config)
     host = config.resolved_image_host
     if config.storage.shared:
         from .postgres import PgCoordinator, PgCredentials
 
-        coordinator = PgCoordinator(config.storage.url, instance,
+        coordinator = PgCoordinator(database, instance,
                                     lease_seconds=config.storage.lease_seconds, gate=gate,
                                     dedup_host=host if config.imgur.dedup else None,
                                     tickets=config.workers.uploads_per_process)
         credentials = None
         if credential is not None:
-            credentials = PgCredentials(config.storage.url, **credential)
+            credentials = PgCredentials(database, **credential)
             credentials.forgive()
         return Shared(coordinator, credentials)
     dedup = {"store": config.storage, "host": host} if config.imgur.dedup else None

@@ -3,16 +3,17 @@
 Same calls as the embedded ``Coordinator`` and ``Credentials``, same rules (``ratelimit``,
 ``credentials.renew``), but the state lives in rows every instance reaches, and every
 process (each worker, the front end) talks to the database directly through a small
-pool of its own, made lazily after the process starts (the objects themselves pickle
-as their settings). The database's clock is the gate's clock, so instances on hosts
-with skewed clocks keep one pace; answers are turned into this machine's monotonic
-clock before they are returned.
+pool of its own (``Database.pool``, ``storage.shared_connections``), made lazily after
+the process starts (the objects themselves pickle as their settings). The database's
+clock is the gate's clock, so instances on hosts with skewed clocks keep one pace;
+answers are turned into this machine's monotonic clock before they are returned.
 
 - gate: one row (``gate.state``: JSON of ``GateState`` and of the grants in flight, by
   worker), changed by compare-and-set on ``gate.version``, so no lock is held while a
   busy worker process thinks; grants of a dead worker or a dead instance stop counting.
   Unpaced, a worker takes grants ahead as tickets and tells answers in batches
-  (``shared.tickets``), and a pause is announced with NOTIFY to void them everywhere;
+  (``shared.tickets``), and a pause is announced with NOTIFY to void them everywhere
+  (each instance's one listening connection hears it and tells its workers: ``heard``);
 - dedup: ``dedup_claims`` holds bytes being uploaded (one owner per SHA-256) and, once
   published, their link until the result is committed to ``links``;
 - token: one ``credentials`` row per configured credential, locked while one instance
@@ -21,14 +22,13 @@ clock before they are returned.
 import hashlib
 import json
 import logging
-import threading
 import time
 from typing import List, Optional, Tuple
 
 from ..credentials import RefreshSettings, Token, renew
 from ..errors import StoreUnavailable
 from ..ratelimit import GateRules, GateState
-from ..store.postgres import as_columns, connect, driver_errors, make_pool
+from ..store.postgres import Database, as_columns, driver_errors
 from ..store.sql import OLDEST_LINK
 from .coalesce import Combiner
 from .tickets import CHANNEL, Tickets
@@ -37,24 +37,14 @@ log = logging.getLogger(__name__)
 
 NOW = "extract(epoch from clock_timestamp())::float8"
 OUTAGE_RETRY_SECONDS = 1.0
-_pools = {}
-_pools_lock = threading.Lock()
-
-
-def pool_for(url: str):
-    """This process's pool for the shared state (one per process, made on first use)."""
-    with _pools_lock:
-        if url not in _pools:
-            _pools[url] = make_pool(url, max_size=4, name="shared")
-        return _pools[url]
 
 
 class _Rows:
     """Transactions on the shared rows that outlast an outage: a call made while the
     database is unreachable waits for it (the URL stays in flight; nothing is lost)."""
 
-    def __init__(self, url: str):
-        self.url = url
+    def __init__(self, database: Database):
+        self.database = database
 
     def run(self, work, *, transaction: bool = False, patient: bool = True):
         """``work(conn)`` (in a transaction if asked), again and again until the database
@@ -63,7 +53,7 @@ class _Rows:
         warned = False
         while True:
             try:
-                with driver_errors(), pool_for(self.url).connection() as conn:
+                with driver_errors(), self.database.pool().connection() as conn:
                     if not transaction:
                         return work(conn)
                     with conn.transaction():
@@ -80,10 +70,10 @@ class _Rows:
 class PgCoordinator(_Rows):
     """Gate and dedup for a cluster; see the embedded ``Coordinator`` for each call."""
 
-    def __init__(self, url: str, instance: str, *, lease_seconds: float,
+    def __init__(self, database: Database, instance: str, *, lease_seconds: float,
                  gate: Optional[dict] = None, dedup_host: Optional[str] = None,
                  tickets: int = 0):
-        super().__init__(url)
+        super().__init__(database)
         self.instance = instance
         self.lease_seconds = lease_seconds
         self.gate = gate
@@ -95,11 +85,10 @@ class PgCoordinator(_Rows):
         self.tickets = tickets
         self._tickets = None
         if self.rules is not None and self.rules.rate <= 0 and tickets > 0:
-            self._tickets = Tickets(self.rules, self._gate_changes, self._count,
-                                    self._pause_notices, tickets)
+            self._tickets = Tickets(self.rules, self._gate_changes, self._count, tickets)
 
     def __getstate__(self):
-        return {"args": (self.url, self.instance), "lease_seconds": self.lease_seconds,
+        return {"args": (self.database, self.instance), "lease_seconds": self.lease_seconds,
                 "gate": self.gate, "dedup_host": self.dedup_host, "tickets": self.tickets}
 
     def __setstate__(self, state):
@@ -270,15 +259,12 @@ class PgCoordinator(_Rows):
                     self._key((worker, generation)), None))
         self.run(work)
 
-    def _pause_notices(self):
-        """For ``Tickets``: False once listening and after each quiet second, True for a
-        pause announced by any process of any instance."""
-        with connect(self.url, autocommit=True) as conn:
-            conn.execute(f"LISTEN {CHANNEL}")
-            while True:
-                yield False
-                for _ in conn.notifies(timeout=1.0, stop_after=1):
-                    yield True
+    def heard(self, listening: bool) -> None:
+        """News from this instance's listening connection: a pause announced by any
+        process of any instance (``listening`` True), or listening begun or ended. Each
+        voids the tickets held; only while listening are tickets taken ahead."""
+        if self._tickets is not None:
+            self._tickets.heard(listening)
 
     def close(self) -> None:
         """Tell the gate what this process's tickets hold and have kept, and stop their
@@ -360,9 +346,10 @@ _OLDEST_LINK_OF_C = (OLDEST_LINK.replace("?", "{}").format("c.sha256", "%s", "c.
 class PgCredentials(_Rows):
     """The cluster's Imgur credential, one row per configured credential."""
 
-    def __init__(self, url: str, *, api_url: str, access_token: str = "", client_id: str = "",
-                 client_secret: str = "", refresh_token: str = "", timeout_seconds: float = 30.0):
-        super().__init__(url)
+    def __init__(self, database: Database, *, api_url: str, access_token: str = "",
+                 client_id: str = "", client_secret: str = "", refresh_token: str = "",
+                 timeout_seconds: float = 30.0):
+        super().__init__(database)
         self.args = dict(api_url=api_url, access_token=access_token, client_id=client_id,
                          client_secret=client_secret, refresh_token=refresh_token,
                          timeout_seconds=timeout_seconds)
@@ -373,10 +360,10 @@ class PgCredentials(_Rows):
                                   .encode()).hexdigest()
 
     def __getstate__(self):
-        return {"url": self.url, "args": self.args}
+        return {"database": self.database, "args": self.args}
 
     def __setstate__(self, state):
-        self.__init__(state["url"], **state["args"])
+        self.__init__(state["database"], **state["args"])
 
     def current(self, patient: bool = True) -> tuple:
         return self.run(lambda conn: self._token(conn, lock=False).current(), patient=patient)

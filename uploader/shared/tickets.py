@@ -16,10 +16,11 @@ Nothing the gate guarantees is weakened:
   the gate last had room for a batch of tickets ahead, and a batch of them at most: near a
   budget's reserve, in a pause or a probe, each is told as it comes, as before tickets;
 - pauses: ``coordinator.pause`` voids every ticket held in every process of every
-  instance (a notification on ``CHANNEL``, heard by a thread of each process), so a
-  ticket is used during a pause only if it was handed out before the notice arrived, as
-  a grant taken just before a pause is; a process that cannot listen takes no tickets
-  ahead;
+  instance (a notification on ``CHANNEL``, heard by each instance's one listening
+  connection and passed on to its worker processes: ``heard``), so a ticket is used
+  during a pause only if it was handed out before the notice arrived, as a grant taken
+  just before a pause is; a process that does not hear (its instance is not listening,
+  or cannot: a transaction pooler) takes no tickets ahead;
 - a probe refuses the extra tickets, and none are taken from a budget's last uploads (room
   for a batch beyond them is required), so those go to whichever slot asks first; a worker
   that dies takes its tickets with it (``release_owner``), and one that ends in good order
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 
 CHANNEL = "uploader_gate_pause"
 TELL_SECONDS = 0.25
-LISTEN_RETRY_SECONDS = 1.0
 CLOSE_SECONDS = 2.0  # how long a closing process waits for its last telling
 
 
@@ -43,15 +43,13 @@ class Tickets:
 
     ``change_gate(change)``: one compare-and-set applying ``change(state, grants, now)``
     (its answer on this machine's clock); ``count(grants, owner, n)``: the grants in
-    flight for ``owner`` changed by ``n``; ``listen()``: a connection to the caller's
-    database that tells of each pause (``_hear_pauses``)."""
+    flight for ``owner`` changed by ``n``. Pauses are told by ``heard``."""
 
-    def __init__(self, rules, change_gate, count, listen, batch: int,
+    def __init__(self, rules, change_gate, count, batch: int,
                  tell_seconds: float = TELL_SECONDS):
         self.rules = rules
         self._change_gate = change_gate
         self._count = count
-        self._listen = listen
         self.batch = batch
         self.tell_seconds = tell_seconds
         self._held = {}  # owner -> tickets held, not handed out yet
@@ -140,6 +138,14 @@ class Tickets:
         with self._lock:
             self._void()
 
+    def heard(self, listening: bool) -> None:
+        """From the instance's listening connection: a pause somewhere, or listening begun
+        (a pause may have been missed before) or ended. Each voids the tickets held; only
+        while listening are tickets taken ahead."""
+        with self._lock:
+            self._listening = listening and not self._closed.is_set()
+            self._void()
+
     def _void(self) -> None:
         self._voided += 1
         self._give_back_held()
@@ -183,18 +189,17 @@ class Tickets:
                 self._given_back[owner] = self._given_back.get(owner, 0) + count
 
     def _start(self) -> None:
-        """The telling and listening threads, in the process that reserves (not the parent
-        whose copy was pickled)."""
+        """The telling thread, in the process that reserves (not the parent whose copy
+        was pickled)."""
         if self._started:
             return
         self._started = True
         threading.Thread(target=self._tell_often, name="gate-tell", daemon=True).start()
-        threading.Thread(target=self._hear_pauses, name="gate-listen", daemon=True).start()
 
     def close(self, timeout: float = CLOSE_SECONDS) -> None:
-        """Stop telling and listening (the listener within a second), after telling the
-        gate what is held and untold, if it answers within ``timeout``: a worker that ends
-        in good order leaves the gate its last answers' budgets, not only fewer grants."""
+        """Stop telling, after telling the gate what is held and untold, if it answers
+        within ``timeout``: a worker that ends in good order leaves the gate its last
+        answers' budgets, not only fewer grants."""
         self._closed.set()
         with self._lock:
             self._void()
@@ -214,26 +219,6 @@ class Tickets:
                 self.tell()
             except Exception:
                 log.exception("could not tell the gate about %d answers", len(self._answers))
-
-    def _hear_pauses(self) -> None:
-        """Void the tickets at each pause; while not listening, hold none. ``listen()``
-        yields False once listening and then every second or so, True for a pause."""
-        while not self._closed.is_set():
-            try:
-                for heard in self._listen():
-                    if self._closed.is_set():
-                        return
-                    if heard or not self._listening:
-                        with self._lock:
-                            self._listening = True
-                            self._void()
-            except Exception as exc:
-                log.warning("cannot hear the gate's pauses (%s); uploading without tickets"
-                            " held ahead until it can", exc)
-            with self._lock:
-                self._listening = False
-                self._void()
-            self._closed.wait(LISTEN_RETRY_SECONDS)
 
 
 def _aged(report, age: float):

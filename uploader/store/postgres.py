@@ -11,20 +11,28 @@ each other's rows and a claim never takes more than it asked for. A transaction 
 adds work sends ``NOTIFY uploader_work``; idle instances ``LISTEN`` for it (and poll as a
 fallback). Time comes from the database's clock, so hosts with skewed clocks agree.
 
-Connections: the dispatcher's thread writes through a connection of its own, re-made
-after a failure; readers take one from a small pool (checked on checkout once idle for a
-second: a database restart fails at most reads on connections used within that second).
-Every driver error of an unreachable database becomes ``StoreUnavailable``; a deadlock or
-serialization failure becomes ``StoreConflict``.
+Connections (``docs/operating-postgresql.md`` counts them): the dispatcher's thread
+writes through a connection of its own, re-made after a failure; readers take one from a
+small pool (checked on checkout once idle for a second: a database restart fails at most
+reads on connections used within that second); one connection listens. Nothing lives in
+a session beyond its transaction, so ``storage.url`` may name a transaction pooler
+(PgBouncer's ``pool_mode = transaction``): a check at start (``sessions_last``) finds
+one, and then nothing is prepared on the server and, unless ``storage.listen_url`` names
+a connection that keeps its session, nobody listens: instances poll. Every driver error
+of an unreachable database becomes ``StoreUnavailable``; a deadlock or serialization
+failure becomes ``StoreConflict``; a refused connection is noted (``refusals``).
 """
 import contextlib
 import logging
 import os
 import re
+import secrets
 import socket
 import threading
 import time
 import weakref
+from dataclasses import dataclass
+from typing import Callable, Dict
 
 import psycopg
 import psycopg_pool
@@ -34,31 +42,55 @@ from psycopg_pool.base import AttemptWithBackoff
 from .. import jobs
 from ..errors import StoreConflict, StoreFull, StoreUnavailable
 from . import schema
+from . import CHANNEL
+from .prune import PRUNE_LOCK
+from .refusals import refusals
 from .sql import CLEARED, NEW_LINK, NEW_LINK_ONCE, SqlStore, new_image_id
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "uploader_work"
 MIGRATION_LOCK = 4_771_020_001  # pg_advisory_xact_lock key: one migrating instance at a time
 CONNECT_TIMEOUT = 5
 LISTEN_RETRY_SECONDS = 1.0
 CHECK_AFTER_IDLE = 1.0  # seconds: a pooled connection idle this long is checked when taken
 RECONNECT_MAX_SECONDS = 2.0  # a pool tries to reconnect at least this often during an outage
+NOTICE_SECONDS = 1.0  # how long the check at start waits for its notification
+APPLICATION = "image-service"  # application_name, with the connection's role after it
 
 
-def connection_kwargs() -> dict:
-    """Settings of every connection: fail fast when the server is gone, and say who we are."""
-    return {"connect_timeout": CONNECT_TIMEOUT, "application_name": "image-service",
+def connection_kwargs(role: str, sessions: bool = True) -> dict:
+    """Settings of every connection: fail fast when the server is gone, say who we are
+    (in ``pg_stat_activity``), and prepare the hot statements only where a session
+    outlives its transaction (not behind a transaction pooler: another client's
+    connection would get them, or lack them)."""
+    return {"connect_timeout": CONNECT_TIMEOUT, "application_name": f"{APPLICATION} {role}",
             "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5,
-            "keepalives_count": 3}
+            "keepalives_count": 3, "prepare_threshold": 5 if sessions else None}
 
 
-def connect(url: str, **settings) -> psycopg.Connection:
+class _Noted(psycopg.Connection):
+    """A connection whose refusals for want of room are noted (``refusals``), under the
+    role its ``application_name`` names."""
+
+    @classmethod
+    def connect(cls, conninfo: str = "", **kwargs):
+        role = kwargs.get("application_name", "").removeprefix(APPLICATION).strip()
+        try:
+            conn = super().connect(conninfo, **kwargs)
+        except psycopg.OperationalError as exc:
+            refusals.failed(role, exc)
+            raise
+        refusals.connected(role)
+        return conn
+
+
+def connect(url: str, *, role: str, sessions: bool = True, **settings) -> psycopg.Connection:
     with driver_errors():
-        return psycopg.connect(url, **connection_kwargs(), **settings)
+        return _Noted.connect(url, **{**connection_kwargs(role, sessions), **settings})
 
 
-def make_pool(url: str, *, max_size: int, name: str, read_only: bool = False):
+def make_pool(url: str, *, max_size: int, name: str, read_only: bool = False,
+              sessions: bool = True):
     """A small pool. A connection idle for ``CHECK_AFTER_IDLE`` seconds is checked when
     taken, so a server restarted meanwhile costs no failed call; one given back in good
     order less than that ago is not: on the hot path (a worker takes one several times
@@ -84,7 +116,8 @@ def make_pool(url: str, *, max_size: int, name: str, read_only: bool = False):
             psycopg_pool.ConnectionPool.check_connection(conn)
 
     return Pool(
-        url, kwargs=connection_kwargs(), min_size=1, max_size=max_size, name=name,
+        url, kwargs=connection_kwargs(name, sessions), min_size=1, max_size=max_size,
+        name=name, connection_class=_Noted,
         configure=configure, reset=note_return, check=check,
         timeout=CONNECT_TIMEOUT, reconnect_timeout=3600, open=True)
 
@@ -108,6 +141,60 @@ class Pool(psycopg_pool.ConnectionPool):
         if attempt is None:
             attempt = CappedBackoff(timeout=self.reconnect_timeout)
         return super()._add_connection(attempt, growing=growing)
+@dataclass(frozen=True)
+class Database:
+    """How this instance's processes reach PostgreSQL (it pickles: each worker gets it).
+    ``sessions``: whether a session outlives its transaction at ``url`` (False behind a
+    transaction pooler, as ``sessions_last`` found at start); ``shared_connections``: the
+    size of each process's pool for the shared state (``pool``)."""
+
+    url: str
+    sessions: bool = True
+    shared_connections: int = 1
+
+    def connect(self, *, role: str, **settings) -> psycopg.Connection:
+        return connect(self.url, role=role, sessions=self.sessions, **settings)
+
+    def pool(self):
+        """This process's pool for the shared state (and, in the front end, for pruning):
+        one per process, made on first use (after the fork, in a worker)."""
+        with _pools_lock:
+            if self not in _pools:
+                _pools[self] = make_pool(self.url, max_size=self.shared_connections,
+                                         name="shared", sessions=self.sessions)
+            return _pools[self]
+
+
+_pools: Dict[Database, object] = {}
+_pools_lock = threading.Lock()
+
+
+def sessions_last(url: str, timeout: float = NOTICE_SECONDS) -> bool:
+    """Does a session outlive its transaction at ``url``, so that LISTEN is delivered and
+    a statement prepared stays where it was prepared? Not behind a transaction pooler.
+
+    LISTEN on a channel of our own and commit; the channel must be listed in the next
+    transaction, and a NOTIFY from another connection must reach us, not that connection:
+    a pooler that hands its server connections out last in, first out gives the next
+    transaction (ours, or the notifier's) the very connection that listened, so the list
+    alone proves nothing."""
+    channel = f"uploader_check_{secrets.token_hex(6)}"
+    with contextlib.closing(connect(url, role="check", sessions=False)) as listener, \
+            contextlib.closing(connect(url, role="check", sessions=False,
+                                       autocommit=True)) as notifier, driver_errors():
+        listener.execute(f"LISTEN {channel}")
+        listener.commit()
+        listed = listener.execute("SELECT %s IN (SELECT pg_listening_channels())",
+                                  (channel,)).fetchone()[0]
+        listener.commit()
+        if not listed:
+            return False
+        heard_elsewhere = []
+        notifier.add_notify_handler(heard_elsewhere.append)
+        notifier.execute(f"NOTIFY {channel}")
+        if heard_elsewhere:  # the notifier was given our session: a transaction pooler
+            return False
+        return any(True for _ in listener.notifies(timeout=timeout, stop_after=1))
 
 
 @contextlib.contextmanager
@@ -183,18 +270,52 @@ class PostgresStore(SqlStore):
                     "links_ids_go_on": "SELECT setval(pg_get_serial_sequence('links', 'id'),"
                                        " (SELECT COALESCE(MAX(id), 0) + 1 FROM links), false)"}
 
-    def __init__(self, url: str, instance: str, *, lease_seconds: float, readers: int = 4):
+    def __init__(self, url: str, instance: str, *, lease_seconds: float, listen_url: str = "",
+                 read_connections: int = 2, shared_connections: int = 1):
         super().__init__(instance)
         self.url = url
         self.lease_seconds = lease_seconds
         self._writer = None
         self._listener = None
         self._closing = threading.Event()
-        with contextlib.closing(connect(url, autocommit=True)) as conn, driver_errors():
+        with contextlib.closing(connect(url, role="start", sessions=False,
+                                        autocommit=True)) as conn, driver_errors():
             migrate(conn)
-        self._pool = make_pool(url, max_size=readers, name="readers", read_only=True)
+        self.database = Database(url, sessions_last(url), shared_connections)
+        self.listen_url = self._listen_url(listen_url)
+        # Whatever the server may hold on to once our transaction ends: a transaction it
+        # finds idle for longer than a lease is ended (see _conn).
+        self._begin = ("BEGIN; SET LOCAL idle_in_transaction_session_timeout ="
+                       f" {max(1, round(lease_seconds * 1000))}")
+        self._pool = make_pool(url, max_size=read_connections, name="readers", read_only=True,
+                               sessions=self.database.sessions)
+        # A listing holds a reader's connection from its first page to its last, and takes
+        # a reader thread for each page: were every connection held so, threads waiting for
+        # one would keep the listings from going on. One is always left for the rest.
+        self.listings_at_once = read_connections - 1
         with self.transaction():
             self._register()
+
+    def _listen_url(self, configured: str) -> str:
+        """Where to LISTEN ("": nowhere, poll): ``storage.listen_url`` if it delivers,
+        else ``storage.url`` if that does. Said once when it is nowhere."""
+        if configured and sessions_last(configured):
+            return configured
+        if configured:
+            log.error("storage.listen_url does not deliver LISTEN (it ends a session with "
+                      "each transaction: a transaction pooler?); looking for work every "
+                      "storage.poll_seconds instead. Point it at PostgreSQL itself or at a "
+                      "session-pooled port")
+            return ""
+        if self.database.sessions:
+            return self.url
+        log.warning("storage.url ends a session with each transaction (a transaction pooler "
+                    "such as PgBouncer's pool_mode = transaction): nothing is prepared on the "
+                    "server, and LISTEN is not delivered there, so this instance looks for "
+                    "work every storage.poll_seconds and, unpaced, takes no upload grants "
+                    "ahead. Set storage.listen_url to a direct or session-pooled connection "
+                    "for both")
+        return ""
 
     # -- plumbing ----------------------------------------------------------------------------
     def _placeholders(self, sql):
@@ -212,11 +333,11 @@ class PostgresStore(SqlStore):
     def _conn(self) -> psycopg.Connection:
         """The writer's connection. A transaction it leaves open (this process frozen by
         SIGSTOP or a stalled VM) would hold its rows from every other instance's reaper:
-        the server ends it after a lease, when the others count this instance dead."""
+        the server ends it after a lease, when the others count this instance dead (set
+        with ``SET LOCAL`` in each transaction's first round trip: a session setting
+        would stay on a pooler's server connection, or be missing from the next one)."""
         if self._writer is None or self._writer.closed:
-            self._writer = connect(self.url, autocommit=True)
-            self._writer.execute("SELECT set_config('idle_in_transaction_session_timeout', %s,"
-                                 " false)", (str(max(1, round(self.lease_seconds * 1000))),))
+            self._writer = self.database.connect(role="writer", autocommit=True)
         return self._writer
 
     def _execute(self, sql, params=()):
@@ -237,11 +358,11 @@ class PostgresStore(SqlStore):
         with driver_errors():
             conn = self._conn()
             try:
-                conn.execute("BEGIN")
+                conn.execute(self._begin)
             except psycopg.OperationalError:  # a connection the server dropped (a restart)
                 conn.close()
                 conn = self._conn()
-                conn.execute("BEGIN")
+                conn.execute(self._begin)
             try:
                 yield self
                 self._before_commit()
@@ -262,6 +383,18 @@ class PostgresStore(SqlStore):
     def reading(self):
         with driver_errors(), self._pool.connection() as conn:
             yield conn
+
+    @contextlib.contextmanager
+    def _pruning(self):
+        """A transaction on a connection of this process's shared pool (``prune``), or
+        None while another instance prunes: one of a cluster at a time, by a lock that
+        ends with the transaction."""
+        with driver_errors(), self.database.pool().connection() as conn, conn.transaction():
+            if not conn.execute("SELECT pg_try_advisory_xact_lock(%s)",
+                                (PRUNE_LOCK,)).fetchone()[0]:
+                yield None
+            else:
+                yield lambda sql, params=(): conn.execute(self.q(sql), params)
 
     def _stream_cursor(self, conn):
         return conn.cursor(name="links")  # server-side: pages come as they are read
@@ -380,26 +513,39 @@ class PostgresStore(SqlStore):
         return super().reap(max_attempts)
 
     # -- waiting for work --------------------------------------------------------------------
-    def listen(self, on_work) -> None:
-        """Call ``on_work()`` whenever any instance adds work (from a thread of our own)."""
-        self._listener = threading.Thread(target=self._listen, args=(on_work,),
+    def listen(self, channels: Dict[str, Callable[[], None]],
+               on_state: Callable[[bool], None]) -> bool:
+        """Call ``channels[name]()`` for each notification on ``name``, and
+        ``on_state(True)`` / ``on_state(False)`` as listening begins and ends (a lost
+        connection: then again a second later), from a thread of our own. False, starting
+        nothing, when no connection delivers LISTEN (``listen_url``): the caller polls."""
+        if not self.listen_url:
+            return False
+        self._listener = threading.Thread(target=self._listen, args=(channels, on_state),
                                           name="store-listen", daemon=True)
         self._listener.start()
+        return True
 
-    def _listen(self, on_work) -> None:
+    def _listen(self, channels, on_state) -> None:
         while not self._closing.is_set():
+            listening = False
             try:
-                with contextlib.closing(connect(self.url, autocommit=True)) as conn:
-                    conn.execute(f"LISTEN {CHANNEL}")
-                    on_work()  # whatever was added while we were not listening
+                with contextlib.closing(connect(self.listen_url, role="listener", sessions=False,
+                                                autocommit=True)) as conn:
+                    for channel in channels:
+                        conn.execute(f"LISTEN {channel}")
+                    listening = True
+                    on_state(True)
                     while not self._closing.is_set():
-                        for _ in conn.notifies(timeout=1.0, stop_after=1):
-                            on_work()
+                        for notice in conn.notifies(timeout=1.0, stop_after=1):
+                            channels[notice.channel]()
             except (StoreUnavailable, psycopg.Error) as exc:
                 if not self._closing.is_set():
                     log.debug("LISTEN connection lost (%s); again in %.0f s", exc,
                               LISTEN_RETRY_SECONDS)
-                    time.sleep(LISTEN_RETRY_SECONDS)
+            if listening:
+                on_state(False)
+            self._closing.wait(LISTEN_RETRY_SECONDS)
 
     # -- health and end ----------------------------------------------------------------------
     def problem(self):

@@ -190,6 +190,9 @@ MIGRATIONS = (
         " ORDER BY id) - 1 AS n FROM urls WHERE state = 'queued') AS r WHERE urls.id = r.id",
         "CREATE INDEX urls_turns ON urls(account, turn, id) WHERE state = 'queued' AND suspect = 0",
     )),
+    Migration(9, (  # retention (store.prune): finished jobs, oldest first, from an index
+        "CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished) WHERE finished IS NOT NULL",
+    )),
 )
 
 LATEST = max(m.version for m in MIGRATIONS)

@@ -24,6 +24,7 @@ from .. import jobs
 from ..errors import QueueFull
 from ..jobs import Task
 from .outbox import OutboxQueries
+from .prune import PruneQueries
 
 URL_COLUMNS = ("u.id, u.url, u.state, u.link, u.reason, u.attempts, u.reused, u.waiting_until,"
                " u.waiting_reason, u.progress_bytes, u.progress_total, l.image_id, l.deleted")
@@ -36,7 +37,7 @@ CLEARED = ("waiting_until = NULL, waiting_reason = NULL, progress_bytes = NULL,"
            " progress_total = NULL")  # what a URL in flight shows, and nothing else does
 
 
-class SqlStore(OutboxQueries):
+class SqlStore(OutboxQueries, PruneQueries):
     """Queries shared by the backends; see the module docstring for the queue's rules."""
 
     dialect = ""
@@ -47,6 +48,7 @@ class SqlStore(OutboxQueries):
     RANKED = ""  # the fair claim's CTE ranked (id, round): see FAIR_CLAIM
     PICKED = ""  # "id {picked}": the id is one of those the CTE ``picked`` chose
     BY_TURNS = BY_QUEUED = ""  # after "FROM urls": through that index, where a planner would not
+    listings_at_once = None  # how many ``links`` listings may stream at once (None: any)
 
     def __init__(self, instance: str):
         self.instance = instance

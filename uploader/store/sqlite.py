@@ -56,7 +56,7 @@ class SqliteStore(SqlStore):
         self.path = path
         self.where = os.path.abspath(path)
         self._local = threading.local()
-        self._lock = self._writer = None
+        self._lock = self._writer = self._pruner = None
         if read_only:
             return
         try:
@@ -143,6 +143,30 @@ class SqliteStore(SqlStore):
 
             yield pages()
 
+    @contextlib.contextmanager
+    def _pruning(self):
+        """A transaction on the pruner's own connection (``prune``): the writer's lock for
+        one batch at a time, so the dispatcher's commits wait a few milliseconds at most."""
+        try:
+            if self._pruner is None:
+                self._pruner = connect(self.path)
+            conn = self._pruner
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield lambda sql, params=(): conn.execute(self.q(sql), params)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.OperationalError as exc:  # busy past the timeout, disk full, I/O error
+            raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from exc
+
+    def end_pruning(self) -> None:
+        if self._pruner is not None:
+            self._pruner.close()
+            self._pruner = None
+
     def _dead_owners(self, column="owner"):
         # The lock guarantees no other instance runs: every other owner is a dead run.
         return f"({column} IS NULL OR {column} <> ?)", (self.instance,)
@@ -158,6 +182,7 @@ class SqliteStore(SqlStore):
             return f"SQLite store {self.path} is not writable: {exc}"
 
     def close(self) -> None:
+        self.end_pruning()
         for resource in (self._writer, self._lock):
             if resource is not None:
                 resource.close()
