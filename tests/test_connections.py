@@ -82,6 +82,35 @@ class Dummy:
         self.closed.append(self)
 
 
+class Waiting:
+    """A connection still sending its request, as the server holds it."""
+
+    def __init__(self, closed_by_client=False):
+        self.stream = self
+        self.closed_by_client = closed_by_client
+        self.closed_by_server = False
+
+    def closed(self):
+        return self.closed_by_client or self.closed_by_server
+
+    def close(self):
+        self.closed_by_server = True
+
+
+def test_a_connection_its_client_closed_makes_way_before_a_living_one():
+    """Under load, a flood's closes reach the server after the next newcomer: those closed
+    connections are the room, and the living one waiting (the newcomer before) stays."""
+    server = GuardedHTTPServer(tornado.web.Application(), max_connections=2)
+    gone, living = Waiting(closed_by_client=True), Waiting()
+    server._receiving.update({gone: None, living: None})
+    server._connections.update({gone, living})  # (Tornado's own set of them)
+    server.connections_open = 2
+    assert server._make_way()
+    assert not living.closed() and server.connections_open == 1
+    server.on_close(gone)  # told of its end at last: it was counted out already
+    assert server.connections_open == 1 and living in server._receiving
+
+
 class FloodedListener:
     """A listening socket with ``waiting`` connections and no file left to accept them: an
     accept fails (EMFILE) until a file is freed, and then the next one succeeds."""

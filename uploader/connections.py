@@ -204,17 +204,20 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
 
     # -- the connections ---------------------------------------------------------------------
     def _make_way(self) -> bool:
-        """Close the connection that has waited longest for its request; False if none is."""
-        while self._receiving:
-            connection, _ = self._receiving.popitem(last=False)
-            if connection.stream.closed():
-                continue
+        """Close the connection that has waited longest for its request; False if none is.
+        One its client has closed already, whose end the server has not yet been told of,
+        is room too: counted out now, it takes no living connection's place (under load the
+        ends of a flood of closed connections arrive after the next newcomer, which would
+        otherwise be closed for them)."""
+        if not self._receiving:
+            return False
+        connection, _ = self._receiving.popitem(last=False)
+        if not connection.stream.closed():
             connection.stream.close()
-            self._made_way.add(connection)
-            self.connections_open -= 1
             self.made_way.add(f"at most {self.max_connections} at once")
-            return True
-        return False
+        self._made_way.add(connection)  # counted out here, not again when it is closed
+        self.connections_open -= 1
+        return True
 
     def start_request(self, server_conn, request_conn):
         self._receiving.pop(server_conn, None)
