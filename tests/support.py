@@ -1,4 +1,4 @@
-"""Helpers for tests that run the real service (``python -m uploader.cli``) as a subprocess."""
+"""Helpers for tests that run the real service (``python -m uploader``) as a subprocess."""
 import contextlib
 import ipaddress
 import json
@@ -92,7 +92,7 @@ class ServiceProcess:
                  preexec_fn=None):
         self.config_path = config_path
         self.preexec_fn = preexec_fn  # run in the child before the service starts
-        self.command = command or [sys.executable, "-m", "uploader.cli", "--config", str(config_path)]
+        self.command = command or [sys.executable, "-m", "uploader", "--config", str(config_path)]
         self.env = {**os.environ, **(env or {})}
         self.log_path = log_path or config_path.with_suffix(".log")
         self.url = None

@@ -116,7 +116,7 @@ def namespaced(config: Path, disks: dict) -> list:
                          for path, size in disks.items())
     return ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
             f'{mounts} && exec "$@"', "sh",
-            sys.executable, "-m", "uploader.cli", "--config", str(config)]
+            sys.executable, "-m", "uploader", "--config", str(config)]
 
 
 def fill(path: Path) -> None:

@@ -28,7 +28,7 @@ def test_bin_serve_starts_serves_and_stops_on_sigterm(tmp_path, image_source):
         assert len(job["uploaded"]["complete"]) == 1
         # exec: the pid we started is the service itself, so the signal reaches it
         with open(f"/proc/{service.proc.pid}/cmdline", "rb") as f:
-            assert b"uploader.cli" in f.read()
+            assert f.read().split(b"\0")[1:3] == [b"-m", b"uploader"]
         service.signal(signal.SIGTERM)
         assert service.wait(15) == 0
     finally:

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.system  # starts processes or servers
 
 
 def run_cli(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "uploader.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "uploader", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -158,7 +158,7 @@ def test_dev_mode_listens_on_loopback_and_fetches_from_it(tmp_path, image_source
     dev = dev_config(config)
     assert dev.server.host == "127.0.0.1" and dev.fetch.allow_private_networks
     path = config_file(tmp_path, server={"host": "0.0.0.0", "port": 0})
-    service = ServiceProcess(path, command=[sys.executable, "-m", "uploader.cli", "--dev",
+    service = ServiceProcess(path, command=[sys.executable, "-m", "uploader", "--dev",
                                             "--config", str(path)]).start()
     try:
         assert service.url.startswith("http://127.0.0.1:")

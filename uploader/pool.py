@@ -19,7 +19,6 @@ live in the database. Processes are forked from a fork server, never from the fr
 """
 import logging
 import os
-import pickle
 import signal
 import threading
 import time
@@ -28,43 +27,23 @@ from typing import Callable, Dict
 
 import multiprocess
 import multiprocess.connection
-import multiprocess.managers
 from multiprocess.managers import SyncManager
 
 from . import jobs, lifeline, worker
 from .credentials import Credentials
 from .errors import PoolBroken
 from .jobs import WorkerExited
-from .shared import Shared
+from .shared import Shared, wire
 from .shared.embedded import Coordinator
 
 log = logging.getLogger(__name__)
-
-
-class _CPickleListener(multiprocess.connection.Listener):
-    def accept(self):
-        return multiprocess.connection.ConnectionWrapper(super().accept(), _dumps, pickle.loads)
-
-
-def _cpickle_client(*args, **kwargs):
-    return multiprocess.connection.ConnectionWrapper(
-        multiprocess.connection.Client(*args, **kwargs), _dumps, pickle.loads)
-
-
-def _dumps(obj) -> bytes:
-    return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-# The manager's calls pickled by the C pickler: what crosses is plain data, and multiprocess's
-# own pickler (dill, pure Python) took 0.2 ms for one call's arguments, twice per URL.
-multiprocess.managers.listener_client["c-pickle"] = (_CPickleListener, _cpickle_client)
 
 
 class PoolManager(SyncManager):
     """The manager process: the objects every worker shares live here."""
 
     def __init__(self, ctx):
-        super().__init__(ctx=ctx, serializer="c-pickle")
+        super().__init__(ctx=ctx, serializer=wire.SERIALIZER)
 
 
 PoolManager.register("Coordinator", Coordinator)
@@ -97,7 +76,9 @@ class WorkerPool:
         self.ctx = multiprocess.get_context("forkserver")
         # The fork server imports the worker's modules once; each worker is then a fork of
         # it (single-threaded, so safe), instead of a new interpreter importing everything
-        # (boto3 too, for S3: half a second a worker).
+        # (boto3 too, for S3: half a second a worker). A child also runs the main module
+        # again, unless it is a package's __main__: so ``python -m uploader`` (bin/serve), as
+        # ``-m uploader.cli`` would import the whole front end into every child (0.3 s each).
         host_modules = ["uploader.hosts.s3"] if config.resolved_image_host == "s3" else []
         self.ctx.set_forkserver_preload(["uploader.worker", *host_modules])
         self.workers: Dict[int, WorkerHandle] = {}

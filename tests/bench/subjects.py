@@ -55,7 +55,7 @@ def held(processes: int, slots: int) -> int:
 
 
 class ServiceUnderTest:
-    """``python -m uploader.cli`` with a temporary config, in its own process group."""
+    """``python -m uploader`` with a temporary config, in its own process group."""
 
     def __init__(self, directory: Path, imgur_url: str, *, processes: int, slots: int,
                  storage: Optional[Path] = None, server: Optional[dict] = None,
@@ -94,7 +94,7 @@ class ServiceUnderTest:
     def start(self, timeout: float = 60) -> "ServiceUnderTest":
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uploader.cli", "--config", str(self.config_path)],
+            [sys.executable, "-m", "uploader", "--config", str(self.config_path)],
             cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=self._log,
             start_new_session=True)
         deadline = time.monotonic() + timeout

@@ -18,6 +18,7 @@ shared database, reached directly from each process).
 from dataclasses import dataclass
 
 from .. import hosts
+from . import wire  # noqa: F401  (registers the manager's serializer in every process)
 
 
 @dataclass(frozen=True)
