@@ -16,6 +16,11 @@ from .store.refusals import refusals
 log = logging.getLogger(__name__)
 
 
+# How long /healthz waits on the store: a hung store (PostgreSQL gone behind PgBouncer, which
+# holds a query for its query_wait_timeout) is reported as such, not waited out.
+HEALTH_PROBE_SECONDS = 3
+
+
 class HealthHandler(BaseHandler):
     """GET /healthz: 200 when the store is reachable and writable and every worker is
     alive ("degraded" while the image host refuses our credential or has no room, or
@@ -23,7 +28,9 @@ class HealthHandler(BaseHandler):
 
     async def get(self):
         problems = []
-        store_problem = await self.in_reader(self.service.store.problem)
+        probe = await self.service.store_probe()
+        store_problem = (probe.result() if probe is not None else "the store did not answer "
+                         f"within {self.service.store_probe.wait_seconds:g} s")
         if store_problem:
             problems.append(store_problem)
         elif self.service.dispatcher.store_problem:

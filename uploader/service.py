@@ -13,7 +13,8 @@ from dataclasses import replace
 import tornado.netutil
 
 from . import hosts
-from .app import make_app
+from .app import HEALTH_PROBE_SECONDS, make_app
+from .boundedread import BoundedRead
 from .connections import make_server, open_file_limit
 from .courier import Courier
 from .dispatcher import Dispatcher
@@ -60,6 +61,8 @@ class Service:
             raise StartError(f"local.directory {self.config.local.directory}: {exc.strerror}") from None
         self.readers = ThreadPoolExecutor(4, thread_name_prefix="store-read")
         self.store_gauges = StoreGauges(self._store_figures, self.readers)
+        self.store_probe = BoundedRead(self.store.problem, self.readers,
+                                       wait_seconds=HEALTH_PROBE_SECONDS)
         self.listing_slots = asyncio.Semaphore(self.store.listings_at_once or 2 ** 16)
         self.pool = WorkerPool(self.config, on_event=lambda event: self.dispatcher.post(event))
         self.metrics = Metrics()
