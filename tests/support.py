@@ -61,6 +61,15 @@ def loopback_only(monkeypatch):
     assert strays == []  # even if something swallowed the failure above
 
 
+def polling_pauses(first: float = 0.02, longest: float = 0.2):
+    """Pauses between polls: short at first (most waits end soon), then ever longer, so a
+    long wait does not spend the suite's CPU asking 20 times a second."""
+    pause = first
+    while True:
+        yield pause
+        pause = min(pause * 1.5, longest)
+
+
 def write_config(directory: Path, **sections) -> Path:
     """A config file for a test: fast, loopback-friendly defaults plus ``sections``."""
     config = {
@@ -177,6 +186,7 @@ class ServiceProcess:
 
     def wait_job(self, job_id, timeout: float = 30.0, on_poll=None) -> dict:
         deadline = time.monotonic() + timeout
+        pauses = polling_pauses()
         while True:
             job = self.job(job_id)
             if on_poll:
@@ -185,7 +195,7 @@ class ServiceProcess:
                 return job
             if time.monotonic() > deadline:
                 raise AssertionError(f"job not complete after {timeout} s: {json.dumps(job)[:2000]}")
-            time.sleep(0.05)
+            time.sleep(next(pauses))
 
     def query(self, sql: str, params=()) -> list:
         """Rows of a query on this service's store, whichever backend it is (``?`` marks)."""

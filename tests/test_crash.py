@@ -1,4 +1,5 @@
 """Nothing lost: worker deaths, front-end deaths and graceful stops, with real processes and signals."""
+import itertools
 import os
 import signal
 import time
@@ -8,7 +9,7 @@ import requests
 
 from uploader.config import WorkersConfig
 
-from .support import ServiceProcess
+from .support import ServiceProcess, polling_pauses
 
 pytestmark = pytest.mark.system  # starts processes or servers
 
@@ -17,13 +18,17 @@ def worker_pids(service):
     return requests.get(f"{service.url}/healthz", timeout=5).json()["workers"]["pids"]
 
 
-def wait_until(predicate, timeout=20.0, interval=0.05):
+def wait_until(predicate, timeout=20.0, interval=None):
+    """``predicate()``'s first true value; asked ever less often (up to every 0.2 s: most
+    predicates ask the service over HTTP, and a suite's polling costs CPU), or every
+    ``interval`` seconds if given."""
     deadline = time.monotonic() + timeout
+    pauses = polling_pauses() if interval is None else itertools.repeat(interval)
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(interval)
+        time.sleep(next(pauses))
     raise AssertionError("condition not met in time")
 
 
