@@ -13,7 +13,6 @@ from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, Pro
 from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the handler)
 
 from . import __version__, jobs
-from .hosts.imgur import UPLOAD_CREDITS
 from .ratelimit import Budget
 
 # A ``<counter>_created`` series per counter and label set doubles the output for a start
@@ -142,10 +141,10 @@ class Metrics:
         """Answers come back out of order: keep what the gate keeps, the lowest figure
         reported within a budget's period (a later reset starts a new period)."""
         now = time.monotonic()
-        for name in UPLOAD_CREDITS:
-            remaining = rate.get(f"{name}_remaining")
-            if remaining is None:
+        for key, remaining in rate.items():  # the host's budgets, whichever it reported
+            if not key.endswith("_remaining") or remaining is None:
                 continue
+            name = key[:-len("_remaining")]
             reset = rate.get(f"{name}_reset")
             budget = self._budgets.setdefault(name, Budget(name, reserve=0))
             budget.update(remaining, now + reset if reset is not None else None)
