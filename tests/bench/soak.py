@@ -5,15 +5,15 @@ Two instances on one throwaway PostgreSQL (autovacuum at the server's defaults),
 on with a short window (``WINDOW``: finished jobs older than it are pruned every
 ``CHECK`` seconds), the fake Imgur at +50 ms and the image source. ``--soak-urls`` URLs of
 20 KB (100,000; ``--quick``: 10,000 and a shorter window) go in jobs of ``PER_JOB``,
-alternately to each instance, ``BACKLOG`` jobs unfinished at a time (a new job for each
-one that finishes, as a steady client would send them, until that many URLs are done: the
-last tenth is no drain). At each tenth it prints the
-URLs per second and the CPU per URL (both instances and the database) of that tenth, and
-the database's state: its size, the ``urls``, ``jobs`` and ``links`` tables' (with their
-indexes), the queue index's, and the live and dead rows of ``urls`` and ``jobs`` with
-autovacuum's count. Flat means: the last tenth as fast and as cheap as the first, and
-``urls`` and ``jobs`` no larger at the end than in the middle (the retention window's worth
-of rows). ``links`` is kept for good, so it and the database grow by each URL's link.
+alternately to each instance, ``BACKLOG`` jobs unfinished at a time: a new job for each
+one that finishes, as a steady client sends them, until that many URLs are done (so the
+last tenth is no drain). At each tenth it prints that tenth's URLs per second and CPU per
+URL (both instances and the database) and the database's state: its size, the ``urls``,
+``jobs`` and ``links`` tables' (with their indexes), the queue index's, and the live and
+dead rows of ``urls`` and ``jobs`` with autovacuum's count. Flat means: the last tenth as
+fast and as cheap as the first, and ``urls`` and ``jobs`` no larger at the end than in
+the middle (the retention window's worth of rows and the dead rows between two
+autovacuums). ``links`` is kept for good, so it and the database grow by each URL's link.
 """
 import itertools
 import time
@@ -112,6 +112,7 @@ class SoakScenario:
         self.soak_figures(name, count, samples, failed, instances)
 
     def flat_target(self, target: str, met: bool) -> tuple:
+        """(target, met) of a full soak; a quick one is too short to judge."""
         return (target, met) if not self.quick else ("-", None)
 
     def retaining_service(self, name, fakes, database, window, check) -> ServiceUnderTest:
