@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List
 
 from . import __doc__ as package_doc
-from .scenarios import SCENARIOS, Bench, Figure
+from .scenarios import ON_REQUEST, SCENARIOS, Bench, Figure
 
 log = logging.getLogger("tests.bench")
 
@@ -37,12 +37,18 @@ def print_table(figures: List[Figure], notes: List[str]) -> None:
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="bin/bench", description=package_doc.splitlines()[0])
     parser.add_argument("--scenario", action="append", choices=SCENARIOS,
-                        help="run only this scenario (repeatable; default: all)")
+                        help="run only this scenario (repeatable; default: all but soak, "
+                             "which runs small with --quick)")
     parser.add_argument("--quick", action="store_true", help="about 10x smaller: a smoke run")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure (median; default 3)")
     parser.add_argument("--processes", type=int, default=4, help="worker processes (default 4)")
     parser.add_argument("--uploads-per-process", type=int, default=16,
                         help="upload slots per worker process (default 16)")
+    parser.add_argument("--soak-urls", type=int, metavar="N",
+                        help="URLs through the soak (default 100,000; 10,000 with --quick)")
+    parser.add_argument("--soak-autovacuum", choices=("default", "advised"), default="default",
+                        help="the soak's autovacuum: the server's defaults, or the settings "
+                             "docs/operating-postgresql.md advises for the hot tables")
     parser.add_argument("--json", metavar="FILE", help="also write the raw numbers here")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (service logs)")
     return parser.parse_args(argv)
@@ -52,7 +58,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanups below
-    selected = [s for s in SCENARIOS if s in (args.scenario or SCENARIOS)]
+    default = [s for s in SCENARIOS if args.quick or s not in ON_REQUEST]
+    selected = [s for s in SCENARIOS if s in (args.scenario or default)]
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         workdir = Path(tempfile.mkdtemp(prefix="uploader-bench-"))

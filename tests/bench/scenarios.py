@@ -16,10 +16,12 @@ import requests
 from . import REPO, MiB
 from .fakes import FakeProcess, child_env, kill_group, sized_urls
 from .measure import RssSampler, Usage, group_pids, median, percentile, rss_bytes
+from .soak import SoakScenario
 from .subjects import DENIED, POLL_SECONDS, Baseline, Run, ServiceUnderTest
 from .throughput import ThroughputScenarios
 
-SCENARIOS = ("latency", "cpu", "cluster", "s3", "large", "frontend", "scale")
+SCENARIOS = ("latency", "cpu", "cluster", "s3", "large", "frontend", "scale", "soak")
+ON_REQUEST = ("soak",)  # run when named, or small with --quick: the full one takes minutes
 BUSY_FAKE = 0.85  # a fake using this much of one core is (close to) the bottleneck
 
 
@@ -46,14 +48,14 @@ class Figure:
             return f"{v * 100:.0f} %"
         if self.unit == "ms":
             return f"{v * 1000:.1f} ms"
-        if self.unit == "MiB":
-            return f"{v / MiB:.0f} MiB"
+        if self.unit == "MiB":  # a small one (a database) with a decimal
+            return f"{v / MiB:.{1 if v < 100 * MiB else 0}f} MiB"
         if isinstance(v, int) or abs(v) >= 100:
             return f"{v:,.0f} {self.unit}".strip()
         return f"{v:.3g} {self.unit}".strip()
 
 
-class Bench(ThroughputScenarios):
+class Bench(ThroughputScenarios, SoakScenario):
     """Runs the selected scenarios; collects figures and raw runs."""
 
     def __init__(self, args, workdir: Path, stack: contextlib.ExitStack):
