@@ -77,7 +77,7 @@ class WorkerPool:
         # The fork server imports the worker's modules once; each worker is then a fork of
         # it (single-threaded, so safe), instead of a new interpreter importing everything
         # (boto3 too, for S3: half a second a worker). A child also runs the main module
-        # again, unless it is a package's __main__: so ``python -m uploader`` (bin/serve), as
+        # again unless it is a package's __main__: hence ``python -m uploader`` (bin/serve);
         # ``-m uploader.cli`` would import the whole front end into every child (0.3 s each).
         host_modules = ["uploader.hosts.s3"] if config.resolved_image_host == "s3" else []
         self.ctx.set_forkserver_preload(["uploader.worker", *host_modules])
