@@ -285,8 +285,10 @@ class PostgresStore(SqlStore):
         self.listen_url = self._listen_url(listen_url)
         # Whatever the server may hold on to once our transaction ends: a transaction it
         # finds idle for longer than a lease is ended (see _conn).
-        self._begin = ("BEGIN; SET LOCAL idle_in_transaction_session_timeout ="
-                       f" {max(1, round(lease_seconds * 1000))}")
+        self._idle_timeout = ("idle_in_transaction_session_timeout ="
+                              f" {max(1, round(lease_seconds * 1000))}")
+        self._begin = ("BEGIN" if self.database.sessions
+                       else f"BEGIN; SET LOCAL {self._idle_timeout}")
         self._pool = make_pool(url, max_size=read_connections, name="readers", read_only=True,
                                sessions=self.database.sessions)
         # A listing holds a reader's connection from its first page to its last, and takes
@@ -333,11 +335,15 @@ class PostgresStore(SqlStore):
     def _conn(self) -> psycopg.Connection:
         """The writer's connection. A transaction it leaves open (this process frozen by
         SIGSTOP or a stalled VM) would hold its rows from every other instance's reaper:
-        the server ends it after a lease, when the others count this instance dead (set
-        with ``SET LOCAL`` in each transaction's first round trip: a session setting
-        would stay on a pooler's server connection, or be missing from the next one)."""
+        the server ends it after a lease, when the others count this instance dead. Set
+        once for the session where sessions last; behind a transaction pooler with ``SET
+        LOCAL`` in each transaction's first round trip (a session setting would stay on
+        the pooler's server connection, or be missing from the next one), a statement
+        more per transaction."""
         if self._writer is None or self._writer.closed:
             self._writer = self.database.connect(role="writer", autocommit=True)
+            if self.database.sessions:
+                self._writer.execute(f"SET {self._idle_timeout}")
         return self._writer
 
     def _execute(self, sql, params=()):
