@@ -415,8 +415,8 @@ class PostgresStore(SqlStore):
         new links, claims done with) instead of three per URL: the front end's share of a
         cluster's statements per URL, each a round trip and the server's work. A URL listed
         twice is finished once, by its first result, as one by one."""
-        if len(finishes) < 2:
-            return super().finish_many(finishes)
+        if not finishes:
+            return []
         rows, new_links = [], []
         for task, state, fields in finishes:
             link = fields.get("link") if state == jobs.COMPLETE else None
