@@ -37,6 +37,7 @@ from .subjects import ServiceUnderTest
 
 ROLE = "uploader"
 PER_JOB = 200
+START_SECONDS = 180  # many instances starting at once on a busy machine take their time
 # name: (instances, URLs in all, imgur.rate_limit.uploads_per_second, image host)
 CASES = {
     "2": (2, 2000, 0.0, "imgur"),
@@ -111,7 +112,8 @@ def run_case(server, source, imgur, s3, *, instances: int, urls: int, pace: floa
                 services.append(ServiceUnderTest(work / str(n), imgur.url, database=database,
                                                  processes=4, slots=8, pace=pace,
                                                  host=hosts.get(host)))
-            starting = [threading.Thread(target=s.start) for s in services]
+            starting = [threading.Thread(target=s.start, kwargs={"timeout": START_SECONDS})
+                        for s in services]
             for thread in starting:
                 thread.start()
             for thread in starting:
