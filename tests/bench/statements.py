@@ -53,6 +53,7 @@ KINDS = [
     ("suspects waiting?", r"SELECT id FROM urls WHERE state = 'queued' AND suspect ="),
     ("claim: jobs in progress", r"UPDATE jobs SET status = \$1 WHERE id IN"),
     ("finish: job counters", r"UPDATE jobs SET remaining"),
+    ("finish: results (batch)", r"WITH r AS \(SELECT \* FROM unnest"),
     ("finish: URLs (batch)", r"UPDATE urls AS u SET state = r\.state"),
     ("finish: URL (one)", r"UPDATE urls SET state = \$1, attempts"),
     ("finish: links", r"INSERT INTO links"),
@@ -64,6 +65,7 @@ KINDS = [
     ("dedup: committed links", r"SELECT c\.sha256, c\.account, \(SELECT link FROM links"),
     ("dedup: publish", r"WITH mine AS MATERIALIZED"),
     ("dedup: release", r"DELETE FROM dedup_claims WHERE sha256 = .* AND instance ="),
+    ("gate: change", r"WITH written AS \(UPDATE gate"),
     ("gate: read", r"SELECT version, state"),
     ("gate: write", r"UPDATE gate SET"),
     ("token read", r"SELECT access_token, refresh_token, version, rejected FROM credentials"),
@@ -71,6 +73,7 @@ KINDS = [
     ("lease: heartbeat", r"UPDATE instances SET heartbeat"),
     ("lease: reap", r"(DELETE FROM instances WHERE heartbeat|SELECT id, job_id, url, attempts FROM urls"
                     r"|UPDATE urls SET state = 'queued', owner = NULL, lease = NULL, )"),
+    ("courier", r"(WITH picked AS MATERIALIZED \(SELECT id FROM outbox|SELECT MIN\(next_at\))"),
     ("transaction: BEGIN", r"BEGIN"),
     ("transaction: SET LOCAL", r"SET LOCAL"),
     ("transaction: COMMIT", r"COMMIT"),
