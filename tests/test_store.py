@@ -874,3 +874,16 @@ def test_sqlite_reads_a_few_urls_of_each_key_however_long_the_queue(tmp_path):
     finally:
         conn.close()
         store.close()
+
+
+def test_a_claim_begins_its_jobs_in_the_same_statement_on_postgresql(store, backend):
+    """A claim marked its URLs' pending jobs begun in a statement of its own: with a pace,
+    one a URL. PostgreSQL does it in the claim's."""
+    statements = []
+    execute = store._execute
+    store._execute = lambda sql, params=(): statements.append(sql) or execute(sql, params)
+    with store.transaction():
+        assert len(store.claim(1)) == 1
+    store._execute = execute
+    assert job(store)["status"] == jobs.JOB_IN_PROGRESS
+    assert len(statements) == (1 if backend == "postgresql" else 2)
