@@ -260,14 +260,17 @@ def test_a_drained_shared_queue_is_looked_at_again_once_told_of_work(postgres):
     """Every turn with a free slot claimed: at the end of each instance's share of a job
     (eight instances), claims that took nothing were a fifth of the statements per URL.
     Found drained, the queue is looked at again only when there may be work: a
-    notification (another instance added some), a poll due, or work added here."""
+    notification (another instance added some), a poll due, or work added here. Whether
+    a suspect waits is asked only after such news (a suspect is queued by a requeue),
+    not at every claim: with a pace, one claim a URL."""
     config = config_from_dict({"workers": {"processes": 1, "uploads_per_process": 4},
                                "storage": {"url": postgres.create_database(),
                                            "poll_seconds": 3600}}, environ={})
     store, other = (open_store(config.storage, name) for name in ("me", "other"))
-    claims = []
-    claim = store.claim
+    claims, asked = [], []
+    claim, suspects_waiting = store.claim, store.suspects_waiting
     store.claim = lambda limit: claims.append(limit) or claim(limit)
+    store.suspects_waiting = lambda: asked.append(1) or suspects_waiting()
     dispatcher = Dispatcher(store=store, pool=StubPool(1), config=config)
     dispatcher.recover()
     try:
@@ -281,6 +284,7 @@ def test_a_drained_shared_queue_is_looked_at_again_once_told_of_work(postgres):
         dispatcher._turn([_Wake()])  # their commit's notification
         assert dispatcher.in_flight() == 1
         dispatcher._turn([])  # nothing more: drained again
+        assert len(claims) == 3 and len(asked) == 2  # no news since the last answer
         dispatcher._turn([_Submit("mine", ["https://example.test/b.png"], Future())])
         assert dispatcher.in_flight() == 2  # what it adds itself, it takes at once
         dispatcher._turn([])
@@ -288,7 +292,7 @@ def test_a_drained_shared_queue_is_looked_at_again_once_told_of_work(postgres):
             other.create_job("later", ["https://example.test/c.png"])
         dispatcher._next_poll = 0.0  # a poll due (no notification came)
         dispatcher._turn([])
-        assert dispatcher.in_flight() == 3 and len(claims) == 6
+        assert dispatcher.in_flight() == 3 and len(claims) == 6 and len(asked) == 4
     finally:
         store.close()
         other.close()
