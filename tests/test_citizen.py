@@ -127,6 +127,24 @@ def test_without_a_pace_a_held_up_grant_is_used():
     assert report.grants_given_back == 0
 
 
+def test_slots_starting_together_read_the_shared_token_once():
+    # A cluster's token is a database row: eight slots each reading it at their first
+    # upload were eight statements where one does.
+    coordinator = Coordinator({"rate": 0, "burst": 1})
+    coordinator.learn(None)
+    host, token = RecordingHost(), SlowFirstToken(0.2)  # the others ask while it is read
+    uploader = PoliteUploader(host, coordinator=coordinator, credentials=token,
+                              owner=OWNER, max_attempts=3, backoff=BackoffConfig(), rate=0)
+    slots = [threading.Thread(target=uploader.upload, args=(b"x",),
+                              kwargs={"filename": f"{n}.png", "mime": "image/png",
+                                      "report": Report()}) for n in range(8)]
+    for slot in slots:
+        slot.start()
+    for slot in slots:
+        slot.join(timeout=10)
+    assert len(host.sent) == 8 and token.reads == 1
+
+
 def test_a_worker_reports_its_grants_given_back_in_the_urls_result():
     worker = types.SimpleNamespace(index=2, generation=1)
     task = jobs.Task(url_id=7, job_id="j", url="http://example.test/a.png", attempt=1)

@@ -1,8 +1,9 @@
 """The store behind PgBouncer in transaction pooling mode: instances share its server
 connections, so nothing may live in a session beyond its transaction. Found at start:
-nothing is prepared on the server, the writer's settings are ``SET LOCAL``, and LISTEN,
-which a transaction pooler never delivers, is done on ``storage.listen_url`` or not at
-all. (The cluster drills, ``test_cluster``, run whole instances through PgBouncer.)"""
+nothing is prepared on the server, the writer's settings are ``SET LOCAL`` (not the
+session's, as on a direct connection), and LISTEN, which a transaction pooler never
+delivers, is done on ``storage.listen_url`` or not at all. (The cluster drills,
+``test_cluster``, run whole instances through PgBouncer.)"""
 import logging
 import threading
 

@@ -158,3 +158,29 @@ def test_a_paced_gate_takes_no_tickets(database):
     paced = PgCoordinator(Database(database), "me", lease_seconds=15,
                           gate={"rate": 5, "burst": 1}, tickets=4)
     assert paced._tickets is None
+
+
+def test_a_gate_change_is_one_statement_and_processes_still_take_turns(database, monkeypatch):
+    """A change read the row, then wrote it: two statements, 2 of a cluster's 6.8 per URL
+    (eight instances). Now it writes at once from what its last statement saw, and what
+    another process wrote meanwhile makes it try again from the row as it is."""
+    statements = []
+    execute = psycopg.Connection.execute
+    monkeypatch.setattr(psycopg.Connection, "execute", lambda conn, query, params=None, **kw:
+                        statements.append(query) or execute(conn, query, params, **kw))
+    store = open_store(StorageConfig(url=database), "me")  # live: its grants count
+    try:
+        unpaced = {"rate": 0, "burst": 1}
+        one, two = (PgCoordinator(Database(database), "me", lease_seconds=15, gate=unpaced)
+                    for _ in range(2))  # two worker processes of one instance
+        one.learn({})  # the first look: read, then write
+        statements.clear()
+        assert one.reserve((0, 1))[0] and one.reserve((0, 1))[0]
+        assert len(statements) == 2  # one each
+        assert two.reserve((1, 1))[0]  # its first look
+        statements.clear()
+        assert one.reserve((0, 1))[0]  # from a row another changed since: tried again
+        assert len(statements) == 2
+        assert gate_row(database)[1] == {"me/0/1": 3, "me/1/1": 1}  # every grant counted
+    finally:
+        store.close()

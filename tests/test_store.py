@@ -86,7 +86,7 @@ def test_claims_then_results_complete_the_job_once(store):
 
 
 def test_finishing_a_batch_is_finishing_each_in_turn(postgres):
-    """PostgreSQL finishes a batch in three statements; the outcome is the one-by-one's:
+    """PostgreSQL finishes a batch in one statement; the outcome is the one-by-one's:
     answers, the job, links (the first of two equal ones kept) and dedup claims done."""
     import psycopg
 
@@ -110,9 +110,15 @@ def test_finishing_a_batch_is_finishing_each_in_turn(postgres):
             (stale, jobs.COMPLETE, dict(attempts=1, link="https://i.example/late")),
             (tasks[0], jobs.FAILED, dict(attempts=1, reason="a second result")),
         ]
+        statements = []
+        execute = store._execute
+        store._execute = lambda sql, params=(): statements.append(sql) or execute(sql, params)
         with store.transaction():
             answers = (store.finish_many(finishes) if batched
                        else [store.finish(task, state, **fields) for task, state, fields in finishes])
+        store._execute = execute
+        if batched:
+            assert len(statements) == 2  # the batch, then the job's counters at the commit
         document = job(store)
         with psycopg.connect(database) as conn:
             links = conn.execute("SELECT link, sha256, host, account, deletehash FROM links"
@@ -868,3 +874,16 @@ def test_sqlite_reads_a_few_urls_of_each_key_however_long_the_queue(tmp_path):
     finally:
         conn.close()
         store.close()
+
+
+def test_a_claim_begins_its_jobs_in_the_same_statement_on_postgresql(store, backend):
+    """A claim marked its URLs' pending jobs begun in a statement of its own: with a pace,
+    one a URL. PostgreSQL does it in the claim's."""
+    statements = []
+    execute = store._execute
+    store._execute = lambda sql, params=(): statements.append(sql) or execute(sql, params)
+    with store.transaction():
+        assert len(store.claim(1)) == 1
+    store._execute = execute
+    assert job(store)["status"] == jobs.JOB_IN_PROGRESS
+    assert len(statements) == (1 if backend == "postgresql" else 2)

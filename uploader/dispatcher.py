@@ -129,6 +129,15 @@ class Dispatcher:
         self._failures = 0
         self._store_ok_since = time.monotonic()
         self._next_heartbeat = self._next_reap = self._next_poll = 0.0
+        # Shared store: the last claim found nothing to take (and no suspect waiting), so
+        # turns claim again only once told of work (``_Wake``: a notification, a poll due)
+        # or having added some: a claim that finds nothing is statements for nothing.
+        self._drained = False
+        self._look = True  # this turn may find work: claim (see ``_fill_slots``)
+        # Whether to ask if a suspect waits: a suspect is queued only by a requeue (here,
+        # or elsewhere: then a notification tells, or the next poll), so the answer is
+        # asked again only after such news, or while the last was yes.
+        self._ask_suspects = True
         self._thread = threading.Thread(target=self._run, name="dispatcher", daemon=True)
 
     # -- called from other threads ---------------------------------------------
@@ -236,6 +245,9 @@ class Dispatcher:
             self._run_call(call)
         for refused in (event for event in batch if isinstance(event, Refused)):
             self._refused[refused.worker] = refused  # heard even while the store is away
+        if submits or any(isinstance(event, _Call) for event in batch):
+            self._drained = False  # work added here (or may be: a retry, a cancel)
+            self._ask_suspects = True
         batch = [event for event in batch if not isinstance(event, (_Submit, _Call, Refused))]
         if self._retry_at is not None and time.monotonic() < self._retry_at:
             self._held = batch  # the store was unreachable a moment ago: wait a little more
@@ -258,6 +270,10 @@ class Dispatcher:
         then the effects outside the store, in order."""
         state, effects = self.state.copy(), []
         now = time.monotonic()
+        told = now >= self._next_poll or any(isinstance(event, _Wake) for event in batch)
+        self._look = not self._drained or told
+        self._ask_suspects = self._ask_suspects or told
+        drained, ask_suspects = self._drained, self._ask_suspects
         with self.store.transaction():
             if self.shared:
                 self._duties(effects, now)
@@ -270,11 +286,15 @@ class Dispatcher:
                 results = []
                 self._apply_event(state, effects, event)
             self._on_results(state, effects, results)
-            sends = {} if state.lost or state.stopping is not None else self._fill_slots(state)
+            if state.lost or state.stopping is not None:
+                sends = {}
+            else:
+                sends, drained, ask_suspects = self._fill_slots(state)
         if state.host_full:  # only URLs still in flight here wait
             state.host_full = {u: why for u, why in state.host_full.items() if state.task(u)}
         self.state = state
         self._schedule(now)
+        self._drained, self._ask_suspects = drained, ask_suspects
         self._outbox_news()
         for effect in effects:
             try:
@@ -337,6 +357,7 @@ class Dispatcher:
             requeued, failed = self.store.reap(self.max_attempts)
             if requeued:
                 log.info("took back %d URLs that dead instances held", requeued)
+                self._look = self._ask_suspects = True
             if failed:
                 effects.append(lambda: self._count_deaths(failed))
 
@@ -348,7 +369,8 @@ class Dispatcher:
             self._next_heartbeat = now + period
         if now >= self._next_reap:
             self._next_reap = now + period
-        self._next_poll = now + self.poll_seconds
+        if self._look:  # looked for work: the next poll is due a poll's wait from now
+            self._next_poll = now + self.poll_seconds
 
     def _store_ok(self) -> None:
         if self.store_problem is not None:
@@ -425,15 +447,20 @@ class Dispatcher:
     def _free_slots(self) -> int:
         return sum(max(0, self.slots - len(tasks)) for tasks in self.state.assigned.values())
 
-    def _fill_slots(self, state: _State) -> Dict[int, List[Task]]:
-        """Claim queued URLs for every free slot; returns each worker's batch to send."""
+    def _fill_slots(self, state: _State):
+        """Claim queued URLs for every free slot; returns each worker's batch to send,
+        whether the queue was found drained (shared store: nothing taken, no suspect
+        waiting) and whether to ask for suspects next time. A drained queue is not looked
+        at again until this turn may find work."""
         load = {i: len(tasks) for i, tasks in state.assigned.items()
                 if i in self.pool.workers and self.pool.workers[i].process.is_alive()}
         free = {i: self.slots - n for i, n in load.items()}
-        if not any(n > 0 for n in free.values()):
-            return {}
-        free, suspect_worker = state.quarantine.plan(free, load,
-                                                     waiting=self.store.suspects_waiting())
+        if not any(n > 0 for n in free.values()) or (self.shared and not self._look):
+            # work told of stays to be looked for
+            return {}, self._drained and not self._look, self._ask_suspects
+        waiting = (self.store.suspects_waiting() if self._ask_suspects or not self.shared
+                   else False)
+        free, suspect_worker = state.quarantine.plan(free, load, waiting=waiting)
         sends: Dict[int, List[Task]] = {}
         if suspect_worker is not None:
             task = self.store.claim_suspect()
@@ -443,13 +470,14 @@ class Dispatcher:
                 sends[suspect_worker] = [task]
         free = {i: n for i, n in free.items() if n > 0}
         if not free:
-            return sends
-        for task in self.store.claim(sum(free.values())):
+            return sends, False, waiting
+        tasks = self.store.claim(sum(free.values()))
+        for task in tasks:
             index = max(free, key=free.get)  # least loaded worker first
             free[index] -= 1
             state.assigned[index][task.url_id] = task
             sends.setdefault(index, []).append(task)
-        return sends
+        return sends, self.shared and not tasks and not waiting, waiting
 
     def _on_results(self, state: _State, effects: list, results: List[Result]) -> None:
         """Record results in one go (``store.finish_many``); each is logged and counted."""
@@ -502,6 +530,7 @@ class Dispatcher:
                         t.job_id, t.url, r, t.attempt, "worker_died"))
             else:
                 self.store.requeue(task, suspect=state.stopping is None and (crowd or task.suspect))
+                self._look = self._ask_suspects = True  # back in the queue: maybe a suspect
         if state.stopping is None:
             self._schedule_respawn(state, effects, event.worker, handle)
 

@@ -60,9 +60,10 @@ class ServiceUnderTest:
     def __init__(self, directory: Path, imgur_url: str, *, processes: int, slots: int,
                  storage: Optional[Path] = None, server: Optional[dict] = None,
                  database: Optional[str] = None, lease_seconds: Optional[float] = None,
-                 host: Optional[dict] = None):
+                 host: Optional[dict] = None, pace: float = 0.0):
         """``database``: a PostgreSQL URL (instances on one database act as one service);
-        ``host``: config sections that choose another image host than the fake Imgur."""
+        ``host``: config sections that choose another image host than the fake Imgur;
+        ``pace``: imgur.rate_limit.uploads_per_second (0: unpaced; paced, the default burst)."""
         self.directory = directory
         self.slots = processes * slots
         self.held = held(processes, slots)
@@ -73,7 +74,7 @@ class ServiceUnderTest:
                         "shutdown_grace_seconds": 5},
             "image_host": "imgur",
             "imgur": {"api_url": imgur_url, "access_token": TOKEN, "timeout_seconds": 60,
-                      "rate_limit": {"uploads_per_second": 0, "burst": 1}},
+                      "rate_limit": {"uploads_per_second": pace, "burst": 5 if pace else 1}},
             "fetch": {"allow_private_networks": True, "timeout_seconds": 60,
                       "denied_hosts": [DENIED]},
             "storage": {"path": str(storage or directory / "store.sqlite3"),

@@ -22,6 +22,7 @@ moment share one trip (``shared.coalesce``).
 """
 import logging
 import random
+import threading
 import time
 
 from ..errors import AuthRejectedError, HostError, RetryableHostError
@@ -52,6 +53,7 @@ class PoliteUploader:
         # how late after its moment a grant may still be used (None: no pace to keep)
         self.late_after = max(LATE_SHARE / rate, LATE_FLOOR_SECONDS) if rate > 0 else None
         self._token = None  # (token, version, rejected) as last read from the shared credential
+        self._first_read = threading.Lock()  # slots starting together read it once
 
     def upload(self, data: bytes, *, filename: str, mime: str, report):
         """Upload with retries of transient host errors; ``report`` keeps attempts, budgets
@@ -114,11 +116,13 @@ class PoliteUploader:
         """Point the client at the shared current token (a host with one: Imgur); fail at
         once if the host refused it for good. The token is read once, and again only after
         the host refuses it, so a refresh done by another worker costs this one a single
-        refused request."""
+        refused request; the slots starting together share the first read."""
         if self.credentials is None:
             return None
         if self._token is None:
-            self._token = self.credentials.current()
+            with self._first_read:
+                if self._token is None:
+                    self._token = self.credentials.current()
         token, version, rejected = self._token
         if rejected:
             raise AuthRejectedError(rejected)

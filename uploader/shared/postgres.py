@@ -84,6 +84,7 @@ class PgCoordinator(_Rows):
         # unpaced, grants are taken ``tickets`` ahead and answers told in batches
         self.tickets = tickets
         self._tickets = None
+        self._seen = None  # the gate row as this process's last statement found it (_gate)
         if self.rules is not None and self.rules.rate <= 0 and tickets > 0:
             self._tickets = Tickets(self.rules, self._gate_changes, self._count, tickets)
 
@@ -291,29 +292,40 @@ class PgCoordinator(_Rows):
         """Compare-and-set on the gate row: ``change(state, grants, now)`` is applied to a
         fresh copy until our write wins (no lock is held while this process thinks); its
         answer is returned. ``grants``: uploads granted and not yet answered, by worker
-        of a live instance; those of instances found dead are dropped on the way."""
+        of a live instance; those of instances found dead are dropped on the way.
+
+        Each try is one statement (``GATE_WRITE``): it writes if the row is still the
+        version changed, and returns the row as it found it, with the clock and the live
+        instances. So the next change starts from what the last statement saw (our own
+        write, when it won), its clock moved on by this machine's; only the first reads."""
+        seen = self._seen
         while True:
-            row = conn.execute(
-                f"SELECT version, state, {NOW}, ARRAY(SELECT id FROM instances"
-                f" WHERE heartbeat >= {NOW} - %s) FROM gate WHERE id = 1",
-                (self.lease_seconds,)).fetchone()
-            if row is None:
-                now = conn.execute(f"SELECT {NOW}").fetchone()[0]
-                first = {"gate": self.rules.new_state(now).to_dict(), "grants": {}}
-                conn.execute("INSERT INTO gate (id, version, state) VALUES (1, 0, %s)"
-                             " ON CONFLICT (id) DO NOTHING", (json.dumps(first),))
-                continue
-            version, text, now, live = row
+            if seen is None:
+                row = conn.execute(GATE_READ, (self.lease_seconds,)).fetchone()
+                if row is None:
+                    now = conn.execute(f"SELECT {NOW}").fetchone()[0]
+                    first = {"gate": self.rules.new_state(now).to_dict(), "grants": {}}
+                    conn.execute("INSERT INTO gate (id, version, state) VALUES (1, 0, %s)"
+                                 " ON CONFLICT (id) DO NOTHING", (json.dumps(first),))
+                    continue
+                seen = (*row, time.monotonic())
+            version, text, then, live, at = seen
+            now = then + (time.monotonic() - at)
             data = json.loads(text)
             state = GateState.from_dict(data["gate"])
             grants = {key: n for key, n in data["grants"].items()
                       if key.split("/", 1)[0] in live}
             answer = change(state, grants, now)
-            written = conn.execute(
-                "UPDATE gate SET version = version + 1, state = %s WHERE id = 1 AND version = %s",
-                (json.dumps({"gate": state.to_dict(), "grants": grants}), version)).rowcount
-            if written:
+            text = json.dumps({"gate": state.to_dict(), "grants": grants})
+            row = conn.execute(GATE_WRITE, (text, version, self.lease_seconds)).fetchone()
+            if row is None:  # no gate row (deleted by hand): made anew
+                seen = self._seen = None
+                continue
+            written, *found = row
+            if written is not None:
+                self._seen = (written, text, found[2], found[3], time.monotonic())
                 return answer
+            seen = self._seen = (*found, time.monotonic())
 
     def _key(self, owner: tuple) -> str:
         worker, generation = owner
@@ -338,6 +350,16 @@ def _local(answer, now: float):
         return granted, time.monotonic() + (when - now), why
     return answer
 
+
+_LIVE = f"ARRAY(SELECT id FROM instances WHERE heartbeat >= {NOW} - %s)"
+# The gate row, the clock and the live instances: a process's first look (``_gate``).
+GATE_READ = f"SELECT version, state, {NOW}, {_LIVE} FROM gate WHERE id = 1"
+# A change written if the row is still the version it changed (the new version, else
+# NULL), and the row as the statement found it, the clock and the live instances.
+GATE_WRITE = ("WITH written AS (UPDATE gate SET version = version + 1, state = %s"
+              " WHERE id = 1 AND version = %s RETURNING version)"
+              f" SELECT (SELECT version FROM written), version, state, {NOW}, {_LIVE}"
+              " FROM gate WHERE id = 1")
 
 # OLDEST_LINK for each row ``c`` of a batch: the same index lookup, once per row.
 _OLDEST_LINK_OF_C = (OLDEST_LINK.replace("?", "{}").format("c.sha256", "%s", "c.account"))

@@ -45,7 +45,7 @@ from . import schema
 from . import CHANNEL
 from .prune import PRUNE_LOCK
 from .refusals import refusals
-from .sql import CLEARED, NEW_LINK, NEW_LINK_ONCE, SqlStore, new_image_id
+from .sql import CLEARED, NEW_LINK, NEW_LINK_ONCE, TAKEN, SqlStore, new_image_id
 
 log = logging.getLogger(__name__)
 
@@ -285,8 +285,10 @@ class PostgresStore(SqlStore):
         self.listen_url = self._listen_url(listen_url)
         # Whatever the server may hold on to once our transaction ends: a transaction it
         # finds idle for longer than a lease is ended (see _conn).
-        self._begin = ("BEGIN; SET LOCAL idle_in_transaction_session_timeout ="
-                       f" {max(1, round(lease_seconds * 1000))}")
+        self._idle_timeout = ("idle_in_transaction_session_timeout ="
+                              f" {max(1, round(lease_seconds * 1000))}")
+        self._begin = ("BEGIN" if self.database.sessions
+                       else f"BEGIN; SET LOCAL {self._idle_timeout}")
         self._pool = make_pool(url, max_size=read_connections, name="readers", read_only=True,
                                sessions=self.database.sessions)
         # A listing holds a reader's connection from its first page to its last, and takes
@@ -324,6 +326,11 @@ class PostgresStore(SqlStore):
     def _driver_errors(self):
         return driver_errors()
 
+    def _taking(self, sql):
+        """The claim, and its URLs' pending jobs marked begun, in one statement (it took two
+        for each claim that took anything: one a URL, with a pace)."""
+        return sql.replace(TAKEN, TAKEN_AND_BEGUN)
+
     @staticmethod
     def _fair_claim_params(limit):
         # the claim's size, then the most its keys' shares come to: at most n keys, the
@@ -333,11 +340,15 @@ class PostgresStore(SqlStore):
     def _conn(self) -> psycopg.Connection:
         """The writer's connection. A transaction it leaves open (this process frozen by
         SIGSTOP or a stalled VM) would hold its rows from every other instance's reaper:
-        the server ends it after a lease, when the others count this instance dead (set
-        with ``SET LOCAL`` in each transaction's first round trip: a session setting
-        would stay on a pooler's server connection, or be missing from the next one)."""
+        the server ends it after a lease, when the others count this instance dead. Set
+        once for the session where sessions last; behind a transaction pooler with ``SET
+        LOCAL`` in each transaction's first round trip (a session setting would stay on
+        the pooler's server connection, or be missing from the next one), a statement
+        more per transaction."""
         if self._writer is None or self._writer.closed:
             self._writer = self.database.connect(role="writer", autocommit=True)
+            if self.database.sessions:
+                self._writer.execute(f"SET {self._idle_timeout}")
         return self._writer
 
     def _execute(self, sql, params=()):
@@ -405,50 +416,39 @@ class PostgresStore(SqlStore):
                 (self.lease_seconds,))
 
     def finish_many(self, finishes):
-        """The same as finishing each in turn, in three statements for the whole batch
-        (URLs, new links, claims done with) instead of three per URL: the front end's
-        share of a cluster's statements per URL, each a round trip and the server's work."""
-        if len(finishes) < 2:
-            return super().finish_many(finishes)
-        rows = [(task.url_id, task.lease, state, fields["attempts"], fields.get("link"),
-                 fields.get("reason"), fields.get("sha256"), int(fields.get("reused", False)))
-                for task, state, fields in finishes]
-        recorded = dict(self._execute(
-            "UPDATE urls AS u SET state = r.state, attempts = greatest(u.attempts, r.attempts),"
-            " link = r.link, reason = r.reason, sha256 = r.sha256, reused = r.reused,"
-            " owner = NULL, lease = NULL, " + CLEARED + " FROM unnest(?::bigint[], ?::bigint[],"
-            " ?::text[], ?::int[], ?::text[], ?::text[], ?::text[], ?::int[])"
-            " AS r(id, lease, state, attempts, link, reason, sha256, reused)"
-            " WHERE u.id = r.id AND u.state = 'in_flight' AND u.owner = ? AND u.lease = r.lease"
-            " RETURNING u.id, u.job_id", (*as_columns(rows), self.instance)).fetchall())
-        answers, links, fresh = [], [], set()
+        """The same as finishing each in turn, in one statement for the whole batch (URLs,
+        new links, claims done with) instead of three per URL: the front end's share of a
+        cluster's statements per URL, each a round trip and the server's work. A URL listed
+        twice is finished once, by its first result, as one by one."""
+        if not finishes:
+            return []
+        rows, new_links = [], []
         for task, state, fields in finishes:
+            link = fields.get("link") if state == jobs.COMPLETE else None
+            new = (link, fields.get("sha256"), fields.get("host"), task.account, new_image_id(),
+                   fields.get("deletehash")) if link else None  # as _link_again takes them
+            new_links.append(new)
+            rows.append((task.url_id, task.lease, state, fields["attempts"], fields.get("link"),
+                         fields.get("reason"), fields.get("sha256"),
+                         int(fields.get("reused", False)), fields.get("host"), task.account,
+                         new[4] if new else None, fields.get("deletehash")))
+        recorded, added = {}, set()
+        for kind, key, value in self._execute(FINISH_MANY, (*as_columns(rows), self.instance)):
+            if kind == 0:
+                recorded[int(key)] = value  # URL id: job id
+            else:
+                added.add((key, value))  # (link, account)
+        answers, again = [], {}
+        for (task, state, fields), new in zip(finishes, new_links):
             job_id = recorded.pop(task.url_id, None)  # a URL listed twice is finished once
             answers.append(job_id is not None)
             if job_id is None:
                 continue
             self._count(job_id, state)
-            if state == jobs.COMPLETE and fields.get("link"):
-                links.append((fields["link"], fields.get("sha256"), fields.get("host"),
-                              task.account, new_image_id(), fields.get("deletehash")))
-                if not fields.get("reused"):
-                    fresh.add((fields["link"], task.account))
-        if links:
-            added = set(self._execute(
-                NEW_LINK + " SELECT l.link, l.sha256, l.host, {now}, l.account, l.image_id,"
-                " l.deletehash FROM unnest(?::text[], ?::text[], ?::text[], ?::text[],"
-                " ?::text[], ?::text[]) AS l(link, sha256, host, account, image_id, deletehash)"
-                + NEW_LINK_ONCE + " RETURNING link, account", as_columns(links)).fetchall())
-            again = fresh - added
-            if again:  # rare: the same bytes' link, back after a deletion (S3)
-                self._link_again(list({(row[0], row[3]): row for row in links
-                                       if (row[0], row[3]) in again}.values()))
-            done = [(sha256, host or "", account) for _, sha256, host, account, _, _ in links
-                    if sha256]
-            if done:  # committed in links now: those in-flight claims have done their work
-                self._execute("DELETE FROM dedup_claims WHERE (sha256, host, account) IN"
-                              " (SELECT * FROM unnest(?::text[], ?::text[], ?::text[]))",
-                              as_columns(done))
+            if new and not fields.get("reused") and (new[0], new[3]) not in added:
+                again[(new[0], new[3])] = new
+        if again:  # rare: the same bytes' link, back after a deletion (S3)
+            self._link_again(list(again.values()))
         return answers
 
     def _link_recorded(self, sha256, host, account):
@@ -573,3 +573,34 @@ class PostgresStore(SqlStore):
 def as_columns(rows) -> list:
     """Rows (at least one) as column lists: what ``unnest`` takes, a batch in a statement."""
     return [list(column) for column in zip(*rows)]
+
+
+# finish_many's statement. The batch's rows (``r``; ``once``: each URL's first): the URLs
+# this instance still holds are finished (``done``), their new links recorded once per
+# account (``added``), the dedup claims of those links' bytes deleted (their links are
+# committed with this transaction). Answers: (0, URL id, job id) for each URL finished,
+# (1, link, account) for each link added.
+FINISH_MANY = (
+    "WITH r AS (SELECT * FROM unnest(?::bigint[], ?::bigint[], ?::text[], ?::int[],"
+    " ?::text[], ?::text[], ?::text[], ?::int[], ?::text[], ?::text[], ?::text[],"
+    " ?::text[]) WITH ORDINALITY AS r(id, lease, state, attempts, link, reason, sha256,"
+    " reused, host, account, image_id, deletehash, n)),"
+    " once AS (SELECT DISTINCT ON (id) * FROM r ORDER BY id, n),"
+    " done AS (UPDATE urls AS u SET state = f.state,"
+    " attempts = greatest(u.attempts, f.attempts), link = f.link, reason = f.reason,"
+    " sha256 = f.sha256, reused = f.reused, owner = NULL, lease = NULL, " + CLEARED +
+    " FROM once AS f WHERE u.id = f.id AND u.state = 'in_flight' AND u.owner = ?"
+    " AND u.lease = f.lease RETURNING u.id, u.job_id),"
+    " linked AS (SELECT f.* FROM once AS f JOIN done ON done.id = f.id"
+    " WHERE f.image_id IS NOT NULL),"
+    " added AS (" + NEW_LINK + " SELECT link, sha256, host, {now}, account, image_id,"
+    " deletehash FROM linked ORDER BY n" + NEW_LINK_ONCE + " RETURNING link, account),"
+    " claims_done AS (DELETE FROM dedup_claims WHERE (sha256, host, account) IN"
+    " (SELECT sha256, coalesce(host, ''), account FROM linked WHERE sha256 IS NOT NULL))"
+    " SELECT 0, id::text, job_id FROM done UNION ALL SELECT 1, link, account FROM added")
+
+# A claim's UPDATE (``TAKEN``) as a data-modifying CTE, with its URLs' pending jobs marked
+# begun (only pending rows are locked: no job whose URLs are being finished).
+TAKEN_AND_BEGUN = (", taken AS (" + TAKEN + "), begun AS (UPDATE jobs SET status = '"
+                   + jobs.JOB_IN_PROGRESS + "' WHERE id IN (SELECT job_id FROM taken)"
+                   " AND status = '" + jobs.JOB_PENDING + "') SELECT * FROM taken")

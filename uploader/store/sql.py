@@ -210,6 +210,11 @@ class SqlStore(OutboxQueries, PruneQueries):
         tasks = self._claim(SUSPECT_CLAIM, ())
         return tasks[0] if tasks else None
 
+    def _taking(self, sql: str) -> str:
+        """A claim's statement (ending in ``TAKEN``) as this backend runs it: a backend may
+        mark the claimed URLs' pending jobs begun in the same statement."""
+        return sql
+
     @staticmethod
     def _fair_claim_params(limit: int) -> tuple:
         """FAIR_CLAIM's parameters before owner and lease (a backend may add its own)."""
@@ -217,13 +222,14 @@ class SqlStore(OutboxQueries, PruneQueries):
 
     def _claim(self, sql: str, params: tuple) -> List[Task]:
         lease = secrets.randbits(62)
-        rows = self._execute(sql, (*params, self.instance, lease)).fetchall()
+        rows = self._execute(self._taking(sql), (*params, self.instance, lease)).fetchall()
         job_ids = sorted({r[1] for r in rows})
         if not job_ids:
             return []
-        self._execute(
-            f"UPDATE jobs SET status = ? WHERE id IN ({_marks(job_ids)}) AND status = ?",
-            (jobs.JOB_IN_PROGRESS, *job_ids, jobs.JOB_PENDING))
+        if self._taking(sql) == sql:  # the claim did not mark its jobs begun itself
+            self._execute(
+                f"UPDATE jobs SET status = ? WHERE id IN ({_marks(job_ids)}) AND status = ?",
+                (jobs.JOB_IN_PROGRESS, *job_ids, jobs.JOB_PENDING))
         return [Task(url_id=r[0], job_id=r[1], url=r[2], attempt=r[3], lease=lease,
                      suspect=bool(r[4]), account=r[5]) for r in sorted(rows)]
 
