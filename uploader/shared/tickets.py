@@ -34,8 +34,8 @@ import time
 log = logging.getLogger(__name__)
 
 CHANNEL = "uploader_gate_pause"
-# A telling is a compare-and-set (two statements): every 0.25 s, eight instances' 32
-# worker processes made it 2 of 6.8 statements per URL. What the gate has not been told
+# A telling is a compare-and-set on the gate row (two statements then, one now): every
+# 0.25 s, eight instances' 32 worker processes made it 2 of 6.8 statements per URL. What the gate has not been told
 # only makes it count more in flight (a batch at most): a longer wait weakens nothing.
 TELL_SECONDS = 1.0
 CLOSE_SECONDS = 2.0  # how long a closing process waits for its last telling
