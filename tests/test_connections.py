@@ -266,3 +266,44 @@ class ServerTimeoutsTest(tornado.testing.AsyncTestCase):
                 client.close()
         finally:
             server.stop()
+
+
+class MalformedRequestsTest(tornado.testing.AsyncTestCase):
+    """A flood of malformed requests is a line a second in the log, with its count, not a
+    line each (Tornado writes one per request)."""
+
+    @tornado.testing.gen_test(timeout=30)
+    async def test_a_flood_of_malformed_requests_is_tallied_not_logged_each(self):
+        lines, tornados = Recorded(), Recorded()
+        logging.getLogger("uploader.connections").addHandler(lines)
+        logging.getLogger("tornado.general").addHandler(tornados)
+        levels = {name: logging.getLogger(name).level
+                  for name in ("uploader.connections", "tornado.general")}
+        for name in levels:
+            logging.getLogger(name).setLevel(logging.INFO)
+        config = config_from_dict({}, environ={})
+        server = make_server(tornado.web.Application([(r"/hello", Hello)]), config, 4096)
+        sock, port = tornado.testing.bind_unused_port()
+        server.add_sockets([sock])
+        try:
+            for n in range(30):
+                client = socket.create_connection(("127.0.0.1", port))
+                client.sendall(b"NOT A REQUEST %d\r\n\r\n" % n)
+                client.setblocking(False)
+                for _ in range(3000):  # it closes at once
+                    if not still_open(client):
+                        break
+                    await asyncio.sleep(0.01)
+                client.close()
+            assert tornados.lines == []  # none of Tornado's lines reached a handler
+            told = [line for line in lines.lines if line.startswith("dropped")]
+            assert len(told) == 1 and told[0].startswith("dropped 1 connection(s)")
+            assert "Malformed HTTP message" in told[0]
+        finally:
+            server.stop()  # tells what came in the quiet second: the other 29
+            logging.getLogger("uploader.connections").removeHandler(lines)
+            logging.getLogger("tornado.general").removeHandler(tornados)
+            for name, level in levels.items():
+                logging.getLogger(name).setLevel(level)
+        told = [line for line in lines.lines if line.startswith("dropped")]
+        assert told[1:] == [told[1]] and told[1].startswith("dropped 29 connection(s)")

@@ -74,9 +74,11 @@ class Tally:
     """Counts an event and logs it at most once per ``interval``, with the count since the
     last line: a flood of the same event is a line a second, not a line each."""
 
-    def __init__(self, message: str, *, interval: float = 1.0, later=None):
+    def __init__(self, message: str, *, interval: float = 1.0, later=None,
+                 level: int = logging.WARNING):
         self.message = message  # with %d for the count and %s for the last detail
         self.interval = interval
+        self.level = level
         self.later = later or (lambda delay, fn: IOLoop.current().call_later(delay, fn))
         self.count = 0
         self.detail = ""
@@ -90,7 +92,7 @@ class Tally:
 
     def flush(self) -> None:
         if self.count:
-            log.warning(self.message, self.count, self.detail)
+            log.log(self.level, self.message, self.count, self.detail)
             self.count = 0
 
     def _tell(self) -> None:
@@ -102,6 +104,24 @@ class Tally:
         self.quiet = False
         if self.count:  # more came meanwhile: tell them, and be quiet another interval
             self._tell()
+
+
+class TalliedRequestErrors(logging.Filter):
+    """On Tornado's ``tornado.general`` logger: its line for each malformed request or body
+    that did not come in time goes to a ``Tally`` instead (a stranger sending them by the
+    thousand would otherwise write a line each). Other lines pass as they are."""
+
+    TALLIED = ("Malformed HTTP message from", "Timeout reading body from")
+
+    def __init__(self, tally: "Tally"):
+        super().__init__()
+        self.tally = tally
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not isinstance(record.msg, str) or not record.msg.startswith(self.TALLIED):
+            return True
+        self.tally.add(record.getMessage())
+        return False
 
 
 class GuardedHTTPServer(tornado.httpserver.HTTPServer):
@@ -124,9 +144,13 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
                               "way for new ones (%s)")
         self.refused = Tally("refused %d connection(s): %s")
         self.accept_failed = Tally("could not accept %d connection(s): %s")
+        self.request_errors = TalliedRequestErrors(Tally(
+            "dropped %d connection(s) for a malformed request or a body too slow; the "
+            "last: %s", level=logging.INFO))
 
     # -- listening ---------------------------------------------------------------------------
     def add_sockets(self, sockets) -> None:
+        logging.getLogger("tornado.general").addFilter(self.request_errors)  # until stop()
         loop = IOLoop.current()
         for sock in sockets:
             sock.setblocking(False)
@@ -140,8 +164,9 @@ class GuardedHTTPServer(tornado.httpserver.HTTPServer):
             sock.close()
         self._listening.clear()
         self._spare.close()
-        for tally in (self.made_way, self.refused, self.accept_failed):
+        for tally in (self.made_way, self.refused, self.accept_failed, self.request_errors.tally):
             tally.flush()
+        logging.getLogger("tornado.general").removeFilter(self.request_errors)
 
     def _accept(self, sock, fd, events) -> None:
         for _ in range(ACCEPTS_PER_TURN):
