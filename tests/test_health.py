@@ -4,12 +4,9 @@ import threading
 import types
 from concurrent.futures import ThreadPoolExecutor
 
-import tornado.testing
-
-from uploader.app import make_app
 from uploader.boundedread import BoundedRead
-from uploader.config import Config
-from uploader.metrics import Metrics
+
+from .inprocess import AppTestCase
 
 
 class HungStore:
@@ -24,28 +21,25 @@ class HungStore:
         return None
 
 
-class HealthTest(tornado.testing.AsyncHTTPTestCase):
-    def setUp(self):
+class HealthTest(AppTestCase):
+    def stand_in(self):
         self.store, self.readers = HungStore(), ThreadPoolExecutor(4)
-        config = Config()
-        dispatcher = types.SimpleNamespace(store_problem=None,
-                                           ready_workers=lambda: config.workers.processes,
-                                           host_full=lambda: None, refused_workers=lambda: [])
-        pool = types.SimpleNamespace(manager_alive=lambda: True, pids=lambda: [1, 2],
-                                     manager_pid=lambda: 3)
-        self.service = types.SimpleNamespace(
-            config=config, stopping=False, instance="i", metrics=Metrics(), readers=self.readers,
-            store=self.store, dispatcher=dispatcher, pool=pool, credential_problem=lambda: None,
-            store_probe=BoundedRead(self.store.problem, self.readers, wait_seconds=0.1))
-        super().setUp()
+        service = super().stand_in()
+        workers = service.config.workers.processes
+        service.dispatcher = types.SimpleNamespace(
+            store_problem=None, ready_workers=lambda: workers, host_full=lambda: None,
+            refused_workers=lambda: [])
+        service.pool = types.SimpleNamespace(manager_alive=lambda: True, pids=lambda: [1, 2],
+                                             manager_pid=lambda: 3)
+        service.instance, service.store, service.readers = "i", self.store, self.readers
+        service.credential_problem = lambda: None
+        service.store_probe = BoundedRead(self.store.problem, self.readers, wait_seconds=0.1)
+        return service
 
     def tearDown(self):
         self.store.released.set()
         self.readers.shutdown()
         super().tearDown()
-
-    def get_app(self):
-        return make_app(self.service)
 
     def test_a_hung_store_is_reported_not_waited_out(self):
         for _ in range(3):

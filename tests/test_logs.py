@@ -7,20 +7,14 @@ import calendar
 import json
 import logging
 import re
-import shutil
 import sys
-import tempfile
 import time
-import types
 import uuid
 
-import tornado.testing
-
 from uploader.access import REQUEST_ID_HEADER
-from uploader.app import make_app
-from uploader.config import Config, LocalConfig
 from uploader.logs import TEXT_FORMAT, JsonFormatter, UtcFormatter
-from uploader.metrics import Metrics
+
+from .inprocess import AppTestCase
 
 # 2026-11-29T21:41:15.753Z
 MOMENT = calendar.timegm((2026, 11, 29, 21, 41, 15)) + 0.753
@@ -69,12 +63,13 @@ class FakeStore:
         raise RuntimeError("boom: a bug in the store")
 
 
-class AccessLogTest(tornado.testing.AsyncHTTPTestCase):
+class AccessLogTest(AppTestCase):
+    def stand_in(self):
+        service = super().stand_in()
+        service.store, service.readers = FakeStore(), None
+        return service
+
     def setUp(self):
-        self.directory = tempfile.mkdtemp()
-        self.service = types.SimpleNamespace(
-            config=Config(local=LocalConfig(directory=self.directory)), stopping=False,
-            store=FakeStore(), readers=None, metrics=Metrics())
         self.captured = Captured()
         root = logging.getLogger()
         self.level = root.level
@@ -87,10 +82,6 @@ class AccessLogTest(tornado.testing.AsyncHTTPTestCase):
         root = logging.getLogger()
         root.removeHandler(self.captured)
         root.setLevel(self.level)
-        shutil.rmtree(self.directory)
-
-    def get_app(self):
-        return make_app(self.service)
 
     def lines(self):
         """Records of the app and Tornado (not of the test client)."""

@@ -1,23 +1,19 @@
 """The metrics registry, rendered and parsed as Prometheus would, request metrics in-process,
 and what /metrics reads of the store."""
 import asyncio
-import shutil
-import tempfile
 import threading
-import types
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import tornado.testing
 from prometheus_client.parser import text_string_to_metric_families
 
 import uploader
 from uploader import jobs
-from uploader.app import make_app
-from uploader.config import Config, LocalConfig
 from uploader.errors import StoreUnavailable
 from uploader.metrics import Metrics
 from uploader.storegauges import StoreGauges
+
+from .inprocess import AppTestCase
 
 EXISTING = [  # every name the README lists under Operating it; none may go away
     "uploader_jobs_submitted_total", "uploader_urls_submitted_total", "uploader_urls_finished_total",
@@ -104,23 +100,12 @@ def test_http_requests_by_route_method_and_status():
         {"route": "unmatched", "method": "other", "status": "405"}.items()))] == 1
 
 
-class RequestMetricsTest(tornado.testing.AsyncHTTPTestCase):
+class RequestMetricsTest(AppTestCase):
     """The real make_app counts requests under their route pattern, never their path."""
 
     def setUp(self):
-        self.directory = tempfile.mkdtemp()
-        self.metrics = Metrics()
-        self.service = types.SimpleNamespace(
-            config=Config(local=LocalConfig(directory=self.directory)), stopping=False,
-            metrics=self.metrics)
         super().setUp()
-
-    def tearDown(self):
-        super().tearDown()
-        shutil.rmtree(self.directory)
-
-    def get_app(self):
-        return make_app(self.service)
+        self.metrics = self.service.metrics
 
     def requests_total(self):
         return {dict(labels)["route"] + " " + dict(labels)["method"] + " " + dict(labels)["status"]: value

@@ -2,20 +2,17 @@
 bodies are refused past their route's limit before they are read, request targets with
 control characters are refused, and no answer repeats a URL's userinfo."""
 import json
-import shutil
 import socket
-import tempfile
-import types
 import uuid
 
 import tornado.iostream
 import tornado.testing
 import tornado.web
 
-from uploader.app import make_app
 from uploader.config import Config, LocalConfig, ServerConfig
 from uploader.handlers import SMALL_BODY_BYTES
-from uploader.metrics import Metrics
+
+from .inprocess import AppTestCase
 
 UPLOAD_LIMIT = 20_000
 HUGE = 50 * 1024 * 1024
@@ -28,21 +25,13 @@ class Untouched:
         raise AssertionError(f"the store was asked for {name}")
 
 
-class RequestLimitsTest(tornado.testing.AsyncHTTPTestCase):
-    def setUp(self):
-        self.directory = tempfile.mkdtemp()
-        self.service = types.SimpleNamespace(
-            config=Config(server=ServerConfig(max_body_bytes=UPLOAD_LIMIT),
-                          local=LocalConfig(directory=self.directory)),
-            stopping=False, store=Untouched(), readers=None, metrics=Metrics())
-        super().setUp()
-
-    def tearDown(self):
-        super().tearDown()
-        shutil.rmtree(self.directory)
-
-    def get_app(self):
-        return make_app(self.service)
+class RequestLimitsTest(AppTestCase):
+    def stand_in(self):
+        service = super().stand_in()
+        service.config = Config(server=ServerConfig(max_body_bytes=UPLOAD_LIMIT),
+                                local=LocalConfig(directory=self.directory))
+        service.store, service.readers = Untouched(), None
+        return service
 
     async def open_stream(self):
         stream = tornado.iostream.IOStream(socket.socket())
