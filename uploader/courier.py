@@ -195,12 +195,12 @@ class Courier:
     # -- deletions at the host ---------------------------------------------------------------
     def _delete(self, effect: Effect) -> None:
         attempt = effect.attempts + 1
-        host = json.loads(effect.body or "{}").get("host")
+        body = json.loads(effect.body or "{}")
+        host, link = body.get("host"), body.get("link", "")
         if host and host != self.host:
             self._give_up_deletion(effect, f"the image is on the {host} host, which this "
                                            "service no longer uses; delete it there")
             return
-        link = json.loads(effect.body or "{}").get("link", "")
         if link and self.store.link_live(link):  # the same bytes were uploaded again since
             self._record(effect, DONE, None)  # (S3 names an object by its bytes): kept
             log.info("an image deleted earlier was uploaded again; kept at the host (%s)",

@@ -141,6 +141,8 @@ class Pool(psycopg_pool.ConnectionPool):
         if attempt is None:
             attempt = CappedBackoff(timeout=self.reconnect_timeout)
         return super()._add_connection(attempt, growing=growing)
+
+
 @dataclass(frozen=True)
 class Database:
     """How this instance's processes reach PostgreSQL (it pickles: each worker gets it).

@@ -222,11 +222,12 @@ class SqlStore(OutboxQueries, PruneQueries):
 
     def _claim(self, sql: str, params: tuple) -> List[Task]:
         lease = secrets.randbits(62)
-        rows = self._execute(self._taking(sql), (*params, self.instance, lease)).fetchall()
+        taking = self._taking(sql)
+        rows = self._execute(taking, (*params, self.instance, lease)).fetchall()
         job_ids = sorted({r[1] for r in rows})
         if not job_ids:
             return []
-        if self._taking(sql) == sql:  # the claim did not mark its jobs begun itself
+        if taking == sql:  # the claim did not mark its jobs begun itself
             self._execute(
                 f"UPDATE jobs SET status = ? WHERE id IN ({_marks(job_ids)}) AND status = ?",
                 (jobs.JOB_IN_PROGRESS, *job_ids, jobs.JOB_PENDING))
