@@ -1,8 +1,10 @@
 """The metrics registry, rendered and parsed as Prometheus would, request metrics in-process,
 and what /metrics reads of the store."""
 import asyncio
+import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -15,7 +17,9 @@ from uploader.storegauges import StoreGauges
 
 from .inprocess import AppTestCase
 
-EXISTING = [  # every name the README lists under Operating it; none may go away
+OPERATING = Path(__file__).resolve().parent.parent / "docs" / "operating.md"  # its Metrics table
+
+EXISTING = [  # every name docs/operating.md listed under Metrics; none may go away
     "uploader_jobs_submitted_total", "uploader_urls_submitted_total", "uploader_urls_finished_total",
     "uploader_fetch_seconds_bucket", "uploader_upload_seconds_bucket", "uploader_fetched_bytes_total",
     "uploader_uploaded_bytes_total", "uploader_urls_queued", "uploader_urls_in_flight",
@@ -54,6 +58,26 @@ def busy_metrics():
 
 def test_every_existing_metric_is_still_there():
     assert set(EXISTING) <= names(samples(busy_metrics(), queued=3, in_flight=2))
+
+
+def documented_metrics():
+    """The names in the first column of docs/operating.md's Metrics table, labels left off."""
+    table = OPERATING.read_text().split("| metric | what |", 1)[1].split("\n\n", 1)[0]
+    return {name for row in table.splitlines()[2:]
+            for name in re.findall(r"`([a-z_]+)(?:\{[^}]*\})?`", row.split("|")[1])}
+
+
+def test_the_docs_list_every_metric_and_only_those():
+    text = busy_metrics().render(queued=3, in_flight=2).decode()
+    families = list(text_string_to_metric_families(text))
+    exported = ({f.name for f in families} | {s.name for f in families for s in f.samples}
+                | {f.name + "_total" for f in families if f.type == "counter"})  # labelled, none yet
+    documented = documented_metrics()
+    assert set(EXISTING) - {"uploader_fetch_seconds_bucket", "uploader_upload_seconds_bucket"} <= documented
+    assert documented <= exported, documented - exported
+    undocumented = [f.name for f in families if f.name.startswith("uploader_")
+                    and not {f.name, f.name + "_total"} & documented]
+    assert not undocumented
 
 
 def test_no_created_series():
