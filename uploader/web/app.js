@@ -1,6 +1,6 @@
 // The service's page: submit URLs, watch a job live, act on it. Plain DOM, no framework.
 // Everything shown is set with textContent or setAttribute: nothing from the API or the
-// person is ever parsed as HTML. Only the public JSON API is used (README.md, "API").
+// person is ever parsed as HTML. Only the public JSON API is used (docs/api.md).
 "use strict";
 
 const API = "/v1/images/upload";
