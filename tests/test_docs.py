@@ -58,6 +58,14 @@ def test_the_configuration_page_includes_default_yaml(site):
             assert key in text, line
 
 
+def test_the_configuration_page_names_every_environment_variable():
+    from uploader.config import ENV_OVERRIDES
+
+    rows = (ROOT / "docs" / "configuration.md").read_text().splitlines()
+    for var, key in ENV_OVERRIDES.items():
+        assert any(row.startswith(f"| `{var}` | `{key}`") for row in rows), var
+
+
 def test_the_readme_is_a_front_door():
     assert len(README.read_text().splitlines()) <= 150
 
