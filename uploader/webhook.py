@@ -40,9 +40,9 @@ from typing import Callable, Iterable, List, Optional, Protocol, Sequence, Tuple
 
 from . import __version__
 from .errors import FetchError, InvalidSourceURL, SourceRefused
-from .fetch import (WIRE_ERRORS, Guard, Target, connect_pinned, default_resolver, parse_target,
-                    redirect_url, resolve_checked, translate_error)
 from .netpolicy import AddressPolicy
+from .pinnedhttp import (WIRE_ERRORS, Guard, Target, connect_pinned, default_resolver, parse_target,
+                         redirect_url, resolve_checked, translate_error)
 
 log = logging.getLogger(__name__)
 
