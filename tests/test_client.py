@@ -1,7 +1,7 @@
 """The command-line client: against a small fake of the service's two job endpoints, the
 job-control contract of issue 11 (retry, cancel, jobs, delete, callbacks, API keys) against
 requests-mock, and every command over real HTTP against the job API fake of the web page's
-tests (``tests/fakes/job_api.py``)."""
+tests (``testbed/fakes/job_api.py``)."""
 import io
 import json
 import os
@@ -17,9 +17,9 @@ import requests
 
 from image_client import cli as client
 from image_client import follow
-from tests.fakes.job_api import CANCELLED as FAKE_CANCELLED
-from tests.fakes.job_api import MISSING as FAKE_MISSING
-from tests.fakes.job_api import FakeJobApi
+from testbed.fakes.job_api import CANCELLED as FAKE_CANCELLED
+from testbed.fakes.job_api import MISSING as FAKE_MISSING
+from testbed.fakes.job_api import FakeJobApi
 from uploader.submission import normalize_url
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -28,7 +28,7 @@ from uploader.errors import (CorruptImage, FetchError, FetchTimeout, InvalidSour
                              SourceBroken, SourceHTTPError, SourceRefused, SourceTooLarge,
                              SourceUnreachable, TooManyPixels, TooManyRedirects, failure_class,
                              source_may_recover)
-from tests.fakes.image_source import ImageSource, declared_png, make_image, sized_jpeg_parts
+from testbed.fakes.image_source import ImageSource, declared_png, make_image, sized_jpeg_parts
 from tests.support import loopback_only
 from uploader.fetch import Fetched, Fetcher, format_size
 
