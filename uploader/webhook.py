@@ -8,7 +8,7 @@
         https the certificate checked against the original name, sent as SNI) -> POST
         -> 2xx: delivered | 307/308: next hop, same body and headers | anything else: failed
 
-The hop's steps and the address policy are the fetcher's (``fetch.parse_target``,
+The hop's steps and the address policy are the fetcher's (``pinnedhttp.parse_target``,
 ``resolve_checked``, ``connect_pinned``, ``netpolicy.AddressPolicy``), so a callback reaches
 no further into the network than an image source: a refused hop sends nothing, not even a
 TCP connect. One deadline covers the whole attempt, redirects included; the answer's body
