@@ -20,13 +20,14 @@ WORKDIR /app
 # out so that editing it keeps this layer; setuptools only warns that it is missing.)
 COPY setup.cfg setup.py ./
 COPY uploader/__init__.py uploader/
+COPY image_client/__init__.py image_client/
 RUN pip install -e .
 
 COPY . .
 
 # The source stays root-owned and read-only to the service (so its bytecode is compiled
 # now); only /app/data is writable.
-RUN python3 -m compileall -q uploader \
+RUN python3 -m compileall -q uploader image_client \
     && groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home \
         --shell /usr/sbin/nologin app \

@@ -10,16 +10,16 @@ import os
 
 import pytest
 
-from tests.fakes.image_source import ImageSource
-from tests.fakes.imgur import FakeImgur
-from tests.fakes.s3 import MotoS3, S3FaultProxy
+from testbed.fakes.image_source import ImageSource
+from testbed.fakes.imgur import FakeImgur
+from testbed.fakes.s3 import MotoS3, S3FaultProxy
+from testbed.pgbouncer_server import PgBouncer
+from testbed.postgres_server import PostgresServer
 
 # boto3 (in the tests and in every service they start) never looks for credentials beyond
 # this machine: no instance metadata service, whatever a test leaves unconfigured.
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
-from .pgbouncer_server import PgBouncer
-from .postgres_server import PostgresServer
 from .support import ServiceProcess, write_config
 
 BACKENDS = ("sqlite", "postgresql")

@@ -1,7 +1,7 @@
 """The command-line client: against a small fake of the service's two job endpoints, the
 job-control contract of issue 11 (retry, cancel, jobs, delete, callbacks, API keys) against
 requests-mock, and every command over real HTTP against the job API fake of the web page's
-tests (``tests/fakes/job_api.py``)."""
+tests (``testbed/fakes/job_api.py``)."""
 import io
 import json
 import os
@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.fakes.job_api import CANCELLED as FAKE_CANCELLED
-from tests.fakes.job_api import MISSING as FAKE_MISSING
-from tests.fakes.job_api import FakeJobApi
-from uploader import client
+from image_client import cli as client
+from image_client import follow
+from testbed.fakes.job_api import CANCELLED as FAKE_CANCELLED
+from testbed.fakes.job_api import MISSING as FAKE_MISSING
+from testbed.fakes.job_api import FakeJobApi
 from uploader.submission import normalize_url
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -221,14 +222,14 @@ def test_server_defaults_to_uploader_url(service, monkeypatch, capsys):
 
 
 def test_plain_progress_lines_without_tqdm(service, monkeypatch, capsys):
-    monkeypatch.setattr(client, "tqdm", None)
+    monkeypatch.setattr(follow, "tqdm", None)
     assert run(service, "http://a.example/1.png", "http://a.example/2.png") == 0
     assert capsys.readouterr().err.splitlines() == ["1/2 done", "2/2 done"]
 
 
 def test_progress_counts_the_urls_of_the_job_not_the_arguments(service, monkeypatch, capsys):
     """A B A2 A: the service keeps A once (A2 is A spelled differently), so the job has 2."""
-    monkeypatch.setattr(client, "tqdm", None)
+    monkeypatch.setattr(follow, "tqdm", None)
     a, b, a2 = "http://a.example/1.png", "http://a.example/2.png", "HTTP://A.example:80/./1.png#top"
     assert run(service, a, b, a2, a) == 0
     assert service.submitted == [{"urls": [a, b, a2, a]}]
@@ -250,7 +251,7 @@ def test_the_bar_ends_full_for_duplicates(service, capsys):
     ({}, (0, 7)),
 ])
 def test_job_progress_reads_the_document(job, expected):
-    assert client.job_progress(job, 7) == expected
+    assert follow.job_progress(job, 7) == expected
 
 
 def test_bin_upload_wrapper(service):
@@ -260,6 +261,19 @@ def test_bin_upload_wrapper(service):
         capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout == "job job-1\nOK    http://a.example/1.png  ->  https://i.example/0.png\n"
+
+
+def test_the_client_imports_nothing_of_the_service():
+    """image_client is a program of its own: each of its modules imports with the service's
+    package (``uploader``) made unimportable."""
+    code = ("import importlib, pkgutil, sys; sys.modules['uploader'] = None; import image_client; "
+            "names = [m.name for m in pkgutil.walk_packages(image_client.__path__, 'image_client.')]; "
+            "[importlib.import_module(name) for name in names]; print(' '.join(sorted(names)))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert set(result.stdout.split()) >= {"image_client.api", "image_client.cli", "image_client.follow",
+                                          "image_client.__main__"}
 
 
 # -- the job-control contract (issue 11), against requests-mock -----------------------------
@@ -468,7 +482,7 @@ def test_a_pending_callback_is_waited_for_a_little_only(requests_mock, monkeypat
                                                         grace, timeout):
     """CALLBACK_GRACE bounds the wait, and so does --timeout, without calling it a time-out:
     the job itself is finished."""
-    monkeypatch.setattr(client, "CALLBACK_GRACE", grace)
+    monkeypatch.setattr(follow, "CALLBACK_GRACE", grace)
     mock_upload(requests_mock, job_doc("job-1", CAT, callback=callback("pending", 0)))
     args = ["--interval", "0.01"] + (["--timeout", timeout] if timeout else [])
     started = time.monotonic()
@@ -560,7 +574,7 @@ def test_interrupting_a_retry_names_the_new_job(requests_mock, monkeypatch, caps
     def interrupt(seconds):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(client.time, "sleep", interrupt)
+    monkeypatch.setattr(follow.time, "sleep", interrupt)
     assert cli("retry", "job-1") == 130
     assert capsys.readouterr().err.endswith(
         "upload: interrupted; job job-2 goes on in the service\n")

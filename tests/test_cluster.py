@@ -18,12 +18,12 @@ import time
 import pytest
 import requests
 
-from tests.fakes.image_source import make_image
+from testbed.fakes.image_source import make_image
+from testbed.pgbouncer_server import PgBouncer
+from testbed.postgres_server import PostgresServer
 from uploader.config import WorkersConfig
 from uploader.store import schema
 
-from .pgbouncer_server import PgBouncer
-from .postgres_server import PostgresServer
 from .support import REPO, ServiceProcess, write_config
 from .test_crash import slow_urls, wait_until
 from .test_imgur_citizen import imgur_config, most_in_window

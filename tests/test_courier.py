@@ -8,7 +8,7 @@ from concurrent.futures import Future
 
 import pytest
 
-from tests.fakes.webhook_receiver import WebhookReceiver
+from testbed.fakes.webhook_receiver import WebhookReceiver
 from uploader import jobs
 from uploader.config import StorageConfig, config_from_dict
 from uploader.courier import Courier

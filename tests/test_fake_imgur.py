@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from uploader.errors import AuthRejectedError, PermanentHostError, RetryableHostError
-from tests.fakes.imgur import FakeImgur
+from testbed.fakes.imgur import FakeImgur
 from uploader.hosts.imgur import ImgurHost
 
 GIF = (b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff!\xf9\x04\x01\x00\x00\x00"

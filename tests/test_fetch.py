@@ -23,13 +23,12 @@ import zlib
 import pytest
 from PIL import Image
 
-from uploader import fetch as fetch_module
-from uploader import imagetype
+from uploader import imagetype, pinnedhttp
 from uploader.errors import (CorruptImage, FetchError, FetchTimeout, InvalidSourceURL, NotAnImage,
                              SourceBroken, SourceHTTPError, SourceRefused, SourceTooLarge,
                              SourceUnreachable, TooManyPixels, TooManyRedirects, failure_class,
                              source_may_recover)
-from tests.fakes.image_source import ImageSource, declared_png, make_image, sized_jpeg_parts
+from testbed.fakes.image_source import ImageSource, declared_png, make_image, sized_jpeg_parts
 from tests.support import loopback_only
 from uploader.fetch import Fetched, Fetcher, format_size
 
@@ -773,7 +772,7 @@ def test_finished_downloads_do_not_pile_up_in_the_watchdog(source):
     f = fetcher(private_hosts_allowed=LOCAL, timeout_seconds=60)
     for n in range(300):
         f.fetch(source.url_for(f"/img/pile{n}.png"))
-    watchdog = fetch_module._WATCHDOG
+    watchdog = pinnedhttp._WATCHDOG
     assert len(watchdog._heap) <= 2 * watchdog.COMPACT_MIN + 2
 
 

@@ -7,7 +7,7 @@ import tornado.testing
 import tornado.web
 
 from uploader.app import LocalImageHandler
-from tests.fakes.image_source import make_image
+from testbed.fakes.image_source import make_image
 
 IMMUTABLE = "public, max-age=31536000, immutable"
 NAME = "AbCd123.png"

@@ -10,7 +10,7 @@ from PIL import Image
 
 from uploader import imagetype
 from uploader.errors import CorruptImage, failure_class, source_may_recover
-from tests.fakes.image_source import MIN_SIZED_JPEG, declared_png, make_image, sized_jpeg_parts
+from testbed.fakes.image_source import MIN_SIZED_JPEG, declared_png, make_image, sized_jpeg_parts
 
 
 def _ftyp(major, *compatible):

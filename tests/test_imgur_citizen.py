@@ -148,7 +148,7 @@ def test_rejected_token_without_refresh_fails_every_url_clearly(start_service, i
 
 def _serve_duplicates(image_source):
     """10 URLs serving 3 distinct images (two jobs' worth)."""
-    from tests.fakes.image_source import make_image
+    from testbed.fakes.image_source import make_image
     images = [make_image("png", tag) for tag in ("one", "two", "three")]
     paths = [f"/dup/{n}.png" for n in range(10)]
     for n, path in enumerate(paths):

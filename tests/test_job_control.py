@@ -7,8 +7,8 @@ import time
 
 import requests
 
-from tests.fakes.image_source import make_image
-from tests.fakes.webhook_receiver import Answer, WebhookReceiver
+from testbed.fakes.image_source import make_image
+from testbed.fakes.webhook_receiver import Answer, WebhookReceiver
 
 from .support import ServiceProcess
 from .test_crash import wait_until

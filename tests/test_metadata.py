@@ -16,10 +16,9 @@ import requests
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image, ImageCms, ImageSequence, PngImagePlugin, TiffImagePlugin
 
+from testbed.fakes.image_source import declared_png, make_image
 from uploader import imagetype, metadata
 from uploader.errors import CorruptImage
-
-from .fakes.image_source import declared_png, make_image
 
 SECRET = b"SECRET"  # every piece of metadata below says it; none of the pixel data does
 ICC = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()

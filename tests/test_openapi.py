@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import CHECKS as REGISTERED_CHECKS, load_all_checks
 from schemathesis.specs.openapi.definitions import OPENAPI_30_VALIDATOR
 
-from tests.fakes.image_source import ImageSource, make_image
+from testbed.fakes.image_source import ImageSource, make_image
 from uploader.hosts.local import NAME_PATTERN
 from uploader.submission import MAX_URL_LENGTH, url_problem
 

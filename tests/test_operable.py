@@ -6,7 +6,7 @@ import signal
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.fakes.image_source import make_image
+from testbed.fakes.image_source import make_image
 
 from .test_crash import wait_until, worker_pids
 from .test_imgur_citizen import imgur_config

@@ -10,12 +10,12 @@ import threading
 import psycopg
 import pytest
 
+from testbed.pgbouncer_server import PgBouncer
 from uploader import jobs
 from uploader.config import StorageConfig
 from uploader.store import CHANNEL, open_store
 from uploader.store.postgres import sessions_last
 
-from .pgbouncer_server import PgBouncer
 from .test_crash import wait_until
 
 

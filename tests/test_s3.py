@@ -1,6 +1,6 @@
 """S3 as the image host, end to end: the real service (front end, manager, worker
 processes) on both stores, uploading to moto's S3 server through a proxy that fails when
-told (``tests/fakes/s3.py``)."""
+told (``testbed/fakes/s3.py``)."""
 import hashlib
 import time
 

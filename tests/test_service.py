@@ -2,7 +2,7 @@
 import pytest
 import requests
 
-from tests.fakes.image_source import make_image
+from testbed.fakes.image_source import make_image
 
 
 def count_jobs(service) -> int:

@@ -9,13 +9,13 @@ import uuid
 import pytest
 import yaml
 
+from testbed.postgres_server import free_port
 from uploader import preflight
 from uploader.cli import dev_config
 from uploader.config import config_from_dict
 from uploader.errors import StoreUnavailable
 from uploader.store import open_store
 
-from .postgres_server import free_port
 from .support import REPO, ServiceProcess
 
 pytestmark = pytest.mark.system  # starts processes or servers

@@ -5,7 +5,7 @@ One browser serves the whole module. The page is tested twice over:
 - against the real service (local image host, the local image source): a mixed job
   submitted through the form, watched live, its thumbnails, reasons and own address;
   nothing fetched from another origin, nothing in the console, hostile text shown as text;
-- against ``tests.fakes.job_api``, a fake of the job-control API as issue 12 specifies it
+- against ``testbed.fakes.job_api``, a fake of the job-control API as issue 12 specifies it
   (list, retry, cancel, image delete, webhook status, API keys, 503), whose endpoints land
   on main in parallel: every action, and every error the API can answer.
 
@@ -20,7 +20,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
 from tests.browser import Browser, origin
-from tests.fakes.job_api import CANCELLED, MISSING, FakeJobApi
+from testbed.fakes.job_api import CANCELLED, MISSING, FakeJobApi
 from uploader.config import config_from_dict
 from uploader.page import content_security_policy
 

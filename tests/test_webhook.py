@@ -1,6 +1,6 @@
 """The webhook sender: the wire contract, signatures, redirects, limits and address refusals.
 
-Everything runs on loopback against ``tests/fakes/webhook_receiver.py``. An autouse guard
+Everything runs on loopback against ``testbed/fakes/webhook_receiver.py``. An autouse guard
 records every socket connect in the process and fails the test at once if one goes
 anywhere but 127.0.0.0/8 or ::1, so a refusal test can prove no connection was even tried;
 refused private and public addresses come from an injected resolver, never from the wire.
@@ -20,7 +20,7 @@ import time
 import pytest
 
 import uploader
-from tests.fakes.webhook_receiver import Answer, WebhookReceiver
+from testbed.fakes.webhook_receiver import Answer, WebhookReceiver
 from tests.support import loopback_only
 from tests.test_fetch import CERT, KEY, raw_server, resolver_for
 from uploader.submission import callback_url_problem

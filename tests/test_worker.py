@@ -8,6 +8,7 @@ import threading
 import pytest
 from PIL import Image
 
+from testbed.fakes.image_source import make_image
 from uploader import imagetype, metadata
 from uploader.config import load_config
 from uploader.dedup import DedupIndex
@@ -16,7 +17,6 @@ from uploader.shared import Shared
 from uploader.shared.embedded import Coordinator, Guarded
 from uploader.worker import SHARED_STATE_LOST, FirstRound, Worker, _read_inbox, _Ready
 
-from .fakes.image_source import make_image
 from .support import write_config
 
 

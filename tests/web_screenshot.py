@@ -13,7 +13,7 @@ import zlib
 from pathlib import Path
 
 from tests.browser import Browser
-from tests.fakes.image_source import ImageSource
+from testbed.fakes.image_source import ImageSource
 from tests.support import REPO, ServiceProcess, write_config
 
 

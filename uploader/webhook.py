@@ -8,7 +8,7 @@
         https the certificate checked against the original name, sent as SNI) -> POST
         -> 2xx: delivered | 307/308: next hop, same body and headers | anything else: failed
 
-The hop's steps and the address policy are the fetcher's (``fetch.parse_target``,
+The hop's steps and the address policy are the fetcher's (``pinnedhttp.parse_target``,
 ``resolve_checked``, ``connect_pinned``, ``netpolicy.AddressPolicy``), so a callback reaches
 no further into the network than an image source: a refused hop sends nothing, not even a
 TCP connect. One deadline covers the whole attempt, redirects included; the answer's body
@@ -40,9 +40,9 @@ from typing import Callable, Iterable, List, Optional, Protocol, Sequence, Tuple
 
 from . import __version__
 from .errors import FetchError, InvalidSourceURL, SourceRefused
-from .fetch import (WIRE_ERRORS, Guard, Target, connect_pinned, default_resolver, parse_target,
-                    redirect_url, resolve_checked, translate_error)
 from .netpolicy import AddressPolicy
+from .pinnedhttp import (WIRE_ERRORS, Guard, Target, connect_pinned, default_resolver, parse_target,
+                         redirect_url, resolve_checked, translate_error)
 
 log = logging.getLogger(__name__)
 

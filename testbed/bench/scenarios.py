@@ -274,10 +274,10 @@ class Bench(ThroughputScenarios, SoakScenario):
 
 
 class BareTornado:
-    """``tests.bench.bare`` in a child process of its own (its own GIL, like the service)."""
+    """``testbed.bench.bare`` in a child process of its own (its own GIL, like the service)."""
 
     def start(self) -> "BareTornado":
-        self.proc = subprocess.Popen([sys.executable, "-m", "tests.bench.bare"], cwd=REPO,
+        self.proc = subprocess.Popen([sys.executable, "-m", "testbed.bench.bare"], cwd=REPO,
                                      env=child_env(), stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, start_new_session=True)
         self.url = self.proc.stdout.readline().decode().strip()

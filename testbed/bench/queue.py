@@ -6,7 +6,7 @@ back, so every claim sees the same queue: the median of ``repeat`` claims, in ms
 PostgreSQL twice: in a young store (its indexes without statistics yet, as right after
 a big POST) and after ANALYZE.
 
-    python -m tests.bench.queue [--count 100000] [--repeat 30] [--backend sqlite|postgresql]
+    python -m testbed.bench.queue [--count 100000] [--repeat 30] [--backend sqlite|postgresql]
 """
 import argparse
 import contextlib
@@ -79,7 +79,7 @@ def run(count: int, repeat: int, backends) -> list:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="queue-bench-")))
         server = None
         if "postgresql" in backends:
-            from tests.postgres_server import PostgresServer
+            from testbed.postgres_server import PostgresServer
             server = stack.enter_context(PostgresServer())
         for n, (shape, jobs) in enumerate(shapes(count).items()):
             for backend in backends:
@@ -102,7 +102,7 @@ def run(count: int, repeat: int, backends) -> list:
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.bench.queue",
+    parser = argparse.ArgumentParser(prog="python -m testbed.bench.queue",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=100_000, help="URLs queued (default 100,000)")
     parser.add_argument("--repeat", type=int, default=30, help="claims timed per figure (median)")

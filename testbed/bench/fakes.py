@@ -21,9 +21,9 @@ def serve_fake(kind: str, latency: float) -> None:
     too large to matter. ``s3`` is moto's S3 server with the bucket ``S3_BUCKET`` (it keeps
     what it is sent, in memory; ``latency`` does not apply).
     """
-    from tests.fakes.image_source import ImageSource
-    from tests.fakes.imgur import FakeImgur
-    from tests.fakes.s3 import MotoS3
+    from testbed.fakes.image_source import ImageSource
+    from testbed.fakes.imgur import FakeImgur
+    from testbed.fakes.s3 import MotoS3
 
     logging.basicConfig(level=logging.WARNING)
     if kind == "s3":
@@ -57,7 +57,7 @@ class FakeProcess:
         self.url = None
 
     def start(self) -> "FakeProcess":
-        code = ("import sys; from tests.bench.fakes import serve_fake; "
+        code = ("import sys; from testbed.bench.fakes import serve_fake; "
                 "serve_fake(sys.argv[1], float(sys.argv[2]))")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", code, self.kind, str(self.latency)], cwd=REPO, env=child_env(),

@@ -146,7 +146,7 @@ class ThroughputScenarios:
 
     def cluster(self) -> None:
         """One instance on PostgreSQL, then two on one database."""
-        from tests.postgres_server import PostgresServer
+        from testbed.postgres_server import PostgresServer
 
         name, count = "cluster", self.scaled(640)
         server = PostgresServer().start()

@@ -1,4 +1,4 @@
-"""``python -m tests.bench`` (``bin/bench``): run the scenarios, print one table."""
+"""``python -m testbed.bench`` (``bin/bench``): run the scenarios, print one table."""
 import argparse
 import contextlib
 import json
@@ -15,7 +15,7 @@ from typing import List
 from . import __doc__ as package_doc
 from .scenarios import ON_REQUEST, SCENARIOS, Bench, Figure
 
-log = logging.getLogger("tests.bench")
+log = logging.getLogger("testbed.bench")
 
 
 def print_table(figures: List[Figure], notes: List[str]) -> None:

@@ -1,4 +1,4 @@
-"""``python -m tests.bench.connections``: what N instances cost a PostgreSQL server.
+"""``python -m testbed.bench.connections``: what N instances cost a PostgreSQL server.
 
 A drill, not a test. A throwaway server with ``--max-connections`` (a stock server's 100
 by default, 3 of them kept for superusers), N instances with the default pool and worker
@@ -8,8 +8,8 @@ most connections the instances held at once (``pg_stat_activity``, by role of th
 connection), the refusals their logs report, the URLs completed and how long it took,
 and PostgreSQL's statements per URL (``pg_stat_statements``, the instances' role only).
 
-    python -m tests.bench.connections                        # 8 instances, max_connections 100
-    python -m tests.bench.connections --instances 1 --urls 200
+    python -m testbed.bench.connections                        # 8 instances, max_connections 100
+    python -m testbed.bench.connections --instances 1 --urls 200
 """
 import argparse
 import re
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.postgres_server import PostgresServer
+from testbed.postgres_server import PostgresServer
 
 from .fakes import FakeProcess
 from .subjects import ServiceUnderTest

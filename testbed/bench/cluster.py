@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.fakes.image_source import ImageSource, make_image
-from tests.fakes.imgur import FakeImgur
-from tests.postgres_server import PostgresServer
+from testbed.fakes.image_source import ImageSource, make_image
+from testbed.fakes.imgur import FakeImgur
+from testbed.postgres_server import PostgresServer
 
 from . import TOKEN
 from .crash import wait_for

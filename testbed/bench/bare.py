@@ -3,7 +3,7 @@
 The reference for the frontend scenario: what a Tornado process with no store, no
 dispatcher and no workers answers in, measured beside the service under the same load,
 so the service's API latency is judged against what Tornado itself gives on this machine.
-Run as ``python -m tests.bench.bare``: prints its URL, serves until stdin closes.
+Run as ``python -m testbed.bench.bare``: prints its URL, serves until stdin closes.
 """
 import json
 import sys

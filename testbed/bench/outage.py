@@ -18,9 +18,9 @@ from pathlib import Path
 
 import requests
 
-from tests.fakes.image_source import ImageSource
-from tests.fakes.imgur import FakeImgur
-from tests.postgres_server import PostgresServer
+from testbed.fakes.image_source import ImageSource
+from testbed.fakes.imgur import FakeImgur
+from testbed.postgres_server import PostgresServer
 
 from . import TOKEN
 from .subjects import ServiceUnderTest

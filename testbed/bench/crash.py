@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.fakes.image_source import ImageSource, make_image
-from tests.fakes.imgur import FakeImgur
+from testbed.fakes.image_source import ImageSource, make_image
+from testbed.fakes.imgur import FakeImgur
 
 from . import TOKEN
 from .fakes import kill_group

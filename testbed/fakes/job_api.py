@@ -34,7 +34,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
-from tests.fakes.image_source import make_image
+from testbed.fakes.image_source import make_image
 from uploader.config import config_from_dict
 from uploader.page import web_routes
 from uploader.store import sql

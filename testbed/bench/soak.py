@@ -85,7 +85,7 @@ class SoakScenario:
     def soak(self) -> None:
         import psycopg
 
-        from tests.postgres_server import PostgresServer
+        from testbed.postgres_server import PostgresServer
 
         name = "soak"
         count = self.args.soak_urls or (SOAK_URLS // 10 if self.quick else SOAK_URLS)

@@ -1,4 +1,4 @@
-"""``python -m tests.bench.statements``: PostgreSQL's statements per URL in a healthy cluster
+"""``python -m testbed.bench.statements``: PostgreSQL's statements per URL in a healthy cluster
 run, by kind.
 
 A measurement, not a test. For each case, a fresh database on a throwaway server; N
@@ -17,8 +17,8 @@ times), so it counts a little less.
 
 The image source answers at once, Imgur (fake) in 50 ms; S3 is moto on loopback.
 
-    python -m tests.bench.statements                     # every case
-    python -m tests.bench.statements --case 2 --case 8p  # some
+    python -m testbed.bench.statements                     # every case
+    python -m testbed.bench.statements --case 2 --case 8p  # some
 """
 import argparse
 import re
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psycopg
 
-from tests.postgres_server import PostgresServer
+from testbed.postgres_server import PostgresServer
 
 from .fakes import S3_BUCKET, FakeProcess
 from .subjects import ServiceUnderTest
