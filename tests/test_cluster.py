@@ -20,7 +20,7 @@ import requests
 
 from tests.fakes.image_source import make_image
 from uploader.config import WorkersConfig
-from uploader.store import schema
+from uploader.backends import schema
 
 from .pgbouncer_server import PgBouncer
 from .postgres_server import PostgresServer

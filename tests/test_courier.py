@@ -14,7 +14,7 @@ from uploader.config import StorageConfig, config_from_dict
 from uploader.courier import Courier
 from uploader.errors import StoreUnavailable
 from uploader.metrics import Metrics
-from uploader.store import open_store
+from uploader.backends import open_store
 
 from .support import EVERYWHERE_BUT_LOOPBACK
 from .test_crash import wait_until

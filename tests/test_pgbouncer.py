@@ -12,8 +12,9 @@ import pytest
 
 from uploader import jobs
 from uploader.config import StorageConfig
-from uploader.store import CHANNEL, open_store
-from uploader.store.postgres import sessions_last
+from uploader.backends import open_store
+from uploader.backends.postgres import CHANNEL
+from uploader.backends.postgres.store import sessions_last
 
 from .pgbouncer_server import PgBouncer
 from .test_crash import wait_until

@@ -12,8 +12,8 @@ import requests
 
 from uploader import jobs
 from uploader.config import StorageConfig
-from uploader.store import open_store
-from uploader.store.prune import PRUNE_LOCK, ROWS
+from uploader.backends import open_store
+from uploader.backends.prune import PRUNE_LOCK, ROWS
 
 from .test_crash import wait_until
 

@@ -10,10 +10,10 @@ import psycopg
 import pytest
 
 from uploader.config import StorageConfig
-from uploader.shared.postgres import PgCoordinator
-from uploader.shared.tickets import CHANNEL
-from uploader.store import open_store
-from uploader.store.postgres import Database
+from uploader.backends.postgres.coordinator import PgCoordinator
+from uploader.backends.postgres.tickets import CHANNEL
+from uploader.backends import open_store
+from uploader.backends.postgres.store import Database
 
 from .test_crash import wait_until
 

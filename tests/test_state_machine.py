@@ -17,7 +17,7 @@ from uploader import jobs
 from uploader.config import config_from_dict
 from uploader.dispatcher import Dispatcher, _Submit, _Wake
 from uploader.jobs import Result, WorkerExited
-from uploader.store import open_store
+from uploader.backends import open_store
 from uploader.worker import SHARED_STATE_LOST
 
 pytestmark = pytest.mark.system  # starts processes or servers

@@ -11,11 +11,11 @@ from uploader import jobs
 from uploader.config import StorageConfig
 from uploader.errors import QueueFull, StoreFull, StoreInUse, StoreUnavailable
 from uploader.render import job_document
-from uploader.store import open_store
-from uploader.store import postgres as postgres_store
-from uploader.store import schema
-from uploader.store import sql
-from uploader.store.sql import OLDEST_LINK, QUEUED_FIRST
+from uploader.backends import open_store
+from uploader.backends.postgres import store as postgres_store
+from uploader.backends import schema
+from uploader.backends import sql
+from uploader.backends.sql import OLDEST_LINK, QUEUED_FIRST
 
 URLS = ["https://a.example/1.png", "https://a.example/2.png", "https://a.example/3.png"]
 

@@ -8,7 +8,7 @@ import pytest
 
 from uploader.hosts.imgur import UPLOAD_CREDITS
 from uploader.ratelimit import GateRules
-from uploader.shared.tickets import Tickets
+from uploader.backends.postgres.tickets import Tickets
 
 OWNER = (0, 1)
 

@@ -10,10 +10,10 @@ from PIL import Image
 
 from uploader import imagetype, metadata
 from uploader.config import load_config
-from uploader.dedup import DedupIndex
+from uploader.backends.sqlite.dedup import DedupIndex
 from uploader.jobs import COMPLETE, Task
-from uploader.shared import Shared
-from uploader.shared.embedded import Coordinator, Guarded
+from uploader.backends import Shared
+from uploader.backends.sqlite.coordinator import Coordinator, Guarded
 from uploader.worker import SHARED_STATE_LOST, FirstRound, Worker, _read_inbox, _Ready
 
 from .fakes.image_source import make_image

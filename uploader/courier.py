@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 from .errors import HostError, RetryableHostError, StoreUnavailable
 from .render import job_document
-from .store.outbox import DONE, FAILED, PENDING, Effect
+from .backends.outbox import DONE, FAILED, PENDING, Effect
 from .webhook import WebhookSender, backoff_seconds
 
 log = logging.getLogger(__name__)

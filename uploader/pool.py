@@ -30,11 +30,12 @@ import multiprocess.connection
 from multiprocess.managers import SyncManager
 
 from . import jobs, lifeline, worker
-from .credentials import Credentials
 from .errors import PoolBroken
 from .jobs import WorkerExited
-from .shared import Shared, wire
-from .shared.embedded import Coordinator
+from .backends import Shared
+from .backends.sqlite import wire
+from .backends.sqlite.coordinator import Coordinator
+from .backends.sqlite.credentials import Credentials
 
 log = logging.getLogger(__name__)
 

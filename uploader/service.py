@@ -22,8 +22,9 @@ from .errors import StartError
 from .metrics import Metrics
 from .pool import WorkerPool
 from .retention import Pruner
-from .shared import make_shared, tickets
-from .store import CHANNEL, open_store
+from .backends import open_backend
+from .backends.postgres import CHANNEL
+from .backends.postgres import tickets
 from .storegauges import StoreGauges
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,8 @@ class Service:
         loop = asyncio.get_running_loop()
         self.stopped = loop.create_future()
         self.instance = str(uuid.uuid4())
-        self.store = open_store(self.config.storage, self.instance)  # first: it may be in use
+        self.backend = open_backend(self.config, self.instance)  # first: it may be in use
+        self.store = self.backend.store
         try:
             sockets = tornado.netutil.bind_sockets(self.config.server.port, self.config.server.host)
         except OSError:
@@ -71,8 +73,7 @@ class Service:
                                      on_outbox=lambda: self.courier.wake())
         # registered when the store opened: the lease is kept until the dispatcher keeps it
         with self.store.kept_alive():
-            self.pool.start(lambda manager: make_shared(self.config, manager, self.instance,
-                                                        getattr(self.store, "database", None)))
+            self.pool.start(self.backend.make_shared)
             self.delete_at_host = hosts.build_deleter(self.config, self.pool.shared)
             self.courier = Courier(dispatcher=self.dispatcher, store=self.store,
                                    config=self.config, metrics=self.metrics,

@@ -36,9 +36,9 @@ from . import hosts, httpheaders, imagetype, jobs, lifeline, metadata
 from .errors import FetchError, HostError, SharedStateLost, failure_class, source_may_recover
 from .fetch import Fetched, Fetcher
 from .logs import setup_logging
-from .shared.coalesce import Line, next_batch
-from .shared.embedded import guarded
-from .store.refusals import refusals
+from .backends.postgres.refusals import refusals
+from .backends.sqlite.coordinator import guarded
+from .coalesce import Line, next_batch
 
 log = logging.getLogger(__name__)
 

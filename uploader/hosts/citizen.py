@@ -26,7 +26,7 @@ import threading
 import time
 
 from ..errors import AuthRejectedError, HostError, RetryableHostError
-from ..shared.coalesce import Line
+from ..coalesce import Line
 
 log = logging.getLogger(__name__)
 

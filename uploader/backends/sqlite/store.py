@@ -12,9 +12,9 @@ import os
 import sqlite3
 import threading
 
-from ..errors import StartError, StoreFull, StoreInUse, StoreUnavailable
-from . import schema
-from .sql import LIVE_LINKS, SqlStore
+from ...errors import StartError, StoreFull, StoreInUse, StoreUnavailable
+from .. import schema
+from ..sql import LIVE_LINKS, SqlStore
 
 SQLITE_FULL = 13  # the disk (or max_page_count) has no room: sqlite3.SQLITE_FULL from 3.11
 

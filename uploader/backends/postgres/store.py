@@ -39,13 +39,13 @@ import psycopg_pool
 from psycopg import IsolationLevel
 from psycopg_pool.base import AttemptWithBackoff
 
-from .. import jobs
-from ..errors import StoreConflict, StoreFull, StoreUnavailable
-from . import schema
+from ... import jobs
+from ...errors import StoreConflict, StoreFull, StoreUnavailable
+from .. import schema
 from . import CHANNEL
-from .prune import PRUNE_LOCK
+from ..prune import PRUNE_LOCK
 from .refusals import refusals
-from .sql import CLEARED, NEW_LINK, NEW_LINK_ONCE, TAKEN, SqlStore, new_image_id
+from ..sql import CLEARED, NEW_LINK, NEW_LINK_ONCE, TAKEN, SqlStore, new_image_id
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def make_pool(url: str, *, max_size: int, name: str, read_only: bool = False,
     order less than that ago is not: on the hot path (a worker takes one several times
     per URL) the check was a round trip, 0.3 of a cluster's 5.8 ms of CPU per URL. A
     restart within that second costs a call that fails as ``StoreUnavailable`` and is
-    made again (``shared.postgres._Rows``, the dispatcher's store retry). An unreachable
+    made again (``postgres.coordinator.Rows``, the dispatcher's store retry). An unreachable
     server gives ``StoreUnavailable`` after a few seconds."""
     returned = weakref.WeakKeyDictionary()  # connection -> when it was given back
 

@@ -11,10 +11,10 @@ from typing import List, Optional, Tuple
 
 from multiprocess.managers import BaseProxy
 
-from ..dedup import DedupIndex
-from ..errors import SharedStateLost
-from ..ratelimit import UploadGate
-from . import Shared
+from ...errors import SharedStateLost
+from ...ratelimit import UploadGate
+from .. import Shared
+from .dedup import DedupIndex
 
 
 class Coordinator:
@@ -24,7 +24,7 @@ class Coordinator:
         self.gate = UploadGate(**gate) if gate is not None else None
         self.dedup = None
         if dedup is not None:
-            from ..store.sqlite import SqliteStore  # a reader: the front end holds the store
+            from .store import SqliteStore  # a reader: the front end holds the store
 
             store = SqliteStore(dedup["store"].path, "dedup", read_only=True)
             host = dedup["host"]
