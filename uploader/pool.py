@@ -34,7 +34,7 @@ from .errors import PoolBroken
 from .jobs import WorkerExited
 from .backends import Shared
 from .backends.sqlite import wire
-from .backends.sqlite.coordinator import Coordinator
+from .backends.sqlite.coordinator import Coordinator, CoordinatorProxy
 from .backends.sqlite.credentials import Credentials
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class PoolManager(SyncManager):
         super().__init__(ctx=ctx, serializer=wire.SERIALIZER)
 
 
-PoolManager.register("Coordinator", Coordinator)
+PoolManager.register("Coordinator", Coordinator, proxytype=CoordinatorProxy)
 PoolManager.register("Credentials", Credentials)
 
 

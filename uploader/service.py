@@ -85,10 +85,9 @@ class Service:
         self.pruner = Pruner(self.store, older_than=retention.finished_jobs_seconds,
                              every=retention.check_seconds, metrics=self.metrics)
         self.pruner.start()
-        if self.config.storage.shared:
-            self.store.listen({CHANNEL: self.dispatcher.wake,
-                               tickets.CHANNEL: lambda: self.pool.tell_gate(True)},
-                              on_state=self._listening)
+        self.store.listen({CHANNEL: self.dispatcher.wake,  # (heard only in a cluster)
+                           tickets.CHANNEL: lambda: self.pool.tell_gate(True)},
+                          on_state=self._listening)
         self.open_files = open_file_limit()
         self.http = make_server(make_app(self), self.config, self.open_files)
         self.http.add_sockets(sockets)

@@ -79,9 +79,9 @@ def run(index, generation, conn, lifeline_end, config, shared):
         thread.start()
     sender = threading.Thread(target=outbox.run, name="sender")
     sender.start()
-    hear = getattr(shared.coordinator, "heard", None)  # a cluster gate's pauses
     threading.Thread(target=_read_inbox, args=(conn, tasks, len(fetchers), worker.first_round,
-                                               hear), name="inbox", daemon=True).start()
+                                               shared.coordinator.heard),
+                     name="inbox", daemon=True).start()
     outbox.put(jobs.Ready(index, generation))
     log.info("worker %d ready with %d upload slots, %d images fetched ahead (host: %s)",
              index, slots, ahead, worker.uploader.name)
@@ -92,9 +92,7 @@ def run(index, generation, conn, lifeline_end, config, shared):
     for thread in uploaders:
         thread.join()
     worker.ends.close()
-    close_shared = getattr(shared.coordinator, "close", None)  # a cluster's gate tickets
-    if close_shared is not None:
-        close_shared()
+    shared.coordinator.close()  # a cluster's gate tickets told and stopped
     outbox.close()
     sender.join()
 

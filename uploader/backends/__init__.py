@@ -9,9 +9,14 @@ One choice, made here from ``storage.url``, and nowhere else:
 
 Each backend gives a store (jobs, the queue, links, the outbox) and what the workers share
 (``Shared``: the coordinator, with the upload gate and the dedup claims, and the host's
-credential). Queries live in ``sql`` and the schema in ``schema``, once for both.
+credential), as ``protocols`` declares them. Queries live in ``sql`` and the schema in
+``schema``, once for both; ``memory`` keeps the same promises in plain Python, for tests.
 """
+import os
 from dataclasses import dataclass
+
+from ..config import redact_url_password
+from .protocols import Coordinator, Credentials, Store  # noqa: F401  (the contracts)
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,13 @@ def open_backend(config, instance: str):
         return PostgresBackend(config, instance)
     from .sqlite import SqliteBackend
     return SqliteBackend(config, instance)
+
+
+def describe_store(storage) -> str:
+    """Where the store is, fit for a log line (a database URL's password as ``***``)."""
+    if storage.url:
+        return f"PostgreSQL at {redact_url_password(storage.url)}"
+    return f"SQLite at {os.path.abspath(storage.path)}"
 
 
 def open_store(storage, instance: str):

@@ -49,6 +49,7 @@ class SqlStore(OutboxQueries, PruneQueries):
     PICKED = ""  # "id {picked}": the id is one of those the CTE ``picked`` chose
     BY_TURNS = BY_QUEUED = ""  # after "FROM urls": through that index, where a planner would not
     listings_at_once = None  # how many ``links`` listings may stream at once (None: any)
+    outbox_added = False  # set when a commit added effects for the courier
 
     def __init__(self, instance: str):
         self.instance = instance

@@ -247,7 +247,10 @@ def migrate(conn: psycopg.Connection) -> None:
 
 
 class PostgresStore(SqlStore):
+    """The shared ``protocols.Store``: any number of instances, each under a lease."""
+
     dialect = "postgresql"
+    clustered = True
     NOW = "extract(epoch from clock_timestamp())::float8"
     GREATEST = "greatest"
     SKIP_LOCKED = "FOR UPDATE SKIP LOCKED"

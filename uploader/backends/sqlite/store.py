@@ -29,7 +29,10 @@ def connect(path: str) -> sqlite3.Connection:
 
 
 class SqliteStore(SqlStore):
+    """The embedded ``protocols.Store``: this instance alone, no leases to renew."""
+
     dialect = "sqlite"
+    clustered = False
     NOW = "((julianday('now') - 2440587.5) * 86400.0)"
     GREATEST = "max"
     SEQ = "rowid"  # jobs are a rowid table: the rowid is their order of creation
@@ -170,6 +173,14 @@ class SqliteStore(SqlStore):
     def _dead_owners(self, column="owner"):
         # The lock guarantees no other instance runs: every other owner is a dead run.
         return f"({column} IS NULL OR {column} <> ?)", (self.instance,)
+
+    def heartbeat(self) -> bool:
+        """No lease to renew: the lock file keeps other instances out."""
+        return True
+
+    def listen(self, channels, on_state) -> bool:
+        """No other instance adds work or pauses the gate: nothing to hear."""
+        return False
 
     def problem(self):
         """Why the store cannot serve now, or None (for health checks)."""

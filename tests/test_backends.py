@@ -1,0 +1,55 @@
+"""Every backend answers every call its protocol declares, with the same signature."""
+import inspect
+
+import pytest
+
+from uploader.backends import protocols
+from uploader.backends.postgres.coordinator import PgCoordinator
+from uploader.backends.postgres.credentials import PgCredentials
+from uploader.backends.postgres.store import PostgresStore
+from uploader.backends.sqlite.coordinator import Coordinator, CoordinatorProxy
+from uploader.backends.sqlite.credentials import Credentials
+from uploader.backends.sqlite.store import SqliteStore
+
+IMPLEMENTATIONS = [
+    (protocols.Store, SqliteStore), (protocols.Store, PostgresStore),
+    (protocols.Coordinator, Coordinator), (protocols.Coordinator, PgCoordinator),
+    (protocols.Coordinator, CoordinatorProxy),
+    (protocols.Credentials, Credentials), (protocols.Credentials, PgCredentials),
+]
+
+
+def declared(protocol):
+    """The calls and the attributes a protocol declares (its own, not Protocol's)."""
+    calls = {name: value for name, value in vars(protocol).items()
+             if callable(value) and not name.startswith("_")}
+    return calls, set(vars(protocol).get("__annotations__", {}))
+
+
+def shape(function):
+    """A signature without its annotations: names, kinds and defaults of the parameters."""
+    return [(p.name, p.kind, p.default) for p in inspect.signature(function).parameters.values()]
+
+
+@pytest.mark.parametrize("protocol, implementation", IMPLEMENTATIONS,
+                         ids=lambda x: x.__name__)
+def test_a_backend_implements_every_call_of_its_protocol_with_the_same_signature(
+        protocol, implementation):
+    calls, attributes = declared(protocol)
+    assert calls, "the protocol declares no call"
+    for name, call in calls.items():
+        assert callable(getattr(implementation, name, None)), f"{name} is missing"
+        if implementation is CoordinatorProxy and name not in vars(CoordinatorProxy):
+            continue  # made by MakeProxyType: (*args, **kwds), the manager's call checks
+        assert shape(getattr(implementation, name)) == shape(call), name
+    for name in attributes:
+        assert hasattr(implementation, name), f"attribute {name} is missing"
+
+
+def test_every_call_both_coordinators_answer_is_declared():
+    """The calls the embedded and the shared coordinators share are the protocol's: a
+    public call on both but missing from it would be a contract kept only by habit."""
+    calls, _ = declared(protocols.Coordinator)
+    both = ({n for n in vars(Coordinator) if not n.startswith("_")}
+            & {n for n in vars(PgCoordinator) if not n.startswith("_")})
+    assert both <= set(calls)
