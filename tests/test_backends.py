@@ -4,6 +4,7 @@ import inspect
 import pytest
 
 from uploader.backends import protocols
+from uploader.backends.memory import MemoryCoordinator, MemoryStore
 from uploader.backends.postgres.coordinator import PgCoordinator
 from uploader.backends.postgres.credentials import PgCredentials
 from uploader.backends.postgres.store import PostgresStore
@@ -13,7 +14,9 @@ from uploader.backends.sqlite.store import SqliteStore
 
 IMPLEMENTATIONS = [
     (protocols.Store, SqliteStore), (protocols.Store, PostgresStore),
+    (protocols.Store, MemoryStore),
     (protocols.Coordinator, Coordinator), (protocols.Coordinator, PgCoordinator),
+    (protocols.Coordinator, MemoryCoordinator),
     (protocols.Coordinator, CoordinatorProxy),
     (protocols.Credentials, Credentials), (protocols.Credentials, PgCredentials),
 ]
@@ -53,3 +56,16 @@ def test_every_call_both_coordinators_answer_is_declared():
     both = ({n for n in vars(Coordinator) if not n.startswith("_")}
             & {n for n in vars(PgCoordinator) if not n.startswith("_")})
     assert both <= set(calls)
+
+
+def test_the_in_memory_coordinator_reuses_what_its_store_holds_for_the_same_account():
+    store = MemoryStore()
+    link = "https://i.example/1.png"
+    with store.transaction():
+        store.create_job("job", ["https://a.example/1.png"], account="key")
+        (task,) = store.claim(1)
+        store.finish(task, "complete", attempts=1, link=link, sha256="aa", host="imgur")
+    coordinator = MemoryCoordinator(store=store, host="imgur")
+    assert coordinator.claim_many([("aa", "key", (0, 1, 1)), ("bb", "key", (0, 1, 2)),
+                                   ("aa", "other", (0, 1, 3))]) == [
+        ("reuse", link), ("upload", None), ("upload", None)]
