@@ -1,4 +1,4 @@
-"""Refused connections (``store.refusals``): told apart from a server that is away,
+"""Refused connections (``backends.postgres.refusals``): told apart from a server that is away,
 noted by role until that role connects again, and told to whoever listens once per
 change (a worker's pipe)."""
 import psycopg

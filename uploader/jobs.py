@@ -136,7 +136,7 @@ class Ready:
 @dataclass(frozen=True)
 class GateNews:
     """To a worker, from its instance's listening connection: a pause of the shared gate
-    was announced (``listening`` True), or listening began or ended (``shared.tickets``)."""
+    was announced (``listening`` True), or listening began or ended (``backends.postgres.tickets``)."""
 
     listening: bool
 
@@ -144,7 +144,7 @@ class GateNews:
 @dataclass(frozen=True)
 class Refused:
     """From a worker: PostgreSQL refuses its connections for want of room (``reason``),
-    or no longer does (None); ``store.refusals``."""
+    or no longer does (None); ``backends.postgres.refusals``."""
 
     worker: int
     generation: int

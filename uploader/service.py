@@ -23,8 +23,6 @@ from .metrics import Metrics
 from .pool import WorkerPool
 from .retention import Pruner
 from .backends import open_backend
-from .backends.postgres import CHANNEL
-from .backends.postgres import tickets
 from .storegauges import StoreGauges
 
 log = logging.getLogger(__name__)
@@ -85,9 +83,8 @@ class Service:
         self.pruner = Pruner(self.store, older_than=retention.finished_jobs_seconds,
                              every=retention.check_seconds, metrics=self.metrics)
         self.pruner.start()
-        self.store.listen({CHANNEL: self.dispatcher.wake,  # (heard only in a cluster)
-                           tickets.CHANNEL: lambda: self.pool.tell_gate(True)},
-                          on_state=self._listening)
+        self.store.listen(on_work=self.dispatcher.wake,  # (heard only in a cluster)
+                          on_pause=lambda: self.pool.tell_gate(True), on_state=self._listening)
         self.open_files = open_file_limit()
         self.http = make_server(make_app(self), self.config, self.open_files)
         self.http.add_sockets(sockets)
@@ -105,7 +102,7 @@ class Service:
 
     def _listening(self, listening: bool) -> None:
         """The store's listening connection is up (work added meanwhile is looked for at
-        once), or lost; workers hear it either way (``shared.tickets``)."""
+        once), or lost; workers hear it either way (``backends.postgres.tickets``)."""
         self.pool.tell_gate(listening)
         if listening:
             self.dispatcher.wake()

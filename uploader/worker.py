@@ -18,7 +18,7 @@ claim the bytes (reuse the link they already have, or own their upload) -> ready
 host's uploader (for Imgur: wait at the shared gate, retry, refresh the shared token) ->
 result; aside, in batches: ``coordinator.end_many`` (the last answers' budgets; publish
 or release the bytes). Threads asking the shared state at once share one trip
-(``shared.coalesce.Line``): the claims here, the gate in the host's uploader.
+(``coalesce.Line``): the claims here, the gate in the host's uploader.
 """
 import hashlib
 import logging

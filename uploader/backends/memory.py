@@ -453,7 +453,7 @@ class MemoryStore:
     def kept_alive(self):
         return contextlib.nullcontext(self)
 
-    def listen(self, channels, on_state) -> bool:
+    def listen(self, on_work, on_pause, on_state) -> bool:
         return False
 
     def problem(self) -> Optional[str]:

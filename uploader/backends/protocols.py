@@ -137,11 +137,12 @@ class Store(Protocol):
     def kept_alive(self) -> ContextManager:
         """``with store.kept_alive():`` the lease renewed while the caller is busy."""
 
-    def listen(self, channels: Dict[str, Callable[[], None]],
+    def listen(self, on_work: Callable[[], None], on_pause: Callable[[], None],
                on_state: Callable[[bool], None]) -> bool:
-        """Call ``channels[name]()`` for each notice on ``name`` and ``on_state(listening)``
-        as listening begins and ends, from a thread of the store's; False, starting
-        nothing, when nothing can be heard (no other instance, or a pooler: poll)."""
+        """Call ``on_work()`` when any instance adds work, ``on_pause()`` when any process
+        pauses the gate, and ``on_state(listening)`` as listening begins and ends, from a
+        thread of the store's; False, starting nothing, when nothing can be heard (no
+        other instance, or a pooler: the caller polls)."""
 
     def problem(self) -> Optional[str]:
         """Why the store cannot serve now, or None (health checks)."""

@@ -516,8 +516,13 @@ KEY_QUEUED = ("SELECT (SELECT count(*) FROM (SELECT id FROM urls {by_turns} WHER
               " AND account = ?)")
 # The oldest live link of some bytes on a host for an account: what dedup reuses. The index
 # links_for_dedup answers it, order included (schema.py, migration 5).
-OLDEST_LINK = ("SELECT link FROM links WHERE sha256 = ? AND host = ? AND account = ?"
-               " AND deleted IS NULL ORDER BY id LIMIT 1")
+def oldest_link(sha256: str = "?", account: str = "?") -> str:
+    """OLDEST_LINK with the bytes and the account given as SQL (a batch's columns)."""
+    return (f"SELECT link FROM links WHERE sha256 = {sha256} AND host = ? AND account = {account}"
+            " AND deleted IS NULL ORDER BY id LIMIT 1")
+
+
+OLDEST_LINK = oldest_link()
 # An account's live links, oldest first, from links_listed; "id > 0" (always true) is that
 # index's mark, so that no other query can be planned onto it (schema.py, migration 5).
 LIVE_LINKS = ("SELECT link FROM links WHERE account = ? AND deleted IS NULL AND id > 0"

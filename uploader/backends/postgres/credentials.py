@@ -3,6 +3,7 @@ instance refreshes it, so the cluster refreshes once (``backends.credentials.ren
 import hashlib
 
 from ..credentials import RefreshSettings, Token, renew
+from . import queries
 from .coordinator import Rows
 from .store import Database
 
@@ -36,8 +37,7 @@ class PgCredentials(Rows):
         def work(conn):
             token = self._token(conn, lock=True)  # the others wait here while we refresh
             renew(token, self.settings, seen_version, reason)
-            conn.execute("UPDATE credentials SET access_token = %s, refresh_token = %s,"
-                         " version = %s, rejected = %s WHERE key = %s",
+            conn.execute(queries.TOKEN_WRITE,
                          (token.access_token, token.refresh_token, token.version,
                           token.rejected, self.key))
             return token.current()
@@ -46,16 +46,13 @@ class PgCredentials(Rows):
     def forgive(self) -> None:
         """At an instance's start: try a credential given up on again (as a restart of the
         embedded service does)."""
-        self.run(lambda conn: conn.execute(
-            "UPDATE credentials SET rejected = NULL WHERE key = %s", (self.key,)))
+        self.run(lambda conn: conn.execute(queries.TOKEN_FORGIVE, (self.key,)))
 
     def _token(self, conn, *, lock: bool) -> Token:
-        query = ("SELECT access_token, refresh_token, version, rejected FROM credentials"
-                 " WHERE key = %s" + (" FOR UPDATE" if lock else ""))
+        query = queries.TOKEN_LOCK if lock else queries.TOKEN_READ
         row = conn.execute(query, (self.key,)).fetchone()
         if row is None:
-            conn.execute("INSERT INTO credentials (key, access_token, refresh_token, version)"
-                         " VALUES (%s, %s, %s, 0) ON CONFLICT (key) DO NOTHING",
+            conn.execute(queries.TOKEN_FIRST,
                          (self.key, self.configured.access_token, self.configured.refresh_token))
             row = conn.execute(query, (self.key,)).fetchone()
         return Token(*row)

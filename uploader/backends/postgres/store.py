@@ -44,6 +44,8 @@ from ...errors import StoreConflict, StoreFull, StoreUnavailable
 from .. import schema
 from . import CHANNEL
 from ..prune import PRUNE_LOCK
+from . import queries, tickets
+from .queries import placeholders
 from .refusals import refusals
 from ..sql import CLEARED, NEW_LINK, NEW_LINK_ONCE, TAKEN, SqlStore, new_image_id
 
@@ -236,14 +238,9 @@ def migrate(conn: psycopg.Connection) -> None:
     """Create or migrate the schema; instances starting together take turns."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        current = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
-        for migration in schema.pending("postgresql", current):
-            for statement in migration.statements:
-                conn.execute(statement.format(**PostgresStore.SCHEMA_WORDS))
-            current = migration.version
-        conn.execute("DELETE FROM schema_version")
-        conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (current,))
+        schema.migrate(lambda sql, params=(): conn.execute(
+            placeholders(sql) if params else sql, params or None),
+            PostgresStore.dialect, PostgresStore.SCHEMA_WORDS)
 
 
 class PostgresStore(SqlStore):
@@ -251,7 +248,7 @@ class PostgresStore(SqlStore):
 
     dialect = "postgresql"
     clustered = True
-    NOW = "extract(epoch from clock_timestamp())::float8"
+    NOW = queries.NOW
     GREATEST = "greatest"
     SKIP_LOCKED = "FOR UPDATE SKIP LOCKED"
     SEQ = "seq"
@@ -326,7 +323,7 @@ class PostgresStore(SqlStore):
 
     # -- plumbing ----------------------------------------------------------------------------
     def _placeholders(self, sql):
-        return sql.replace("%", "%%").replace("?", "%s")
+        return placeholders(sql)
 
     def _driver_errors(self):
         return driver_errors()
@@ -512,20 +509,22 @@ class PostgresStore(SqlStore):
         for instance, host, pid in gone:
             log.warning("instance %s (pid %s on %s) stopped renewing its lease; taking back "
                         "what it held", instance, pid, host)
-        if gone:  # (their gate grants stop counting by themselves: see shared.postgres)
+        if gone:  # (their gate grants stop counting by themselves: see postgres.coordinator)
             self._execute("DELETE FROM dedup_claims WHERE instance NOT IN (SELECT id FROM instances)"
                           " AND link IS NULL")
         return super().reap(max_attempts)
 
     # -- waiting for work --------------------------------------------------------------------
-    def listen(self, channels: Dict[str, Callable[[], None]],
+    def listen(self, on_work: Callable[[], None], on_pause: Callable[[], None],
                on_state: Callable[[bool], None]) -> bool:
-        """Call ``channels[name]()`` for each notification on ``name``, and
+        """Call ``on_work()`` for each notification of work added (``CHANNEL``),
+        ``on_pause()`` for each pause of the gate (``tickets.CHANNEL``), and
         ``on_state(True)`` / ``on_state(False)`` as listening begins and ends (a lost
         connection: then again a second later), from a thread of our own. False, starting
         nothing, when no connection delivers LISTEN (``listen_url``): the caller polls."""
         if not self.listen_url:
             return False
+        channels = {CHANNEL: on_work, tickets.CHANNEL: on_pause}
         self._listener = threading.Thread(target=self._listen, args=(channels, on_state),
                                           name="store-listen", daemon=True)
         self._listener.start()

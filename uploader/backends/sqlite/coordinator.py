@@ -66,7 +66,7 @@ class Coordinator:
         return self.gate.reserve(owner) if self.gate is not None else None
 
     def reserve_many(self, count: int, owner: tuple) -> List[tuple]:
-        """``count`` ``reserve`` answers in one round trip (``shared.coalesce``)."""
+        """``count`` ``reserve`` answers in one round trip (``coalesce``)."""
         if self.gate is None:
             return [(True, 0.0, "")] * count
         return self.gate.reserve_many(count, owner)

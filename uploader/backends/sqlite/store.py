@@ -74,15 +74,7 @@ class SqliteStore(SqlStore):
 
     def _migrate(self) -> None:
         with self.transaction():
-            self._execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = self._execute("SELECT MAX(version) FROM schema_version").fetchone()
-            current = row[0] or 0
-            for migration in schema.pending(self.dialect, current):
-                for statement in migration.statements:
-                    self._execute(statement.format(**self.SCHEMA_WORDS))
-                current = migration.version
-            self._execute("DELETE FROM schema_version")
-            self._execute("INSERT INTO schema_version (version) VALUES (?)", (current,))
+            schema.migrate(self._execute, self.dialect, self.SCHEMA_WORDS)
 
     # -- plumbing ----------------------------------------------------------------------------
     def _execute(self, sql, params=()):
@@ -178,7 +170,7 @@ class SqliteStore(SqlStore):
         """No lease to renew: the lock file keeps other instances out."""
         return True
 
-    def listen(self, channels, on_state) -> bool:
+    def listen(self, on_work, on_pause, on_state) -> bool:
         """No other instance adds work or pauses the gate: nothing to hear."""
         return False
 
