@@ -69,3 +69,51 @@ def test_the_in_memory_coordinator_reuses_what_its_store_holds_for_the_same_acco
     assert coordinator.claim_many([("aa", "key", (0, 1, 1)), ("bb", "key", (0, 1, 2)),
                                    ("aa", "other", (0, 1, 3))]) == [
         ("reuse", link), ("upload", None), ("upload", None)]
+
+
+def pruning_story(store):
+    """What ``prune`` deletes, batch by batch, as a store's jobs and effects settle: a job
+    whose delivery is pending waits for it, one not finished stays, a settled host deletion
+    goes once the jobs are done with. ``older_than`` -1: everything finished is past it."""
+    def prune_all():
+        batches = []
+        while batch := store.prune(-1):
+            batches.append(batch)
+        return batches
+
+    def settle(kind):
+        with store.transaction():
+            (effect,) = [e for e in store.claim_effects(10, 60) if e.kind == kind]
+            assert store.record_effect(effect.id, state="done", error=None)
+
+    with store.transaction():
+        store.create_job("hooked", ["https://a.example/1", "https://a.example/2"],
+                         callback_url="http://127.0.0.1:9/hook")
+        store.create_job("plain", ["https://b.example/1"])
+        store.create_job("running", ["https://c.example/1", "https://c.example/2"])
+        tasks = {task.url: task for task in store.claim(10)}
+        for url, task in tasks.items():
+            if url != "https://c.example/2":
+                store.finish(task, "complete", attempts=1, link=url + ".png", sha256=url,
+                             host="s3", deletehash=url[-1])
+    story = [prune_all()]  # "plain" goes; "hooked" waits for its delivery
+    settle("webhook")
+    story.append(prune_all())  # "hooked" goes, with its settled delivery
+    with store.transaction():
+        image_id = next(u[11] for u in store.read_job("running")[1] if u[3])
+        store.delete_image(image_id, "")
+    settle("host_delete")
+    story.append(prune_all())  # the settled host deletion, the jobs being done with
+    story.append([store.read_job(job_id) is not None for job_id in ("hooked", "plain", "running")])
+    return story
+
+
+def test_the_in_memory_store_prunes_as_sqlite_does(tmp_path):
+    sqlite = SqliteStore(str(tmp_path / "store.sqlite3"), "me")
+    try:
+        expected = pruning_story(sqlite)
+    finally:
+        sqlite.close()
+    assert expected == [[{"urls": 1, "jobs": 1}], [{"urls": 2, "outbox": 1, "jobs": 1}],
+                        [{"outbox": 1}], [False, False, True]]
+    assert pruning_story(MemoryStore()) == expected

@@ -14,8 +14,7 @@ from uploader import jobs
 from uploader.config import StorageConfig
 from uploader.errors import QueueFull, StoreFull, StoreInUse, StoreUnavailable
 from uploader.render import job_document
-from tests.conftest import storage_section
-from uploader.backends import memory, open_store
+from uploader.backends import open_store
 from uploader.backends.postgres import store as postgres_store
 from uploader.backends import schema
 from uploader.backends import sql
@@ -24,33 +23,10 @@ from uploader.backends.sql import OLDEST_LINK, QUEUED_FIRST
 URLS = ["https://a.example/1.png", "https://a.example/2.png", "https://a.example/3.png"]
 
 
-# The databases' runs are system tests (they start PostgreSQL, or write files).
-STORES = (pytest.param("sqlite", marks=pytest.mark.system),
-          pytest.param("postgresql", marks=pytest.mark.system), "memory")
-
-
-@pytest.fixture(params=STORES)
-def kind(request):
-    return request.param
-
-
 @pytest.fixture
-def opened(kind, request, tmp_path):
-    """``opened(instance)``: an instance's store, all of them on one store of ``kind``."""
-    stores = []
-    rows = memory.Rows()
-    if kind != "memory":
-        storage = StorageConfig(**storage_section(kind, tmp_path, request))
-
-    def open_one(instance):
-        store = (memory.MemoryStore(instance, rows) if kind == "memory"
-                 else open_store(storage, instance))
-        stores.append(store)
-        return store
-
-    yield open_one
-    for store in stores:
-        store.close()
+def opened(stores):
+    """``opened(instance)``: an instance's store, all of them on one store (``stores``)."""
+    return stores.open
 
 
 @pytest.fixture
