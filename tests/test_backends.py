@@ -1,8 +1,13 @@
-"""Every backend answers every call its protocol declares, with the same signature."""
+"""Every backend answers every call its protocol declares, with the same signature, and
+the protocols declare every call the service makes."""
+import ast
+import functools
 import inspect
+import pathlib
 
 import pytest
 
+import uploader
 from uploader.backends import protocols
 from uploader.backends.memory import MemoryCoordinator, MemoryStore
 from uploader.backends.postgres.coordinator import PgCoordinator
@@ -117,3 +122,29 @@ def test_the_in_memory_store_prunes_as_sqlite_does(tmp_path):
     assert expected == [[{"urls": 1, "jobs": 1}], [{"urls": 2, "outbox": 1, "jobs": 1}],
                         [{"outbox": 1}], [False, False, True]]
     assert pruning_story(MemoryStore()) == expected
+
+
+@functools.lru_cache(maxsize=None)
+def used_outside_the_backends() -> dict:
+    """The attributes the service's code reads of each name (``store``, ``self.store``,
+    ``shared.coordinator``...), outside the backends: {name: attributes}."""
+    root = pathlib.Path(uploader.__file__).parent
+    used = {}
+    for path in root.rglob("*.py"):
+        if "backends" in path.relative_to(root).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute):
+                value = node.value
+                name = value.id if isinstance(value, ast.Name) else getattr(value, "attr", None)
+                used.setdefault(name, set()).add(node.attr)
+    return used
+
+
+@pytest.mark.parametrize("holder, protocol", [("store", protocols.Store),
+                                              ("coordinator", protocols.Coordinator)])
+def test_every_call_the_service_makes_of_a_backend_is_declared(holder, protocol):
+    calls, attributes = declared(protocol)
+    used = used_outside_the_backends()[holder]
+    assert len(used) > 10  # the scan finds the calls
+    assert used <= set(calls) | attributes
