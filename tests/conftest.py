@@ -100,6 +100,42 @@ def storage(backend, request, tmp_path):
     return storage_section(backend, tmp_path, request)
 
 
+# A store's contract runs on every backend, the in-memory one too (it is kept faithful so);
+# the databases' runs are system tests.
+STORES = (pytest.param("sqlite", marks=pytest.mark.system),
+          pytest.param("postgresql", marks=pytest.mark.system), "memory")
+
+
+class Stores:
+    """Instances' stores on one fresh store of a kind: ``open(instance)``; ``storage``: its
+    ``storage`` section ({} in memory)."""
+
+    def __init__(self, kind, directory, request):
+        from uploader.backends import memory
+
+        self.kind, self.opened, self.rows = kind, [], memory.Rows()
+        self.storage = {} if kind == "memory" else storage_section(kind, directory, request)
+
+    def open(self, instance: str):
+        from uploader.backends import memory, open_store
+        from uploader.config import StorageConfig
+
+        store = (memory.MemoryStore(instance, self.rows) if self.kind == "memory"
+                 else open_store(StorageConfig(**self.storage), instance))
+        self.opened.append(store)
+        return store
+
+
+@pytest.fixture(params=STORES)
+def stores(request, tmp_path):
+    """``stores.open(instance)``: stores of this test's kind (SQLite, PostgreSQL, memory),
+    all closed after the test."""
+    made = Stores(request.param, tmp_path, request)
+    yield made
+    for store in made.opened:
+        store.close()
+
+
 @pytest.fixture(scope="module", params=BACKENDS)
 def module_service(request, tmp_path_factory):
     """``module_service(**sections)``: one service per module and backend, for tests that

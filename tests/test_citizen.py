@@ -9,7 +9,7 @@ from uploader.config import BackoffConfig
 from uploader.errors import RetryableHostError
 from uploader.hosts import Uploaded
 from uploader.hosts.citizen import PoliteUploader
-from uploader.shared.embedded import Coordinator
+from uploader.backends.sqlite.coordinator import Coordinator
 from uploader.worker import _Report
 
 OWNER = ("w0", 1)

@@ -22,7 +22,7 @@ from testbed.fakes.image_source import make_image
 from testbed.pgbouncer_server import PgBouncer
 from testbed.postgres_server import PostgresServer
 from uploader.config import WorkersConfig
-from uploader.store import schema
+from uploader.backends import schema
 
 from .support import REPO, ServiceProcess, write_config
 from .test_crash import slow_urls, wait_until

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from uploader.shared.coalesce import Combiner, Line, next_batch
+from uploader.coalesce import Combiner, Line, next_batch
 
 WAYS = {"line": lambda call_many: Line(call_many, "test-line"), "combiner": Combiner}
 

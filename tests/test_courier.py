@@ -1,4 +1,4 @@
-"""The courier on both stores, without a service: deliveries at once, within their bound.
+"""The courier on every store (SQLite, PostgreSQL, memory), without a service: deliveries at once, within their bound.
 
 A receiver that holds its answers stands for a slow one: what else gets delivered while
 it holds them shows, without timing anything, who waits for whom.
@@ -10,11 +10,10 @@ import pytest
 
 from testbed.fakes.webhook_receiver import WebhookReceiver
 from uploader import jobs
-from uploader.config import StorageConfig, config_from_dict
+from uploader.config import config_from_dict
 from uploader.courier import Courier
 from uploader.errors import StoreUnavailable
 from uploader.metrics import Metrics
-from uploader.store import open_store
 
 from .support import EVERYWHERE_BUT_LOOPBACK
 from .test_crash import wait_until
@@ -58,17 +57,17 @@ class BlockedDeletions:
 
 
 @pytest.fixture
-def courier_for(storage):
+def courier_for(stores):
     """``courier_for(concurrency, delete_at_host)``: (courier, writer) on a fresh store of
-    this test's backend; both are stopped and closed after the test."""
+    this test's kind (``stores``); the courier is stopped after the test."""
     made = []
 
     def make(concurrency, delete_at_host=None):
         config = config_from_dict({
             "webhooks": {"concurrency": concurrency, "timeout_seconds": 30},
             "fetch": {"allow_private_networks": True, "denied_hosts": EVERYWHERE_BUT_LOOPBACK},
-            "storage": storage})
-        store = open_store(StorageConfig(**storage), "me")
+            "storage": stores.storage})
+        store = stores.open("me")
         writer = OneWriter(store)
         courier = Courier(dispatcher=writer, store=store, config=config, metrics=Metrics(),
                           delete_at_host=delete_at_host or BlockedDeletions())
@@ -79,7 +78,6 @@ def courier_for(storage):
     yield make
     for courier, store in made:
         courier.stop()
-        store.close()
 
 
 def complete_job(writer, courier, job_id, callback_url):

@@ -18,7 +18,7 @@ from uploader.config import Config, LocalConfig, StorageConfig
 from uploader.courier import Courier
 from uploader.metrics import Metrics
 from uploader.render import job_document
-from uploader.store import open_store
+from uploader.backends import open_store
 
 from .test_courier import OneWriter
 from .test_crash import wait_until

@@ -22,7 +22,7 @@ from uploader.dispatcher import Dispatcher, _Submit
 from uploader.errors import HostFull, StoreFull
 from uploader.hosts import DirectUploader
 from uploader.jobs import Result, Waiting
-from uploader.store import open_store
+from uploader.backends import open_store
 
 from .support import ServiceProcess
 from .test_crash import wait_until

@@ -6,6 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from uploader import jobs
+from uploader.backends import memory
 
 
 def test_timestamp_is_utc_with_milliseconds_and_z():
@@ -36,7 +37,7 @@ def test_a_timestamp_reads_as_datetime_would_write_it(epoch_seconds):
     ([jobs.FAILED], jobs.JOB_COMPLETE),
 ])
 def test_job_status_follows_url_states(states, status):
-    assert jobs.job_status(states) == status
+    assert memory.job_status(states) == status
 
 
 @pytest.mark.parametrize("old, new, allowed", [
@@ -44,10 +45,11 @@ def test_job_status_follows_url_states(states, status):
     (jobs.IN_FLIGHT, jobs.COMPLETE, True),
     (jobs.IN_FLIGHT, jobs.FAILED, True),
     (jobs.IN_FLIGHT, jobs.QUEUED, True),
+    (jobs.QUEUED, jobs.FAILED, True),  # its job cancelled
     (jobs.QUEUED, jobs.COMPLETE, False),
     (jobs.COMPLETE, jobs.FAILED, False),
     (jobs.FAILED, jobs.QUEUED, False),
     (jobs.COMPLETE, jobs.IN_FLIGHT, False),
 ])
 def test_url_transitions(old, new, allowed):
-    assert jobs.can_move(old, new) is allowed
+    assert memory.can_move(old, new) is allowed

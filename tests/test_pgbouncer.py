@@ -13,8 +13,8 @@ import pytest
 from testbed.pgbouncer_server import PgBouncer
 from uploader import jobs
 from uploader.config import StorageConfig
-from uploader.store import CHANNEL, open_store
-from uploader.store.postgres import sessions_last
+from uploader.backends import open_store
+from uploader.backends.postgres.store import sessions_last
 
 from .test_crash import wait_until
 
@@ -72,7 +72,8 @@ def test_listening_is_on_the_listen_url_or_nowhere(postgres, pgbouncer):
     assert sessions_last(direct) and not sessions_last(pooled)
     store = open_store(StorageConfig(url=pooled), "polls")
     try:
-        assert store.listen({CHANNEL: lambda: None}, on_state=lambda up: None) is False
+        assert store.listen(on_work=lambda: None, on_pause=lambda: None,
+                            on_state=lambda up: None) is False
     finally:
         store.close()
 
@@ -80,7 +81,8 @@ def test_listening_is_on_the_listen_url_or_nowhere(postgres, pgbouncer):
     heard, states = threading.Event(), []
     try:
         assert not store.database.sessions  # the statements still go through the pooler
-        assert store.listen({CHANNEL: heard.set}, on_state=states.append) is True
+        assert store.listen(on_work=heard.set, on_pause=lambda: None,
+                            on_state=states.append) is True
         wait_until(lambda: states)
         with store.transaction():  # through PgBouncer: NOTIFY works there, LISTEN does not
             store.create_job("job", ["https://example.test/a.png"])

@@ -1,9 +1,9 @@
-"""Refused connections (``store.refusals``): told apart from a server that is away,
+"""Refused connections (``backends.postgres.refusals``): told apart from a server that is away,
 noted by role until that role connects again, and told to whoever listens once per
 change (a worker's pipe)."""
 import psycopg
 
-from uploader.store.refusals import Refusals, is_refusal
+from uploader.backends.postgres.refusals import Refusals, is_refusal
 
 REFUSED = {
     "max_connections": 'connection failed: connection to server at "127.0.0.1", port 5432'

@@ -1,4 +1,4 @@
-"""Retention (``store.prune``, ``retention.Pruner``) on both backends: finished jobs past
+"""Retention (``backends.prune``, ``retention.Pruner``) on both backends: finished jobs past
 it go with their URLs and settled deliveries, in batches of at most 1,000 rows a
 statement; running jobs, jobs with a delivery pending and links stay; one instance of a
 cluster prunes at a time; SQLite fills the pages freed before it grows the file."""
@@ -12,8 +12,8 @@ import requests
 
 from uploader import jobs
 from uploader.config import StorageConfig
-from uploader.store import open_store
-from uploader.store.prune import PRUNE_LOCK, ROWS
+from uploader.backends import open_store
+from uploader.backends.prune import PRUNE_LOCK, ROWS
 
 from .test_crash import wait_until
 

@@ -16,7 +16,7 @@ from uploader.hosts import gate_settings
 from uploader.hosts.citizen import PoliteUploader
 from uploader.hosts.s3 import CACHE_CONTROL, S3Host, new_client
 from uploader.page import image_origins
-from uploader.shared.embedded import Coordinator
+from uploader.backends.sqlite.coordinator import Coordinator
 
 from .support import loopback_only, write_config
 from .test_citizen import Report

@@ -1,4 +1,4 @@
-"""The cluster's shared state (``shared.postgres``). Dedup claims: a batch answers as
+"""The cluster's shared state (``backends.postgres.coordinator``). Dedup claims: a batch answers as
 claims made one after the other would, in one statement per step; publishing never waits;
 a dead instance's published links are reused. The gate: a grant given back is void;
 unpaced, tickets held ahead count in flight and a pause in any instance voids them (heard
@@ -10,10 +10,9 @@ import psycopg
 import pytest
 
 from uploader.config import StorageConfig
-from uploader.shared.postgres import PgCoordinator
-from uploader.shared.tickets import CHANNEL
-from uploader.store import open_store
-from uploader.store.postgres import Database
+from uploader.backends.postgres.coordinator import PgCoordinator
+from uploader.backends import open_store
+from uploader.backends.postgres.store import Database
 
 from .test_crash import wait_until
 
@@ -134,7 +133,8 @@ def test_unpaced_tickets_count_in_the_row_and_a_pause_anywhere_voids_them(databa
         owner = (0, 1)
         me.learn({})  # the budgets were asked for at start: no probe
         assert me.reserve_many(1, owner)[0][0]  # nobody listens yet: none taken ahead
-        stores[0].listen({CHANNEL: lambda: me.heard(True)}, on_state=me.heard)  # my instance's
+        stores[0].listen(on_work=lambda: None, on_pause=lambda: me.heard(True),  # my instance's
+                         on_state=me.heard)
         wait_until(lambda: me._tickets.listening)
         assert all(granted for granted, _, _ in me.reserve_many(2, owner))
         version, grants = gate_row(database)

@@ -14,7 +14,7 @@ from uploader import preflight
 from uploader.cli import dev_config
 from uploader.config import config_from_dict
 from uploader.errors import StoreUnavailable
-from uploader.store import open_store
+from uploader.backends import open_store
 
 from .support import REPO, ServiceProcess
 

@@ -17,7 +17,7 @@ from uploader import jobs
 from uploader.config import config_from_dict
 from uploader.dispatcher import Dispatcher, _Submit, _Wake
 from uploader.jobs import Result, WorkerExited
-from uploader.store import open_store
+from uploader.backends import memory, open_store
 from uploader.worker import SHARED_STATE_LOST
 
 pytestmark = pytest.mark.system  # starts processes or servers
@@ -152,7 +152,7 @@ class JobLifecycle(RuleBasedStateMachine):
     def states_are_consistent(self):
         for url_id, state, attempts in self.rows("SELECT id, state, attempts FROM urls"):
             before = self.states.get(url_id, jobs.QUEUED)
-            assert state == before or jobs.can_move(before, state), f"{before} -> {state}"
+            assert state == before or memory.can_move(before, state), f"{before} -> {state}"
             self.states[url_id] = state
             assert 0 <= attempts <= MAX_ATTEMPTS
             if url_id in self.final:
@@ -166,8 +166,8 @@ class JobLifecycle(RuleBasedStateMachine):
                 "SELECT id, status, finished, remaining FROM jobs"):
             states = [r[0] for r in self.rows("SELECT state FROM urls WHERE job_id = ?", (job_id,))]
             # A job whose URLs were all handed back stays in-progress: status never goes back.
-            assert STATUS_RANK[status] >= STATUS_RANK[jobs.job_status(states)]
-            assert (status == jobs.JOB_COMPLETE) == (jobs.job_status(states) == jobs.JOB_COMPLETE)
+            assert STATUS_RANK[status] >= STATUS_RANK[memory.job_status(states)]
+            assert (status == jobs.JOB_COMPLETE) == (memory.job_status(states) == jobs.JOB_COMPLETE)
             assert remaining == sum(s not in jobs.FINAL_STATES for s in states)
             assert STATUS_RANK[status] >= STATUS_RANK[self.status.get(job_id, jobs.JOB_PENDING)]
             self.status[job_id] = status

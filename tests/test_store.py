@@ -1,4 +1,7 @@
-"""The store on both backends: job creation, claims under leases, results, hand-back, reaping."""
+"""The store's contract on every backend (SQLite, PostgreSQL and the in-memory one, which
+is kept faithful by these tests): job creation, claims under leases, results, hand-back,
+reaping. What only a database does (migrations, indexes, statements, a full disk) is
+tested on the databases."""
 import socket
 import threading
 import time
@@ -11,32 +14,19 @@ from uploader import jobs
 from uploader.config import StorageConfig
 from uploader.errors import QueueFull, StoreFull, StoreInUse, StoreUnavailable
 from uploader.render import job_document
-from uploader.store import open_store
-from uploader.store import postgres as postgres_store
-from uploader.store import schema
-from uploader.store import sql
-from uploader.store.sql import OLDEST_LINK, QUEUED_FIRST
+from uploader.backends import open_store
+from uploader.backends.postgres import store as postgres_store
+from uploader.backends import schema
+from uploader.backends import sql
+from uploader.backends.sql import OLDEST_LINK, QUEUED_FIRST
 
 URLS = ["https://a.example/1.png", "https://a.example/2.png", "https://a.example/3.png"]
 
 
 @pytest.fixture
-def storage_config(storage):
-    return StorageConfig(**storage)
-
-
-@pytest.fixture
-def opened(storage_config):
-    stores = []
-
-    def open_one(instance):
-        store = open_store(storage_config, instance)
-        stores.append(store)
-        return store
-
-    yield open_one
-    for store in stores:
-        store.close()
+def opened(stores):
+    """``opened(instance)``: an instance's store, all of them on one store (``stores``)."""
+    return stores.open
 
 
 @pytest.fixture
@@ -358,21 +348,21 @@ def test_a_job_that_cannot_be_stored_leaves_nothing_and_spoils_nothing(store):
     assert job(store, "good")["uploaded"]["pending"] == ["https://a.example/ok.png"]
 
 
-def test_url_whose_every_attempt_was_cut_short_fails_instead_of_looping(opened, backend):
+def test_url_whose_every_attempt_was_cut_short_fails_instead_of_looping(opened):
     first = opened("first")
     with first.transaction():
         first.create_job("job-1", URLS)
         first.claim(3)
     first.close()  # dies with three URLs in flight, on their first attempt
     second = opened("second")
-    if backend == "postgresql":
+    if second.clustered:
         second.lease_seconds = 0  # the first's lease has run out
     with second.transaction():
         assert second.reap(max_attempts=2) == (3, [])
         second.claim(3)
     second.close()
     third = opened("third")
-    if backend == "postgresql":
+    if third.clustered:
         third.lease_seconds = 0
     with third.transaction():
         requeued, failed = third.reap(max_attempts=2)
@@ -876,9 +866,12 @@ def test_sqlite_reads_a_few_urls_of_each_key_however_long_the_queue(tmp_path):
         store.close()
 
 
-def test_a_claim_begins_its_jobs_in_the_same_statement_on_postgresql(store, backend):
+def test_a_claim_begins_its_jobs_in_the_same_statement_on_postgresql(storage, backend):
     """A claim marked its URLs' pending jobs begun in a statement of its own: with a pace,
     one a URL. PostgreSQL does it in the claim's."""
+    store = open_store(StorageConfig(**storage), "me")
+    with store.transaction():
+        store.create_job("job-1", URLS)
     statements = []
     execute = store._execute
     store._execute = lambda sql, params=(): statements.append(sql) or execute(sql, params)
@@ -887,3 +880,4 @@ def test_a_claim_begins_its_jobs_in_the_same_statement_on_postgresql(store, back
     store._execute = execute
     assert job(store)["status"] == jobs.JOB_IN_PROGRESS
     assert len(statements) == (1 if backend == "postgresql" else 2)
+    store.close()

@@ -1,4 +1,4 @@
-"""Tickets of an unpaced gate (``shared.tickets``), against the gate's rules in memory:
+"""Tickets of an unpaced gate (``backends.postgres.tickets``), against the gate's rules in memory:
 taken ahead in one change and counted in flight, handed out without a trip, answers told
 together, unused ones given back, none held across a pause or while pauses go unheard,
 none taken from a budget's last uploads."""
@@ -8,7 +8,7 @@ import pytest
 
 from uploader.hosts.imgur import UPLOAD_CREDITS
 from uploader.ratelimit import GateRules
-from uploader.shared.tickets import Tickets
+from uploader.backends.postgres.tickets import Tickets
 
 OWNER = (0, 1)
 

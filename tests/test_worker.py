@@ -10,11 +10,11 @@ from PIL import Image
 
 from testbed.fakes.image_source import make_image
 from uploader import imagetype, metadata
+from uploader.backends import Shared
+from uploader.backends.memory import MemoryCoordinator, MemoryStore
+from uploader.backends.sqlite.coordinator import Guarded
 from uploader.config import load_config
-from uploader.dedup import DedupIndex
 from uploader.jobs import COMPLETE, Task
-from uploader.shared import Shared
-from uploader.shared.embedded import Coordinator, Guarded
 from uploader.worker import SHARED_STATE_LOST, FirstRound, Worker, _read_inbox, _Ready
 
 from .support import write_config
@@ -55,8 +55,7 @@ def test_a_fetch_thread_claiming_bytes_again_for_another_url_waits_for_the_first
     # Fetch threads hand images to upload slots, so one thread may fetch the same bytes for
     # a second URL while a slot still uploads them for the first: the second must wait for
     # that upload's link, not upload the bytes again.
-    coordinator = Coordinator()
-    coordinator.dedup = DedupIndex(lambda key: None)  # the store has no link for them yet
+    coordinator = MemoryCoordinator(store=MemoryStore())  # the store has no link for them yet
     worker = Worker(0, 1, load_config(write_config(tmp_path)), Discard(), Shared(coordinator))
     image = make_image("png", "twice")
     tasks = []
@@ -86,15 +85,14 @@ def test_a_broken_trip_to_the_manager_ends_the_worker_instead_of_failing_the_url
     # so no failed Result is sent; the worker ends with SHARED_STATE_LOST (the front end then
     # hands its URLs back, tests/test_state_machine.py). A source's or a host's own network
     # errors still fail the URL: only calls to the manager are guarded.
-    class ManagerGone(Coordinator):
+    class ManagerGone(MemoryCoordinator):
         def claim_many(self, claims):
             raise BrokenPipeError(32, "Broken pipe")
 
     def exit_now(code):
         raise SystemExit(code)
     monkeypatch.setattr("uploader.worker.os._exit", exit_now)
-    coordinator = ManagerGone()
-    coordinator.dedup = DedupIndex(lambda key: None)
+    coordinator = ManagerGone(store=MemoryStore())
     worker = Worker(0, 1, load_config(write_config(tmp_path)), Discard(),
                     Shared(Guarded(coordinator)))  # as ``worker.run`` holds a manager proxy
     image_source.add("/gone.png", make_image("png", "gone"), content_type="image/png")
@@ -106,8 +104,7 @@ def test_a_broken_trip_to_the_manager_ends_the_worker_instead_of_failing_the_url
 @pytest.mark.parametrize("strip", [True, False])
 def test_the_digest_names_the_bytes_to_store_stripped_unless_turned_off(tmp_path, image_source, strip):
     # dedup and a content-addressed host key by the digest: it must be that of the bytes stored
-    coordinator = Coordinator()
-    coordinator.dedup = DedupIndex(lambda key: None)
+    coordinator = MemoryCoordinator(store=MemoryStore())
     config = load_config(write_config(tmp_path, images={"strip_metadata": strip}))
     worker = Worker(0, 1, config, Discard(), Shared(coordinator))
     out = io.BytesIO()

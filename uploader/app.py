@@ -11,7 +11,7 @@ from . import access, page, v1
 from .handlers import ApiError, BaseHandler, JsonErrors
 from .hosts.local import NAME_PATTERN
 from .metrics import CONTENT_TYPE_LATEST
-from .store.refusals import refusals
+from .backends.postgres.refusals import refusals
 
 log = logging.getLogger(__name__)
 

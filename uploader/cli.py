@@ -15,7 +15,8 @@ import sys
 from dataclasses import replace
 
 from . import preflight
-from .config import load_config, redact_url_password
+from .backends import describe_store
+from .config import load_config
 from .connections import describe_limits, open_file_limit
 from .errors import ConfigError, StartError, StoreInUse, StoreUnavailable
 from .logs import setup_logging
@@ -124,13 +125,6 @@ async def serve(config) -> int:
     code = await service.stopped
     log.info("stopped (exit code %d)", code)
     return code
-
-
-def describe_store(storage) -> str:
-    """Where the store is, fit for a log line (a database URL's password as ``***``)."""
-    if storage.shared:
-        return f"PostgreSQL at {redact_url_password(storage.url)}"
-    return f"SQLite at {os.path.abspath(storage.path)}"
 
 
 def describe_host(config) -> None:

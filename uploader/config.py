@@ -315,11 +315,6 @@ class StorageConfig:
                                      " streamed to a slow client holds one)"))
     shared_connections: int = _opt(1, POSITIVE_INT)
 
-    @property
-    def shared(self):
-        """True when the store is PostgreSQL, shared by every instance."""
-        return bool(self.url)
-
 
 @dataclass(frozen=True)
 class RetentionConfig:

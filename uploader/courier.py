@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 
 from .errors import HostError, RetryableHostError, StoreUnavailable
 from .render import job_document
-from .store.outbox import DONE, FAILED, PENDING, Effect
+from .backends.outbox import DONE, FAILED, PENDING, Effect
 from .webhook import WebhookSender, backoff_seconds
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class Courier:
         self.max_attempts = hooks.max_attempts
         self.backoff = hooks.backoff
         self.hold_seconds = hooks.timeout_seconds * 2 + 30  # longer than any one attempt
-        self.poll_seconds = config.storage.poll_seconds if config.storage.shared else 60.0
+        self.poll_seconds = config.storage.poll_seconds if store.clustered else 60.0
         fetch = config.fetch  # a callback's address is judged like an image source's
         self.sender = WebhookSender(
             timeout_seconds=hooks.timeout_seconds, max_redirects=fetch.max_redirects,

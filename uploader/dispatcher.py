@@ -115,7 +115,7 @@ class Dispatcher:
         self.host = config.resolved_image_host
         self.on_fatal = on_fatal or (lambda reason: None)
         self.on_outbox = on_outbox or (lambda: None)  # a commit added effects to carry out
-        self.shared = config.storage.shared
+        self.shared = store.clustered  # other instances may use the store at once
         self.lease_seconds = config.storage.lease_seconds
         self.poll_seconds = config.storage.poll_seconds
         self.events: "queue.SimpleQueue[object]" = queue.SimpleQueue()

@@ -1,14 +1,17 @@
-"""The job model: URL states, job status rules, and the small records that cross processes.
+"""The job model: URL states, job statuses, and the small records that cross processes.
 
 A job is a list of distinct URLs. Each URL moves through
 
     queued -> in_flight -> complete | failed
-                 |
-                 +-> queued   (handed back: worker died, service stopped)
+      |          |
+      |          +-> queued   (handed back: worker died, service stopped)
+      +-> failed              (its job cancelled)
 
 and the job's status follows from its URLs: ``pending`` until the first URL is
 dispatched, ``in-progress`` until every URL is final, then ``complete``. Status never
-moves backwards and ``finished`` is set once.
+moves backwards and ``finished`` is set once. The stores' SQL keeps these rules; the
+in-memory backend keeps them in Python (``backends.memory``: ``TRANSITIONS``,
+``job_status``), the oracle its tests hold the stores to.
 """
 import functools
 import math
@@ -23,33 +26,10 @@ COMPLETE = "complete"
 FAILED = "failed"
 FINAL_STATES = frozenset({COMPLETE, FAILED})
 
-# Every legal move of a URL; anything else is a bug.
-TRANSITIONS = {
-    QUEUED: frozenset({IN_FLIGHT}),
-    IN_FLIGHT: frozenset({QUEUED, COMPLETE, FAILED}),
-    COMPLETE: frozenset(),
-    FAILED: frozenset(),
-}
-
 JOB_PENDING = "pending"
 JOB_IN_PROGRESS = "in-progress"
 JOB_COMPLETE = "complete"
 JOB_STATUS_ORDER = (JOB_PENDING, JOB_IN_PROGRESS, JOB_COMPLETE)
-
-
-def can_move(old: str, new: str) -> bool:
-    """True when a URL may go from state ``old`` to ``new``."""
-    return new in TRANSITIONS[old]
-
-
-def job_status(states) -> str:
-    """The status a job has when its URLs are in ``states``."""
-    states = list(states)
-    if states and all(s in FINAL_STATES for s in states):
-        return JOB_COMPLETE
-    if any(s != QUEUED for s in states):
-        return JOB_IN_PROGRESS
-    return JOB_PENDING
 
 
 def format_timestamp(epoch_seconds: Optional[float]) -> Optional[str]:
@@ -156,7 +136,7 @@ class Ready:
 @dataclass(frozen=True)
 class GateNews:
     """To a worker, from its instance's listening connection: a pause of the shared gate
-    was announced (``listening`` True), or listening began or ended (``shared.tickets``)."""
+    was announced (``listening`` True), or listening began or ended (``backends.postgres.tickets``)."""
 
     listening: bool
 
@@ -164,7 +144,7 @@ class GateNews:
 @dataclass(frozen=True)
 class Refused:
     """From a worker: PostgreSQL refuses its connections for want of room (``reason``),
-    or no longer does (None); ``store.refusals``."""
+    or no longer does (None); ``backends.postgres.refusals``."""
 
     worker: int
     generation: int

@@ -95,8 +95,10 @@ def _classify_plain(ip):
     return None
 
 
-def _classify(ip):
-    """Return (class name or None, wrapping description or None)."""
+def classify(ip):
+    """(the special-purpose class of ``ip``: "loopback", "private", ..., or None if public;
+    how it was wrapped, or None). IPv4 addresses wrapped in IPv6 are judged by the address
+    inside, and the wrapping is said ("IPv4-mapped 10.0.0.1")."""
     inner, wrapping = _embedded_ipv4(ip)
     if inner is None:
         return _classify_plain(ip), None
@@ -106,14 +108,6 @@ def _classify(ip):
     if wrapping in ("IPv4-compatible", "IPv4-translated"):
         return "reserved", f"{wrapping} {inner}"  # deprecated forms: nothing real lives there
     return None, None
-
-
-def classify(ip):
-    """Name the special-purpose class of ``ip`` ("loopback", "private", ...), or None if public.
-
-    IPv4 addresses wrapped in IPv6 are judged by the address inside.
-    """
-    return _classify(ip)[0]
 
 
 @functools.lru_cache(maxsize=1024)  # pure, and asked several times for every hop
@@ -238,7 +232,7 @@ class AddressPolicy:
         if self.allow_private_networks or self._private_allowed.has_address(ip) \
                 or self._private_allowed.has_name(name):
             return
-        class_name, wrapping = _classify(ip)
+        class_name, wrapping = classify(ip)
         if class_name is None:
             return
         reason = f"refused: {lead}{comma} {_article(class_name)} {class_name} address"

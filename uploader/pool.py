@@ -30,11 +30,12 @@ import multiprocess.connection
 from multiprocess.managers import SyncManager
 
 from . import jobs, lifeline, worker
-from .credentials import Credentials
 from .errors import PoolBroken
 from .jobs import WorkerExited
-from .shared import Shared, wire
-from .shared.embedded import Coordinator
+from .backends import Shared
+from .backends.sqlite import wire
+from .backends.sqlite.coordinator import Coordinator, CoordinatorProxy
+from .backends.sqlite.credentials import Credentials
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class PoolManager(SyncManager):
         super().__init__(ctx=ctx, serializer=wire.SERIALIZER)
 
 
-PoolManager.register("Coordinator", Coordinator)
+PoolManager.register("Coordinator", Coordinator, proxytype=CoordinatorProxy)
 PoolManager.register("Credentials", Credentials)
 
 

@@ -111,7 +111,7 @@ def _directory_problems(directory: str, what: str) -> List[str]:
 def _database_problems(url: str) -> List[str]:
     import psycopg
 
-    from .store.postgres import login_refused
+    from .backends.postgres.store import login_refused
 
     try:
         psycopg.connect(url, connect_timeout=3).close()

@@ -22,8 +22,7 @@ from .errors import StartError
 from .metrics import Metrics
 from .pool import WorkerPool
 from .retention import Pruner
-from .shared import make_shared, tickets
-from .store import CHANNEL, open_store
+from .backends import open_backend
 from .storegauges import StoreGauges
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,8 @@ class Service:
         loop = asyncio.get_running_loop()
         self.stopped = loop.create_future()
         self.instance = str(uuid.uuid4())
-        self.store = open_store(self.config.storage, self.instance)  # first: it may be in use
+        self.backend = open_backend(self.config, self.instance)  # first: it may be in use
+        self.store = self.backend.store
         try:
             sockets = tornado.netutil.bind_sockets(self.config.server.port, self.config.server.host)
         except OSError:
@@ -71,8 +71,7 @@ class Service:
                                      on_outbox=lambda: self.courier.wake())
         # registered when the store opened: the lease is kept until the dispatcher keeps it
         with self.store.kept_alive():
-            self.pool.start(lambda manager: make_shared(self.config, manager, self.instance,
-                                                        getattr(self.store, "database", None)))
+            self.pool.start(self.backend.make_shared)
             self.delete_at_host = hosts.build_deleter(self.config, self.pool.shared)
             self.courier = Courier(dispatcher=self.dispatcher, store=self.store,
                                    config=self.config, metrics=self.metrics,
@@ -84,10 +83,8 @@ class Service:
         self.pruner = Pruner(self.store, older_than=retention.finished_jobs_seconds,
                              every=retention.check_seconds, metrics=self.metrics)
         self.pruner.start()
-        if self.config.storage.shared:
-            self.store.listen({CHANNEL: self.dispatcher.wake,
-                               tickets.CHANNEL: lambda: self.pool.tell_gate(True)},
-                              on_state=self._listening)
+        self.store.listen(on_work=self.dispatcher.wake,  # (heard only in a cluster)
+                          on_pause=lambda: self.pool.tell_gate(True), on_state=self._listening)
         self.open_files = open_file_limit()
         self.http = make_server(make_app(self), self.config, self.open_files)
         self.http.add_sockets(sockets)
@@ -105,7 +102,7 @@ class Service:
 
     def _listening(self, listening: bool) -> None:
         """The store's listening connection is up (work added meanwhile is looked for at
-        once), or lost; workers hear it either way (``shared.tickets``)."""
+        once), or lost; workers hear it either way (``backends.postgres.tickets``)."""
         self.pool.tell_gate(listening)
         if listening:
             self.dispatcher.wake()

@@ -18,7 +18,7 @@ claim the bytes (reuse the link they already have, or own their upload) -> ready
 host's uploader (for Imgur: wait at the shared gate, retry, refresh the shared token) ->
 result; aside, in batches: ``coordinator.end_many`` (the last answers' budgets; publish
 or release the bytes). Threads asking the shared state at once share one trip
-(``shared.coalesce.Line``): the claims here, the gate in the host's uploader.
+(``coalesce.Line``): the claims here, the gate in the host's uploader.
 """
 import hashlib
 import logging
@@ -36,9 +36,9 @@ from . import hosts, httpheaders, imagetype, jobs, lifeline, metadata
 from .errors import FetchError, HostError, SharedStateLost, failure_class, source_may_recover
 from .fetch import Fetched, Fetcher
 from .logs import setup_logging
-from .shared.coalesce import Line, next_batch
-from .shared.embedded import guarded
-from .store.refusals import refusals
+from .backends.postgres.refusals import refusals
+from .backends.sqlite.coordinator import guarded
+from .coalesce import Line, next_batch
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +79,9 @@ def run(index, generation, conn, lifeline_end, config, shared):
         thread.start()
     sender = threading.Thread(target=outbox.run, name="sender")
     sender.start()
-    hear = getattr(shared.coordinator, "heard", None)  # a cluster gate's pauses
     threading.Thread(target=_read_inbox, args=(conn, tasks, len(fetchers), worker.first_round,
-                                               hear), name="inbox", daemon=True).start()
+                                               shared.coordinator.heard),
+                     name="inbox", daemon=True).start()
     outbox.put(jobs.Ready(index, generation))
     log.info("worker %d ready with %d upload slots, %d images fetched ahead (host: %s)",
              index, slots, ahead, worker.uploader.name)
@@ -92,9 +92,7 @@ def run(index, generation, conn, lifeline_end, config, shared):
     for thread in uploaders:
         thread.join()
     worker.ends.close()
-    close_shared = getattr(shared.coordinator, "close", None)  # a cluster's gate tickets
-    if close_shared is not None:
-        close_shared()
+    shared.coordinator.close()  # a cluster's gate tickets told and stopped
     outbox.close()
     sender.join()
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from uploader.config import StorageConfig
-from uploader.store import open_store
+from uploader.backends import open_store
 
 IN_FLIGHT = 128
 CLAIMS = (1, 16, 128)

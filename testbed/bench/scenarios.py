@@ -361,7 +361,7 @@ def fill_links(path: Path, n: int) -> float:
     import sqlite3
 
     from uploader.config import StorageConfig
-    from uploader.store import open_store
+    from uploader.backends import open_store
 
     started = time.perf_counter()
     open_store(StorageConfig(path=str(path)), "bench").close()  # the schema

@@ -37,7 +37,7 @@ import tornado.web
 from testbed.fakes.image_source import make_image
 from uploader.config import config_from_dict
 from uploader.page import web_routes
-from uploader.store import sql
+from uploader.backends import sql
 
 CANCELLED = sql.CANCELLED  # the service's own words
 MISSING = "HTTP 404 from source"

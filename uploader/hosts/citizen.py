@@ -18,7 +18,7 @@ retried, by the worker's ``coordinator.end_many`` for the last one (``report.gra
 or by a withdrawal when it is given back unused: a grant that could not be used soon after
 its moment (this process was held up) is not used late, so the pace holds for what Imgur
 sees; the upload waits for a new moment. A worker's slots asking the gate at the same
-moment share one trip (``shared.coalesce``).
+moment share one trip (``coalesce``).
 """
 import logging
 import random
@@ -26,7 +26,7 @@ import threading
 import time
 
 from ..errors import AuthRejectedError, HostError, RetryableHostError
-from ..shared.coalesce import Line
+from ..coalesce import Line
 
 log = logging.getLogger(__name__)
 

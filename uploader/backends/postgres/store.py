@@ -39,13 +39,15 @@ import psycopg_pool
 from psycopg import IsolationLevel
 from psycopg_pool.base import AttemptWithBackoff
 
-from .. import jobs
-from ..errors import StoreConflict, StoreFull, StoreUnavailable
-from . import schema
+from ... import jobs
+from ...errors import StoreConflict, StoreFull, StoreUnavailable
+from .. import schema
 from . import CHANNEL
-from .prune import PRUNE_LOCK
+from ..prune import PRUNE_LOCK
+from . import queries, tickets
+from .queries import placeholders
 from .refusals import refusals
-from .sql import CLEARED, NEW_LINK, NEW_LINK_ONCE, TAKEN, SqlStore, new_image_id
+from ..sql import CLEARED, NEW_LINK, NEW_LINK_ONCE, TAKEN, SqlStore, new_image_id
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ def make_pool(url: str, *, max_size: int, name: str, read_only: bool = False,
     order less than that ago is not: on the hot path (a worker takes one several times
     per URL) the check was a round trip, 0.3 of a cluster's 5.8 ms of CPU per URL. A
     restart within that second costs a call that fails as ``StoreUnavailable`` and is
-    made again (``shared.postgres._Rows``, the dispatcher's store retry). An unreachable
+    made again (``postgres.coordinator.Rows``, the dispatcher's store retry). An unreachable
     server gives ``StoreUnavailable`` after a few seconds."""
     returned = weakref.WeakKeyDictionary()  # connection -> when it was given back
 
@@ -236,19 +238,17 @@ def migrate(conn: psycopg.Connection) -> None:
     """Create or migrate the schema; instances starting together take turns."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-        current = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
-        for migration in schema.pending("postgresql", current):
-            for statement in migration.statements:
-                conn.execute(statement.format(**PostgresStore.SCHEMA_WORDS))
-            current = migration.version
-        conn.execute("DELETE FROM schema_version")
-        conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (current,))
+        schema.migrate(lambda sql, params=(): conn.execute(
+            placeholders(sql) if params else sql, params or None),
+            PostgresStore.dialect, PostgresStore.SCHEMA_WORDS)
 
 
 class PostgresStore(SqlStore):
+    """The shared ``protocols.Store``: any number of instances, each under a lease."""
+
     dialect = "postgresql"
-    NOW = "extract(epoch from clock_timestamp())::float8"
+    clustered = True
+    NOW = queries.NOW
     GREATEST = "greatest"
     SKIP_LOCKED = "FOR UPDATE SKIP LOCKED"
     SEQ = "seq"
@@ -323,7 +323,7 @@ class PostgresStore(SqlStore):
 
     # -- plumbing ----------------------------------------------------------------------------
     def _placeholders(self, sql):
-        return sql.replace("%", "%%").replace("?", "%s")
+        return placeholders(sql)
 
     def _driver_errors(self):
         return driver_errors()
@@ -509,20 +509,22 @@ class PostgresStore(SqlStore):
         for instance, host, pid in gone:
             log.warning("instance %s (pid %s on %s) stopped renewing its lease; taking back "
                         "what it held", instance, pid, host)
-        if gone:  # (their gate grants stop counting by themselves: see shared.postgres)
+        if gone:  # (their gate grants stop counting by themselves: see postgres.coordinator)
             self._execute("DELETE FROM dedup_claims WHERE instance NOT IN (SELECT id FROM instances)"
                           " AND link IS NULL")
         return super().reap(max_attempts)
 
     # -- waiting for work --------------------------------------------------------------------
-    def listen(self, channels: Dict[str, Callable[[], None]],
+    def listen(self, on_work: Callable[[], None], on_pause: Callable[[], None],
                on_state: Callable[[bool], None]) -> bool:
-        """Call ``channels[name]()`` for each notification on ``name``, and
+        """Call ``on_work()`` for each notification of work added (``CHANNEL``),
+        ``on_pause()`` for each pause of the gate (``tickets.CHANNEL``), and
         ``on_state(True)`` / ``on_state(False)`` as listening begins and ends (a lost
         connection: then again a second later), from a thread of our own. False, starting
         nothing, when no connection delivers LISTEN (``listen_url``): the caller polls."""
         if not self.listen_url:
             return False
+        channels = {CHANNEL: on_work, tickets.CHANNEL: on_pause}
         self._listener = threading.Thread(target=self._listen, args=(channels, on_state),
                                           name="store-listen", daemon=True)
         self._listener.start()

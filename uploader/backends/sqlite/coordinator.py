@@ -9,22 +9,24 @@ the local host, no dedup when it is off).
 """
 from typing import List, Optional, Tuple
 
-from multiprocess.managers import BaseProxy
+from multiprocess.managers import BaseProxy, MakeProxyType
 
-from ..dedup import DedupIndex
-from ..errors import SharedStateLost
-from ..ratelimit import UploadGate
-from . import Shared
+from ...errors import SharedStateLost
+from ...ratelimit import UploadGate
+from .. import Shared
+from .dedup import DedupIndex
 
 
 class Coordinator:
+    """The embedded ``protocols.Coordinator``, in the manager: the gate and the dedup index."""
+
     def __init__(self, gate: Optional[dict] = None, dedup: Optional[dict] = None):
         """``gate``: ``GateRules`` arguments; ``dedup``: ``{"store": StorageConfig, "host"}``
         (None: not in use)."""
         self.gate = UploadGate(**gate) if gate is not None else None
         self.dedup = None
         if dedup is not None:
-            from ..store.sqlite import SqliteStore  # a reader: the front end holds the store
+            from .store import SqliteStore  # a reader: the front end holds the store
 
             store = SqliteStore(dedup["store"].path, "dedup", read_only=True)
             host = dedup["host"]
@@ -38,8 +40,8 @@ class Coordinator:
             return [("upload", None)] * len(claims)
         return [self.dedup.claim((account, sha256), owner) for sha256, account, owner in claims]
 
-    def end(self, sha256: str, account: str, link: Optional[str], report: Optional[dict],
-            owner: tuple, *, observe: bool) -> None:
+    def _end(self, sha256: str, account: str, link: Optional[str], report: Optional[dict],
+             owner: tuple, *, observe: bool) -> None:
         """After the last try: tell the gate (when a grant is still open), publish or release."""
         if observe:
             self.observe(report, owner[:2])
@@ -50,10 +52,10 @@ class Coordinator:
                 self.dedup.release((account, sha256))
 
     def end_many(self, ends) -> None:
-        """Several ``end`` calls in one round trip: (sha256, account, link, report, owner,
+        """Several ``_end`` calls in one round trip: (sha256, account, link, report, owner,
         observe) each."""
         for sha256, account, link, report, owner, observe in ends:
-            self.end(sha256, account, link, report, owner, observe=observe)
+            self._end(sha256, account, link, report, owner, observe=observe)
 
     def forget(self, sha256: str, account: str) -> None:
         """These bytes' link was deleted: upload them afresh next time."""
@@ -64,7 +66,7 @@ class Coordinator:
         return self.gate.reserve(owner) if self.gate is not None else None
 
     def reserve_many(self, count: int, owner: tuple) -> List[tuple]:
-        """``count`` ``reserve`` answers in one round trip (``shared.coalesce``)."""
+        """``count`` ``reserve`` answers in one round trip (``coalesce``)."""
         if self.gate is None:
             return [(True, 0.0, "")] * count
         return self.gate.reserve_many(count, owner)
@@ -96,6 +98,27 @@ class Coordinator:
             self.dedup.release_owner(worker, generation)
         if self.gate is not None:
             self.gate.release((worker, generation))
+
+    def heard(self, listening: bool) -> None:
+        """Nothing is held ahead here, and nothing is listened to: no news to hear."""
+
+    def close(self) -> None:
+        """Nothing of a worker's lives outside the manager: nothing to tell or stop."""
+
+
+_LOCAL = ("heard", "close")  # about the calling process only: answered without a round trip
+
+
+class CoordinatorProxy(MakeProxyType("_CoordinatorCalls", tuple(
+        name for name in vars(Coordinator) if not name.startswith("_") and name not in _LOCAL))):
+    """A worker's handle on the manager's ``Coordinator`` (``pool`` registers it): each
+    call a round trip, except those about the calling process alone."""
+
+    def heard(self, listening: bool) -> None:
+        """See ``Coordinator.heard``."""
+
+    def close(self) -> None:
+        """See ``Coordinator.close``."""
 
 
 class Guarded:

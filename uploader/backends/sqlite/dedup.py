@@ -1,7 +1,7 @@
 """No duplicate uploads: identical bytes (by SHA-256) reuse the link they already have.
 
 This is the embedded index: it lives in the multiprocessing manager, shared by every
-worker of the instance (``shared.postgres`` keeps the same promises for a cluster). Its
+worker of the instance (``postgres.coordinator`` keeps the same promises for a cluster). Its
 keys are (account, SHA-256): bytes are shared within an account only, so every link has
 one owner who may delete it. A worker that has fetched an image calls ``claim(key, owner)``:
 

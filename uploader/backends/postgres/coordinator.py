@@ -1,6 +1,6 @@
 """The shared state of a cluster: gate, budgets, dedup claims and the token, in PostgreSQL.
 
-Same calls as the embedded ``Coordinator`` and ``Credentials``, same rules (``ratelimit``,
+Same calls as the embedded ``sqlite.coordinator`` and ``sqlite.credentials``, same rules (``ratelimit``,
 ``credentials.renew``), but the state lives in rows every instance reaches, and every
 process (each worker, the front end) talks to the database directly through a small
 pool of its own (``Database.pool``, ``storage.shared_connections``), made lazily after
@@ -12,34 +12,31 @@ answers are turned into this machine's monotonic clock before they are returned.
   worker), changed by compare-and-set on ``gate.version``, so no lock is held while a
   busy worker process thinks; grants of a dead worker or a dead instance stop counting.
   Unpaced, a worker takes grants ahead as tickets and tells answers in batches
-  (``shared.tickets``), and a pause is announced with NOTIFY to void them everywhere
+  (``tickets``), and a pause is announced with NOTIFY to void them everywhere
   (each instance's one listening connection hears it and tells its workers: ``heard``);
 - dedup: ``dedup_claims`` holds bytes being uploaded (one owner per SHA-256) and, once
   published, their link until the result is committed to ``links``;
 - token: one ``credentials`` row per configured credential, locked while one instance
   refreshes it, so the cluster refreshes once.
 """
-import hashlib
 import json
 import logging
 import time
 from typing import List, Optional, Tuple
 
-from ..credentials import RefreshSettings, Token, renew
-from ..errors import StoreUnavailable
-from ..ratelimit import GateRules, GateState
-from ..store.postgres import Database, as_columns, driver_errors
-from ..store.sql import OLDEST_LINK
-from .coalesce import Combiner
+from ...coalesce import Combiner
+from ...errors import StoreUnavailable
+from ...ratelimit import GateRules, GateState
+from . import queries
+from .store import Database, as_columns, driver_errors
 from .tickets import CHANNEL, Tickets
 
 log = logging.getLogger(__name__)
 
-NOW = "extract(epoch from clock_timestamp())::float8"
 OUTAGE_RETRY_SECONDS = 1.0
 
 
-class _Rows:
+class Rows:
     """Transactions on the shared rows that outlast an outage: a call made while the
     database is unreachable waits for it (the URL stays in flight; nothing is lost)."""
 
@@ -67,8 +64,8 @@ class _Rows:
                 time.sleep(OUTAGE_RETRY_SECONDS)
 
 
-class PgCoordinator(_Rows):
-    """Gate and dedup for a cluster; see the embedded ``Coordinator`` for each call."""
+class PgCoordinator(Rows):
+    """Gate and dedup for a cluster; see ``protocols.Coordinator`` for each call."""
 
     def __init__(self, database: Database, instance: str, *, lease_seconds: float,
                  gate: Optional[dict] = None, dedup_host: Optional[str] = None,
@@ -114,14 +111,7 @@ class PgCoordinator(_Rows):
         def work(conn):
             published = [(sha256, account, link) for sha256, account, link, *_ in ends if link]
             if published:  # a claim locked by another is being deleted: its link committed
-                conn.execute("WITH mine AS MATERIALIZED (SELECT c.sha256, c.account, p.link"
-                             " FROM dedup_claims AS c JOIN unnest(%s::text[], %s::text[],"
-                             " %s::text[]) AS p(sha256, account, link) ON c.sha256 = p.sha256"
-                             " AND c.account = p.account WHERE c.host = %s"
-                             " FOR UPDATE OF c SKIP LOCKED)"
-                             " UPDATE dedup_claims AS c SET link = mine.link FROM mine"
-                             " WHERE c.sha256 = mine.sha256 AND c.host = %s"
-                             " AND c.account = mine.account",
+                conn.execute(queries.PUBLISH,
                              (*as_columns(published), self.dedup_host, self.dedup_host))
             for sha256, account, link, *_ in ends:
                 if not link:
@@ -142,22 +132,12 @@ class PgCoordinator(_Rows):
         # owner: (worker, generation, URL id); the column ``thread`` holds the URL id (it
         # once held the claiming thread's, but a thread may claim the same bytes for two URLs)
         rows = [(sha256, account, self.instance, *owner) for sha256, account, owner in claims]
-        won = set(conn.execute(
-            "INSERT INTO dedup_claims (sha256, host, account, instance, worker, generation,"
-            " thread) SELECT c.sha256, %s, c.account, c.instance, c.worker, c.generation,"
-            " c.thread FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::int[],"
-            " %s::bigint[]) WITH ORDINALITY AS c(sha256, account, instance, worker, generation,"
-            " thread, n) ORDER BY c.sha256, c.account, c.n"
-            " ON CONFLICT (sha256, host, account) DO NOTHING"
-            " RETURNING sha256, account, instance, worker, generation, thread",
-            (self.dedup_host, *as_columns(rows))).fetchall())
+        won = set(conn.execute(queries.CLAIM, (self.dedup_host, *as_columns(rows))).fetchall())
         answers = [None if row in won else ("wait", None) for row in rows]
         lost = [i for i, answer in enumerate(answers) if answer is not None]
         if lost:  # held already: by whom, and is its link published?
             holders = {(row[0], row[1]): row[2:] for row in conn.execute(
-                "SELECT sha256, account, instance, worker, generation, thread, link"
-                " FROM dedup_claims WHERE host = %s AND (sha256, account) IN"
-                " (SELECT * FROM unnest(%s::text[], %s::text[]))",
+                queries.HOLDERS,
                 (self.dedup_host, *as_columns([rows[i][:2] for i in lost]))).fetchall()}
             for i in lost:
                 holder = holders.get(rows[i][:2])
@@ -169,8 +149,7 @@ class PgCoordinator(_Rows):
         mine = [i for i, answer in enumerate(answers) if answer is None]
         if mine:
             links = dict(((row[0], row[1]), row[2]) for row in conn.execute(
-                f"SELECT c.sha256, c.account, ({_OLDEST_LINK_OF_C}) FROM unnest(%s::text[],"
-                " %s::text[]) AS c(sha256, account)",
+                queries.LINKS_OF,
                 (self.dedup_host, *as_columns([rows[i][:2] for i in mine]))).fetchall())
             for i in mine:
                 link = links.get(rows[i][:2])
@@ -183,9 +162,7 @@ class PgCoordinator(_Rows):
         """Drop this instance's unpublished claim on these bytes: a statement of its own,
         which holds no other row while it waits for this one (a result's commit may be
         deleting it, holding others): no deadlock."""
-        conn.execute("DELETE FROM dedup_claims WHERE sha256 = %s AND host = %s AND account = %s"
-                     " AND instance = %s AND link IS NULL",
-                     (sha256, self.dedup_host, account, self.instance))
+        conn.execute(queries.RELEASE, (sha256, self.dedup_host, account, self.instance))
 
     # -- the gate ----------------------------------------------------------------------------
     def reserve(self, owner: tuple) -> Optional[tuple]:
@@ -232,7 +209,7 @@ class PgCoordinator(_Rows):
 
     def pause(self, seconds: float, why: str) -> None:
         """Every upload waits; every process of every instance hears it and voids the
-        tickets it holds (``shared.tickets``)."""
+        tickets it holds (``tickets``)."""
         if self.rules is None:
             return
         if self._tickets is not None:
@@ -252,9 +229,7 @@ class PgCoordinator(_Rows):
     def release_owner(self, worker: int, generation: int) -> None:
         """A worker process of this instance ended: its claims and grants are void."""
         def work(conn):
-            conn.execute("DELETE FROM dedup_claims WHERE instance = %s AND worker = %s"
-                         " AND generation = %s AND link IS NULL",
-                         (self.instance, worker, generation))
+            conn.execute(queries.RELEASE_OWNER, (self.instance, worker, generation))
             if self.rules is not None:
                 self._gate(conn, lambda state, grants, now: grants.pop(
                     self._key((worker, generation)), None))
@@ -294,19 +269,18 @@ class PgCoordinator(_Rows):
         answer is returned. ``grants``: uploads granted and not yet answered, by worker
         of a live instance; those of instances found dead are dropped on the way.
 
-        Each try is one statement (``GATE_WRITE``): it writes if the row is still the
+        Each try is one statement (``queries.GATE_WRITE``): it writes if the row is still the
         version changed, and returns the row as it found it, with the clock and the live
         instances. So the next change starts from what the last statement saw (our own
         write, when it won), its clock moved on by this machine's; only the first reads."""
         seen = self._seen
         while True:
             if seen is None:
-                row = conn.execute(GATE_READ, (self.lease_seconds,)).fetchone()
+                row = conn.execute(queries.GATE_READ, (self.lease_seconds,)).fetchone()
                 if row is None:
-                    now = conn.execute(f"SELECT {NOW}").fetchone()[0]
+                    now = conn.execute(queries.CLOCK).fetchone()[0]
                     first = {"gate": self.rules.new_state(now).to_dict(), "grants": {}}
-                    conn.execute("INSERT INTO gate (id, version, state) VALUES (1, 0, %s)"
-                                 " ON CONFLICT (id) DO NOTHING", (json.dumps(first),))
+                    conn.execute(queries.GATE_FIRST, (json.dumps(first),))
                     continue
                 seen = (*row, time.monotonic())
             version, text, then, live, at = seen
@@ -317,7 +291,8 @@ class PgCoordinator(_Rows):
                       if key.split("/", 1)[0] in live}
             answer = change(state, grants, now)
             text = json.dumps({"gate": state.to_dict(), "grants": grants})
-            row = conn.execute(GATE_WRITE, (text, version, self.lease_seconds)).fetchone()
+            row = conn.execute(queries.GATE_WRITE,
+                               (text, version, self.lease_seconds)).fetchone()
             if row is None:  # no gate row (deleted by hand): made anew
                 seen = self._seen = None
                 continue
@@ -350,70 +325,3 @@ def _local(answer, now: float):
         return granted, time.monotonic() + (when - now), why
     return answer
 
-
-_LIVE = f"ARRAY(SELECT id FROM instances WHERE heartbeat >= {NOW} - %s)"
-# The gate row, the clock and the live instances: a process's first look (``_gate``).
-GATE_READ = f"SELECT version, state, {NOW}, {_LIVE} FROM gate WHERE id = 1"
-# A change written if the row is still the version it changed (the new version, else
-# NULL), and the row as the statement found it, the clock and the live instances.
-GATE_WRITE = ("WITH written AS (UPDATE gate SET version = version + 1, state = %s"
-              " WHERE id = 1 AND version = %s RETURNING version)"
-              f" SELECT (SELECT version FROM written), version, state, {NOW}, {_LIVE}"
-              " FROM gate WHERE id = 1")
-
-# OLDEST_LINK for each row ``c`` of a batch: the same index lookup, once per row.
-_OLDEST_LINK_OF_C = (OLDEST_LINK.replace("?", "{}").format("c.sha256", "%s", "c.account"))
-
-
-class PgCredentials(_Rows):
-    """The cluster's Imgur credential, one row per configured credential."""
-
-    def __init__(self, database: Database, *, api_url: str, access_token: str = "",
-                 client_id: str = "", client_secret: str = "", refresh_token: str = "",
-                 timeout_seconds: float = 30.0):
-        super().__init__(database)
-        self.args = dict(api_url=api_url, access_token=access_token, client_id=client_id,
-                         client_secret=client_secret, refresh_token=refresh_token,
-                         timeout_seconds=timeout_seconds)
-        self.settings = RefreshSettings(api_url, client_id, client_secret, timeout_seconds)
-        self.configured = Token(access_token, refresh_token)
-        # The configured credential names its row: configure a new one and it starts afresh.
-        self.key = hashlib.sha256("\0".join((access_token, refresh_token, client_id))
-                                  .encode()).hexdigest()
-
-    def __getstate__(self):
-        return {"database": self.database, "args": self.args}
-
-    def __setstate__(self, state):
-        self.__init__(state["database"], **state["args"])
-
-    def current(self, patient: bool = True) -> tuple:
-        return self.run(lambda conn: self._token(conn, lock=False).current(), patient=patient)
-
-    def refresh(self, seen_version: int, reason: str) -> tuple:
-        def work(conn):
-            token = self._token(conn, lock=True)  # the others wait here while we refresh
-            renew(token, self.settings, seen_version, reason)
-            conn.execute("UPDATE credentials SET access_token = %s, refresh_token = %s,"
-                         " version = %s, rejected = %s WHERE key = %s",
-                         (token.access_token, token.refresh_token, token.version,
-                          token.rejected, self.key))
-            return token.current()
-        return self.run(work, transaction=True)
-
-    def forgive(self) -> None:
-        """At an instance's start: try a credential given up on again (as a restart of the
-        embedded service does)."""
-        self.run(lambda conn: conn.execute(
-            "UPDATE credentials SET rejected = NULL WHERE key = %s", (self.key,)))
-
-    def _token(self, conn, *, lock: bool) -> Token:
-        query = ("SELECT access_token, refresh_token, version, rejected FROM credentials"
-                 " WHERE key = %s" + (" FOR UPDATE" if lock else ""))
-        row = conn.execute(query, (self.key,)).fetchone()
-        if row is None:
-            conn.execute("INSERT INTO credentials (key, access_token, refresh_token, version)"
-                         " VALUES (%s, %s, %s, 0) ON CONFLICT (key) DO NOTHING",
-                         (self.key, self.configured.access_token, self.configured.refresh_token))
-            row = conn.execute(query, (self.key,)).fetchone()
-        return Token(*row)

@@ -49,6 +49,7 @@ class SqlStore(OutboxQueries, PruneQueries):
     PICKED = ""  # "id {picked}": the id is one of those the CTE ``picked`` chose
     BY_TURNS = BY_QUEUED = ""  # after "FROM urls": through that index, where a planner would not
     listings_at_once = None  # how many ``links`` listings may stream at once (None: any)
+    outbox_added = False  # set when a commit added effects for the courier
 
     def __init__(self, instance: str):
         self.instance = instance
@@ -347,14 +348,11 @@ class SqlStore(OutboxQueries, PruneQueries):
         same link (S3 gives identical bytes one object), the outbox owes the host the
         removal of its bytes, which the courier then carries out. (link, host, held
         elsewhere) of the image, or None: no such image of this account, or deleted already."""
-        row = self._execute(
-            "UPDATE links SET deleted = {now} WHERE image_id = ? AND account = ?"
-            " AND deleted IS NULL RETURNING link, host, deletehash", (image_id, account)).fetchone()
+        row = self._execute(DELETE_IMAGE, (image_id, account)).fetchone()
         if row is None:
             return None
         link, host, deletehash = row
-        held = self._execute("SELECT 1 FROM links WHERE link = ? AND account <> ?"
-                             " AND deleted IS NULL LIMIT 1", (link, account)).fetchone()
+        held = self._execute(HELD_ELSEWHERE, (link, account)).fetchone()
         if deletehash and held is None:  # (a link the host gave without one stays there)
             self.add_effect("host_delete", deletehash,
                             body=json.dumps({"host": host, "link": link, "account": account}))
@@ -363,34 +361,25 @@ class SqlStore(OutboxQueries, PruneQueries):
     def restore_link(self, link: str, account: str) -> None:
         """The host refused for good to delete this link's image: the account's link is live
         again (listed, reused by dedup, not deleted in its jobs), as it is at the host."""
-        self._execute("UPDATE links SET deleted = NULL WHERE link = ? AND account = ?",
-                      (link, account))
+        self._execute(RESTORE_LINK, (link, account))
 
     # -- readers -----------------------------------------------------------------------------
     def read_job(self, job_id: str, account: Optional[str] = None):
         """(job row, URL rows in submission order, callback row or None) from one snapshot,
         or None; with ``account``, only a job of that account."""
-        mine = "" if account is None else " AND account = ?"
         with self.reading() as conn:
-            job = conn.execute(self.q(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?{mine}"),
+            job = conn.execute(self.q(JOB if account is None else JOB_OF_ACCOUNT),
                                (job_id,) if account is None else (job_id, account)).fetchone()
             if job is None:
                 return None
-            rows = conn.execute(self.q(
-                f"SELECT {URL_COLUMNS} FROM urls u JOIN jobs j ON j.id = u.job_id"
-                " LEFT JOIN links l ON l.link = u.link AND l.account = j.account"
-                " WHERE u.job_id = ? ORDER BY u.id"), (job_id,)).fetchall()
-            callback = conn.execute(self.q(
-                "SELECT state, attempts, last_error FROM outbox WHERE job_id = ?"
-                " AND kind = 'webhook'"), (job_id,)).fetchone()
+            rows = conn.execute(self.q(JOB_URLS), (job_id,)).fetchall()
+            callback = conn.execute(self.q(JOB_CALLBACK), (job_id,)).fetchone()
         return tuple(job), [tuple(r) for r in rows], None if callback is None else tuple(callback)
 
     def list_jobs(self, account: str, limit: int, before: Optional[int] = None):
         """(rows of an account's jobs, newest first, the cursor after them or None)."""
         with self.reading() as conn:
-            rows = conn.execute(self.q(
-                f"SELECT {LISTED_COLUMNS} FROM jobs WHERE account = ? AND {{seq}} < ?"
-                " ORDER BY {seq} DESC LIMIT ?"),
+            rows = conn.execute(self.q(JOBS_LISTED),
                 (account, NO_CURSOR if before is None else before, limit + 1)).fetchall()
         more = len(rows) > limit
         rows = [tuple(r) for r in rows[:limit]]
@@ -400,9 +389,7 @@ class SqlStore(OutboxQueries, PruneQueries):
         """(link, host, delete hash, SHA-256) of an image of this account not deleted yet,
         or None."""
         with self.reading() as conn:
-            row = conn.execute(self.q(
-                "SELECT link, host, deletehash, sha256 FROM links WHERE image_id = ?"
-                " AND account = ? AND deleted IS NULL"), (image_id, account)).fetchone()
+            row = conn.execute(self.q(IMAGE), (image_id, account)).fetchone()
         return None if row is None else tuple(row)
 
     def link_live(self, link: str) -> bool:
@@ -410,8 +397,7 @@ class SqlStore(OutboxQueries, PruneQueries):
         host (S3 names an object by its bytes, so a deleted image uploaded again, by anyone,
         has its link back)."""
         with self.reading() as conn:
-            return conn.execute(self.q("SELECT 1 FROM links WHERE link = ? AND deleted IS NULL"
-                                       " LIMIT 1"), (link,)).fetchone() is not None
+            return conn.execute(self.q(LINK_LIVE), (link,)).fetchone() is not None
 
     @contextlib.contextmanager
     def links(self, page_size: int, account: str = ""):
@@ -438,14 +424,12 @@ class SqlStore(OutboxQueries, PruneQueries):
         made; 0 when none waits). Uses the partial index of queued URLs: the oldest is the
         older of the first plain URL and the first suspect."""
         with self.reading() as conn:
-            count = conn.execute("SELECT COUNT(*) FROM urls WHERE state = 'queued'").fetchone()[0]
+            count = conn.execute(QUEUED_COUNT).fetchone()[0]
             firsts = [row[0] for suspect in (0, 1)
                       for row in conn.execute(self.q(QUEUED_FIRST), (suspect, 1))]
             if not firsts:
                 return count, 0.0
-            oldest = conn.execute(self.q(
-                "SELECT {now} - j.created FROM urls u JOIN jobs j ON j.id = u.job_id"
-                " WHERE u.id = ?"), (min(firsts),)).fetchone()
+            oldest = conn.execute(self.q(WAITED), (min(firsts),)).fetchone()
         return count, max(0.0, oldest[0]) if oldest else 0.0
 
     def link_for(self, sha256: str, host: str, account: str = "") -> Optional[str]:
@@ -515,8 +499,38 @@ KEY_QUEUED = ("SELECT (SELECT count(*) FROM (SELECT id FROM urls {by_turns} WHER
               " AND account = ?)")
 # The oldest live link of some bytes on a host for an account: what dedup reuses. The index
 # links_for_dedup answers it, order included (schema.py, migration 5).
-OLDEST_LINK = ("SELECT link FROM links WHERE sha256 = ? AND host = ? AND account = ?"
-               " AND deleted IS NULL ORDER BY id LIMIT 1")
+def oldest_link(sha256: str = "?", account: str = "?") -> str:
+    """OLDEST_LINK with the bytes and the account given as SQL (a batch's columns)."""
+    return (f"SELECT link FROM links WHERE sha256 = {sha256} AND host = ? AND account = {account}"
+            " AND deleted IS NULL ORDER BY id LIMIT 1")
+
+
+OLDEST_LINK = oldest_link()
+# A job (of an account), its URLs with their links, and its callback's delivery: the job
+# document's rows (``render``), read from one snapshot.
+JOB = f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"
+JOB_OF_ACCOUNT = JOB + " AND account = ?"
+JOB_URLS = (f"SELECT {URL_COLUMNS} FROM urls u JOIN jobs j ON j.id = u.job_id"
+            " LEFT JOIN links l ON l.link = u.link AND l.account = j.account"
+            " WHERE u.job_id = ? ORDER BY u.id")
+JOB_CALLBACK = ("SELECT state, attempts, last_error FROM outbox WHERE job_id = ?"
+                " AND kind = 'webhook'")
+# An account's jobs, newest first, from a cursor on.
+JOBS_LISTED = (f"SELECT {LISTED_COLUMNS} FROM jobs WHERE account = ? AND {{seq}} < ?"
+               " ORDER BY {seq} DESC LIMIT ?")
+# The queue's length, and how long the job of its oldest URL (by id) has waited.
+QUEUED_COUNT = "SELECT COUNT(*) FROM urls WHERE state = 'queued'"
+WAITED = "SELECT {now} - j.created FROM urls u JOIN jobs j ON j.id = u.job_id WHERE u.id = ?"
+# An account's image, live; whether anyone holds a link live; an image deleted (its link,
+# host and delete hash returned), whether another account holds its link, and a link live
+# again (the host refused to delete it).
+IMAGE = ("SELECT link, host, deletehash, sha256 FROM links WHERE image_id = ?"
+         " AND account = ? AND deleted IS NULL")
+LINK_LIVE = "SELECT 1 FROM links WHERE link = ? AND deleted IS NULL LIMIT 1"
+DELETE_IMAGE = ("UPDATE links SET deleted = {now} WHERE image_id = ? AND account = ?"
+                " AND deleted IS NULL RETURNING link, host, deletehash")
+HELD_ELSEWHERE = "SELECT 1 FROM links WHERE link = ? AND account <> ? AND deleted IS NULL LIMIT 1"
+RESTORE_LINK = "UPDATE links SET deleted = NULL WHERE link = ? AND account = ?"
 # An account's live links, oldest first, from links_listed; "id > 0" (always true) is that
 # index's mark, so that no other query can be planned onto it (schema.py, migration 5).
 LIVE_LINKS = ("SELECT link FROM links WHERE account = ? AND deleted IS NULL AND id > 0"

@@ -12,9 +12,9 @@ import os
 import sqlite3
 import threading
 
-from ..errors import StartError, StoreFull, StoreInUse, StoreUnavailable
-from . import schema
-from .sql import LIVE_LINKS, SqlStore
+from ...errors import StartError, StoreFull, StoreInUse, StoreUnavailable
+from .. import schema
+from ..sql import LIVE_LINKS, SqlStore
 
 SQLITE_FULL = 13  # the disk (or max_page_count) has no room: sqlite3.SQLITE_FULL from 3.11
 
@@ -29,7 +29,10 @@ def connect(path: str) -> sqlite3.Connection:
 
 
 class SqliteStore(SqlStore):
+    """The embedded ``protocols.Store``: this instance alone, no leases to renew."""
+
     dialect = "sqlite"
+    clustered = False
     NOW = "((julianday('now') - 2440587.5) * 86400.0)"
     GREATEST = "max"
     SEQ = "rowid"  # jobs are a rowid table: the rowid is their order of creation
@@ -71,15 +74,7 @@ class SqliteStore(SqlStore):
 
     def _migrate(self) -> None:
         with self.transaction():
-            self._execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = self._execute("SELECT MAX(version) FROM schema_version").fetchone()
-            current = row[0] or 0
-            for migration in schema.pending(self.dialect, current):
-                for statement in migration.statements:
-                    self._execute(statement.format(**self.SCHEMA_WORDS))
-                current = migration.version
-            self._execute("DELETE FROM schema_version")
-            self._execute("INSERT INTO schema_version (version) VALUES (?)", (current,))
+            schema.migrate(self._execute, self.dialect, self.SCHEMA_WORDS)
 
     # -- plumbing ----------------------------------------------------------------------------
     def _execute(self, sql, params=()):
@@ -170,6 +165,14 @@ class SqliteStore(SqlStore):
     def _dead_owners(self, column="owner"):
         # The lock guarantees no other instance runs: every other owner is a dead run.
         return f"({column} IS NULL OR {column} <> ?)", (self.instance,)
+
+    def heartbeat(self) -> bool:
+        """No lease to renew: the lock file keeps other instances out."""
+        return True
+
+    def listen(self, on_work, on_pause, on_state) -> bool:
+        """No other instance adds work or pauses the gate: nothing to hear."""
+        return False
 
     def problem(self):
         """Why the store cannot serve now, or None (for health checks)."""

@@ -39,8 +39,7 @@ class OutboxQueries:
                    body: Optional[str] = None) -> str:
         effect_id = str(uuid.uuid4())
         self._execute(
-            "INSERT INTO outbox (id, kind, job_id, target, state, next_at, created, body)"
-            " VALUES (?, ?, ?, ?, ?, {now}, {now}, ?)",
+            ADD_EFFECT,
             (effect_id, kind, job_id, target, PENDING, body))
         self.outbox_added = True
         return effect_id
@@ -50,18 +49,13 @@ class OutboxQueries:
         time is not up, of an instance still alive)."""
         dead, params = self._dead_owners("holder")
         rows = self._execute(
-            "WITH picked AS MATERIALIZED (SELECT id FROM outbox WHERE state = 'pending'"
-            f" AND next_at <= {{now}} AND (held_until IS NULL OR held_until < {{now}} OR {dead})"
-            " ORDER BY next_at LIMIT ? {skip_locked})"
-            " UPDATE outbox SET holder = ?, held_until = {now} + ?, attempts = attempts + 1"
-            " WHERE id IN (SELECT id FROM picked)"
-            " RETURNING id, kind, job_id, target, attempts - 1, body",
+            CLAIM_EFFECTS.replace("{dead}", dead),
             (*params, limit, self.instance, hold_seconds)).fetchall()
         return [Effect(*row) for row in rows]
 
     def set_effect_body(self, effect_id: str, body: str) -> None:
         """The exact bytes of a delivery, fixed at its first attempt for every retry."""
-        self._execute("UPDATE outbox SET body = ? WHERE id = ? AND body IS NULL", (body, effect_id))
+        self._execute(SET_EFFECT_BODY, (body, effect_id))
 
     def record_effect(self, effect_id: str, *, state: str, error: Optional[str],
                       retry_in: float = 0.0, attempted: bool = True) -> bool:
@@ -69,10 +63,7 @@ class OutboxQueries:
         ``retry_in`` seconds (``attempted`` False: the claim's attempt was never made, so it
         is not counted). False when our claim had run out (someone else has it)."""
         return self._execute(
-            "UPDATE outbox SET state = ?, last_error = ?, attempts = attempts - ?,"
-            " next_at = {now} + ?, holder = NULL, held_until = NULL,"
-            " done = CASE WHEN ? = 'pending' THEN NULL ELSE {now} END"
-            " WHERE id = ? AND holder = ? AND state = 'pending'",
+            RECORD_EFFECT,
             (state, error, int(not attempted), retry_in, state, effect_id,
              self.instance)).rowcount == 1
 
@@ -80,7 +71,24 @@ class OutboxQueries:
         """Seconds until the next pending effect no live claim holds is due (0 if one is),
         None if none waits. (One being carried out is not due: its outcome is.)"""
         with self.reading() as conn:
-            row = conn.execute(self.q(
-                "SELECT MIN(next_at) - {now} FROM outbox WHERE state = 'pending'"
-                " AND (held_until IS NULL OR held_until < {now})")).fetchone()
+            row = conn.execute(self.q(NEXT_EFFECT_IN)).fetchone()
         return None if row[0] is None else max(0.0, row[0])
+
+
+ADD_EFFECT = ("INSERT INTO outbox (id, kind, job_id, target, state, next_at, created, body)"
+              " VALUES (?, ?, ?, ?, ?, {now}, {now}, ?)")
+# Due effects no live claim holds ({dead}: the backend's condition that the holder is dead).
+CLAIM_EFFECTS = (
+    "WITH picked AS MATERIALIZED (SELECT id FROM outbox WHERE state = 'pending'"
+    " AND next_at <= {now} AND (held_until IS NULL OR held_until < {now} OR {dead})"
+    " ORDER BY next_at LIMIT ? {skip_locked})"
+    " UPDATE outbox SET holder = ?, held_until = {now} + ?, attempts = attempts + 1"
+    " WHERE id IN (SELECT id FROM picked)"
+    " RETURNING id, kind, job_id, target, attempts - 1, body")
+SET_EFFECT_BODY = "UPDATE outbox SET body = ? WHERE id = ? AND body IS NULL"
+RECORD_EFFECT = ("UPDATE outbox SET state = ?, last_error = ?, attempts = attempts - ?,"
+                 " next_at = {now} + ?, holder = NULL, held_until = NULL,"
+                 " done = CASE WHEN ? = 'pending' THEN NULL ELSE {now} END"
+                 " WHERE id = ? AND holder = ? AND state = 'pending'")
+NEXT_EFFECT_IN = ("SELECT MIN(next_at) - {now} FROM outbox WHERE state = 'pending'"
+                  " AND (held_until IS NULL OR held_until < {now})")

@@ -190,7 +190,7 @@ MIGRATIONS = (
         " ORDER BY id) - 1 AS n FROM urls WHERE state = 'queued') AS r WHERE urls.id = r.id",
         "CREATE INDEX urls_turns ON urls(account, turn, id) WHERE state = 'queued' AND suspect = 0",
     )),
-    Migration(9, (  # retention (store.prune): finished jobs, oldest first, from an index
+    Migration(9, (  # retention (backends.prune): finished jobs, oldest first, from an index
         "CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished) WHERE finished IS NOT NULL",
     )),
 )
@@ -202,3 +202,18 @@ def pending(dialect: str, current: int):
     """The migrations a store at ``current`` still needs, in order."""
     return sorted((m for m in MIGRATIONS if m.version > current and m.only in (None, dialect)),
                   key=lambda m: m.version)
+
+
+def migrate(run, dialect: str, words: dict) -> None:
+    """Bring a store to ``LATEST``, each migration once, and record its version: the one
+    runner of both backends. ``run(sql, params=())`` executes one statement (``?``
+    placeholders) in the caller's transaction and returns its cursor; ``words``: the
+    dialect's ``SCHEMA_WORDS``."""
+    run("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+    current = run("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0
+    for migration in pending(dialect, current):
+        for statement in migration.statements:
+            run(statement.format(**words))
+        current = migration.version
+    run("DELETE FROM schema_version")
+    run("INSERT INTO schema_version (version) VALUES (?)", (current,))

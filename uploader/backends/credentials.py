@@ -6,11 +6,11 @@ later caller with the same version just gets the new token. Without a refresh to
 when the refresh fails, the credential is marked rejected and every upload fails at once
 with that reason instead of hammering Imgur with a token it already refused.
 
-``renew`` is the rule; ``Credentials`` keeps the token in the multiprocessing manager
-(embedded mode), ``shared.postgres`` in a database row that every instance locks in turn.
+``renew`` is the rule; ``sqlite.credentials`` keeps the token in the multiprocessing
+manager (embedded mode), ``postgres.credentials`` in a database row that every instance
+locks in turn.
 """
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -47,7 +47,7 @@ def renew(token: Token, settings: RefreshSettings, seen_version: int, reason: st
     if not (token.refresh_token and settings.client_id and settings.client_secret):
         token.rejected = f"Imgur rejected the access token ({reason}); no refresh token is configured"
     else:
-        from .hosts.imgur import ImgurHost  # the manager imports requests only if needed
+        from ..hosts.imgur import ImgurHost  # the manager imports requests only if needed
         client = ImgurHost(api_url=settings.api_url, client_id=settings.client_id,
                              timeout_seconds=settings.timeout_seconds)
         try:
@@ -63,21 +63,3 @@ def renew(token: Token, settings: RefreshSettings, seen_version: int, reason: st
             log.info("refreshed the Imgur access token for every worker")
     token.version += 1
 
-
-class Credentials:
-    """The embedded credential, in the multiprocessing manager."""
-
-    def __init__(self, *, api_url: str, access_token: str = "", client_id: str = "",
-                 client_secret: str = "", refresh_token: str = "", timeout_seconds: float = 30.0):
-        self.settings = RefreshSettings(api_url, client_id, client_secret, timeout_seconds)
-        self.token = Token(access_token, refresh_token)
-        self._lock = threading.Lock()
-
-    def current(self, patient: bool = True) -> Current:
-        with self._lock:
-            return self.token.current()
-
-    def refresh(self, seen_version: int, reason: str) -> Current:
-        with self._lock:
-            renew(self.token, self.settings, seen_version, reason)
-            return self.token.current()

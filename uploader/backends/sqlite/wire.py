@@ -3,7 +3,7 @@
 multiprocess's own pickler (dill, pure Python) took 0.2 ms for one call's arguments, twice
 per URL. Registered on import: a process that unpickles a proxy (a worker receiving its
 ``Shared``) needs the name known before the proxy is rebuilt, so this module is imported
-with the ``shared`` package, which every worker imports, not by the pool alone.
+with the ``backends.sqlite`` package, which every worker imports, not by the pool alone.
 """
 import pickle
 
