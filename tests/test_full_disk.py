@@ -22,6 +22,7 @@ from uploader.dispatcher import Dispatcher, _Submit
 from uploader.errors import HostFull, StoreFull
 from uploader.hosts import DirectUploader
 from uploader.jobs import Result, Waiting
+from uploader.service import dispatcher_settings
 from uploader.store import open_store
 
 from .support import ServiceProcess
@@ -67,7 +68,7 @@ def embedded(tmp_path):
     config = config_from_dict({"workers": {"processes": 1, "uploads_per_process": 2},
                                "storage": {"path": str(tmp_path / "s.sqlite3")}}, environ={})
     store = open_store(config.storage, "me")
-    dispatcher = Dispatcher(store=store, pool=StubPool(1), config=config)
+    dispatcher = Dispatcher(store=store, pool=StubPool(1), **dispatcher_settings(config))
     dispatcher.recover()
     return store, dispatcher
 

@@ -66,9 +66,10 @@ class Service:
         self.listing_slots = asyncio.Semaphore(self.store.listings_at_once or 2 ** 16)
         self.pool = WorkerPool(self.config, on_event=lambda event: self.dispatcher.post(event))
         self.metrics = Metrics()
-        self.dispatcher = Dispatcher(store=self.store, pool=self.pool, config=self.config,
-                                     metrics=self.metrics, on_fatal=self._on_fatal,
-                                     on_outbox=lambda: self.courier.wake())
+        self.dispatcher = Dispatcher(store=self.store, pool=self.pool, metrics=self.metrics,
+                                     on_fatal=self._on_fatal,
+                                     on_outbox=lambda: self.courier.wake(),
+                                     **dispatcher_settings(self.config))
         # registered when the store opened: the lease is kept until the dispatcher keeps it
         with self.store.kept_alive():
             self.pool.start(lambda manager: make_shared(self.config, manager, self.instance,
@@ -151,6 +152,15 @@ class Service:
         self.store.close()
         if not self.stopped.done():
             self.stopped.set_result(self.exit_code)
+
+
+def dispatcher_settings(config) -> dict:
+    """What the dispatcher needs of the configuration."""
+    workers = config.workers
+    return dict(per_worker=workers.uploads_per_process + workers.fetch_ahead,
+                max_attempts=config.imgur.max_attempts,
+                max_queued=config.server.max_queued_urls_per_key,
+                host=config.resolved_image_host, poll_seconds=config.storage.poll_seconds)
 
 
 def with_actual_port(config, port: int):

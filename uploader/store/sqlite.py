@@ -45,6 +45,9 @@ class SqliteStore(SqlStore):
         " AND suspect = 0 AND account = r.account AND (turn, id) > (r.turn, r.id)"
         " ORDER BY turn, id LIMIT 1)"
         " ORDER BY 2, 4 LIMIT (SELECT n FROM wanted))")
+    # No lease: the lock keeps every other instance out, so what a previous run left in
+    # flight is taken back at the start (``recovery.Alone``), and no other adds work.
+    lease_seconds = None
     SCHEMA_WORDS = {"id": "INTEGER PRIMARY KEY", "real": "REAL", "job_seq": "SELECT 1",
                     "account_seq": "account",  # an index entry ends with the rowid anyway
                     "links_ids_go_on": "SELECT 1"}  # a rowid goes on from the largest
