@@ -14,6 +14,7 @@ from uploader.config import StorageConfig, config_from_dict
 from uploader.courier import Courier
 from uploader.errors import StoreUnavailable
 from uploader.metrics import Metrics
+from uploader.service import courier_settings
 from uploader.store import open_store
 
 from .support import EVERYWHERE_BUT_LOOPBACK
@@ -70,8 +71,9 @@ def courier_for(storage):
             "storage": storage})
         store = open_store(StorageConfig(**storage), "me")
         writer = OneWriter(store)
-        courier = Courier(dispatcher=writer, store=store, config=config, metrics=Metrics(),
-                          delete_at_host=delete_at_host or BlockedDeletions())
+        courier = Courier(call=writer.call, store=store, metrics=Metrics(),
+                          delete_at_host=delete_at_host or BlockedDeletions(),
+                          **courier_settings(config))
         made.append((courier, store))
         courier.start()
         return courier, writer

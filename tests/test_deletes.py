@@ -18,6 +18,7 @@ from uploader.config import Config, LocalConfig, StorageConfig
 from uploader.courier import Courier
 from uploader.metrics import Metrics
 from uploader.render import job_document
+from uploader.service import courier_settings
 from uploader.store import open_store
 
 from .test_courier import OneWriter
@@ -71,8 +72,8 @@ def service(storage, tmp_path):
         return True
 
     writer = OneWriter(store)
-    courier = Courier(dispatcher=writer, store=store, config=config, metrics=Metrics(),
-                      delete_at_host=delete_at_host)
+    courier = Courier(call=writer.call, store=store, metrics=Metrics(),
+                      delete_at_host=delete_at_host, **courier_settings(config))
     readers = ThreadPoolExecutor(2)
     stand_in = types.SimpleNamespace(
         config=config, stopping=False, store=store, readers=readers, metrics=Metrics(),

@@ -75,9 +75,9 @@ class Service:
             self.pool.start(lambda manager: make_shared(self.config, manager, self.instance,
                                                         getattr(self.store, "database", None)))
             self.delete_at_host = hosts.build_deleter(self.config, self.pool.shared)
-            self.courier = Courier(dispatcher=self.dispatcher, store=self.store,
-                                   config=self.config, metrics=self.metrics,
-                                   delete_at_host=self.delete_at_host)
+            self.courier = Courier(call=self.dispatcher.call, store=self.store,
+                                   metrics=self.metrics, delete_at_host=self.delete_at_host,
+                                   **courier_settings(self.config))
             loop.run_in_executor(None, hosts.learn_limits, self.config, self.pool.shared)
         self.dispatcher.start()
         self.courier.start()
@@ -161,6 +161,13 @@ def dispatcher_settings(config) -> dict:
                 max_attempts=config.imgur.max_attempts,
                 max_queued=config.server.max_queued_urls_per_key,
                 host=config.resolved_image_host, poll_seconds=config.storage.poll_seconds)
+
+
+def courier_settings(config) -> dict:
+    """What the courier needs of the configuration: only a shared store has effects that
+    other instances add, looked for every ``poll_seconds`` (else once a minute)."""
+    return dict(host=config.resolved_image_host, webhooks=config.webhooks, fetch=config.fetch,
+                poll_seconds=config.storage.poll_seconds if config.storage.shared else 60.0)
 
 
 def with_actual_port(config, port: int):
