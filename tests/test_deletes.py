@@ -17,6 +17,7 @@ from uploader.app import make_app
 from uploader.config import Config, LocalConfig, StorageConfig
 from uploader.courier import Courier
 from uploader.metrics import Metrics
+from uploader.operations import Operations
 from uploader.render import job_document
 from uploader.service import courier_settings
 from uploader.store import open_store
@@ -75,12 +76,13 @@ def service(storage, tmp_path):
     courier = Courier(call=writer.call, store=store, metrics=Metrics(),
                       delete_at_host=delete_at_host, **courier_settings(config))
     readers = ThreadPoolExecutor(2)
+    operations = Operations(store=store, writer=writer, readers=readers,
+                            forget=lambda sha256, account: forgotten.append(sha256),
+                            host=config.resolved_image_host)
     stand_in = types.SimpleNamespace(
         config=config, stopping=False, store=store, readers=readers, metrics=Metrics(),
         dispatcher=writer, courier=courier, delete_at_host=delete_at_host, asked=asked,
-        forgotten=forgotten,
-        pool=types.SimpleNamespace(shared=types.SimpleNamespace(coordinator=types.SimpleNamespace(
-            forget=lambda sha256, account: forgotten.append(sha256)))))
+        forgotten=forgotten, operations=operations)
     yield stand_in  # (the test starts the courier)
     courier.stop()
     readers.shutdown()

@@ -2,6 +2,18 @@
 
 With the embedded store this is the whole service; with PostgreSQL it is one of any
 number of instances that meet in the database (each with an id of its own).
+
+This is the composition root: ``start`` builds each part once, in order, and hands each
+only what it needs (its settings, ``*_settings``, and the parts below it); no part
+reaches up to another. Who builds whom:
+
+    Service --> store, metrics, reader threads
+            --> WorkerPool(config)                      (workers need all of it)
+            --> Dispatcher(store, pool, metrics)        (``dispatcher_settings``)
+            --> shared state (pool's manager), host deleter
+            --> Courier(dispatcher.call, store, metrics, deleter)   (``courier_settings``)
+            --> Operations(store, dispatcher, readers, dedup's forget)
+            --> Pruner(store), the store's listener, the HTTP app (handlers over operations)
 """
 import asyncio
 import logging
@@ -20,6 +32,7 @@ from .courier import Courier
 from .dispatcher import Dispatcher
 from .errors import StartError
 from .metrics import Metrics
+from .operations import Operations
 from .pool import WorkerPool
 from .retention import Pruner
 from .shared import make_shared, tickets
@@ -74,11 +87,15 @@ class Service:
         with self.store.kept_alive():
             self.pool.start(lambda manager: make_shared(self.config, manager, self.instance,
                                                         getattr(self.store, "database", None)))
-            self.delete_at_host = hosts.build_deleter(self.config, self.pool.shared)
+            self.shared = self.pool.shared
+            self.delete_at_host = hosts.build_deleter(self.config, self.shared)
             self.courier = Courier(call=self.dispatcher.call, store=self.store,
                                    metrics=self.metrics, delete_at_host=self.delete_at_host,
                                    **courier_settings(self.config))
-            loop.run_in_executor(None, hosts.learn_limits, self.config, self.pool.shared)
+            loop.run_in_executor(None, hosts.learn_limits, self.config, self.shared)
+        self.operations = Operations(store=self.store, writer=self.dispatcher,
+                                     readers=self.readers, forget=self.shared.coordinator.forget,
+                                     host=self.config.resolved_image_host)
         self.dispatcher.start()
         self.courier.start()
         retention = self.config.retention
@@ -114,7 +131,7 @@ class Service:
     def credential_problem(self):
         """Why the image host's credential is dead (Imgur refused it for good), or None.
         Blocking (a manager or database round trip): call it off the event loop."""
-        credentials = self.pool.shared.credentials
+        credentials = self.shared.credentials
         if credentials is None:
             return None
         try:
