@@ -249,7 +249,7 @@ class Dispatcher:
         state, effects = self.state.copy(), []
         now = time.monotonic()
         told = self.upkeep.poll_due(now) or any(isinstance(event, _Wake) for event in batch)
-        self.lookout.begin(told)
+        self.lookout.begin(told)  # what the claim finds is kept once the turn commits (settle)
         drained, ask_suspects = self.lookout.drained, self.lookout.ask_suspects
         with self.store.transaction():
             self.upkeep.duties(effects, now)

@@ -5,12 +5,14 @@ number of instances that meet in the database (each with an id of its own).
 
 This is the composition root: ``start`` builds each part once, in order, and hands each
 only what it needs (its settings, ``*_settings``, and the parts below it); no part
-reaches up to another. Who builds whom:
+reaches up to another: news goes up only through callbacks handed down (the pool's
+``on_event``, the dispatcher's ``on_outbox`` and ``on_fatal``). Who builds whom:
 
     Service --> store, metrics, reader threads
             --> WorkerPool(config)                      (workers need all of it)
             --> Dispatcher(store, pool, metrics)        (``dispatcher_settings``)
-            --> shared state (pool's manager), host deleter
+            --> the pool's manager, then what workers share in it (or in the database),
+                handed to the workers; the host deleter
             --> Courier(dispatcher.call, store, metrics, deleter)   (``courier_settings``)
             --> Operations(store, dispatcher, readers, dedup's forget)
             --> Pruner(store), the store's listener, the HTTP app (handlers over operations)
@@ -85,9 +87,10 @@ class Service:
                                      **dispatcher_settings(self.config))
         # registered when the store opened: the lease is kept until the dispatcher keeps it
         with self.store.kept_alive():
-            self.pool.start(lambda manager: make_shared(self.config, manager, self.instance,
-                                                        getattr(self.store, "database", None)))
-            self.shared = self.pool.shared
+            manager = self.pool.start_manager()
+            self.shared = make_shared(self.config, manager, self.instance,
+                                      getattr(self.store, "database", None))
+            self.pool.start_workers(self.shared)
             self.delete_at_host = hosts.build_deleter(self.config, self.shared)
             self.courier = Courier(call=self.dispatcher.call, store=self.store,
                                    metrics=self.metrics, delete_at_host=self.delete_at_host,
