@@ -1,15 +1,18 @@
 """What the dispatcher's turns tell the metrics and the log, once a turn has committed.
 
-The dispatcher knows nothing of counters or log lines: it emits a hook (``emit``), and
-each observer implements the hooks it cares about, the rest being no-ops (the shape of
-dramatiq's middleware). The hooks:
+The dispatcher and its parts neither count nor log an outcome themselves: they emit a
+hook (``emit``), and each observer implements the hooks it cares about, the rest being
+no-ops (the shape of dramatiq's middleware). The hooks:
 
     job_created(job_id, urls)                       a job was committed
     url_waiting(url_id)                             a URL in flight waits for the host's limits
     url_finished(task, result)                      a worker's result was recorded
     url_failed(job_id, url, reason, attempts, kind) the dispatcher failed a URL itself
                                                     (kind: worker_died, service_died)
-    worker_died(worker, exitcode, in_flight)        a worker process died (not in a stop)
+    worker_died(worker)                             a worker process died (not in a stop)
+
+Lines about the service's own state (the store gone, a lease lost, a worker dead) are
+logged where they are found, at once, not here.
 """
 import logging
 
@@ -33,7 +36,7 @@ class Observer:
     def url_failed(self, job_id, url, reason, attempts, kind) -> None:
         pass
 
-    def worker_died(self, worker, exitcode, in_flight) -> None:
+    def worker_died(self, worker) -> None:
         pass
 
 
@@ -67,12 +70,12 @@ class MetricsObserver(Observer):
     def url_failed(self, job_id, url, reason, attempts, kind) -> None:
         self.metrics.failed(kind)
 
-    def worker_died(self, worker, exitcode, in_flight) -> None:
+    def worker_died(self, worker) -> None:
         self.metrics.worker_died()
 
 
 class LogObserver(Observer):
-    """One line per URL outcome (``log_outcome``) and per worker death."""
+    """One line per URL outcome (``log_outcome``)."""
 
     def url_finished(self, task, result) -> None:
         log_outcome(task.job_id, task.url, result.state, link=result.link, reason=result.reason,
@@ -80,10 +83,6 @@ class LogObserver(Observer):
 
     def url_failed(self, job_id, url, reason, attempts, kind) -> None:
         log_outcome(job_id, url, jobs.FAILED, reason=reason, attempts=attempts)
-
-    def worker_died(self, worker, exitcode, in_flight) -> None:
-        log.error("worker %d died (exit code %s) with %d URLs in flight",
-                  worker, exitcode, in_flight)
 
 
 def observers_for(metrics) -> Observers:

@@ -155,8 +155,9 @@ class WorkerDeaths:
         state.assigned[event.worker] = {}
         effects.append(lambda: self.pool.release_claims(event.worker, event.generation))
         if state.stopping is None:
-            effects.append(lambda: self.observe.emit("worker_died", event.worker,
-                                                     event.exitcode, len(orphans)))
+            log.error("worker %d died (exit code %s) with %d URLs in flight",
+                      event.worker, event.exitcode, len(orphans))
+            effects.append(lambda: self.observe.emit("worker_died", event.worker))
         crowd = len(orphans) > 1
         for task in orphans.values():
             state.quarantine.finished(task.url_id)
