@@ -14,6 +14,7 @@ from uploader.config import config_from_dict
 from uploader.courier import Courier
 from uploader.errors import StoreUnavailable
 from uploader.metrics import Metrics
+from uploader.service import courier_settings
 
 from .support import EVERYWHERE_BUT_LOOPBACK
 from .test_crash import wait_until
@@ -69,8 +70,9 @@ def courier_for(stores):
             "storage": stores.storage})
         store = stores.open("me")
         writer = OneWriter(store)
-        courier = Courier(dispatcher=writer, store=store, config=config, metrics=Metrics(),
-                          delete_at_host=delete_at_host or BlockedDeletions())
+        courier = Courier(call=writer.call, store=store, metrics=Metrics(),
+                          delete_at_host=delete_at_host or BlockedDeletions(),
+                          **courier_settings(config, store))
         made.append((courier, store))
         courier.start()
         return courier, writer

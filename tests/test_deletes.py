@@ -17,8 +17,10 @@ from uploader.app import make_app
 from uploader.config import Config, LocalConfig, StorageConfig
 from uploader.courier import Courier
 from uploader.metrics import Metrics
+from uploader.operations import Operations
 from uploader.render import job_document
 from uploader.backends import open_store
+from uploader.service import courier_settings
 
 from .test_courier import OneWriter
 from .test_crash import wait_until
@@ -71,15 +73,16 @@ def service(storage, tmp_path):
         return True
 
     writer = OneWriter(store)
-    courier = Courier(dispatcher=writer, store=store, config=config, metrics=Metrics(),
-                      delete_at_host=delete_at_host)
+    courier = Courier(call=writer.call, store=store, metrics=Metrics(),
+                      delete_at_host=delete_at_host, **courier_settings(config, store))
     readers = ThreadPoolExecutor(2)
+    operations = Operations(store=store, writer=writer, readers=readers,
+                            forget=lambda sha256, account: forgotten.append(sha256),
+                            host=config.resolved_image_host)
     stand_in = types.SimpleNamespace(
         config=config, stopping=False, store=store, readers=readers, metrics=Metrics(),
         dispatcher=writer, courier=courier, delete_at_host=delete_at_host, asked=asked,
-        forgotten=forgotten,
-        pool=types.SimpleNamespace(shared=types.SimpleNamespace(coordinator=types.SimpleNamespace(
-            forget=lambda sha256, account: forgotten.append(sha256)))))
+        forgotten=forgotten, operations=operations)
     yield stand_in  # (the test starts the courier)
     courier.stop()
     readers.shutdown()

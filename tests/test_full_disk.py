@@ -23,6 +23,7 @@ from uploader.errors import HostFull, StoreFull
 from uploader.hosts import DirectUploader
 from uploader.jobs import Result, Waiting
 from uploader.backends import open_store
+from uploader.service import dispatcher_settings
 
 from .support import ServiceProcess
 from .test_crash import wait_until
@@ -67,7 +68,7 @@ def embedded(tmp_path):
     config = config_from_dict({"workers": {"processes": 1, "uploads_per_process": 2},
                                "storage": {"path": str(tmp_path / "s.sqlite3")}}, environ={})
     store = open_store(config.storage, "me")
-    dispatcher = Dispatcher(store=store, pool=StubPool(1), config=config)
+    dispatcher = Dispatcher(store=store, pool=StubPool(1), **dispatcher_settings(config))
     dispatcher.recover()
     return store, dispatcher
 

@@ -18,6 +18,7 @@ from uploader.config import config_from_dict
 from uploader.dispatcher import Dispatcher, _Submit, _Wake
 from uploader.jobs import Result, WorkerExited
 from uploader.backends import memory, open_store
+from uploader.service import dispatcher_settings
 from uploader.worker import SHARED_STATE_LOST
 
 pytestmark = pytest.mark.system  # starts processes or servers
@@ -97,7 +98,8 @@ class JobLifecycle(RuleBasedStateMachine):
         if self.store is not None:
             self.store.close()
         self.store = open_store(self.config.storage, str(uuid.uuid4()))
-        dispatcher = Dispatcher(store=self.store, pool=StubPool(2), config=self.config)
+        dispatcher = Dispatcher(store=self.store, pool=StubPool(2),
+                                **dispatcher_settings(self.config))
         dispatcher.recover()
         self._take_back_the_dead(dispatcher)
         dispatcher._turn([])
@@ -197,8 +199,8 @@ class SharedJobLifecycle(JobLifecycle):
         POSTGRES["server"].drop_database(self.database.rsplit("/", 1)[1])
 
     def _take_back_the_dead(self, dispatcher):
-        dispatcher.lease_seconds = 0  # the previous instance's lease is out
-        dispatcher._store_ok_since = float("-inf")
+        dispatcher.upkeep.lease_seconds = 0  # the previous instance's lease is out
+        dispatcher.upkeep.connected_since = float("-inf")
 
     @precondition(lambda self: self._in_flight())
     @rule()
@@ -245,7 +247,8 @@ def test_a_worker_that_lost_the_manager_stops_the_instance_and_fails_no_url(tmp_
                                "storage": {"path": str(tmp_path / "s.sqlite3")}}, environ={})
     store = open_store(config.storage, "me")
     fatal = []
-    dispatcher = Dispatcher(store=store, pool=StubPool(1), config=config, on_fatal=fatal.append)
+    dispatcher = Dispatcher(store=store, pool=StubPool(1), on_fatal=fatal.append,
+                            **dispatcher_settings(config))
     dispatcher.recover()
     dispatcher._turn([_Submit("job-1", ["https://example.test/a.png",
                                         "https://example.test/b.png"], Future())])
@@ -276,7 +279,7 @@ def test_a_drained_shared_queue_is_looked_at_again_once_told_of_work(postgres):
     claim, suspects_waiting = store.claim, store.suspects_waiting
     store.claim = lambda limit: claims.append(limit) or claim(limit)
     store.suspects_waiting = lambda: asked.append(1) or suspects_waiting()
-    dispatcher = Dispatcher(store=store, pool=StubPool(1), config=config)
+    dispatcher = Dispatcher(store=store, pool=StubPool(1), **dispatcher_settings(config))
     dispatcher.recover()
     try:
         dispatcher._turn([_Wake()])  # nothing queued: drained
@@ -295,7 +298,7 @@ def test_a_drained_shared_queue_is_looked_at_again_once_told_of_work(postgres):
         dispatcher._turn([])
         with other.transaction():
             other.create_job("later", ["https://example.test/c.png"])
-        dispatcher._next_poll = 0.0  # a poll due (no notification came)
+        dispatcher.upkeep.next_poll = 0.0  # a poll due (no notification came)
         dispatcher._turn([])
         assert dispatcher.in_flight() == 3 and len(claims) == 6 and len(asked) == 4
     finally:

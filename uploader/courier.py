@@ -6,7 +6,7 @@
 One claiming thread per instance and ``webhooks.concurrency`` delivery threads: a slow
 receiver holds the thread of its own delivery, never another's (one thread delivering
 one at a time let four slow receivers delay another key's webhook by 40 s). Claims and
-records go through the dispatcher (the one writer). The effects:
+records go through the dispatcher (the one writer: ``call``). The effects:
 
     webhook      POST the job document (its bytes fixed at the first attempt, so every
                  retry sends the same) to the job's callback_url, signed when a secret is
@@ -45,19 +45,23 @@ OUTAGE_SECONDS = 2.0  # wait this long when the store cannot be reached
 
 
 class Courier:
-    def __init__(self, *, dispatcher, store, config, metrics, delete_at_host):
-        self.dispatcher = dispatcher
+    def __init__(self, *, call, store, metrics, delete_at_host, host: str, webhooks, fetch,
+                 poll_seconds: float):
+        """``call(fn)``: run ``fn(store)`` on the writer's thread, a future of its result
+        (``Dispatcher.call``); ``host``: the image host in use; ``webhooks``, ``fetch``:
+        those sections of the configuration (a callback's address is judged like an image
+        source's); ``poll_seconds``: how often to look for effects others added."""
+        self.call = call
         self.store = store
         self.metrics = metrics
         self.delete_at_host = delete_at_host
-        self.host = config.resolved_image_host
-        hooks = config.webhooks
+        self.host = host
+        hooks = webhooks
         self.concurrency = hooks.concurrency
         self.max_attempts = hooks.max_attempts
         self.backoff = hooks.backoff
         self.hold_seconds = hooks.timeout_seconds * 2 + 30  # longer than any one attempt
-        self.poll_seconds = config.storage.poll_seconds if store.clustered else 60.0
-        fetch = config.fetch  # a callback's address is judged like an image source's
+        self.poll_seconds = poll_seconds
         self.sender = WebhookSender(
             timeout_seconds=hooks.timeout_seconds, max_redirects=fetch.max_redirects,
             allow_private_networks=fetch.allow_private_networks,
@@ -132,7 +136,7 @@ class Courier:
                 self._wake.set()
 
     def _call(self, fn):
-        return self.dispatcher.call(fn).result()
+        return self.call(fn).result()
 
     def _carry_out(self, effect: Effect) -> None:
         if effect.attempts >= self.max_attempts:  # the last was cut short: none is left

@@ -16,11 +16,10 @@ turn works on a copy of the dispatcher's state, kept only once the commit succee
 turn that fails (the database is down, or lost a race with another instance) is simply
 run again later, and nothing is visible or in flight before it is durable.
 
-A worker's death hands its in-flight URLs back (or fails those that used every
-attempt); when it had several, each becomes a suspect that runs alone (``quarantine``).
-A stop drains in-flight work within a grace period and hands back the rest. With a
-shared store, the turn also renews this instance's lease, takes back URLs of instances
-that died (``store.reap``) and polls for work in case a notification was missed.
+The parts of a turn live beside it: ``slots`` fills the workers' slots (with quarantine)
+and records results; ``recovery`` takes back what a death left in flight, and keeps the
+lease the store asks for (its ``upkeep``); ``observers`` count and log what committed.
+A stop drains in-flight work within a grace period and hands back the rest (``_finish``).
 """
 import logging
 import queue
@@ -30,13 +29,14 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, List, Optional, Sequence
 
-from . import jobs
 from .errors import PoolBroken, QueueFull, StoreConflict, StoreUnavailable
 from .jobs import Attempt, Progress, Ready, Refused, Result, Task, Waiting, WorkerExited
 from .metrics import Metrics
+from .observers import observers_for
 from .pool import ManagerLost
 from .quarantine import Quarantine
-from .worker import SHARED_STATE_LOST
+from .recovery import Respawn, WorkerDeaths, upkeep_for
+from .slots import Lookout, Slots
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,6 @@ class _Call:
 class _Stop:
     grace: float
     immediate: bool
-
-
-@dataclass
-class _Respawn:
-    worker: int
 
 
 class _Wake:
@@ -104,20 +99,24 @@ class _State:
 class Dispatcher:
     """Claims queued URLs for free worker slots and records what comes back."""
 
-    def __init__(self, *, store, pool, config, metrics=None, on_fatal=None, on_outbox=None):
+    def __init__(self, *, store, pool, per_worker: int, max_attempts: int, max_queued: int,
+                 host: str, poll_seconds: float, metrics=None, on_fatal=None, on_outbox=None):
+        """``per_worker``: the URLs a worker holds (its upload slots' and those it gets
+        ready); ``max_queued``: a key's queued URLs at most (0: no cap); ``host``: the
+        image host results are recorded for; ``poll_seconds``: see ``recovery.Leased``."""
         self.store = store
         self.pool = pool
-        self.metrics = metrics or Metrics()
-        # A worker holds the URLs its upload slots upload and those it gets ready for them.
-        self.slots = config.workers.uploads_per_process + config.workers.fetch_ahead
-        self.max_attempts = config.imgur.max_attempts
-        self.max_queued = config.server.max_queued_urls_per_key  # 0: no cap
-        self.host = config.resolved_image_host
+        self.observe = observers_for(metrics or Metrics())
+        self.max_queued = max_queued
         self.on_fatal = on_fatal or (lambda reason: None)
         self.on_outbox = on_outbox or (lambda: None)  # a commit added effects to carry out
-        self.shared = store.clustered  # other instances may use the store at once
-        self.lease_seconds = config.storage.lease_seconds
-        self.poll_seconds = config.storage.poll_seconds
+        self.lookout = Lookout()  # whether a claim is worth its statements
+        self.slots = Slots(store=store, pool=pool, per_worker=per_worker, host=host,
+                           lookout=self.lookout, observe=self.observe)
+        self.upkeep = upkeep_for(store, max_attempts=max_attempts, poll_seconds=poll_seconds,
+                                 lookout=self.lookout, observe=self.observe)
+        self.deaths = WorkerDeaths(store=store, pool=pool, max_attempts=max_attempts,
+                                   lookout=self.lookout, observe=self.observe, post=self.post)
         self.events: "queue.SimpleQueue[object]" = queue.SimpleQueue()
         self.state = _State(assigned={})
         self.stopped = threading.Event()
@@ -127,17 +126,6 @@ class Dispatcher:
         self._held: List[object] = []  # events of a turn that could not commit, to run again
         self._retry_at: Optional[float] = None
         self._failures = 0
-        self._store_ok_since = time.monotonic()
-        self._next_heartbeat = self._next_reap = self._next_poll = 0.0
-        # Shared store: the last claim found nothing to take (and no suspect waiting), so
-        # turns claim again only once told of work (``_Wake``: a notification, a poll due)
-        # or having added some: a claim that finds nothing is statements for nothing.
-        self._drained = False
-        self._look = True  # this turn may find work: claim (see ``_fill_slots``)
-        # Whether to ask if a suspect waits: a suspect is queued only by a requeue (here,
-        # or elsewhere: then a notification tells, or the next poll), so the answer is
-        # asked again only after such news, or while the last was yes.
-        self._ask_suspects = True
         self._thread = threading.Thread(target=self._run, name="dispatcher", daemon=True)
 
     # -- called from other threads ---------------------------------------------
@@ -147,14 +135,8 @@ class Dispatcher:
         self.post(_Wake())  # first turn: dispatch whatever is queued
 
     def recover(self) -> None:
-        """Embedded store: take back what a previous run left in flight (no other instance
-        can be running). A shared store does this in its turns, for instances found dead."""
-        if not self.shared:
-            with self.store.transaction():
-                requeued, failed = self.store.reap(self.max_attempts)
-            if requeued:
-                log.info("handed back %d URLs left in flight by the previous run", requeued)
-            self._count_deaths(failed)
+        """Take back what a previous run left in flight, as the store's upkeep says."""
+        self.upkeep.at_start()
         self.state = _State(assigned={index: {} for index in self.pool.workers})
 
     def post(self, event) -> None:
@@ -231,10 +213,7 @@ class Dispatcher:
     def _wait_seconds(self) -> Optional[float]:
         """How long the queue may keep us waiting: until the next duty, retry or deadline."""
         moments = [m for m in (self._retry_at, self.state.stopping) if m is not None]
-        if self.shared:
-            moments += [self._next_heartbeat, self._next_reap]
-            if self._free_slots():
-                moments.append(self._next_poll)
+        moments += self.upkeep.moments(self.slots.free(self.state))
         return None if not moments else max(0.0, min(moments) - time.monotonic())
 
     def _turn(self, batch: List[object]) -> None:
@@ -246,8 +225,7 @@ class Dispatcher:
         for refused in (event for event in batch if isinstance(event, Refused)):
             self._refused[refused.worker] = refused  # heard even while the store is away
         if submits or any(isinstance(event, _Call) for event in batch):
-            self._drained = False  # work added here (or may be: a retry, a cancel)
-            self._ask_suspects = True
+            self.lookout.work_added()  # work added here (or may be: a retry, a cancel)
         batch = [event for event in batch if not isinstance(event, (_Submit, _Call, Refused))]
         if self._retry_at is not None and time.monotonic() < self._retry_at:
             self._held = batch  # the store was unreachable a moment ago: wait a little more
@@ -270,31 +248,29 @@ class Dispatcher:
         then the effects outside the store, in order."""
         state, effects = self.state.copy(), []
         now = time.monotonic()
-        told = now >= self._next_poll or any(isinstance(event, _Wake) for event in batch)
-        self._look = not self._drained or told
-        self._ask_suspects = self._ask_suspects or told
-        drained, ask_suspects = self._drained, self._ask_suspects
+        told = self.upkeep.poll_due(now) or any(isinstance(event, _Wake) for event in batch)
+        self.lookout.begin(told)  # what the claim finds is kept once the turn commits (settle)
+        drained, ask_suspects = self.lookout.drained, self.lookout.ask_suspects
         with self.store.transaction():
-            if self.shared:
-                self._duties(effects, now)
+            self.upkeep.duties(effects, now)
             results = []  # consecutive results are finished together
             for event in batch:
                 if isinstance(event, Result):
                     results.append(event)
                     continue
-                self._on_results(state, effects, results)
+                self.slots.empty(state, effects, results)
                 results = []
                 self._apply_event(state, effects, event)
-            self._on_results(state, effects, results)
+            self.slots.empty(state, effects, results)
             if state.lost or state.stopping is not None:
                 sends = {}
             else:
-                sends, drained, ask_suspects = self._fill_slots(state)
+                sends, drained, ask_suspects = self.slots.fill(state)
         if state.host_full:  # only URLs still in flight here wait
             state.host_full = {u: why for u, why in state.host_full.items() if state.task(u)}
         self.state = state
-        self._schedule(now)
-        self._drained, self._ask_suspects = drained, ask_suspects
+        self.upkeep.schedule(now, looked=self.lookout.look)
+        self.lookout.settle(drained, ask_suspects)
         self._outbox_news()
         for effect in effects:
             try:
@@ -327,7 +303,7 @@ class Dispatcher:
                 else:
                     state.host_full.pop(event.url_id, None)
                     if event.until is not None:
-                        effects.append(self.metrics.waiting)
+                        effects.append(lambda u=event.url_id: self.observe.emit("url_waiting", u))
         elif isinstance(event, Progress):
             task = state.task(event.url_id)
             if task is not None:
@@ -335,47 +311,18 @@ class Dispatcher:
         elif isinstance(event, Ready):
             state.ready[event.worker] = event.generation
         elif isinstance(event, WorkerExited):
-            self._on_worker_exited(state, effects, event)
-        elif isinstance(event, _Respawn):
-            if state.stopping is None:
-                state.assigned[event.worker] = {}
-                effects.append(lambda: self.pool.spawn(event.worker))
+            self.deaths.exited(state, effects, event)
+        elif isinstance(event, Respawn):
+            self.deaths.respawn(state, effects, event)
         elif isinstance(event, _Stop):
             self._on_stop(state, effects, event)
         elif isinstance(event, ManagerLost):
             state.lost = event.reason
 
-    def _duties(self, effects: list, now: float) -> None:
-        """Shared store: renew our lease, and take back what dead instances held."""
-        if now >= self._next_heartbeat and not self.store.heartbeat():
-            log.warning("this instance's lease had expired (no heartbeat for over %.0f s): "
-                        "other instances took back the URLs it held; their results here "
-                        "will be refused", self.lease_seconds)
-        # Only once we have been connected for a whole lease: after an outage everyone's
-        # heartbeat is old, and the others must get the chance to renew theirs first.
-        if now >= self._next_reap and now - self._store_ok_since >= self.lease_seconds:
-            requeued, failed = self.store.reap(self.max_attempts)
-            if requeued:
-                log.info("took back %d URLs that dead instances held", requeued)
-                self._look = self._ask_suspects = True
-            if failed:
-                effects.append(lambda: self._count_deaths(failed))
-
-    def _schedule(self, now: float) -> None:
-        if not self.shared:
-            return
-        period = self.lease_seconds / 3
-        if now >= self._next_heartbeat:
-            self._next_heartbeat = now + period
-        if now >= self._next_reap:
-            self._next_reap = now + period
-        if self._look:  # looked for work: the next poll is due a poll's wait from now
-            self._next_poll = now + self.poll_seconds
-
     def _store_ok(self) -> None:
         if self.store_problem is not None:
             log.info("the store is reachable again")
-            self._store_ok_since = time.monotonic()
+            self.upkeep.reconnected(time.monotonic())
         self.store_problem, self._retry_at, self._failures = None, None, 0
 
     def _store_failed(self, exc: Exception) -> None:
@@ -441,125 +388,8 @@ class Dispatcher:
             return
         self._store_ok()
         for event in created:  # committed: now the job exists for everyone
-            self.metrics.job_submitted(len(event.urls))
+            self.observe.emit("job_created", event.job_id, event.urls)
             event.future.set_result(None)
-
-    def _free_slots(self) -> int:
-        return sum(max(0, self.slots - len(tasks)) for tasks in self.state.assigned.values())
-
-    def _fill_slots(self, state: _State):
-        """Claim queued URLs for every free slot; returns each worker's batch to send,
-        whether the queue was found drained (shared store: nothing taken, no suspect
-        waiting) and whether to ask for suspects next time. A drained queue is not looked
-        at again until this turn may find work."""
-        load = {i: len(tasks) for i, tasks in state.assigned.items()
-                if i in self.pool.workers and self.pool.workers[i].process.is_alive()}
-        free = {i: self.slots - n for i, n in load.items()}
-        if not any(n > 0 for n in free.values()) or (self.shared and not self._look):
-            # work told of stays to be looked for
-            return {}, self._drained and not self._look, self._ask_suspects
-        waiting = (self.store.suspects_waiting() if self._ask_suspects or not self.shared
-                   else False)
-        free, suspect_worker = state.quarantine.plan(free, load, waiting=waiting)
-        sends: Dict[int, List[Task]] = {}
-        if suspect_worker is not None:
-            task = self.store.claim_suspect()
-            if task is not None:
-                state.quarantine.started(task.url_id, suspect_worker)
-                state.assigned[suspect_worker][task.url_id] = task
-                sends[suspect_worker] = [task]
-        free = {i: n for i, n in free.items() if n > 0}
-        if not free:
-            return sends, False, waiting
-        tasks = self.store.claim(sum(free.values()))
-        for task in tasks:
-            index = max(free, key=free.get)  # least loaded worker first
-            free[index] -= 1
-            state.assigned[index][task.url_id] = task
-            sends.setdefault(index, []).append(task)
-        return sends, self.shared and not tasks and not waiting, waiting
-
-    def _on_results(self, state: _State, effects: list, results: List[Result]) -> None:
-        """Record results in one go (``store.finish_many``); each is logged and counted."""
-        finishing = []
-        for result in results:
-            task = state.assigned.get(result.worker, {}).pop(result.url_id, None)
-            if task is None:
-                log.info("ignored a result for URL #%d that is not in flight here", result.url_id)
-                continue
-            state.quarantine.finished(result.url_id)
-            finishing.append((result, task))
-        if not finishing:
-            return
-        recorded = self.store.finish_many([(task, result.state, dict(
-            attempts=result.attempts, link=result.link, reason=result.reason,
-            sha256=result.sha256, reused=result.reused, host=self.host,
-            deletehash=result.deletehash)) for result, task in finishing])
-        for (result, task), kept in zip(finishing, recorded):
-            if not kept:
-                log.warning("refused a late result for URL #%d (%s): this instance no longer "
-                            "holds it", result.url_id, result.state)
-                continue
-            effects.append(lambda result=result: self.metrics.result(result))
-            effects.append(lambda result=result, task=task: log_outcome(
-                task.job_id, task.url, result.state, link=result.link, reason=result.reason,
-                attempts=result.attempts, seconds=result.seconds, reused=result.reused))
-
-    def _on_worker_exited(self, state: _State, effects: list, event: WorkerExited) -> None:
-        handle = self.pool.workers.get(event.worker)
-        if handle is None or handle.generation != event.generation:
-            return
-        if event.exitcode == SHARED_STATE_LOST:  # as if the manager's death were seen here:
-            state.lost = state.lost or f"worker {event.worker} lost its connection to it"
-            return  # its URLs stay in flight, handed back unfailed by the stop (``_finish``)
-        orphans = state.assigned.get(event.worker, {})
-        state.assigned[event.worker] = {}
-        effects.append(lambda: self.pool.release_claims(event.worker, event.generation))
-        if state.stopping is None:
-            log.error("worker %d died (exit code %s) with %d URLs in flight",
-                      event.worker, event.exitcode, len(orphans))
-            effects.append(self.metrics.worker_died)
-        crowd = len(orphans) > 1
-        for task in orphans.values():
-            state.quarantine.finished(task.url_id)
-            if state.stopping is None and task.attempt >= self.max_attempts:
-                reason = (f"worker died while uploading (exit code {event.exitcode}) "
-                          f"on attempt {task.attempt} of {self.max_attempts}")
-                if self.store.finish(task, jobs.FAILED, attempts=task.attempt, reason=reason):
-                    effects.append(lambda t=task, r=reason: self._died_with(
-                        t.job_id, t.url, r, t.attempt, "worker_died"))
-            else:
-                self.store.requeue(task, suspect=state.stopping is None and (crowd or task.suspect))
-                self._look = self._ask_suspects = True  # back in the queue: maybe a suspect
-        if state.stopping is None:
-            self._schedule_respawn(state, effects, event.worker, handle)
-
-    def _count_deaths(self, failed) -> None:
-        for url_id, job_id, url, attempts, reason in failed:
-            self._died_with(job_id, url, reason, attempts, "service_died")
-
-    def _died_with(self, job_id, url, reason, attempts, failure_class) -> None:
-        """Count and log a URL failed by the dispatcher itself (no worker reported it)."""
-        self.metrics.failed(failure_class)
-        log_outcome(job_id, url, jobs.FAILED, reason=reason, attempts=attempts)
-
-    def _schedule_respawn(self, state: _State, effects: list, index: int, handle) -> None:
-        """Respawn at once, unless this worker keeps dying young (then back off, up to 30 s)."""
-        lived = time.monotonic() - handle.started
-        deaths = state.quick_deaths[index] = (state.quick_deaths.get(index, 0) + 1
-                                              if lived < 2.0 else 0)
-        delay = 0.0 if deaths < 3 else min(30.0, 0.5 * 2 ** deaths)
-        if delay == 0:
-            effects.append(lambda: self.pool.spawn(index))
-            return
-        log.error("worker %d keeps dying; next start in %.0f s", index, delay)
-
-        def later():
-            timer = threading.Timer(delay, self.post, args=(_Respawn(index),))
-            timer.daemon = True
-            timer.start()
-
-        effects.append(later)
 
     def _on_stop(self, state: _State, effects: list, event: _Stop) -> None:
         if state.stopping is None:
@@ -591,13 +421,3 @@ class Dispatcher:
             self.on_fatal(fatal)
         self.stopped.set()
 
-
-def log_outcome(job_id, url, state, *, link=None, reason=None, attempts=0, seconds=None,
-                reused=False) -> None:
-    """The one log line per URL outcome (fields also go to JSON logs as keys)."""
-    outcome = "reused" if reused else state
-    detail = link if state == jobs.COMPLETE else reason
-    took = f" in {seconds:.2f} s" if seconds is not None else ""
-    log.info("job %s: %s %s: %s (attempts %d%s)", job_id, url, outcome, detail, attempts, took,
-             extra={"job_id": job_id, "url": url, "outcome": outcome, "link": link,
-                    "reason": reason, "attempts": attempts, "duration": seconds})

@@ -1,4 +1,5 @@
-"""What every handler shares: JSON errors, the store's reader threads, API keys, JSON bodies.
+"""What every handler shares: JSON errors, the store's reader threads, API keys, JSON bodies,
+and the answers to what a service operation refuses (``operate``).
 
 Every error body is JSON ``{"error": "..."}``, Tornado's own 404 and 405 included, with
 any URL's userinfo shown as ``***``. A handler of the ``/v1`` API is ``guarded``: with API
@@ -18,11 +19,13 @@ import tornado.web
 
 from . import access
 from .auth import Unauthorized, account_for
-from .errors import StoreFull, StoreUnavailable
+from .errors import QueueFull, StoreFull, StoreUnavailable
+from .operations import Conflict, NotFound
 from .scrub import control_problem, redact_userinfo
 
 log = logging.getLogger(__name__)
 
+QUEUE_FULL_RETRY_SECONDS = 30  # a key's queue drains at the pace of its uploads: not at once
 SMALL_BODY_BYTES = 8192  # the body limit of every route but the upload's (none reads a body)
 UNBOUNDED = 1 << 62
 
@@ -150,10 +153,18 @@ class BaseHandler(JsonErrors, tornado.web.RequestHandler):
         if given.split(";", 1)[0].strip().lower() != "application/json":
             raise ApiError(415, f"Content-Type must be application/json, got {given or 'none'!r}")
 
-    async def wait(self, future):
-        """Await a dispatcher future; an unreachable or full store answers 503."""
+    async def operate(self, operation):
+        """Await a service operation (``operations``): a refusal answers 404, 409 or 429,
+        an unreachable or full store 503."""
         try:
-            return await asyncio.wrap_future(future)
+            return await operation
+        except NotFound as exc:
+            raise ApiError(404, str(exc)) from None
+        except Conflict as exc:
+            raise ApiError(409, str(exc)) from None
+        except QueueFull as exc:
+            raise ApiError(429, str(exc),
+                           headers={"Retry-After": str(QUEUE_FULL_RETRY_SECONDS)}) from None
         except StoreUnavailable as exc:
             log.warning("%s %s: %s", self.request.method, self.request.path, exc)
             raise store_down(exc) from None

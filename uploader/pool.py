@@ -89,13 +89,17 @@ class WorkerPool:
         self._gate_lock = threading.Lock()
 
     # -- start -----------------------------------------------------------------
-    def start(self, make_shared: Callable[[SyncManager], Shared]) -> None:
-        """Start the manager, then the workers; ``make_shared(manager)`` builds what every
-        worker shares (objects in the manager, or handles to the shared database)."""
+    def start_manager(self) -> SyncManager:
+        """Start the manager process, first: what the workers share may live in it."""
         self.lifeline = lifeline.Lifeline(self.ctx)
         self.manager = PoolManager(ctx=self.ctx)
         self.manager.start(initializer=_manager_init, initargs=(self.lifeline.end,))
-        self.shared = make_shared(self.manager)
+        return self.manager
+
+    def start_workers(self, shared: Shared) -> None:
+        """Start the workers, each handed ``shared`` (objects in the manager, or handles to
+        the shared database: ``shared.make_shared``)."""
+        self.shared = shared
         self._wake_r, self._wake_w = os.pipe()  # tells the reader its set of pipes changed
         for index in range(self.config.workers.processes):
             self.spawn(index)

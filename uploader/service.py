@@ -2,6 +2,20 @@
 
 With the embedded store this is the whole service; with PostgreSQL it is one of any
 number of instances that meet in the database (each with an id of its own).
+
+This is the composition root: ``start`` builds each part once, in order, and hands each
+only what it needs (its settings, ``*_settings``, and the parts below it); no part
+reaches up to another: news goes up only through callbacks handed down (the pool's
+``on_event``, the dispatcher's ``on_outbox`` and ``on_fatal``). Who builds whom:
+
+    Service --> store, metrics, reader threads
+            --> WorkerPool(config)                      (workers need all of it)
+            --> Dispatcher(store, pool, metrics)        (``dispatcher_settings``)
+            --> the pool's manager, then what workers share in it (or in the database),
+                handed to the workers; the host deleter
+            --> Courier(dispatcher.call, store, metrics, deleter)   (``courier_settings``)
+            --> Operations(store, dispatcher, readers, dedup's forget)
+            --> Pruner(store), the store's listener, the HTTP app (handlers over operations)
 """
 import asyncio
 import logging
@@ -13,6 +27,7 @@ from dataclasses import replace
 import tornado.netutil
 
 from . import hosts
+from .backends import open_backend
 from .app import HEALTH_PROBE_SECONDS, make_app
 from .boundedread import BoundedRead
 from .connections import make_server, open_file_limit
@@ -20,9 +35,9 @@ from .courier import Courier
 from .dispatcher import Dispatcher
 from .errors import StartError
 from .metrics import Metrics
+from .operations import Operations
 from .pool import WorkerPool
 from .retention import Pruner
-from .backends import open_backend
 from .storegauges import StoreGauges
 
 log = logging.getLogger(__name__)
@@ -66,17 +81,23 @@ class Service:
         self.listing_slots = asyncio.Semaphore(self.store.listings_at_once or 2 ** 16)
         self.pool = WorkerPool(self.config, on_event=lambda event: self.dispatcher.post(event))
         self.metrics = Metrics()
-        self.dispatcher = Dispatcher(store=self.store, pool=self.pool, config=self.config,
-                                     metrics=self.metrics, on_fatal=self._on_fatal,
-                                     on_outbox=lambda: self.courier.wake())
+        self.dispatcher = Dispatcher(store=self.store, pool=self.pool, metrics=self.metrics,
+                                     on_fatal=self._on_fatal,
+                                     on_outbox=lambda: self.courier.wake(),
+                                     **dispatcher_settings(self.config))
         # registered when the store opened: the lease is kept until the dispatcher keeps it
         with self.store.kept_alive():
-            self.pool.start(self.backend.make_shared)
-            self.delete_at_host = hosts.build_deleter(self.config, self.pool.shared)
-            self.courier = Courier(dispatcher=self.dispatcher, store=self.store,
-                                   config=self.config, metrics=self.metrics,
-                                   delete_at_host=self.delete_at_host)
-            loop.run_in_executor(None, hosts.learn_limits, self.config, self.pool.shared)
+            manager = self.pool.start_manager()
+            self.shared = self.backend.make_shared(manager)
+            self.pool.start_workers(self.shared)
+            self.delete_at_host = hosts.build_deleter(self.config, self.shared)
+            self.courier = Courier(call=self.dispatcher.call, store=self.store,
+                                   metrics=self.metrics, delete_at_host=self.delete_at_host,
+                                   **courier_settings(self.config, self.store))
+            loop.run_in_executor(None, hosts.learn_limits, self.config, self.shared)
+        self.operations = Operations(store=self.store, writer=self.dispatcher,
+                                     readers=self.readers, forget=self.shared.coordinator.forget,
+                                     host=self.config.resolved_image_host)
         self.dispatcher.start()
         self.courier.start()
         retention = self.config.retention
@@ -110,7 +131,7 @@ class Service:
     def credential_problem(self):
         """Why the image host's credential is dead (Imgur refused it for good), or None.
         Blocking (a manager or database round trip): call it off the event loop."""
-        credentials = self.pool.shared.credentials
+        credentials = self.shared.credentials
         if credentials is None:
             return None
         try:
@@ -148,6 +169,22 @@ class Service:
         self.store.close()
         if not self.stopped.done():
             self.stopped.set_result(self.exit_code)
+
+
+def dispatcher_settings(config) -> dict:
+    """What the dispatcher needs of the configuration."""
+    workers = config.workers
+    return dict(per_worker=workers.uploads_per_process + workers.fetch_ahead,
+                max_attempts=config.imgur.max_attempts,
+                max_queued=config.server.max_queued_urls_per_key,
+                host=config.resolved_image_host, poll_seconds=config.storage.poll_seconds)
+
+
+def courier_settings(config, store) -> dict:
+    """What the courier needs of the configuration: only a clustered store has effects that
+    other instances add, looked for every ``poll_seconds`` (else once a minute)."""
+    return dict(host=config.resolved_image_host, webhooks=config.webhooks, fetch=config.fetch,
+                poll_seconds=config.storage.poll_seconds if store.clustered else 60.0)
 
 
 def with_actual_port(config, port: int):

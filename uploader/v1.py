@@ -8,8 +8,9 @@
     GET    /v1/images                     the caller's links, oldest first, streamed
     DELETE /v1/images/<image_id>          delete an image; its bytes go next, via the outbox (202)
 
-Handlers never block: writes are dispatcher calls awaited as futures, reads run on the
-store's reader threads. With API keys,
+Handlers parse, authorize, call a service operation (``operations``: submit, retry,
+cancel, delete an image) or read, and render. They never block: writes are dispatcher
+calls awaited as futures, reads run on the store's reader threads. With API keys,
 every caller sees its own jobs and links only: another's answer 404.
 """
 import asyncio
@@ -20,8 +21,6 @@ import uuid
 
 import tornado.web
 
-from . import jobs
-from .errors import QueueFull
 from .handlers import ApiError, BaseHandler
 from .render import job_document, job_summary
 from .submission import SubmissionError, parse_submission
@@ -29,7 +28,6 @@ from .submission import SubmissionError, parse_submission
 log = logging.getLogger(__name__)
 
 LINKS_PAGE = 10_000
-QUEUE_FULL_RETRY_SECONDS = 30  # a key's queue drains at the pace of its uploads: not at once
 LIST_DEFAULT, LIST_MAX = 50, 500
 MAX_CURSOR = 2 ** 63 - 1  # a cursor is a job's sequence number: 64 bits in either store
 _DIGITS = re.compile(r"[0-9]{1,19}")
@@ -56,17 +54,8 @@ def refuse_while_stopping(service) -> None:
                        headers={"Retry-After": "5"})
 
 
-async def create(handler, urls, **options) -> None:
-    """Create a job of the caller's and answer 202 with its id and Location (429 when the
-    caller's key has as many URLs queued as ``server.max_queued_urls_per_key`` allows)."""
-    job_id = str(uuid.uuid4())
-    try:
-        await handler.wait(handler.service.dispatcher.submit(job_id, urls, account=handler.account,
-                                                             **options))
-    except QueueFull as exc:
-        raise ApiError(429, str(exc),
-                       headers={"Retry-After": str(QUEUE_FULL_RETRY_SECONDS)}) from None
-    log.info("job %s accepted with %d URLs", job_id, len(urls))
+def accepted(handler, job_id: str) -> None:
+    """Answer 202 with a new job's id and Location."""
     handler.set_header("Location", f"/v1/images/upload/{job_id}")
     handler.write_json(202, {"jobId": job_id})
 
@@ -104,7 +93,8 @@ class UploadHandler(BaseHandler):
                     bytes(self.body), max_urls=self.service.config.server.max_urls_per_job))
         except SubmissionError as exc:
             raise ApiError(exc.status, str(exc)) from None
-        await create(self, job.urls, callback_url=job.callback_url)
+        accepted(self, await self.operate(self.service.operations.submit(
+            job.urls, self.account, callback_url=job.callback_url)))
 
     async def get(self):
         limit = _whole_number(self.get_query_argument("limit", str(LIST_DEFAULT)), LIST_MAX)
@@ -135,17 +125,8 @@ class RetryHandler(BaseHandler):
             self.require_json()
 
     async def post(self, job_id):
-        found = await self.in_reader(self.service.store.read_job, _job_id(job_id), self.account)
-        if found is None:
-            raise ApiError(404, f"no job with id {job_id!r}")
-        document = job_document(*found)
-        if document["status"] != jobs.JOB_COMPLETE:
-            raise ApiError(409, f"job {job_id} is {document['status']}: only a complete job "
-                                "can be retried")
-        failed = document["uploaded"]["failed"]
-        if not failed:
-            raise ApiError(409, f"job {job_id} has no failed URL to retry")
-        await create(self, failed, retry_of=job_id, callback_url=found[0][5])
+        accepted(self, await self.operate(self.service.operations.retry(
+            _job_id(job_id), self.account)))
 
 
 class JobHandler(BaseHandler):
@@ -170,12 +151,8 @@ class JobHandler(BaseHandler):
         self.finish(body)
 
     async def delete(self, job_id):
-        account = self.account
-        cancelled = await self.wait(self.service.dispatcher.call(
-            lambda store: store.cancel(_job_id(job_id), account)))
-        if cancelled is None:
-            raise ApiError(404, f"no job with id {job_id!r}")
-        log.info("job %s cancelled: %d queued URLs failed", job_id, cancelled)
+        cancelled = await self.operate(self.service.operations.cancel(
+            _job_id(job_id), self.account))
         self.set_header("X-Cancelled-Urls", str(cancelled))  # 0: nothing was left to cancel
         await self.get(job_id)
 
@@ -214,26 +191,7 @@ class ImageHandler(BaseHandler):
     guarded = True
 
     async def delete(self, image_id):
-        service, account = self.service, self.account
-        found = await self.in_reader(service.store.image, image_id, account)
-        if found is None:
-            raise ApiError(404, f"no image with id {image_id!r}")
-        link, host, _, sha256 = found
-        if host and host != service.config.resolved_image_host:
-            raise ApiError(409, f"image {image_id} is on the {host} host, which this service "
-                                "no longer uses; delete it there")
-        recorded = await self.wait(service.dispatcher.call(
-            lambda store: store.delete_image(image_id, account)))
-        if recorded is None:
-            raise ApiError(404, f"no image with id {image_id!r}")
-        try:
-            service.pool.shared.coordinator.forget(sha256, account)
-        except Exception as exc:  # the embedded index may still hold it: only until restart
-            log.warning("could not drop image %s from the dedup index: %s", image_id, exc)
-        link, _host, shared = recorded
-        log.info("image %s deleted (%s); %s", image_id, link,
-                 "another account holds the same link: kept at the host" if shared
-                 else "its bytes are removed at the host next")
+        link = await self.operate(self.service.operations.delete_image(image_id, self.account))
         self.write_json(202, {"image_id": image_id, "link": link})
 
 
