@@ -12,7 +12,7 @@ from uploader.errors import QueueFull
 from uploader.operations import Conflict, NotFound, Operations
 from uploader.render import job_document
 from uploader.service import dispatcher_settings
-from uploader.store import open_store
+from uploader.backends import open_store
 
 from .test_state_machine import StubPool
 

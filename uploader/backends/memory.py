@@ -140,6 +140,7 @@ class MemoryStore:
     every URL in flight under another instance was left by a dead one (as with SQLite)."""
 
     clustered = False
+    lease_seconds = None
     listings_at_once = None
     outbox_added = False
 

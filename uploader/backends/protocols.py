@@ -25,6 +25,8 @@ class Store(Protocol):
     #: elsewhere (heard from ``listen``, or a poll), URLs are leased (``heartbeat``) and
     #: dead instances' URLs are taken back as they are found (``reap``) rather than at start.
     clustered: bool
+    #: How long an instance's lease on its URLs lasts (None where there are no leases).
+    lease_seconds: Optional[float]
     #: How many ``links`` listings may stream at once (None: any).
     listings_at_once: Optional[int]
     #: Set when a commit added effects for the courier; the dispatcher clears it.

@@ -248,6 +248,7 @@ class PostgresStore(SqlStore):
 
     dialect = "postgresql"
     clustered = True
+    lease_seconds: float  # this instance's, from the configuration (set in __init__)
     NOW = queries.NOW
     GREATEST = "greatest"
     SKIP_LOCKED = "FOR UPDATE SKIP LOCKED"

@@ -33,6 +33,7 @@ class SqliteStore(SqlStore):
 
     dialect = "sqlite"
     clustered = False
+    lease_seconds = None  # the file's lock keeps every other instance out
     NOW = "((julianday('now') - 2440587.5) * 86400.0)"
     GREATEST = "max"
     SEQ = "rowid"  # jobs are a rowid table: the rowid is their order of creation
