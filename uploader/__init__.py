@@ -1,3 +1,3 @@
-"""image-service: re-hosts lists of image URLs on Imgur (or a local store) in the background."""
+"""image-service: re-hosts lists of image URLs on S3-compatible storage, Imgur or its own disk, in the background."""
 
 __version__ = "0.1.0"
