@@ -7,6 +7,7 @@ fixture parameter (``sqlite``, ``postgresql``), and ``storage`` is the matching
 session's throwaway PostgreSQL server (short leases, so drills do not wait long).
 """
 import os
+from pathlib import Path
 
 import pytest
 
@@ -20,19 +21,29 @@ from testbed.postgres_server import PostgresServer
 # this machine: no instance metadata service, whatever a test leaves unconfigured.
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
 
-from .support import ServiceProcess, write_config
+from tests.support import ServiceProcess, write_config
 
 BACKENDS = ("sqlite", "postgresql")
+UNIT = Path(__file__).parent / "unit"
 # A test that needs one of these starts processes or servers: it is a "system" test.
 SYSTEM_FIXTURES = {"postgres", "pgbouncer", "storage", "make_config", "start_service",
                    "module_service", "cluster", "browser"}
 
 
 def pytest_collection_modifyitems(items):
-    """Mark system tests (``bin/test -m "not system"`` runs the others, in seconds)."""
+    """Mark system tests (``bin/test -m "not system"`` runs the others, in seconds), and
+    keep tests/unit free of them: a unit test that starts processes or servers is an error.
+    (A file in tests/system may hold cases that start nothing, such as the store's contract
+    on memory and SQLite: they stay unmarked and run with the fast tests too.)"""
+    misplaced = []
     for item in items:
         if SYSTEM_FIXTURES & set(item.fixturenames):
             item.add_marker(pytest.mark.system)
+            if UNIT in item.path.parents:
+                misplaced.append(item.nodeid)
+    if misplaced:
+        raise pytest.UsageError("tests/unit holds tests that start processes or servers "
+                                "(move them to tests/system): " + ", ".join(misplaced))
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """Helpers for tests that run the real service (``python -m uploader``) as a subprocess."""
 import contextlib
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -211,3 +212,39 @@ class ServiceProcess:
         answer = requests.get(f"{self.url}/v1/images", timeout=30)
         assert answer.status_code == 200, answer.text
         return answer.json()["uploaded"]
+
+
+def wait_until(predicate, timeout=20.0, interval=None):
+    """``predicate()``'s first true value; asked ever less often (up to every 0.2 s: most
+    predicates ask the service over HTTP, and a suite's polling costs CPU), or every
+    ``interval`` seconds if given."""
+    deadline = time.monotonic() + timeout
+    pauses = polling_pauses() if interval is None else itertools.repeat(interval)
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(next(pauses))
+    raise AssertionError("condition not met in time")
+
+
+def worker_pids(service):
+    return requests.get(f"{service.url}/healthz", timeout=5).json()["workers"]["pids"]
+
+
+def slow_urls(image_source, prefix, count):
+    image_source.latency = 0.15  # every fetch takes a while, so work is in flight when we strike
+    return [image_source.url_for(f"/img/{prefix}-{n}.png") for n in range(count)]
+
+
+def imgur_config(fake_imgur, **imgur):
+    settings = {"api_url": fake_imgur.url, "access_token": "test-token",
+                "rate_limit": {"uploads_per_second": 0, "burst": 1},
+                "backoff": {"base_seconds": 0.05, "max_seconds": 0.2}}
+    settings.update(imgur)
+    return {"image_host": "imgur", "imgur": settings}
+
+
+def most_in_window(times, window=1.0):
+    times = sorted(times)
+    return max(sum(1 for t in times[i:] if t < start + window) for i, start in enumerate(times))

@@ -3,7 +3,7 @@
 No database and no process: a ``MemoryStore`` keeps its rows in a ``Rows`` object (give
 several stores the same one to have several instances on one store), and a
 ``MemoryCoordinator`` is the embedded coordinator's gate and dedup index, reading links
-from such a store. ``tests/test_store.py`` runs the store's contract on it beside SQLite
+from such a store. ``tests/system/test_store.py`` runs the store's contract on it beside SQLite
 and PostgreSQL, so it is kept faithful; the service never runs on it (procrastinate's
 ``InMemoryConnector`` is "for testing only" in the same way).
 

@@ -3,7 +3,7 @@
 Declared once here, as ``typing.Protocol`` classes (dramatiq declares its ``Broker``,
 procrastinate its ``BaseConnector``, the same way), so a caller reads one page to know
 what it may ask, and a backend (``sqlite``, ``postgres``, ``memory``) one page to know
-what it must answer. ``tests/test_backends.py`` checks that every backend has every call
+what it must answer. ``tests/unit/test_backends.py`` checks that every backend has every call
 here with the same signature. Nothing outside the backends asks which backend it has:
 what differs is said by the answers (``Store.clustered``, ``Store.listen``).
 """

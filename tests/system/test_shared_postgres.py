@@ -1,0 +1,186 @@
+"""The cluster's shared state (``backends.postgres.coordinator``). Dedup claims: a batch answers as
+claims made one after the other would, in one statement per step; publishing never waits;
+a dead instance's published links are reused. The gate: a grant given back is void;
+unpaced, tickets held ahead count in flight and a pause in any instance voids them (heard
+by the listening connection of each instance's store)."""
+import json
+import threading
+
+import psycopg
+import pytest
+
+from uploader.config import StorageConfig
+from uploader.backends.postgres.coordinator import PgCoordinator
+from uploader.backends import open_store
+from uploader.backends.postgres.store import Database
+
+from tests.support import wait_until
+
+
+@pytest.fixture
+def database(postgres):
+    url = postgres.create_database()
+    open_store(StorageConfig(url=url), "me").close()  # the schema, migrated
+    return url
+
+
+def coordinator(url, instance):
+    return PgCoordinator(Database(url), instance, lease_seconds=15, dedup_host="imgur")
+
+
+def claims_held(url):
+    with psycopg.connect(url) as conn:
+        return sorted(conn.execute(
+            "SELECT sha256, account, instance, thread, link FROM dedup_claims").fetchall())
+
+
+def test_a_batch_of_claims_answers_as_claims_one_after_another(database):
+    me, other = coordinator(database, "me"), coordinator(database, "other")
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("INSERT INTO links (link, sha256, host, created, account, image_id)"
+                     " VALUES ('https://i.example/old', 'old', 'imgur', 0, '', 'i1')")
+    assert other.claim_many([("theirs", "", (1, 1, 7)), ("published", "", (1, 1, 8))]) \
+        == [("upload", None)] * 2
+    other.end_many([("published", "", "https://i.example/p", None, (1, 1, 8), False)])
+
+    assert me.claim_many([
+        ("new", "", (0, 1, 1)),
+        ("new", "", (0, 1, 2)),  # the same bytes, asked right after: the first one uploads
+        ("old", "", (0, 1, 3)),  # a committed link
+        ("theirs", "", (0, 1, 4)),  # another instance uploads them
+        ("published", "", (0, 1, 5)),  # another instance has uploaded them: not committed yet
+        ("new", "elsewhere", (0, 1, 6)),  # the same bytes in another account are others
+    ]) == [("upload", None), ("wait", None), ("reuse", "https://i.example/old"),
+           ("wait", None), ("reuse", "https://i.example/p"), ("upload", None)]
+    assert claims_held(database) == [
+        ("new", "", "me", 1, None), ("new", "elsewhere", "me", 6, None),
+        ("published", "", "other", 8, "https://i.example/p"), ("theirs", "", "other", 7, None)]
+
+    assert me.claim_many([("new", "", (0, 1, 1))]) == [("upload", None)]  # asked again: ours
+    me.end_many([("new", "", None, None, (0, 1, 1), False),  # released: an upload failed
+                 ("new", "elsewhere", "https://i.example/e", None, (0, 1, 6), False)])
+    assert me.claim_many([("new", "", (0, 1, 2)), ("new", "elsewhere", (0, 1, 3))]) \
+        == [("upload", None), ("reuse", "https://i.example/e")]
+
+
+def test_publishing_never_waits_for_a_claim_a_commit_is_deleting(database):
+    """A result's commit deletes its bytes' claim, with others, in one transaction. A batch
+    that waited there for one row while holding another could deadlock with it (it did,
+    in the cluster bench): publishing skips the claim, whose link is being committed."""
+    me = coordinator(database, "me")
+    assert me.claim_many([("a", "", (0, 1, 1)), ("b", "", (0, 1, 2))]) == [("upload", None)] * 2
+    with psycopg.connect(database) as committing:
+        committing.execute("DELETE FROM dedup_claims WHERE sha256 = 'b'")  # its lock held
+        publishing = threading.Thread(target=me.end_many, args=([
+            ("a", "", "https://i.example/a", None, (0, 1, 1), False),
+            ("b", "", "https://i.example/b", None, (0, 1, 2), False)],))
+        publishing.start()
+        publishing.join(timeout=10)
+        assert not publishing.is_alive()
+        committing.commit()
+    assert claims_held(database) == [("a", "", "me", 1, "https://i.example/a")]
+
+
+def test_a_dead_instances_published_links_outlive_it(database):
+    """Killed after an upload but before its result was committed, an instance leaves the
+    link published: whoever takes its URL back reuses it instead of uploading again."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        conn.execute("INSERT INTO instances (id, host, pid, started, heartbeat)"
+                     " VALUES ('dead', 'elsewhere', 1, 0, 0)")  # its lease long expired
+    dead = coordinator(database, "dead")
+    assert dead.claim_many([("done", "", (0, 1, 1)), ("midway", "", (0, 1, 2))]) \
+        == [("upload", None)] * 2
+    dead.end_many([("done", "", "https://i.example/done", None, (0, 1, 1), False)])
+    store = open_store(StorageConfig(url=database, lease_seconds=3), "alive")
+    with store.transaction():
+        store.reap(max_attempts=5)
+    store.close()
+    assert claims_held(database) == [("done", "", "dead", 1, "https://i.example/done")]
+    assert coordinator(database, "alive").claim_many(
+        [("done", "", (0, 1, 3)), ("midway", "", (0, 1, 4))]) \
+        == [("reuse", "https://i.example/done"), ("upload", None)]
+
+
+def test_a_grant_given_back_no_longer_counts_and_teaches_nothing(database):
+    store = open_store(StorageConfig(url=database), "me")  # live: its grants count
+    try:
+        gate = PgCoordinator(Database(database), "me", lease_seconds=15,  # budgets: probed
+                             gate={"rate": 0, "burst": 1, "costs": {"user": 10}})
+        owner = (0, 1)
+        assert gate.reserve(owner)[0]  # the probe
+        assert not gate.reserve(owner)[0]
+        gate.withdraw(owner)  # given back unused: no answer came
+        assert gate.reserve(owner)[0]  # so another probe goes, and alone
+        assert not gate.reserve(owner)[0]
+    finally:
+        store.close()
+
+
+def gate_row(url):
+    with psycopg.connect(url) as conn:
+        version, state = conn.execute("SELECT version, state FROM gate WHERE id = 1").fetchone()
+    return version, json.loads(state)["grants"]
+
+
+def test_unpaced_tickets_count_in_the_row_and_a_pause_anywhere_voids_them(database):
+    stores = [open_store(StorageConfig(url=database), name) for name in ("me", "other")]
+    try:
+        unpaced = {"rate": 0, "burst": 1}
+        me = PgCoordinator(Database(database), "me", lease_seconds=15, gate=unpaced, tickets=4)
+        other = PgCoordinator(Database(database), "other", lease_seconds=15, gate=unpaced,
+                              tickets=4)
+        me._tickets.tell_seconds = 3600  # unused tickets kept: only a pause voids them here
+        owner = (0, 1)
+        me.learn({})  # the budgets were asked for at start: no probe
+        assert me.reserve_many(1, owner)[0][0]  # nobody listens yet: none taken ahead
+        stores[0].listen(on_work=lambda: None, on_pause=lambda: me.heard(True),  # my instance's
+                         on_state=me.heard)
+        wait_until(lambda: me._tickets.listening)
+        assert all(granted for granted, _, _ in me.reserve_many(2, owner))
+        version, grants = gate_row(database)
+        assert grants == {"me/0/1": 1 + 2 + 4}  # four held ahead count as in flight
+        assert all(granted for granted, _, _ in me.reserve_many(4, owner))
+        assert gate_row(database)[0] == version  # handed out without a compare-and-set
+
+        assert all(granted for granted, _, _ in me.reserve_many(2, owner))  # four more held
+        other.pause(30, "Imgur asked us to slow down")  # another instance saw a 429
+        wait_until(lambda: me._tickets.held(owner) == 0)  # heard: voided
+        granted, _, why = me.reserve_many(1, owner)[0]
+        assert not granted and why == "Imgur asked us to slow down"
+        assert gate_row(database)[1] == {"me/0/1": 1 + 2 + 4 + 2}  # the four given back
+    finally:
+        me.close()
+        for store in stores:
+            store.close()
+
+
+def test_a_paced_gate_takes_no_tickets(database):
+    paced = PgCoordinator(Database(database), "me", lease_seconds=15,
+                          gate={"rate": 5, "burst": 1}, tickets=4)
+    assert paced._tickets is None
+
+
+def test_a_gate_change_is_one_statement_and_processes_still_take_turns(database, monkeypatch):
+    """A change read the row, then wrote it: two statements, 2 of a cluster's 6.8 per URL
+    (eight instances). Now it writes at once from what its last statement saw, and what
+    another process wrote meanwhile makes it try again from the row as it is."""
+    statements = []
+    execute = psycopg.Connection.execute
+    monkeypatch.setattr(psycopg.Connection, "execute", lambda conn, query, params=None, **kw:
+                        statements.append(query) or execute(conn, query, params, **kw))
+    store = open_store(StorageConfig(url=database), "me")  # live: its grants count
+    try:
+        unpaced = {"rate": 0, "burst": 1}
+        one, two = (PgCoordinator(Database(database), "me", lease_seconds=15, gate=unpaced)
+                    for _ in range(2))  # two worker processes of one instance
+        one.learn({})  # the first look: read, then write
+        statements.clear()
+        assert one.reserve((0, 1))[0] and one.reserve((0, 1))[0]
+        assert len(statements) == 2  # one each
+        assert two.reserve((1, 1))[0]  # its first look
+        statements.clear()
+        assert one.reserve((0, 1))[0]  # from a row another changed since: tried again
+        assert len(statements) == 2
+        assert gate_row(database)[1] == {"me/0/1": 3, "me/1/1": 1}  # every grant counted
+    finally:
+        store.close()
