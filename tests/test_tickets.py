@@ -226,3 +226,85 @@ def test_a_batch_of_answers_kept_is_told_at_once(make):
     assert gate.changes == before  # kept
     tickets.answered([(None, OWNER)])  # the fourth: a batch
     assert gate.changes == before + 1 and gate.grants[OWNER] == 1 + 4 + 4 - 4
+
+
+@pytest.fixture
+def paced(make):
+    """``paced(remaining)``: tickets on a gate paced at 50 uploads a second (burst 1),
+    its budgets known, its pauses heard."""
+    def tickets_on_a_paced_gate(remaining=10_000):
+        gate, tickets = make(remaining=remaining)
+        tickets.rules.rate = 50.0
+        tickets.paced = True
+        listening(tickets)
+        return gate, tickets
+    return tickets_on_a_paced_gate
+
+
+def moments(tickets, count):
+    """``count`` grants of the paced gate, all granted, the last one's moment ahead."""
+    answers = tickets.reserve(count, OWNER)
+    assert all(granted for granted, _, _ in answers)
+    assert answers[-1][1] > time.monotonic()
+    return [when for _, when, _ in answers]
+
+
+def at(moment):
+    time.sleep(max(0.0, moment - time.monotonic()))
+
+
+def test_paced_no_tickets_are_taken_ahead_and_answers_ride_on_the_next_grant(paced):
+    gate, tickets = paced()
+    before, in_flight = gate.changes, gate.grants[OWNER]
+    moments(tickets, 2)
+    assert tickets.held(OWNER) == 0 and gate.grants[OWNER] == in_flight + 2
+    tickets.answered([(report(user=(500, 100.0)), OWNER)])
+    assert gate.changes == before + 1  # kept: the budgets had room for a batch beyond
+    tokens = gate.state.tokens
+    moments(tickets, 1)
+    assert gate.state.tokens > tokens - 2  # one spent: looking for room beyond spent none
+    assert gate.changes == before + 2  # the answer told with the grant: one change
+    assert gate.grants[OWNER] == in_flight + 2 - 1 + 1
+    assert gate.state.budgets["user"][0] == 500
+
+
+def test_paced_near_a_budgets_reserve_each_answer_is_told_as_it_comes(paced):
+    gate, tickets = paced(remaining=110)  # ten uploads fit
+    moments(tickets, 5)  # six in flight: room for four more, none beyond a batch
+    before = gate.changes
+    tickets.answered([(report(user=(60, 100.0)), OWNER)])
+    assert gate.changes == before + 1 and gate.state.budgets["user"][0] == 60
+
+
+def test_paced_a_moment_is_confirmed_without_a_trip_until_a_pause_is_heard(paced):
+    gate, tickets = paced()
+    first, second, third = moments(tickets, 3)[-3:]
+    before = gate.changes
+    at(first)
+    assert tickets.confirm(OWNER)[0]
+    assert gate.changes == before  # no pause heard since it was granted: no trip
+    tickets.heard(True)  # a pause somewhere: granted before it, the others ask the gate
+    at(second)
+    assert tickets.confirm(OWNER) is None
+    later = moments(tickets, 1)[0]  # granted after the pause was heard
+    at(third)
+    assert tickets.confirm(OWNER) is None
+    at(later)
+    assert tickets.confirm(OWNER)[0]
+
+
+def test_paced_a_moment_granted_while_a_pause_was_heard_asks_the_gate(paced):
+    gate, tickets = paced()
+    gate.during_change = tickets.void  # the pause's notice arrives while the trip is made
+    when = moments(tickets, 2)[-1]
+    gate.during_change = None
+    at(when)
+    assert tickets.confirm(OWNER) is None
+
+
+def test_paced_moments_are_confirmed_here_only_while_pauses_are_heard(paced):
+    gate, tickets = paced()
+    tickets.heard(False)  # the instance's listening connection was lost
+    when = moments(tickets, 2)[-1]
+    at(when)
+    assert tickets.confirm(OWNER) is None

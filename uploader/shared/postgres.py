@@ -81,11 +81,12 @@ class PgCoordinator(_Rows):
         self.dedup_host = dedup_host
         # this process's threads changing the gate at once share one compare-and-set
         self._gate_changes = Combiner(self._change_gate)
-        # unpaced, grants are taken ``tickets`` ahead and answers told in batches
+        # answers told in batches; unpaced, grants taken ``tickets`` ahead; paced, moments
+        # confirmed without a trip while no pause can have begun (``shared.tickets``)
         self.tickets = tickets
         self._tickets = None
         self._seen = None  # the gate row as this process's last statement found it (_gate)
-        if self.rules is not None and self.rules.rate <= 0 and tickets > 0:
+        if self.rules is not None and tickets > 0:
             self._tickets = Tickets(self.rules, self._gate_changes, self._count, tickets)
 
     def __getstate__(self):
@@ -206,6 +207,9 @@ class PgCoordinator(_Rows):
     def confirm(self, owner: tuple) -> tuple:
         if self.rules is None:
             return True, 0.0, ""
+        answer = self._tickets.confirm(owner) if self._tickets is not None else None
+        if answer is not None:  # no pause can have begun since it was granted
+            return answer
 
         def change(state, grants, now):
             answer = self.rules.confirm(state, now)
