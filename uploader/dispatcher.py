@@ -41,6 +41,9 @@ from .worker import SHARED_STATE_LOST
 log = logging.getLogger(__name__)
 
 BATCH_LIMIT = 200  # events applied in one transaction (bounds how long a POST may wait)
+# Shared store: a turn of workers' reports only, with fewer results than this, waits up to
+# this long for more (a paced host's come one by one; a turn is five statements or so).
+LINGER_RESULTS, LINGER_SECONDS = 16, 0.1
 RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0)  # between turns while the store is unreachable: capped,
 # so that a long outage ends for us within seconds of the store's return
 
@@ -224,6 +227,14 @@ class Dispatcher:
         while len(batch) < BATCH_LIMIT:
             try:
                 batch.append(self.events.get_nowait())
+            except queue.Empty:
+                break
+        until = time.monotonic() + LINGER_SECONDS
+        while self.shared and 0 < len(batch) < BATCH_LIMIT and all(
+                isinstance(e, (Result, Attempt, Waiting, Progress)) for e in batch) and sum(
+                isinstance(e, Result) for e in batch) < LINGER_RESULTS:
+            try:
+                batch.append(self.events.get(timeout=max(0.0, until - time.monotonic())))
             except queue.Empty:
                 break
         return batch
