@@ -230,11 +230,11 @@ def test_a_batch_of_answers_kept_is_told_at_once(make):
 
 @pytest.fixture
 def paced(make):
-    """``paced(remaining)``: tickets on a gate paced at 50 uploads a second (burst 1),
-    its budgets known, its pauses heard."""
-    def tickets_on_a_paced_gate(remaining=10_000):
+    """``paced(remaining, rate)``: tickets on a gate paced at 50 uploads a second (burst
+    1), its budgets known, its pauses heard (batch 4)."""
+    def tickets_on_a_paced_gate(remaining=10_000, rate=50.0):
         gate, tickets = make(remaining=remaining)
-        tickets.rules.rate = 50.0
+        tickets.rules.rate = rate
         tickets.paced = True
         listening(tickets)
         return gate, tickets
@@ -308,3 +308,32 @@ def test_paced_moments_are_confirmed_here_only_while_pauses_are_heard(paced):
     when = moments(tickets, 2)[-1]
     at(when)
     assert tickets.confirm(OWNER) is None
+
+
+def test_paced_with_a_long_queue_the_next_moments_are_taken_ahead(paced):
+    gate, tickets = paced(rate=10.0)
+    asked = moments(tickets, 5)  # the last 0.5 s ahead: a queue long enough
+    assert tickets.held(OWNER) == 2  # half a batch more, in the same change
+    assert gate.grants[OWNER] == 1 + 5 + 2
+    before = gate.changes
+    handed = moments(tickets, 2)
+    assert gate.changes == before and tickets.held(OWNER) == 0  # handed out without a trip
+    assert asked[-1] < handed[0] < handed[1]  # the pace's next moments
+    at(handed[0])
+    assert tickets.confirm(OWNER)[0] and gate.changes == before  # confirmed here too
+
+    moments(tickets, 5)
+    assert tickets.held(OWNER) == 2
+    tickets.heard(True)  # a pause somewhere: the moments held are given back
+    assert tickets.held(OWNER) == 0
+
+
+def test_paced_moments_held_until_they_come_are_given_back_not_handed_out(paced):
+    gate, tickets = paced(rate=10.0)
+    asked = moments(tickets, 3)  # 0.3 s ahead: two more held
+    assert tickets.held(OWNER) == 2
+    in_flight = gate.grants[OWNER]
+    at(asked[-1] + 0.25)  # both held moments have come unused
+    fresh = moments(tickets, 1)
+    assert fresh[0] > time.monotonic()  # a new moment from the gate, not a passed one
+    assert gate.grants[OWNER] == in_flight - 2 + 1  # the two given back with that change

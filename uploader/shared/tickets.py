@@ -55,6 +55,9 @@ CLOSE_SECONDS = 2.0  # how long a closing process waits for its last telling
 # Paced: a moment granted is due for confirming this little before it comes (a sleep's
 # rounding); one not confirmed (used at once) is forgotten this long after it.
 DUE_SLACK_SECONDS, STALE_SECONDS = 0.005, 60.0
+# Paced: moments are taken ahead (half a batch) only when the pace's queue is this long,
+# so the process's next slots to ask get them before they come.
+PACED_LEAD_SECONDS = 0.25
 
 
 class Tickets:
@@ -79,7 +82,8 @@ class Tickets:
         self._listening = False
         self._voided = 0  # pauses heard: tickets granted before one are not kept after it
         self.paced = rules.rate > 0  # no tickets ahead then: moments, confirmed here
-        self._moments = {}  # paced: owner -> [(moment granted ahead, pauses heard before)]
+        self._moments = {}  # paced: owner -> [(moment handed out, pauses heard before)]
+        self._held_moments = {}  # paced: owner -> [(moment held, pauses heard, why)]
         self._lock = threading.Lock()
         self._started = False
         self._closed = threading.Event()
@@ -97,17 +101,25 @@ class Tickets:
         the gate, taking a batch more (if the gate grants them) while at it."""
         with self._lock:
             self._start()
+            if self.paced:
+                self._give_back_passed(owner, time.monotonic())
             take = min(self._held.get(owner, 0), count)
             if take:
                 self._held[owner] -= take
                 self._handed_out = True
-            from_tickets = [(True, time.monotonic(), "")] * take
+            if self.paced:  # the earliest moments held, each confirmed as it comes
+                moments = self._held_moments.get(owner, [])
+                self._held_moments[owner] = moments[take:]
+                self._keep_moments(owner, [(when, voided) for when, voided, _ in moments[:take]])
+                from_tickets = [(True, when, why) for when, _, why in moments[:take]]
+            else:
+                from_tickets = [(True, time.monotonic(), "")] * take
             need = count - take
             if not need:
                 return from_tickets
             told, self._answers = self._answers, []
             given_back, self._given_back = self._given_back, {}
-            extra = self.batch if self._listening and not self.paced else 0
+            extra = (self.batch // 2 if self.paced else self.batch) if self._listening else 0
             voided = self._voided
 
         room = {}  # paced: did the budgets have room for a batch beyond? (the last try's)
@@ -118,8 +130,11 @@ class Tickets:
             answers = self.rules.reserve_slots(state, now, in_flight, need)
             clear = all(granted for granted, _, _ in answers)
             if self.paced:
-                room["ahead"] = clear and self._room(state, now, in_flight + need,
-                                                     self.batch) > 0
+                ahead = self._room(state, now, in_flight + need, self.batch) if clear else 0
+                room["ahead"] = ahead > 0
+                if extra and ahead and answers[-1][1] >= now + PACED_LEAD_SECONDS:
+                    answers += [answer for answer in self.rules.reserve_slots(
+                        state, now, in_flight + need, min(extra, ahead)) if answer[0]]
             elif extra and clear:
                 answers += [(True, now, "")] * self._room(state, now, in_flight + need, extra)
             self._count(grants, owner, sum(granted for granted, _, _ in answers))
@@ -133,10 +148,14 @@ class Tickets:
             more = len(answers) - need
             # room for a batch beyond, when the gate last said
             self._ahead = room.get("ahead", False) if self.paced else more > 0
-            self._keep_moments(owner, answers[:need], voided)
+            self._keep_moments(owner, [(when, voided) for granted, when, _ in answers[:need]
+                                       if granted])
             if more and self._listening and voided == self._voided:
                 self._held[owner] = self._held.get(owner, 0) + more
                 self._handed_out = True
+                if self.paced:
+                    self._held_moments.setdefault(owner, []).extend(
+                        (when, voided, why) for _, when, why in answers[need:])
             elif more:  # a pause was heard, or the listener fell silent, meanwhile
                 self._given_back[owner] = self._given_back.get(owner, 0) + more
         return from_tickets + answers[:need]
@@ -152,15 +171,26 @@ class Tickets:
         room = self.rules.reserve_slots(state, now, in_flight, 2 * extra)
         return max(0, sum(granted for granted, _, _ in room) - extra)
 
-    def _keep_moments(self, owner: tuple, answers, voided: int) -> None:
-        """Paced: the moments granted ahead, with the pauses heard before they were asked
-        for, so that ``confirm`` knows whether a pause may have been set since."""
+    def _keep_moments(self, owner: tuple, moments) -> None:
+        """Paced: the moments handed out, (when, pauses heard before it was asked for)
+        each, so that ``confirm`` knows whether a pause may have been set since."""
         if not self.paced:
             return
         now = time.monotonic()
         kept = [m for m in self._moments.get(owner, []) if m[0] > now - STALE_SECONDS]
-        kept += [(when, voided) for granted, when, _ in answers if granted and when > now]
+        kept += [(when, voided) for when, voided in moments if when > now]
         self._moments[owner] = kept
+
+    def _give_back_passed(self, owner: tuple, now: float) -> None:
+        """Paced: moments held that have come (or nearly) unused are given back: a slot
+        handed one now could not wait for it, and would crowd the next one's."""
+        moments = self._held_moments.get(owner, [])
+        ahead = [m for m in moments if m[0] > now + DUE_SLACK_SECONDS]
+        passed = len(moments) - len(ahead)
+        if passed:
+            self._held_moments[owner] = ahead
+            self._held[owner] -= passed
+            self._given_back[owner] = self._given_back.get(owner, 0) + passed
 
     def confirm(self, owner: tuple):
         """Paced: a grant whose moment has come, confirmed here without a trip when no
@@ -214,6 +244,7 @@ class Tickets:
             if held:
                 self._given_back[owner] = self._given_back.get(owner, 0) + held
         self._held = {}
+        self._held_moments = {}
 
     def tell(self) -> None:
         """Tell the gate the answers kept and the tickets given back, and give back those
