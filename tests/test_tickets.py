@@ -337,3 +337,13 @@ def test_paced_moments_held_until_they_come_are_given_back_not_handed_out(paced)
     fresh = moments(tickets, 1)
     assert fresh[0] > time.monotonic()  # a new moment from the gate, not a passed one
     assert gate.grants[OWNER] == in_flight - 2 + 1  # the two given back with that change
+
+
+def test_a_grant_given_back_rides_on_the_next_change(paced):
+    gate, tickets = paced()
+    moments(tickets, 2)
+    in_flight, before = gate.grants[OWNER], gate.changes
+    tickets.give_back(OWNER)  # a slot held up past its moment: not used
+    assert gate.changes == before and gate.grants[OWNER] == in_flight  # counts until told
+    moments(tickets, 1)
+    assert gate.changes == before + 1 and gate.grants[OWNER] == in_flight - 1 + 1

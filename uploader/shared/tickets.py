@@ -222,6 +222,12 @@ class Tickets:
         if at_once:
             self.tell()
 
+    def give_back(self, owner: tuple) -> None:
+        """A grant given back unused: the gate hears it with its next change (until then
+        it counts in flight, as a ticket held does)."""
+        with self._lock:
+            self._given_back[owner] = self._given_back.get(owner, 0) + 1
+
     def void(self) -> None:
         """A pause began: no ticket held is handed out; the gate hears them given back."""
         with self._lock:
