@@ -211,3 +211,34 @@ def test_a_gate_change_is_one_statement_and_processes_still_take_turns(database,
         assert gate_row(database)[1] == {"me/0/1": 3, "me/1/1": 1}  # every grant counted
     finally:
         store.close()
+
+
+def test_a_change_that_keeps_losing_is_made_with_the_row_locked(database, monkeypatch):
+    """Each try of a compare-and-set is a statement; with many processes at once (and a
+    busy machine) tries lose on and on. After two losses the row is locked instead."""
+    statements = []
+    execute = psycopg.Connection.execute
+    monkeypatch.setattr(psycopg.Connection, "execute", lambda conn, query, params=None, **kw:
+                        statements.append(query) or execute(conn, query, params, **kw))
+    store = open_store(StorageConfig(url=database), "me")  # live: its grants count
+    try:
+        unpaced = {"rate": 0, "burst": 1}
+        one, two = (PgCoordinator(Database(database, shared_connections=n), "me",
+                                  lease_seconds=15, gate=unpaced)
+                    for n in (1, 2))  # two worker processes of one instance (a pool each)
+        one.learn({})
+        tries = []
+
+        def change(state, grants, now):
+            tries.append(len(statements))
+            if len(tries) <= 2:  # another process writes meanwhile: this try loses
+                assert two.reserve((1, 1))[0]
+            one._count(grants, (0, 1), 1)
+
+        statements.clear()
+        one.run(lambda conn: one._gate(conn, change))
+        assert len(tries) == 3
+        assert any("FOR UPDATE" in str(query) for query in statements[tries[2] - 1:])
+        assert gate_row(database)[1] == {"me/0/1": 1, "me/1/1": 2}  # every grant counted
+    finally:
+        store.close()

@@ -231,7 +231,9 @@ class PgCoordinator(_Rows):
         self._tickets.answered(observed)
 
     def withdraw(self, owner: tuple) -> None:
-        if self.rules is not None:
+        if self._tickets is not None:
+            self._tickets.give_back(owner)  # with the next change: it counts until then
+        elif self.rules is not None:
             self._gate_changes(lambda state, grants, now: self._count(grants, owner, -1))
 
     def pause(self, seconds: float, why: str) -> None:
@@ -302,8 +304,13 @@ class PgCoordinator(_Rows):
         version changed, and returns the row as it found it, with the clock and the live
         instances. So the next change starts from what the last statement saw (our own
         write, when it won), its clock moved on by this machine's; only the first reads."""
-        seen = self._seen
+        seen, lost = self._seen, 0
         while True:
+            if lost >= LOCK_AFTER_LOSSES:  # many processes changing it at once
+                answer = self._gate_locked(conn, change)
+                if answer is not _NO_ROW:
+                    return answer
+                seen, lost = None, 0
             if seen is None:
                 row = conn.execute(GATE_READ, (self.lease_seconds,)).fetchone()
                 if row is None:
@@ -330,6 +337,28 @@ class PgCoordinator(_Rows):
                 self._seen = (written, text, found[2], found[3], time.monotonic())
                 return answer
             seen = self._seen = (*found, time.monotonic())
+            lost += 1
+
+    def _gate_locked(self, conn, change):
+        """The change made with the gate row locked (four statements, and no more), after
+        it lost the compare-and-set ``LOCK_AFTER_LOSSES`` times: with many processes
+        changing the row at once, trying on costs a statement a try, and tries lose more
+        often the busier the machine. ``_NO_ROW`` when there is no gate row."""
+        with conn.transaction():
+            row = conn.execute(GATE_READ + " FOR UPDATE", (self.lease_seconds,)).fetchone()
+            if row is None:
+                return _NO_ROW
+            version, text, now, live = row
+            data = json.loads(text)
+            state = GateState.from_dict(data["gate"])
+            grants = {key: n for key, n in data["grants"].items()
+                      if key.split("/", 1)[0] in live}
+            answer = change(state, grants, now)
+            text = json.dumps({"gate": state.to_dict(), "grants": grants})
+            conn.execute("UPDATE gate SET version = %s, state = %s WHERE id = 1",
+                         (version + 1, text))
+        self._seen = (version + 1, text, now, live, time.monotonic())
+        return answer
 
     def _key(self, owner: tuple) -> str:
         worker, generation = owner
@@ -355,6 +384,9 @@ def _local(answer, now: float):
     return answer
 
 
+# A change that lost the compare-and-set this often is made with the row locked.
+LOCK_AFTER_LOSSES = 2
+_NO_ROW = object()
 _LIVE = f"ARRAY(SELECT id FROM instances WHERE heartbeat >= {NOW} - %s)"
 # The gate row, the clock and the live instances: a process's first look (``_gate``).
 GATE_READ = f"SELECT version, state, {NOW}, {_LIVE} FROM gate WHERE id = 1"
