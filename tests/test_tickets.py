@@ -277,7 +277,7 @@ def test_paced_near_a_budgets_reserve_each_answer_is_told_as_it_comes(paced):
 
 
 def test_paced_a_moment_is_confirmed_without_a_trip_until_a_pause_is_heard(paced):
-    gate, tickets = paced()
+    gate, tickets = paced(rate=20.0)
     first, second, third = moments(tickets, 3)[-3:]
     before = gate.changes
     at(first)

@@ -321,13 +321,7 @@ class PgCoordinator(_Rows):
                     continue
                 seen = (*row, time.monotonic())
             version, text, then, live, at = seen
-            now = then + (time.monotonic() - at)
-            data = json.loads(text)
-            state = GateState.from_dict(data["gate"])
-            grants = {key: n for key, n in data["grants"].items()
-                      if key.split("/", 1)[0] in live}
-            answer = change(state, grants, now)
-            text = json.dumps({"gate": state.to_dict(), "grants": grants})
+            answer, text = _changed(change, text, then + (time.monotonic() - at), live)
             row = conn.execute(GATE_WRITE, (text, version, self.lease_seconds)).fetchone()
             if row is None:  # no gate row (deleted by hand): made anew
                 seen = self._seen = None
@@ -349,12 +343,7 @@ class PgCoordinator(_Rows):
             if row is None:
                 return _NO_ROW
             version, text, now, live = row
-            data = json.loads(text)
-            state = GateState.from_dict(data["gate"])
-            grants = {key: n for key, n in data["grants"].items()
-                      if key.split("/", 1)[0] in live}
-            answer = change(state, grants, now)
-            text = json.dumps({"gate": state.to_dict(), "grants": grants})
+            answer, text = _changed(change, text, now, live)
             conn.execute("UPDATE gate SET version = %s, state = %s WHERE id = 1",
                          (version + 1, text))
         self._seen = (version + 1, text, now, live, time.monotonic())
@@ -371,6 +360,16 @@ class PgCoordinator(_Rows):
             grants[key] = left
         else:
             grants.pop(key, None)
+
+
+def _changed(change, text: str, now: float, live) -> tuple:
+    """``change(state, grants, now)`` applied to the gate row's ``text``: its answer and
+    the row's new text. Grants of instances not ``live`` are dropped on the way."""
+    data = json.loads(text)
+    state = GateState.from_dict(data["gate"])
+    grants = {key: n for key, n in data["grants"].items() if key.split("/", 1)[0] in live}
+    answer = change(state, grants, now)
+    return answer, json.dumps({"gate": state.to_dict(), "grants": grants})
 
 
 def _local(answer, now: float):
