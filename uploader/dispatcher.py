@@ -41,6 +41,9 @@ from .slots import Lookout, Slots
 log = logging.getLogger(__name__)
 
 BATCH_LIMIT = 200  # events applied in one transaction (bounds how long a POST may wait)
+# A clustered store: a turn of workers' reports only, with fewer results than this, waits
+# up to this long for more (a paced host's come one by one; a turn is five statements or so).
+LINGER_RESULTS, LINGER_SECONDS = 16, 0.1
 RETRY_SECONDS = (0.2, 0.5, 1.0, 2.0)  # between turns while the store is unreachable: capped,
 # so that a long outage ends for us within seconds of the store's return
 
@@ -111,6 +114,7 @@ class Dispatcher:
         self.on_fatal = on_fatal or (lambda reason: None)
         self.on_outbox = on_outbox or (lambda: None)  # a commit added effects to carry out
         self.lookout = Lookout()  # whether a claim is worth its statements
+        self.linger_seconds = LINGER_SECONDS if store.clustered else 0.0
         self.slots = Slots(store=store, pool=pool, per_worker=per_worker, host=host,
                            lookout=self.lookout, observe=self.observe)
         self.upkeep = upkeep_for(store, max_attempts=max_attempts, poll_seconds=poll_seconds,
@@ -206,6 +210,14 @@ class Dispatcher:
         while len(batch) < BATCH_LIMIT:
             try:
                 batch.append(self.events.get_nowait())
+            except queue.Empty:
+                break
+        until = time.monotonic() + self.linger_seconds
+        while self.linger_seconds and 0 < len(batch) < BATCH_LIMIT and all(
+                isinstance(e, (Result, Attempt, Waiting, Progress)) for e in batch) and sum(
+                isinstance(e, Result) for e in batch) < LINGER_RESULTS:
+            try:
+                batch.append(self.events.get(timeout=max(0.0, until - time.monotonic())))
             except queue.Empty:
                 break
         return batch

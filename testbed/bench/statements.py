@@ -52,7 +52,7 @@ KINDS = [
     ("claim: suspect", r"WITH picked AS MATERIALIZED \(SELECT id FROM urls WHERE state = 'queued' AND suspect = 1"),
     ("suspects waiting?", r"SELECT id FROM urls WHERE state = 'queued' AND suspect ="),
     ("claim: jobs in progress", r"UPDATE jobs SET status = \$1 WHERE id IN"),
-    ("finish: job counters", r"UPDATE jobs SET remaining"),
+    ("finish: job counters", r"(UPDATE jobs SET remaining|WITH d AS \(SELECT \* FROM unnest)"),
     ("finish: results (batch)", r"WITH r AS \(SELECT \* FROM unnest"),
     ("finish: URLs (batch)", r"UPDATE urls AS u SET state = r\.state"),
     ("finish: URL (one)", r"UPDATE urls SET state = \$1, attempts"),

@@ -2,9 +2,11 @@
 claims made one after the other would, in one statement per step; publishing never waits;
 a dead instance's published links are reused. The gate: a grant given back is void;
 unpaced, tickets held ahead count in flight and a pause in any instance voids them (heard
-by the listening connection of each instance's store)."""
+by the listening connection of each instance's store); paced, a moment is confirmed
+without a trip until a pause is heard."""
 import json
 import threading
+import time
 
 import psycopg
 import pytest
@@ -154,10 +156,36 @@ def test_unpaced_tickets_count_in_the_row_and_a_pause_anywhere_voids_them(databa
             store.close()
 
 
-def test_a_paced_gate_takes_no_tickets(database):
-    paced = PgCoordinator(Database(database), "me", lease_seconds=15,
-                          gate={"rate": 5, "burst": 1}, tickets=4)
-    assert paced._tickets is None
+def test_paced_no_tickets_are_taken_and_a_pause_anywhere_reaches_every_confirmation(database):
+    """Paced, moments are confirmed without a trip while no pause can have begun; a pause
+    set by another instance, once heard, sends the confirmation to the gate, which refuses."""
+    stores = [open_store(StorageConfig(url=database), name) for name in ("me", "other")]
+    try:
+        paced = {"rate": 20, "burst": 1}
+        me = PgCoordinator(Database(database), "me", lease_seconds=15, gate=paced, tickets=4)
+        other = PgCoordinator(Database(database), "other", lease_seconds=15, gate=paced)
+        owner = (0, 1)
+        stores[0].listen(on_work=lambda: None, on_pause=lambda: me.heard(True),  # my instance's
+                         on_state=me.heard)
+        wait_until(lambda: me._tickets.listening)
+        answers = me.reserve_many(3, owner)
+        assert all(granted for granted, _, _ in answers)
+        assert me._tickets.held(owner) == 0 and gate_row(database)[1] == {"me/0/1": 3}
+        version = gate_row(database)[0]
+        time.sleep(max(0.0, answers[1][1] - time.monotonic()))
+        assert me.confirm(owner)[0]  # its moment came: confirmed here
+        assert gate_row(database)[0] == version  # without a compare-and-set
+
+        other.pause(30, "Imgur asked us to slow down")  # another instance saw a 429
+        wait_until(lambda: me._tickets._voided > 1)  # heard
+        time.sleep(max(0.0, answers[2][1] - time.monotonic()))
+        granted, _, why = me.confirm(owner)  # asked the gate: withdrawn
+        assert not granted and why == "Imgur asked us to slow down"
+        assert gate_row(database)[1] == {"me/0/1": 2}
+    finally:
+        me.close()
+        for store in stores:
+            store.close()
 
 
 def test_a_gate_change_is_one_statement_and_processes_still_take_turns(database, monkeypatch):
@@ -182,5 +210,36 @@ def test_a_gate_change_is_one_statement_and_processes_still_take_turns(database,
         assert one.reserve((0, 1))[0]  # from a row another changed since: tried again
         assert len(statements) == 2
         assert gate_row(database)[1] == {"me/0/1": 3, "me/1/1": 1}  # every grant counted
+    finally:
+        store.close()
+
+
+def test_a_change_that_keeps_losing_is_made_with_the_row_locked(database, monkeypatch):
+    """Each try of a compare-and-set is a statement; with many processes at once (and a
+    busy machine) tries lose on and on. After two losses the row is locked instead."""
+    statements = []
+    execute = psycopg.Connection.execute
+    monkeypatch.setattr(psycopg.Connection, "execute", lambda conn, query, params=None, **kw:
+                        statements.append(query) or execute(conn, query, params, **kw))
+    store = open_store(StorageConfig(url=database), "me")  # live: its grants count
+    try:
+        unpaced = {"rate": 0, "burst": 1}
+        one, two = (PgCoordinator(Database(database, shared_connections=n), "me",
+                                  lease_seconds=15, gate=unpaced)
+                    for n in (1, 2))  # two worker processes of one instance (a pool each)
+        one.learn({})
+        tries = []
+
+        def change(state, grants, now):
+            tries.append(len(statements))
+            if len(tries) <= 2:  # another process writes meanwhile: this try loses
+                assert two.reserve((1, 1))[0]
+            one._count(grants, (0, 1), 1)
+
+        statements.clear()
+        one.run(lambda conn: one._gate(conn, change))
+        assert len(tries) == 3
+        assert any("FOR UPDATE" in str(query) for query in statements[tries[2] - 1:])
+        assert gate_row(database)[1] == {"me/0/1": 1, "me/1/1": 2}  # every grant counted
     finally:
         store.close()

@@ -75,6 +75,40 @@ def test_claims_then_results_complete_the_job_once(store):
     assert store.link_for("aa", "local") == "https://i.example/a.png"
 
 
+def test_one_transaction_counts_the_urls_of_several_jobs_and_completes_each_once(opened):
+    """The job counters of a transaction (one statement for every job on PostgreSQL):
+    each job counts its own, and only a job completed with a callback gets a delivery."""
+    store = opened("me")
+    hook = "https://hooks.example/done"
+    with store.transaction():
+        store.create_job("job-b", URLS[:1], callback_url=hook)
+        store.create_job("job-a", URLS, callback_url=hook)
+        store.create_job("job-c", URLS[:1])
+        tasks = store.claim(5)
+    by_job = {}
+    for task in tasks:
+        by_job.setdefault(task.job_id, []).append(task)
+    with store.transaction():
+        store.finish_many([(by_job["job-a"][0], jobs.COMPLETE, dict(attempts=1,
+                                                                    link="https://i.example/a"))]
+                          + [(by_job[j][k], jobs.FAILED, dict(attempts=1, reason="gone"))
+                             for j, k in (("job-a", 1), ("job-b", 0), ("job-c", 0))])
+    with store.reading() as conn:
+        assert [tuple(row) for row in conn.execute(
+            "SELECT id, remaining, completed, failed FROM jobs ORDER BY id")] == [
+            ("job-a", 1, 1, 1), ("job-b", 0, 0, 1), ("job-c", 0, 0, 1)]
+    assert job(store, "job-a")["status"] == "in-progress"
+    assert job(store, "job-a")["uploaded"]["complete"] == ["https://i.example/a"]
+    assert [job(store, j)["status"] for j in ("job-b", "job-c")] == ["complete", "complete"]
+    assert job(store, "job-b")["uploaded"]["failed"] == URLS[:1]
+    with store.transaction():
+        assert [(e.job_id, e.target) for e in store.claim_effects(10, 30)] == [("job-b", hook)]
+        store.finish_many([(by_job["job-a"][2], jobs.FAILED, dict(attempts=1, reason="gone"))])
+    with store.transaction():
+        assert [(e.job_id, e.target) for e in store.claim_effects(10, 30)] == [("job-a", hook)]
+    assert job(store, "job-a")["status"] == "complete"
+
+
 def test_finishing_a_batch_is_finishing_each_in_turn(postgres):
     """PostgreSQL finishes a batch in one statement; the outcome is the one-by-one's:
     answers, the job, links (the first of two equal ones kept) and dedup claims done."""

@@ -226,3 +226,124 @@ def test_a_batch_of_answers_kept_is_told_at_once(make):
     assert gate.changes == before  # kept
     tickets.answered([(None, OWNER)])  # the fourth: a batch
     assert gate.changes == before + 1 and gate.grants[OWNER] == 1 + 4 + 4 - 4
+
+
+@pytest.fixture
+def paced(make):
+    """``paced(remaining, rate)``: tickets on a gate paced at 50 uploads a second (burst
+    1), its budgets known, its pauses heard (batch 4)."""
+    def tickets_on_a_paced_gate(remaining=10_000, rate=50.0):
+        gate, tickets = make(remaining=remaining)
+        tickets.rules.rate = rate
+        tickets.paced = True
+        listening(tickets)
+        return gate, tickets
+    return tickets_on_a_paced_gate
+
+
+def moments(tickets, count):
+    """``count`` grants of the paced gate, all granted, the last one's moment ahead."""
+    answers = tickets.reserve(count, OWNER)
+    assert all(granted for granted, _, _ in answers)
+    assert answers[-1][1] > time.monotonic()
+    return [when for _, when, _ in answers]
+
+
+def at(moment):
+    time.sleep(max(0.0, moment - time.monotonic()))
+
+
+def test_paced_no_tickets_are_taken_ahead_and_answers_ride_on_the_next_grant(paced):
+    gate, tickets = paced()
+    before, in_flight = gate.changes, gate.grants[OWNER]
+    moments(tickets, 2)
+    assert tickets.held(OWNER) == 0 and gate.grants[OWNER] == in_flight + 2
+    tickets.answered([(report(user=(500, 100.0)), OWNER)])
+    assert gate.changes == before + 1  # kept: the budgets had room for a batch beyond
+    tokens = gate.state.tokens
+    moments(tickets, 1)
+    assert gate.state.tokens > tokens - 2  # one spent: looking for room beyond spent none
+    assert gate.changes == before + 2  # the answer told with the grant: one change
+    assert gate.grants[OWNER] == in_flight + 2 - 1 + 1
+    assert gate.state.budgets["user"][0] == 500
+
+
+def test_paced_near_a_budgets_reserve_each_answer_is_told_as_it_comes(paced):
+    gate, tickets = paced(remaining=110)  # ten uploads fit
+    moments(tickets, 5)  # six in flight: room for four more, none beyond a batch
+    before = gate.changes
+    tickets.answered([(report(user=(60, 100.0)), OWNER)])
+    assert gate.changes == before + 1 and gate.state.budgets["user"][0] == 60
+
+
+def test_paced_a_moment_is_confirmed_without_a_trip_until_a_pause_is_heard(paced):
+    gate, tickets = paced(rate=20.0)
+    first, second, third = moments(tickets, 3)[-3:]
+    before = gate.changes
+    at(first)
+    assert tickets.confirm(OWNER)[0]
+    assert gate.changes == before  # no pause heard since it was granted: no trip
+    tickets.heard(True)  # a pause somewhere: granted before it, the others ask the gate
+    at(second)
+    assert tickets.confirm(OWNER) is None
+    later = moments(tickets, 1)[0]  # granted after the pause was heard
+    at(third)
+    assert tickets.confirm(OWNER) is None
+    at(later)
+    assert tickets.confirm(OWNER)[0]
+
+
+def test_paced_a_moment_granted_while_a_pause_was_heard_asks_the_gate(paced):
+    gate, tickets = paced()
+    gate.during_change = tickets.void  # the pause's notice arrives while the trip is made
+    when = moments(tickets, 2)[-1]
+    gate.during_change = None
+    at(when)
+    assert tickets.confirm(OWNER) is None
+
+
+def test_paced_moments_are_confirmed_here_only_while_pauses_are_heard(paced):
+    gate, tickets = paced()
+    tickets.heard(False)  # the instance's listening connection was lost
+    when = moments(tickets, 2)[-1]
+    at(when)
+    assert tickets.confirm(OWNER) is None
+
+
+def test_paced_with_a_long_queue_the_next_moments_are_taken_ahead(paced):
+    gate, tickets = paced(rate=10.0)
+    asked = moments(tickets, 5)  # the last 0.5 s ahead: a queue long enough
+    assert tickets.held(OWNER) == 2  # half a batch more, in the same change
+    assert gate.grants[OWNER] == 1 + 5 + 2
+    before = gate.changes
+    handed = moments(tickets, 2)
+    assert gate.changes == before and tickets.held(OWNER) == 0  # handed out without a trip
+    assert asked[-1] < handed[0] < handed[1]  # the pace's next moments
+    at(handed[0])
+    assert tickets.confirm(OWNER)[0] and gate.changes == before  # confirmed here too
+
+    moments(tickets, 5)
+    assert tickets.held(OWNER) == 2
+    tickets.heard(True)  # a pause somewhere: the moments held are given back
+    assert tickets.held(OWNER) == 0
+
+
+def test_paced_moments_held_until_they_come_are_given_back_not_handed_out(paced):
+    gate, tickets = paced(rate=10.0)
+    asked = moments(tickets, 3)  # 0.3 s ahead: two more held
+    assert tickets.held(OWNER) == 2
+    in_flight = gate.grants[OWNER]
+    at(asked[-1] + 0.25)  # both held moments have come unused
+    fresh = moments(tickets, 1)
+    assert fresh[0] > time.monotonic()  # a new moment from the gate, not a passed one
+    assert gate.grants[OWNER] == in_flight - 2 + 1  # the two given back with that change
+
+
+def test_a_grant_given_back_rides_on_the_next_change(paced):
+    gate, tickets = paced()
+    moments(tickets, 2)
+    in_flight, before = gate.grants[OWNER], gate.changes
+    tickets.give_back(OWNER)  # a slot held up past its moment: not used
+    assert gate.changes == before and gate.grants[OWNER] == in_flight  # counts until told
+    moments(tickets, 1)
+    assert gate.changes == before + 1 and gate.grants[OWNER] == in_flight - 1 + 1

@@ -125,6 +125,13 @@ class SqlStore(OutboxQueries, PruneQueries):
                               " AND remaining > 0)", ())
             self._requeued = False
         deltas, self._job_deltas = self._job_deltas, {}
+        for job_id, callback_url in self._apply_job_deltas(deltas):
+            self.add_effect("webhook", callback_url, job_id=job_id)
+
+    def _apply_job_deltas(self, deltas: Dict[str, List[int]]) -> List[Tuple[str, str]]:
+        """The job counters changed, in the order of their ids; returns (job id, callback
+        URL) of each job they complete that has a callback."""
+        completed_jobs = []
         for job_id in sorted(deltas):
             done, completed, failed = deltas[job_id]
             row = self._execute(
@@ -136,7 +143,8 @@ class SqlStore(OutboxQueries, PruneQueries):
                 (done, completed, failed, done, jobs.JOB_COMPLETE, jobs.JOB_IN_PROGRESS, done,
                  job_id)).fetchone()
             if row is not None and row[0] <= 0 and row[1]:
-                self.add_effect("webhook", row[1], job_id=job_id)
+                completed_jobs.append((job_id, row[1]))
+        return completed_jobs
 
     def _after_rollback(self) -> None:
         self._job_deltas.clear()

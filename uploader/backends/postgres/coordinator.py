@@ -34,6 +34,9 @@ from .tickets import CHANNEL, Tickets
 log = logging.getLogger(__name__)
 
 OUTAGE_RETRY_SECONDS = 1.0
+# A change that lost the compare-and-set this often is made with the row locked.
+LOCK_AFTER_LOSSES = 2
+_NO_ROW = object()  # ``_gate_locked``: there is no gate row
 
 
 class Rows:
@@ -78,11 +81,12 @@ class PgCoordinator(Rows):
         self.dedup_host = dedup_host
         # this process's threads changing the gate at once share one compare-and-set
         self._gate_changes = Combiner(self._change_gate)
-        # unpaced, grants are taken ``tickets`` ahead and answers told in batches
+        # answers told in batches; unpaced, grants taken ``tickets`` ahead; paced, moments
+        # confirmed without a trip while no pause can have begun (``shared.tickets``)
         self.tickets = tickets
         self._tickets = None
         self._seen = None  # the gate row as this process's last statement found it (_gate)
-        if self.rules is not None and self.rules.rate <= 0 and tickets > 0:
+        if self.rules is not None and tickets > 0:
             self._tickets = Tickets(self.rules, self._gate_changes, self._count, tickets)
 
     def __getstate__(self):
@@ -183,6 +187,9 @@ class PgCoordinator(Rows):
     def confirm(self, owner: tuple) -> tuple:
         if self.rules is None:
             return True, 0.0, ""
+        answer = self._tickets.confirm(owner) if self._tickets is not None else None
+        if answer is not None:  # no pause can have begun since it was granted
+            return answer
 
         def change(state, grants, now):
             answer = self.rules.confirm(state, now)
@@ -204,7 +211,9 @@ class PgCoordinator(Rows):
         self._tickets.answered(observed)
 
     def withdraw(self, owner: tuple) -> None:
-        if self.rules is not None:
+        if self._tickets is not None:
+            self._tickets.give_back(owner)  # with the next change: it counts until then
+        elif self.rules is not None:
             self._gate_changes(lambda state, grants, now: self._count(grants, owner, -1))
 
     def pause(self, seconds: float, why: str) -> None:
@@ -273,8 +282,13 @@ class PgCoordinator(Rows):
         version changed, and returns the row as it found it, with the clock and the live
         instances. So the next change starts from what the last statement saw (our own
         write, when it won), its clock moved on by this machine's; only the first reads."""
-        seen = self._seen
+        seen, lost = self._seen, 0
         while True:
+            if lost >= LOCK_AFTER_LOSSES:  # many processes changing it at once
+                answer = self._gate_locked(conn, change)
+                if answer is not _NO_ROW:
+                    return answer
+                seen, lost = None, 0
             if seen is None:
                 row = conn.execute(queries.GATE_READ, (self.lease_seconds,)).fetchone()
                 if row is None:
@@ -284,13 +298,7 @@ class PgCoordinator(Rows):
                     continue
                 seen = (*row, time.monotonic())
             version, text, then, live, at = seen
-            now = then + (time.monotonic() - at)
-            data = json.loads(text)
-            state = GateState.from_dict(data["gate"])
-            grants = {key: n for key, n in data["grants"].items()
-                      if key.split("/", 1)[0] in live}
-            answer = change(state, grants, now)
-            text = json.dumps({"gate": state.to_dict(), "grants": grants})
+            answer, text = _changed(change, text, then + (time.monotonic() - at), live)
             row = conn.execute(queries.GATE_WRITE,
                                (text, version, self.lease_seconds)).fetchone()
             if row is None:  # no gate row (deleted by hand): made anew
@@ -301,6 +309,22 @@ class PgCoordinator(Rows):
                 self._seen = (written, text, found[2], found[3], time.monotonic())
                 return answer
             seen = self._seen = (*found, time.monotonic())
+            lost += 1
+
+    def _gate_locked(self, conn, change):
+        """The change made with the gate row locked (four statements, and no more), after
+        it lost the compare-and-set ``LOCK_AFTER_LOSSES`` times: with many processes
+        changing the row at once, trying on costs a statement a try, and tries lose more
+        often the busier the machine. ``_NO_ROW`` when there is no gate row."""
+        with conn.transaction():
+            row = conn.execute(queries.GATE_READ_LOCKED, (self.lease_seconds,)).fetchone()
+            if row is None:
+                return _NO_ROW
+            version, text, now, live = row
+            answer, text = _changed(change, text, now, live)
+            conn.execute(queries.GATE_WRITE_LOCKED, (version + 1, text))
+        self._seen = (version + 1, text, now, live, time.monotonic())
+        return answer
 
     def _key(self, owner: tuple) -> str:
         worker, generation = owner
@@ -315,6 +339,16 @@ class PgCoordinator(Rows):
             grants.pop(key, None)
 
 
+def _changed(change, text: str, now: float, live) -> tuple:
+    """``change(state, grants, now)`` applied to the gate row's ``text``: its answer and
+    the row's new text. Grants of instances not ``live`` are dropped on the way."""
+    data = json.loads(text)
+    state = GateState.from_dict(data["gate"])
+    grants = {key: n for key, n in data["grants"].items() if key.split("/", 1)[0] in live}
+    answer = change(state, grants, now)
+    return answer, json.dumps({"gate": state.to_dict(), "grants": grants})
+
+
 def _local(answer, now: float):
     """A gate's answer (``(granted, when, why)``, a list of them, or None) with its moments
     on this machine's monotonic clock instead of the database's."""
@@ -324,4 +358,3 @@ def _local(answer, now: float):
         granted, when, why = answer
         return granted, time.monotonic() + (when - now), why
     return answer
-

@@ -26,6 +26,11 @@ GATE_WRITE = placeholders(
     " WHERE id = 1 AND version = ? RETURNING version)"
     f" SELECT (SELECT version FROM written), version, state, {NOW}, {_LIVE}"
     " FROM gate WHERE id = 1")
+# The same first look with the row locked, and the change written under that lock: the way
+# of a change that lost the compare-and-set too often (``_gate_locked``).
+GATE_READ_LOCKED = placeholders(
+    f"SELECT version, state, {NOW}, {_LIVE} FROM gate WHERE id = 1 FOR UPDATE")
+GATE_WRITE_LOCKED = placeholders("UPDATE gate SET version = ?, state = ? WHERE id = 1")
 # The gate row made, when there is none (a new database, or one deleted by hand).
 GATE_FIRST = placeholders("INSERT INTO gate (id, version, state) VALUES (1, 0, ?)"
                           " ON CONFLICT (id) DO NOTHING")

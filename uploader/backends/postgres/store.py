@@ -454,6 +454,16 @@ class PostgresStore(SqlStore):
             self._link_again(list(again.values()))
         return answers
 
+    def _apply_job_deltas(self, deltas):
+        """Every job's counters in one statement (``JOB_COUNTERS``), not one each: a turn
+        finishes URLs of several jobs (the claim takes them in turns across jobs)."""
+        if not deltas:
+            return []
+        rows = [(job_id, *deltas[job_id]) for job_id in sorted(deltas)]
+        return [(job_id, callback_url) for job_id, callback_url in self._execute(
+            JOB_COUNTERS, (*as_columns(rows), jobs.JOB_COMPLETE, jobs.JOB_IN_PROGRESS))
+            if callback_url]
+
     def _link_recorded(self, sha256, host, account):
         if sha256:  # committed in links now: the in-flight claim has done its work
             self._execute("DELETE FROM dedup_claims WHERE sha256 = ? AND host = ? AND account = ?",
@@ -603,6 +613,22 @@ FINISH_MANY = (
     " claims_done AS (DELETE FROM dedup_claims WHERE (sha256, host, account) IN"
     " (SELECT sha256, coalesce(host, ''), account FROM linked WHERE sha256 IS NOT NULL))"
     " SELECT 0, id::text, job_id FROM done UNION ALL SELECT 1, link, account FROM added")
+
+# The job counters of a transaction, every job in one statement. The rows are locked in
+# the order of their ids first (as one statement each, in that order, did), so two
+# instances finishing URLs of the same jobs never wait for each other in a cycle. Answers:
+# (job id, callback URL) of each job completed.
+JOB_COUNTERS = (
+    "WITH d AS (SELECT * FROM unnest(?::text[], ?::int[], ?::int[], ?::int[])"
+    " AS d(id, done, completed, failed)),"
+    " locked AS (SELECT id FROM jobs WHERE id IN (SELECT id FROM d) ORDER BY id FOR UPDATE),"
+    " counted AS (UPDATE jobs AS j SET remaining = j.remaining - d.done,"
+    " completed = j.completed + d.completed, failed = j.failed + d.failed,"
+    " status = CASE WHEN j.remaining - d.done <= 0 THEN ? ELSE ? END,"
+    " finished = CASE WHEN j.remaining - d.done <= 0 THEN {now} ELSE j.finished END"
+    " FROM d WHERE j.id = d.id AND j.id IN (SELECT id FROM locked)"
+    " RETURNING j.id, j.remaining, j.callback_url)"
+    " SELECT id, callback_url FROM counted WHERE remaining <= 0 ORDER BY id")
 
 # A claim's UPDATE (``TAKEN``) as a data-modifying CTE, with its URLs' pending jobs marked
 # begun (only pending rows are locked: no job whose URLs are being finished).
