@@ -140,7 +140,7 @@ def describe_host(config) -> None:
         log.info("image host: Imgur at %s (%s)", config.imgur.api_url, auth)
     else:
         log.info("image host: local, files in %s served at %s/i/ - set s3.bucket (see "
-                 "README: Using S3-compatible storage) to store images in a bucket instead",
+                 "docs/object-storage.md) to store images in a bucket instead",
                  config.local.directory, config.server.base_url)
 
 

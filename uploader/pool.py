@@ -1,7 +1,7 @@
 """The worker pool: a ``multiprocess`` manager for what workers share, and a pipe per worker.
 
     dispatcher --send(i, tasks)--> pipe i --> worker process i (N slot threads)
-    store listener --tell_gate-->  pipe i      (a cluster gate's pauses: shared.tickets)
+    store listener --tell_gate-->  pipe i      (a cluster gate's pauses: backends/postgres/tickets.py)
     dispatcher <--on_event-- reader thread <-- pipe i (batches of results), one per worker
                                                  EOF on pipe i: worker i ended
 

@@ -4,7 +4,7 @@ import time
 import pytest
 
 from uploader.hosts.imgur import UPLOAD_CREDITS
-from uploader.ratelimit import UploadGate as _UploadGate
+from uploader.backends.sqlite.gate import UploadGate as _UploadGate
 
 
 def UploadGate(**kwargs):

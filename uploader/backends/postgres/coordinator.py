@@ -82,7 +82,7 @@ class PgCoordinator(Rows):
         # this process's threads changing the gate at once share one compare-and-set
         self._gate_changes = Combiner(self._change_gate)
         # answers told in batches; unpaced, grants taken ``tickets`` ahead; paced, moments
-        # confirmed without a trip while no pause can have begun (``shared.tickets``)
+        # confirmed without a trip while no pause can have begun (``tickets.py``)
         self.tickets = tickets
         self._tickets = None
         self._seen = None  # the gate row as this process's last statement found it (_gate)

@@ -1,6 +1,6 @@
 """The embedded shared state: objects in this instance's multiprocessing manager.
 
-The upload gate (``ratelimit.UploadGate``) and the dedup index (``dedup.DedupIndex``)
+The upload gate (``gate.UploadGate``) and the dedup index (``dedup.DedupIndex``)
 live in the manager, and a worker needs both around every upload: claim the bytes and
 reserve a moment before, report the host's budgets and publish the link after. Round
 trips are what costs, so the calls after an upload travel in batches (``end_many``) and
@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 from multiprocess.managers import BaseProxy, MakeProxyType
 
 from ...errors import SharedStateLost
-from ...ratelimit import UploadGate
+from .gate import UploadGate
 from .. import Shared
 from .dedup import DedupIndex
 
