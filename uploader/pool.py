@@ -33,22 +33,8 @@ from . import jobs, lifeline, worker
 from .errors import PoolBroken
 from .jobs import WorkerExited
 from .backends import Shared
-from .backends.sqlite import wire
-from .backends.sqlite.coordinator import Coordinator, CoordinatorProxy
-from .backends.sqlite.credentials import Credentials
 
 log = logging.getLogger(__name__)
-
-
-class PoolManager(SyncManager):
-    """The manager process: the objects every worker shares live here."""
-
-    def __init__(self, ctx):
-        super().__init__(ctx=ctx, serializer=wire.SERIALIZER)
-
-
-PoolManager.register("Coordinator", Coordinator, proxytype=CoordinatorProxy)
-PoolManager.register("Credentials", Credentials)
 
 
 @dataclass(frozen=True)
@@ -89,10 +75,11 @@ class WorkerPool:
         self._gate_lock = threading.Lock()
 
     # -- start -----------------------------------------------------------------
-    def start_manager(self) -> SyncManager:
-        """Start the manager process, first: what the workers share may live in it."""
+    def start_manager(self, manager_class=SyncManager) -> SyncManager:
+        """Start the manager process, first: what the workers share may live in it (the
+        backend's ``manager_class`` serves it)."""
         self.lifeline = lifeline.Lifeline(self.ctx)
-        self.manager = PoolManager(ctx=self.ctx)
+        self.manager = manager_class(ctx=self.ctx)
         self.manager.start(initializer=_manager_init, initargs=(self.lifeline.end,))
         return self.manager
 

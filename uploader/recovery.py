@@ -9,9 +9,9 @@ An instance's own death is the store's to tell, and the store says how (``upkeep
 - a store that is this instance's alone (embedded SQLite: its lock keeps any other
   instance out; ``store.clustered`` is false) takes back, at the start, whatever a
   previous run left in flight (``Alone``);
-- a store shared by instances (PostgreSQL; ``store.lease_seconds``) holds a lease for each: every turn renews
-  ours when due, takes back URLs of instances whose lease ran out (``store.reap``) and
-  polls for work in case a notification was missed (``Leased``).
+- a store shared by instances (PostgreSQL; ``store.lease_seconds``) holds a lease for
+  each: every turn renews ours when due, takes back URLs of instances whose lease ran
+  out (``store.reap``) and polls for work in case a notification was missed (``Leased``).
 """
 import logging
 import threading

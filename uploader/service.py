@@ -87,7 +87,7 @@ class Service:
                                      **dispatcher_settings(self.config))
         # registered when the store opened: the lease is kept until the dispatcher keeps it
         with self.store.kept_alive():
-            manager = self.pool.start_manager()
+            manager = self.pool.start_manager(self.backend.manager_class)
             self.shared = self.backend.make_shared(manager)
             self.pool.start_workers(self.shared)
             self.delete_at_host = hosts.build_deleter(self.config, self.shared)

@@ -93,10 +93,13 @@ def test_one_transaction_counts_the_urls_of_several_jobs_and_completes_each_once
                                                                     link="https://i.example/a"))]
                           + [(by_job[j][k], jobs.FAILED, dict(attempts=1, reason="gone"))
                              for j, k in (("job-a", 1), ("job-b", 0), ("job-c", 0))])
-    with store.reading() as conn:
-        assert [tuple(row) for row in conn.execute(
-            "SELECT id, remaining, completed, failed FROM jobs ORDER BY id")] == [
-            ("job-a", 1, 1, 1), ("job-b", 0, 0, 1), ("job-c", 0, 0, 1)]
+    if hasattr(store, "reading"):  # the SQL stores keep counters in the job's row
+        with store.reading() as conn:
+            assert [tuple(row) for row in conn.execute(
+                "SELECT id, remaining, completed, failed FROM jobs ORDER BY id")] == [
+                ("job-a", 1, 1, 1), ("job-b", 0, 0, 1), ("job-c", 0, 0, 1)]
+    assert [len(job(store, j)["uploaded"][k]) for j in ("job-a", "job-b", "job-c")
+            for k in ("pending", "complete", "failed")] == [1, 1, 1, 0, 0, 1, 0, 0, 1]
     assert job(store, "job-a")["status"] == "in-progress"
     assert job(store, "job-a")["uploaded"]["complete"] == ["https://i.example/a"]
     assert [job(store, j)["status"] for j in ("job-b", "job-c")] == ["complete", "complete"]

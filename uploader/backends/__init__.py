@@ -14,6 +14,7 @@ credential), as ``protocols`` declares them. Queries live in ``sql`` and the sch
 """
 import os
 from dataclasses import dataclass
+from typing import List
 
 from ..config import redact_url_password
 from .protocols import Coordinator, Credentials, Store  # noqa: F401  (the contracts)
@@ -35,6 +36,16 @@ def open_backend(config, instance: str):
         return PostgresBackend(config, instance)
     from .sqlite import SqliteBackend
     return SqliteBackend(config, instance)
+
+
+def storage_problems(storage, *, connect: bool) -> List[str]:
+    """What would stop ``storage`` from opening, one line each (``preflight``);
+    ``connect``: also try to reach a database."""
+    if storage.url:
+        from .postgres import database_problems
+        return database_problems(storage.url) if connect else []
+    from .sqlite import file_problems
+    return file_problems(storage.path)
 
 
 def describe_store(storage) -> str:

@@ -1,7 +1,12 @@
 """The shared backend: PostgreSQL, where any number of instances meet and act as one
 service: the store (``store``), the gate and the dedup claims (``coordinator``, with the
 gate's ``tickets``) and the host's credential (``credentials``), all in its rows."""
+from typing import List
+
+from multiprocess.managers import SyncManager
+
 from ... import hosts
+from ...config import redact_url_password
 from .. import Shared, open_store
 
 CHANNEL = "uploader_work"  # NOTIFY'd by a commit that adds work
@@ -9,6 +14,8 @@ CHANNEL = "uploader_work"  # NOTIFY'd by a commit that adds work
 
 class PostgresBackend:
     """The shared store, and what the workers share, in the same database."""
+
+    manager_class = SyncManager  # holds nothing of ours; the pool still starts and watches it
 
     def __init__(self, config, instance: str):
         self.config = config
@@ -32,3 +39,17 @@ class PostgresBackend:
             credentials = PgCredentials(database, **credential)
             credentials.forgive()
         return Shared(coordinator, credentials)
+
+
+def database_problems(url: str) -> List[str]:
+    """Whether the database at ``url`` takes our login (within 3 s)."""
+    import psycopg
+
+    from .store import login_refused
+
+    try:
+        psycopg.connect(url, connect_timeout=3).close()
+    except psycopg.Error as exc:
+        reason = login_refused(exc) or "cannot connect: " + " ".join(str(exc).split())
+        return [f"storage.url {redact_url_password(url)}: {reason}"]
+    return []

@@ -111,7 +111,7 @@ _LOCAL = ("heard", "close")  # about the calling process only: answered without 
 
 class CoordinatorProxy(MakeProxyType("_CoordinatorCalls", tuple(
         name for name in vars(Coordinator) if not name.startswith("_") and name not in _LOCAL))):
-    """A worker's handle on the manager's ``Coordinator`` (``pool`` registers it): each
+    """A worker's handle on the manager's ``Coordinator`` (``manager`` registers it): each
     call a round trip, except those about the calling process alone."""
 
     def heard(self, listening: bool) -> None:
