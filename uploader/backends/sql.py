@@ -74,7 +74,7 @@ class SqlStore(OutboxQueries, PruneQueries):
 
     def _insert_urls(self, job_id: str, urls: Sequence[str], account: str, turn: int) -> None:
         self._executemany(
-            "INSERT INTO urls (job_id, url, state, account, turn) VALUES (?, ?, ?, ?, ?)",
+            NEW_URL,
             [(job_id, url, jobs.QUEUED, account, turn + n) for n, url in enumerate(urls)])
 
     def _executemany(self, sql: str, rows) -> None:
@@ -121,8 +121,7 @@ class SqlStore(OutboxQueries, PruneQueries):
         (so two instances finishing URLs of the same jobs never deadlock); a job that
         completes with a callback gets its delivery in the outbox, in the same commit."""
         if self._requeued:
-            self._fail_queued("job_id IN (SELECT id FROM jobs WHERE cancelled = 1"
-                              " AND remaining > 0)", ())
+            self._fail_queued(FAIL_QUEUED_OF_CANCELLED, ())
             self._requeued = False
         deltas, self._job_deltas = self._job_deltas, {}
         for job_id, callback_url in self._apply_job_deltas(deltas):
@@ -135,11 +134,7 @@ class SqlStore(OutboxQueries, PruneQueries):
         for job_id in sorted(deltas):
             done, completed, failed = deltas[job_id]
             row = self._execute(
-                "UPDATE jobs SET remaining = remaining - ?, completed = completed + ?,"
-                " failed = failed + ?,"
-                " status = CASE WHEN remaining - ? <= 0 THEN ? ELSE ? END,"
-                " finished = CASE WHEN remaining - ? <= 0 THEN {now} ELSE finished END"
-                " WHERE id = ? RETURNING remaining, callback_url",
+                JOB_COUNTED,
                 (done, completed, failed, done, jobs.JOB_COMPLETE, jobs.JOB_IN_PROGRESS, done,
                  job_id)).fetchone()
             if row is not None and row[0] <= 0 and row[1]:
@@ -171,9 +166,7 @@ class SqlStore(OutboxQueries, PruneQueries):
             self._execute("SAVEPOINT create_job")
             try:
                 head, queued = self._execute(
-                    "INSERT INTO jobs (id, created, status, remaining, account, retry_of,"
-                    f" callback_url) VALUES (?, {{now}}, ?, ?, ?, ?, ?) RETURNING ({ROTATION_HEAD}), "
-                    + (f"({KEY_QUEUED})" if max_queued else "0"),
+                    NEW_JOB_CAPPED if max_queued else NEW_JOB,
                     (job_id, jobs.JOB_PENDING, len(urls), account, retry_of, callback_url, account,
                      *((account, max_queued, account) if max_queued else ()))).fetchone()
                 if max_queued and queued + len(urls) > max_queued:
@@ -191,17 +184,14 @@ class SqlStore(OutboxQueries, PruneQueries):
 
     def cancel(self, job_id: str, account: str) -> Optional[int]:
         """Fail a job's queued URLs (those in flight finish): how many; None: no such job here."""
-        found = self._execute("UPDATE jobs SET cancelled = 1 WHERE id = ? AND account = ?"
-                              " RETURNING id", (job_id, account)).fetchone()
+        found = self._execute(CANCEL_JOB, (job_id, account)).fetchone()
         if found is None:
             return None
-        return self._fail_queued("job_id = ?", (job_id,))
+        return self._fail_queued(FAIL_QUEUED_OF_JOB, (job_id,))
 
-    def _fail_queued(self, condition: str, params: tuple) -> int:
-        rows = self._execute(
-            "UPDATE urls SET state = 'failed', reason = ?, " + CLEARED +
-            f" WHERE state = 'queued' AND {condition} RETURNING job_id",
-            (CANCELLED, *params)).fetchall()
+    def _fail_queued(self, sql: str, params: tuple) -> int:
+        """Fail queued URLs as cancelled (``FAIL_QUEUED_OF_*``), counted for their jobs."""
+        rows = self._execute(sql, (CANCELLED, *params)).fetchall()
         for (job_id,) in rows:
             self._count(job_id, jobs.FAILED)
         return len(rows)
@@ -238,7 +228,7 @@ class SqlStore(OutboxQueries, PruneQueries):
             return []
         if taking == sql:  # the claim did not mark its jobs begun itself
             self._execute(
-                f"UPDATE jobs SET status = ? WHERE id IN ({_marks(job_ids)}) AND status = ?",
+                jobs_begun(len(job_ids)),
                 (jobs.JOB_IN_PROGRESS, *job_ids, jobs.JOB_PENDING))
         return [Task(url_id=r[0], job_id=r[1], url=r[2], attempt=r[3], lease=lease,
                      suspect=bool(r[4]), account=r[5]) for r in sorted(rows)]
@@ -257,17 +247,14 @@ class SqlStore(OutboxQueries, PruneQueries):
         maybe finished elsewhere) or the URL was final already. A new link is recorded
         for the job's account, with an image id of its own and the host's delete hash."""
         row = self._execute(
-            "UPDATE urls SET state = ?, attempts = {greatest}(attempts, ?), link = ?,"
-            " reason = ?, sha256 = ?, reused = ?, owner = NULL, lease = NULL, " + CLEARED +
-            " WHERE id = ? AND state = 'in_flight' AND owner = ? AND lease = ? RETURNING job_id",
+            FINISH_URL,
             (state, attempts, link, reason, sha256, int(reused), task.url_id, self.instance,
              task.lease)).fetchone()
         if row is None:
             return False
         if state == jobs.COMPLETE and link:
             recorded = (link, sha256, host, task.account, new_image_id(), deletehash)
-            if not self._execute(NEW_LINK + " VALUES (?, ?, ?, {now}, ?, ?, ?)" + NEW_LINK_ONCE,
-                                 recorded).rowcount and not reused:
+            if not self._execute(NEW_LINK_ROW + NEW_LINK_ONCE, recorded).rowcount and not reused:
                 self._link_again([recorded])
             self._link_recorded(sha256, host, task.account)
         self._count(row[0], state)
@@ -283,9 +270,8 @@ class SqlStore(OutboxQueries, PruneQueries):
         (S3) gives the same bytes the same link. One deleted is live again: its row is
         replaced by a new one (a new image id, listed as the newest). One live is kept."""
         for row in rows:
-            if self._execute("DELETE FROM links WHERE link = ? AND account = ?"
-                             " AND deleted IS NOT NULL", (row[0], row[3])).rowcount:
-                self._execute(NEW_LINK + " VALUES (?, ?, ?, {now}, ?, ?, ?)", row)
+            if self._execute(DROP_DELETED_LINK, (row[0], row[3])).rowcount:
+                self._execute(NEW_LINK_ROW, row)
 
     def _link_recorded(self, sha256: Optional[str], host: Optional[str], account: str) -> None:
         """A link is committed with this transaction (the shared dedup claim can go)."""
@@ -297,17 +283,14 @@ class SqlStore(OutboxQueries, PruneQueries):
         ``refund`` gives it back when we interrupted it ourselves (a stop). ``suspect``
         marks it to run alone next."""
         done = self._execute(
-            "UPDATE urls SET state = 'queued', owner = NULL, lease = NULL,"
-            " attempts = attempts - ?, suspect = {greatest}(suspect, ?), " + CLEARED +
-            " WHERE id = ? AND state = 'in_flight' AND owner = ? AND lease = ?",
+            REQUEUE,
             (int(refund), int(suspect), task.url_id, self.instance, task.lease)).rowcount == 1
         self._work_added = self._requeued = self._work_added or done
         return done
 
     def set_attempts(self, task: Task, attempts: int) -> None:
         self._execute(
-            "UPDATE urls SET attempts = {greatest}(attempts, ?)"
-            " WHERE id = ? AND state = 'in_flight' AND owner = ? AND lease = ?",
+            SET_ATTEMPTS,
             (attempts, task.url_id, self.instance, task.lease))
 
     def set_waiting(self, task: Task, until: Optional[float], reason: Optional[str]) -> None:
@@ -448,6 +431,39 @@ class SqlStore(OutboxQueries, PruneQueries):
         return row[0] if row else None
 
 
+# -- the writer's statements ----------------------------------------------------------------
+# A URL in flight is changed only by the instance holding it under this lease.
+HELD = " WHERE id = ? AND state = 'in_flight' AND owner = ? AND lease = ?"
+NEW_URL = "INSERT INTO urls (job_id, url, state, account, turn) VALUES (?, ?, ?, ?, ?)"
+# A job counts its URLs final, complete and failed as each turn finishes them; it completes
+# (and is stamped finished) when none remains.
+JOB_COUNTED = ("UPDATE jobs SET remaining = remaining - ?, completed = completed + ?,"
+               " failed = failed + ?,"
+               " status = CASE WHEN remaining - ? <= 0 THEN ? ELSE ? END,"
+               " finished = CASE WHEN remaining - ? <= 0 THEN {now} ELSE finished END"
+               " WHERE id = ? RETURNING remaining, callback_url")
+CANCEL_JOB = "UPDATE jobs SET cancelled = 1 WHERE id = ? AND account = ? RETURNING id"
+FAIL_QUEUED = "UPDATE urls SET state = 'failed', reason = ?, " + CLEARED + " WHERE state = 'queued'"
+FAIL_QUEUED_OF_JOB = FAIL_QUEUED + " AND job_id = ? RETURNING job_id"
+# URLs handed back to the queue of a job cancelled meanwhile fail at the commit.
+FAIL_QUEUED_OF_CANCELLED = (FAIL_QUEUED + " AND job_id IN (SELECT id FROM jobs"
+                            " WHERE cancelled = 1 AND remaining > 0) RETURNING job_id")
+FINISH_URL = ("UPDATE urls SET state = ?, attempts = {greatest}(attempts, ?), link = ?,"
+              " reason = ?, sha256 = ?, reused = ?, owner = NULL, lease = NULL, " + CLEARED
+              + HELD + " RETURNING job_id")
+REQUEUE = ("UPDATE urls SET state = 'queued', owner = NULL, lease = NULL,"
+           " attempts = attempts - ?, suspect = {greatest}(suspect, ?), " + CLEARED + HELD)
+SET_ATTEMPTS = "UPDATE urls SET attempts = {greatest}(attempts, ?)" + HELD
+# A link deleted by its account, uploaded afresh: its row goes, a new one (a new image id,
+# the newest in the listing) takes its place.
+DROP_DELETED_LINK = "DELETE FROM links WHERE link = ? AND account = ? AND deleted IS NOT NULL"
+
+
+def jobs_begun(count: int) -> str:
+    """Jobs (``count`` ids) whose first URL was claimed: pending becomes in progress."""
+    return f"UPDATE jobs SET status = ? WHERE id IN ({_marks(range(count))}) AND status = ?"
+
+
 # The oldest queued URLs, plain (suspect 0) or suspects (1): what every turn with free slots
 # asks for. The index urls_queued answers it, order included, however long the queue
 # (schema.py, migration 6); with its suspects a filter, each turn read the whole queue.
@@ -456,6 +472,7 @@ QUEUED_FIRST = "SELECT id FROM urls WHERE state = 'queued' AND suspect = ? ORDER
 # uploaded again to a host that names objects by their bytes) keeps the row it has.
 NEW_LINK = "INSERT INTO links (link, sha256, host, created, account, image_id, deletehash)"
 NEW_LINK_ONCE = " ON CONFLICT (link, account) DO NOTHING"
+NEW_LINK_ROW = NEW_LINK + " VALUES (?, ?, ?, {now}, ?, ?, ?)"
 TAKEN = (" UPDATE urls SET state = 'in_flight', owner = ?, lease = ?, attempts = attempts + 1, "
          + CLEARED + " WHERE id {picked}"
          " RETURNING id, job_id, url, attempts, suspect, account")
@@ -505,6 +522,12 @@ KEY_QUEUED = ("SELECT (SELECT count(*) FROM (SELECT id FROM urls {by_turns} WHER
               " AND suspect = 0 AND account = ? ORDER BY turn, id LIMIT ?) AS q)"
               " + (SELECT count(*) FROM urls {by_queued} WHERE state = 'queued' AND suspect = 1"
               " AND account = ?)")
+# A job and, from the same statement, the head of its account's rotation (and, with a cap,
+# what the account has queued).
+_NEW_JOB = ("INSERT INTO jobs (id, created, status, remaining, account, retry_of, callback_url)"
+            f" VALUES (?, {{now}}, ?, ?, ?, ?, ?) RETURNING ({ROTATION_HEAD}), ")
+NEW_JOB = _NEW_JOB + "0"
+NEW_JOB_CAPPED = _NEW_JOB + f"({KEY_QUEUED})"
 # The oldest live link of some bytes on a host for an account: what dedup reuses. The index
 # links_for_dedup answers it, order included (schema.py, migration 5).
 def oldest_link(sha256: str = "?", account: str = "?") -> str:
