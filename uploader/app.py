@@ -11,52 +11,15 @@ from . import access, page, v1
 from .handlers import ApiError, BaseHandler, JsonErrors
 from .hosts.local import NAME_PATTERN
 from .metrics import CONTENT_TYPE_LATEST
-from .backends.postgres.refusals import refusals
 
 log = logging.getLogger(__name__)
 
 
-# How long /healthz waits on the store: a hung store (PostgreSQL gone behind PgBouncer, which
-# holds a query for its query_wait_timeout) is reported as such, not waited out.
-HEALTH_PROBE_SECONDS = 3
-
-
 class HealthHandler(BaseHandler):
-    """GET /healthz: 200 when the store is reachable and writable and every worker is
-    alive ("degraded" while the image host refuses our credential or has no room, or
-    PostgreSQL refuses some of our connections for want of room); else 503."""
+    """GET /healthz: what ``health.Health`` finds."""
 
     async def get(self):
-        problems = []
-        probe = await self.service.store_probe()
-        store_problem = (probe.result() if probe is not None else "the store did not answer "
-                         f"within {self.service.store_probe.wait_seconds:g} s")
-        if store_problem:
-            problems.append(store_problem)
-        elif self.service.dispatcher.store_problem:
-            problems.append(f"the last commit failed: {self.service.dispatcher.store_problem}")
-        expected = self.service.config.workers.processes
-        alive = self.service.dispatcher.ready_workers()
-        if alive < expected:
-            problems.append(f"{expected - alive} of {expected} worker processes are down "
-                            "or still starting")
-        if not self.service.pool.manager_alive():
-            problems.append("the multiprocessing manager is down")
-        if self.service.stopping:
-            problems.append("shutting down")
-        credential = None if problems else await self.in_reader(self.service.credential_problem)
-        degraded = [reason for reason in (credential, self.service.dispatcher.host_full(),
-                                          refusals.summary(),
-                                          *self.service.dispatcher.refused_workers()) if reason]
-        status = "unhealthy" if problems else "degraded" if degraded else "ok"
-        body = {"status": status, "instance": self.service.instance,
-                "workers": {"alive": alive, "expected": expected, "pids": self.service.pool.pids()},
-                "manager": {"pid": self.service.pool.manager_pid()}}
-        if problems:
-            body["problems"] = problems
-        if degraded:  # serving, but no upload can succeed until this is fixed, or slower,
-            body["degraded"] = degraded  # short of connections (and saying why)
-        self.write_json(200 if not problems else 503, body)
+        self.write_json(*await self.service.health.report())
 
 
 @tornado.web.stream_request_body  # its body is counted, never buffered (JsonErrors)

@@ -15,7 +15,8 @@ reaches up to another: news goes up only through callbacks handed down (the pool
                 handed to the workers; the host deleter
             --> Courier(dispatcher.call, store, metrics, deleter)   (``courier_settings``)
             --> Operations(store, dispatcher, readers, dedup's forget)
-            --> Pruner(store), the store's listener, the HTTP app (handlers over operations)
+            --> Pruner(store), Health(the parts it reads), the store's listener, the HTTP
+                app (handlers over operations)
 """
 import asyncio
 import logging
@@ -28,12 +29,13 @@ import tornado.netutil
 
 from . import hosts
 from .backends import open_backend
-from .app import HEALTH_PROBE_SECONDS, make_app
+from .app import make_app
 from .boundedread import BoundedRead
 from .connections import make_server, open_file_limit
 from .courier import Courier
 from .dispatcher import Dispatcher
 from .errors import StartError
+from .health import HEALTH_PROBE_SECONDS, Health
 from .metrics import Metrics
 from .operations import Operations
 from .pool import WorkerPool
@@ -104,6 +106,11 @@ class Service:
         self.pruner = Pruner(self.store, older_than=retention.finished_jobs_seconds,
                              every=retention.check_seconds, metrics=self.metrics)
         self.pruner.start()
+        self.health = Health(instance=self.instance, store_probe=self.store_probe,
+                             dispatcher=self.dispatcher, pool=self.pool,
+                             workers_expected=self.config.workers.processes,
+                             credential_problem=self.credential_problem,
+                             stopping=lambda: self.stopping, readers=self.readers)
         self.store.listen(on_work=self.dispatcher.wake,  # (heard only in a cluster)
                           on_pause=lambda: self.pool.tell_gate(True), on_state=self._listening)
         self.open_files = open_file_limit()

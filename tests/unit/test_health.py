@@ -1,10 +1,12 @@
-"""/healthz in-process (the real ``make_app``, a stand-in service): a store that hangs is
-reported within the probe's wait, one probe at a time, and healthy again once it answers."""
+"""/healthz in-process (the real ``make_app`` and ``Health`` over stand-in parts): a store
+that hangs is reported within the probe's wait, one probe at a time, and healthy again once
+it answers."""
 import threading
 import types
 from concurrent.futures import ThreadPoolExecutor
 
 from uploader.boundedread import BoundedRead
+from uploader.health import Health
 
 from tests.inprocess import AppTestCase
 
@@ -26,14 +28,16 @@ class HealthTest(AppTestCase):
         self.store, self.readers = HungStore(), ThreadPoolExecutor(4)
         service = super().stand_in()
         workers = service.config.workers.processes
-        service.dispatcher = types.SimpleNamespace(
+        dispatcher = types.SimpleNamespace(
             store_problem=None, ready_workers=lambda: workers, host_full=lambda: None,
             refused_workers=lambda: [])
-        service.pool = types.SimpleNamespace(manager_alive=lambda: True, pids=lambda: [1, 2],
-                                             manager_pid=lambda: 3)
-        service.instance, service.store, service.readers = "i", self.store, self.readers
-        service.credential_problem = lambda: None
-        service.store_probe = BoundedRead(self.store.problem, self.readers, wait_seconds=0.1)
+        pool = types.SimpleNamespace(manager_alive=lambda: True, pids=lambda: [1, 2],
+                                     manager_pid=lambda: 3)
+        service.health = Health(
+            instance="i", store_probe=BoundedRead(self.store.problem, self.readers,
+                                                  wait_seconds=0.1),
+            dispatcher=dispatcher, pool=pool, workers_expected=workers,
+            credential_problem=lambda: None, stopping=lambda: False, readers=self.readers)
         return service
 
     def tearDown(self):
