@@ -42,7 +42,7 @@ import logging
 import threading
 import time
 
-from ..ratelimit import GateState
+from ...ratelimit import GateState
 
 log = logging.getLogger(__name__)
 
