@@ -18,8 +18,9 @@ run again later, and nothing is visible or in flight before it is durable.
 
 The parts of a turn live beside it: ``slots`` fills the workers' slots (with quarantine)
 and records results; ``recovery`` takes back what a death left in flight, and keeps the
-lease the store asks for (its ``upkeep``); ``observers`` count and log what committed.
-A stop drains in-flight work within a grace period and hands back the rest (``_finish``).
+lease the store asks for (its ``upkeep``); ``waits`` writes the turn's notes of URLs
+waiting for the host together; ``observers`` count and log what committed. A stop
+drains in-flight work within a grace period and hands back the rest (``_finish``).
 """
 import logging
 import queue
@@ -37,6 +38,7 @@ from .pool import ManagerLost
 from .quarantine import Quarantine
 from .recovery import Respawn, WorkerDeaths, upkeep_for
 from .slots import Lookout, Slots
+from .waits import WaitNotes
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +88,12 @@ class _State:
     stopping: Optional[float] = None  # deadline of the graceful stop
     lost: Optional[str] = None  # why the manager is gone
     host_full: Dict[int, str] = field(default_factory=dict)  # url id -> why it waits for room
+    waits_shown: Dict[int, int] = field(default_factory=dict)  # url id -> lease: see WaitNotes
 
     def copy(self) -> "_State":
         return _State({w: dict(t) for w, t in self.assigned.items()}, dict(self.ready),
                       dict(self.quick_deaths), self.quarantine.copy(), self.stopping, self.lost,
-                      dict(self.host_full))
+                      dict(self.host_full), dict(self.waits_shown))
 
     def task(self, url_id: int) -> Optional[Task]:
         for tasks in self.assigned.values():
@@ -263,17 +266,22 @@ class Dispatcher:
         told = self.upkeep.poll_due(now) or any(isinstance(event, _Wake) for event in batch)
         self.lookout.begin(told)  # what the claim finds is kept once the turn commits (settle)
         drained, ask_suspects = self.lookout.drained, self.lookout.ask_suspects
+        waits = WaitNotes(state.waits_shown)  # written after the results, all at once
         with self.store.transaction():
             self.upkeep.duties(effects, now)
-            results = []  # consecutive results are finished together
+            results = []  # consecutive results are finished together (waits between them)
             for event in batch:
                 if isinstance(event, Result):
                     results.append(event)
+                    continue
+                if isinstance(event, Waiting):
+                    self._waiting(state, effects, waits, event)
                     continue
                 self.slots.empty(state, effects, results)
                 results = []
                 self._apply_event(state, effects, event)
             self.slots.empty(state, effects, results)
+            waits.write(self.store, state.task)
             if state.lost or state.stopping is not None:
                 sends = {}
             else:
@@ -306,16 +314,6 @@ class Dispatcher:
             if task is not None:
                 state.assigned[event.worker][event.url_id] = replace(task, attempt=event.attempt)
                 self.store.set_attempts(task, event.attempt)
-        elif isinstance(event, Waiting):
-            task = state.task(event.url_id)
-            if task is not None:
-                self.store.set_waiting(task, event.until, event.reason)
-                if event.host_full and event.until is not None:
-                    state.host_full[event.url_id] = event.reason
-                else:
-                    state.host_full.pop(event.url_id, None)
-                    if event.until is not None:
-                        effects.append(lambda u=event.url_id: self.observe.emit("url_waiting", u))
         elif isinstance(event, Progress):
             task = state.task(event.url_id)
             if task is not None:
@@ -330,6 +328,18 @@ class Dispatcher:
             self._on_stop(state, effects, event)
         elif isinstance(event, ManagerLost):
             state.lost = event.reason
+
+    def _waiting(self, state: _State, effects: list, waits: WaitNotes, event: Waiting) -> None:
+        task = state.task(event.url_id)
+        if task is None:
+            return
+        waits.note(task, event.until, event.reason)
+        if event.host_full and event.until is not None:
+            state.host_full[event.url_id] = event.reason
+        else:
+            state.host_full.pop(event.url_id, None)
+            if event.until is not None:
+                effects.append(lambda u=event.url_id: self.observe.emit("url_waiting", u))
 
     def _store_ok(self) -> None:
         if self.store_problem is not None:

@@ -240,6 +240,21 @@ def test_progress_waiting_and_attempts_show_while_in_flight(store):
     assert entry["progress"] is None and entry["waiting"] is None
 
 
+def test_waits_of_many_urls_are_noted_and_cleared_together_while_their_lease_holds(store):
+    with store.transaction():
+        first, second, third = store.claim(3)
+        store.set_waiting_many([(first, 1_800_000_000.0, "paced by imgur.rate_limit"),
+                                (second, 1_800_000_001.0, "Imgur's user budget is down")])
+    assert [u["waiting"] and u["waiting"]["reason"] for u in job(store)["urls"]] == [
+        "paced by imgur.rate_limit", "Imgur's user budget is down", None]
+    with store.transaction():
+        store.set_waiting_many([(first, None, None),
+                                (replace(third, lease=third.lease + 1), 1_800_000_000.0,
+                                 "a lease no longer held")])
+    assert [u["waiting"] and u["waiting"]["reason"] for u in job(store)["urls"]] == [
+        None, "Imgur's user budget is down", None]
+
+
 def test_suspects_are_claimed_only_one_at_a_time_and_apart(store):
     with store.transaction():
         a, b, _ = store.claim(3)

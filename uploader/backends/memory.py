@@ -294,6 +294,11 @@ class MemoryStore:
         if url is not None:
             url.waiting_until, url.waiting_reason = until, reason
 
+    def set_waiting_many(self, waits: Sequence[Tuple[Task, Optional[float], Optional[str]]]
+                         ) -> None:
+        for task, until, reason in waits:
+            self.set_waiting(task, until, reason)
+
     def set_progress(self, task: Task, received: int, total: Optional[int]) -> None:
         url = self._held(task)
         if url is not None:

@@ -75,6 +75,10 @@ class Store(Protocol):
     def set_waiting(self, task: Task, until: Optional[float], reason: Optional[str]) -> None:
         """A URL in flight waits for the host until ``until`` (None: no longer)."""
 
+    def set_waiting_many(self, waits: Sequence[Tuple[Task, Optional[float], Optional[str]]]
+                         ) -> None:
+        """``set_waiting(task, until, reason)`` for each, one per URL, in one go."""
+
     def set_progress(self, task: Task, received: int, total: Optional[int]) -> None:
         """Bytes of a URL in flight fetched so far (and of how many, if known)."""
 

@@ -312,10 +312,13 @@ class SqlStore(OutboxQueries, PruneQueries):
 
     def set_waiting(self, task: Task, until: Optional[float], reason: Optional[str]) -> None:
         """Note (or clear, with None) that a URL waits for the host's limits until a moment."""
-        self._execute(
-            "UPDATE urls SET waiting_until = ?, waiting_reason = ?"
-            " WHERE id = ? AND state = 'in_flight' AND owner = ? AND lease = ?",
-            (until, reason, task.url_id, self.instance, task.lease))
+        self._execute(WAITING, (until, reason, task.url_id, self.instance, task.lease))
+
+    def set_waiting_many(self, waits: Sequence[Tuple[Task, Optional[float], Optional[str]]]
+                         ) -> None:
+        """``set_waiting(task, until, reason)`` for each (one note per URL)."""
+        self._executemany(WAITING, [(until, reason, task.url_id, self.instance, task.lease)
+                                    for task, until, reason in waits])
 
     def set_progress(self, task: Task, received: int, total: Optional[int]) -> None:
         """Bytes of the image fetched so far (visible from every instance)."""
@@ -452,6 +455,9 @@ class SqlStore(OutboxQueries, PruneQueries):
 # asks for. The index urls_queued answers it, order included, however long the queue
 # (schema.py, migration 6); with its suspects a filter, each turn read the whole queue.
 QUEUED_FIRST = "SELECT id FROM urls WHERE state = 'queued' AND suspect = ? ORDER BY id LIMIT ?"
+# A URL in flight waits for the host until a moment, with its reason (None, None: no more).
+WAITING = ("UPDATE urls SET waiting_until = ?, waiting_reason = ?"
+           " WHERE id = ? AND state = 'in_flight' AND owner = ? AND lease = ?")
 # A link recorded for an account, once: the same link again (reused, or the same bytes
 # uploaded again to a host that names objects by their bytes) keeps the row it has.
 NEW_LINK = "INSERT INTO links (link, sha256, host, created, account, image_id, deletehash)"

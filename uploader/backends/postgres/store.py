@@ -454,6 +454,14 @@ class PostgresStore(SqlStore):
             self._link_again(list(again.values()))
         return answers
 
+    def set_waiting_many(self, waits):
+        """Every URL's note in one statement (``WAITS``), not one each: a paced cluster's
+        slots start waiting in waves."""
+        if waits:
+            self._execute(WAITS, (*as_columns([(task.url_id, task.lease, until, reason)
+                                               for task, until, reason in waits]),
+                                  self.instance))
+
     def _apply_job_deltas(self, deltas):
         """Every job's counters in one statement (``JOB_COUNTERS``), not one each: a turn
         finishes URLs of several jobs (the claim takes them in turns across jobs)."""
@@ -613,6 +621,13 @@ FINISH_MANY = (
     " claims_done AS (DELETE FROM dedup_claims WHERE (sha256, host, account) IN"
     " (SELECT sha256, coalesce(host, ''), account FROM linked WHERE sha256 IS NOT NULL))"
     " SELECT 0, id::text, job_id FROM done UNION ALL SELECT 1, link, account FROM added")
+
+# Waits of URLs in flight here (``sql.WAITING``), a batch in one statement: one row per URL.
+WAITS = (
+    "UPDATE urls AS u SET waiting_until = w.until, waiting_reason = w.reason"
+    " FROM unnest(?::bigint[], ?::bigint[], ?::float8[], ?::text[])"
+    " AS w(id, lease, until, reason) WHERE u.id = w.id AND u.state = 'in_flight'"
+    " AND u.owner = ? AND u.lease = w.lease")
 
 # The job counters of a transaction, every job in one statement. The rows are locked in
 # the order of their ids first (as one statement each, in that order, did), so two
