@@ -269,18 +269,15 @@ class Dispatcher:
         waits = WaitNotes(state.waits_shown)  # written after the results, all at once
         with self.store.transaction():
             self.upkeep.duties(effects, now)
-            results = []  # consecutive results are finished together (waits between them)
+            finishing = []  # the turn's results: slots freed in order, recorded together
             for event in batch:
                 if isinstance(event, Result):
-                    results.append(event)
-                    continue
-                if isinstance(event, Waiting):
+                    self.slots.take(state, event, finishing)
+                elif isinstance(event, Waiting):
                     self._waiting(state, effects, waits, event)
-                    continue
-                self.slots.empty(state, effects, results)
-                results = []
-                self._apply_event(state, effects, event)
-            self.slots.empty(state, effects, results)
+                else:
+                    self._apply_event(state, effects, event)
+            self.slots.record(effects, finishing)
             waits.write(self.store, state.task)
             if state.lost or state.stopping is not None:
                 sends = {}

@@ -75,6 +75,12 @@ def test_claims_then_results_complete_the_job_once(store):
     assert store.link_for("aa", "local") == "https://i.example/a.png"
 
 
+def counters(store) -> dict:
+    """Each job's (remaining, completed, failed), as its listing shows them."""
+    rows, _ = store.list_jobs("", 100)
+    return {row[0]: tuple(row[4:7]) for row in rows}
+
+
 def test_one_transaction_counts_the_urls_of_several_jobs_and_completes_each_once(opened):
     """The job counters of a transaction (one statement for every job on PostgreSQL):
     each job counts its own, and only a job completed with a callback gets a delivery."""
@@ -93,10 +99,7 @@ def test_one_transaction_counts_the_urls_of_several_jobs_and_completes_each_once
                                                                     link="https://i.example/a"))]
                           + [(by_job[j][k], jobs.FAILED, dict(attempts=1, reason="gone"))
                              for j, k in (("job-a", 1), ("job-b", 0), ("job-c", 0))])
-    with store.reading() as conn:
-        assert [tuple(row) for row in conn.execute(
-            "SELECT id, remaining, completed, failed FROM jobs ORDER BY id")] == [
-            ("job-a", 1, 1, 1), ("job-b", 0, 0, 1), ("job-c", 0, 0, 1)]
+    assert counters(store) == {"job-a": (1, 1, 1), "job-b": (0, 0, 1), "job-c": (0, 0, 1)}
     assert job(store, "job-a")["status"] == "in-progress"
     assert job(store, "job-a")["uploaded"]["complete"] == ["https://i.example/a"]
     assert [job(store, j)["status"] for j in ("job-b", "job-c")] == ["complete", "complete"]
@@ -107,6 +110,28 @@ def test_one_transaction_counts_the_urls_of_several_jobs_and_completes_each_once
     with store.transaction():
         assert [(e.job_id, e.target) for e in store.claim_effects(10, 30)] == [("job-a", hook)]
     assert job(store, "job-a")["status"] == "complete"
+
+
+def test_a_transactions_results_are_counted_once_however_they_come(opened):
+    """PostgreSQL counts a batch's jobs in the batch's statement where nothing else in its
+    transaction counts jobs, else at the commit: the counters come out the same."""
+    store = opened("me")
+    with store.transaction():
+        store.create_job("job-1", URLS + ["https://a.example/4.png", "https://a.example/5.png"])
+        a, b, c, d, e = store.claim(5)
+    with store.transaction():
+        store.finish_many([(a, jobs.COMPLETE, dict(attempts=1, link="https://i.example/a"))])
+        store.finish_many([(b, jobs.FAILED, dict(attempts=1, reason="gone"))])  # a second batch
+    with store.transaction():
+        store.requeue(c)  # handed back: counted at the commit if its job was cancelled
+        store.finish_many([(d, jobs.COMPLETE, dict(attempts=1, link="https://i.example/d"))])
+    assert counters(store) == {"job-1": (2, 2, 1)}
+    assert job(store)["status"] == "in-progress"
+    with store.transaction():
+        (again,) = store.claim(1)
+        store.finish_many([(again, jobs.COMPLETE, dict(attempts=2, link="https://i.example/c")),
+                           (e, jobs.COMPLETE, dict(attempts=1, link="https://i.example/e"))])
+    assert job(store)["status"] == "complete" and counters(store) == {"job-1": (0, 4, 1)}
 
 
 def test_finishing_a_batch_is_finishing_each_in_turn(postgres):
@@ -142,7 +167,7 @@ def test_finishing_a_batch_is_finishing_each_in_turn(postgres):
                        else [store.finish(task, state, **fields) for task, state, fields in finishes])
         store._execute = execute
         if batched:
-            assert len(statements) == 2  # the batch, then the job's counters at the commit
+            assert len(statements) == 1  # the batch and its job's counters
         document = job(store)
         with psycopg.connect(database) as conn:
             links = conn.execute("SELECT link, sha256, host, account, deletehash FROM links"

@@ -57,6 +57,7 @@ class SqlStore(OutboxQueries, PruneQueries):
         self._job_deltas: Dict[str, List[int]] = {}  # job id -> [final, complete, failed]
         self._work_added = False  # queued URLs appeared (other instances may want to know)
         self._requeued = False  # URLs went back to the queue (those of cancelled jobs fail)
+        self._jobs_counted = False  # a statement of this transaction counted its own jobs
         self.outbox_added = False  # set when a commit added effects for the courier
 
     # -- backends provide ------------------------------------------------------------------
@@ -124,7 +125,7 @@ class SqlStore(OutboxQueries, PruneQueries):
             self._fail_queued("job_id IN (SELECT id FROM jobs WHERE cancelled = 1"
                               " AND remaining > 0)", ())
             self._requeued = False
-        deltas, self._job_deltas = self._job_deltas, {}
+        deltas, self._job_deltas, self._jobs_counted = self._job_deltas, {}, False
         for job_id, callback_url in self._apply_job_deltas(deltas):
             self.add_effect("webhook", callback_url, job_id=job_id)
 
@@ -148,7 +149,7 @@ class SqlStore(OutboxQueries, PruneQueries):
 
     def _after_rollback(self) -> None:
         self._job_deltas.clear()
-        self._work_added = self._requeued = self.outbox_added = False
+        self._work_added = self._requeued = self.outbox_added = self._jobs_counted = False
 
     def _count(self, job_id: str, state: str) -> None:
         counts = self._job_deltas.setdefault(job_id, [0, 0, 0])

@@ -422,7 +422,14 @@ class PostgresStore(SqlStore):
         """The same as finishing each in turn, in one statement for the whole batch (URLs,
         new links, claims done with) instead of three per URL: the front end's share of a
         cluster's statements per URL, each a round trip and the server's work. A URL listed
-        twice is finished once, by its first result, as one by one."""
+        twice is finished once, by its first result, as one by one.
+
+        Where no other statement of this transaction counts jobs (no counters pending, no
+        URL handed back, which may fail those of cancelled jobs at commit, no batch
+        counted before), the same statement counts the batch's jobs (``FINISH_AND_COUNT``),
+        locking them in the order of their ids as ``JOB_COUNTERS`` does: a turn's results
+        and their counters in one statement (the dispatcher records a turn's results in
+        one call). Else they are counted at commit."""
         if not finishes:
             return []
         rows, new_links = [], []
@@ -435,23 +442,34 @@ class PostgresStore(SqlStore):
                          fields.get("reason"), fields.get("sha256"),
                          int(fields.get("reused", False)), fields.get("host"), task.account,
                          new[4] if new else None, fields.get("deletehash")))
-        recorded, added = {}, set()
-        for kind, key, value in self._execute(FINISH_MANY, (*as_columns(rows), self.instance)):
+        counting = not (self._job_deltas or self._requeued or self._jobs_counted)
+        sql, statuses = ((FINISH_AND_COUNT, (jobs.JOB_COMPLETE, jobs.JOB_IN_PROGRESS))
+                         if counting else (FINISH_MANY, ()))
+        recorded, added, completed = {}, set(), []
+        for kind, key, value in self._execute(sql, (*as_columns(rows), self.instance,
+                                                    *statuses)):
             if kind == 0:
                 recorded[int(key)] = value  # URL id: job id
-            else:
+            elif kind == 1:
                 added.add((key, value))  # (link, account)
+            else:
+                completed.append((key, value))  # a job completed: (job id, callback URL)
         answers, again = [], {}
         for (task, state, fields), new in zip(finishes, new_links):
             job_id = recorded.pop(task.url_id, None)  # a URL listed twice is finished once
             answers.append(job_id is not None)
             if job_id is None:
                 continue
-            self._count(job_id, state)
+            if not counting:
+                self._count(job_id, state)
             if new and not fields.get("reused") and (new[0], new[3]) not in added:
                 again[(new[0], new[3])] = new
         if again:  # rare: the same bytes' link, back after a deletion (S3)
             self._link_again(list(again.values()))
+        if counting:
+            self._jobs_counted = True
+            for job_id, callback_url in sorted(completed):
+                self.add_effect("webhook", callback_url, job_id=job_id)
         return answers
 
     def set_waiting_many(self, waits):
@@ -603,7 +621,7 @@ def as_columns(rows) -> list:
 # account (``added``), the dedup claims of those links' bytes deleted (their links are
 # committed with this transaction). Answers: (0, URL id, job id) for each URL finished,
 # (1, link, account) for each link added.
-FINISH_MANY = (
+FINISHED = (
     "WITH r AS (SELECT * FROM unnest(?::bigint[], ?::bigint[], ?::text[], ?::int[],"
     " ?::text[], ?::text[], ?::text[], ?::int[], ?::text[], ?::text[], ?::text[],"
     " ?::text[]) WITH ORDINALITY AS r(id, lease, state, attempts, link, reason, sha256,"
@@ -613,37 +631,43 @@ FINISH_MANY = (
     " attempts = greatest(u.attempts, f.attempts), link = f.link, reason = f.reason,"
     " sha256 = f.sha256, reused = f.reused, owner = NULL, lease = NULL, " + CLEARED +
     " FROM once AS f WHERE u.id = f.id AND u.state = 'in_flight' AND u.owner = ?"
-    " AND u.lease = f.lease RETURNING u.id, u.job_id),"
+    " AND u.lease = f.lease RETURNING u.id, u.job_id, u.state),"
     " linked AS (SELECT f.* FROM once AS f JOIN done ON done.id = f.id"
     " WHERE f.image_id IS NOT NULL),"
     " added AS (" + NEW_LINK + " SELECT link, sha256, host, {now}, account, image_id,"
     " deletehash FROM linked ORDER BY n" + NEW_LINK_ONCE + " RETURNING link, account),"
     " claims_done AS (DELETE FROM dedup_claims WHERE (sha256, host, account) IN"
-    " (SELECT sha256, coalesce(host, ''), account FROM linked WHERE sha256 IS NOT NULL))"
-    " SELECT 0, id::text, job_id FROM done UNION ALL SELECT 1, link, account FROM added")
+    " (SELECT sha256, coalesce(host, ''), account FROM linked WHERE sha256 IS NOT NULL))")
+FINISHED_ANSWERS = (" SELECT 0, id::text, job_id FROM done"
+                    " UNION ALL SELECT 1, link, account FROM added")
+FINISH_MANY = FINISHED + FINISHED_ANSWERS
 
-# Waits of URLs in flight here (``sql.WAITING``), a batch in one statement: one row per URL.
-WAITS = (
-    "UPDATE urls AS u SET waiting_until = w.until, waiting_reason = w.reason"
-    " FROM unnest(?::bigint[], ?::bigint[], ?::float8[], ?::text[])"
-    " AS w(id, lease, until, reason) WHERE u.id = w.id AND u.state = 'in_flight'"
-    " AND u.owner = ? AND u.lease = w.lease")
-
-# The job counters of a transaction, every job in one statement. The rows are locked in
-# the order of their ids first (as one statement each, in that order, did), so two
-# instances finishing URLs of the same jobs never wait for each other in a cycle. Answers:
-# (job id, callback URL) of each job completed.
-JOB_COUNTERS = (
-    "WITH d AS (SELECT * FROM unnest(?::text[], ?::int[], ?::int[], ?::int[])"
-    " AS d(id, done, completed, failed)),"
+# The job counters of ``d`` (id, done, completed, failed), every job in one statement. The
+# rows are locked in the order of their ids first (as one statement each, in that order,
+# did), so two instances finishing URLs of the same jobs never wait for each other in a
+# cycle. ``counted``: each job's row after.
+COUNTED = (
     " locked AS (SELECT id FROM jobs WHERE id IN (SELECT id FROM d) ORDER BY id FOR UPDATE),"
     " counted AS (UPDATE jobs AS j SET remaining = j.remaining - d.done,"
     " completed = j.completed + d.completed, failed = j.failed + d.failed,"
     " status = CASE WHEN j.remaining - d.done <= 0 THEN ? ELSE ? END,"
     " finished = CASE WHEN j.remaining - d.done <= 0 THEN {now} ELSE j.finished END"
     " FROM d WHERE j.id = d.id AND j.id IN (SELECT id FROM locked)"
-    " RETURNING j.id, j.remaining, j.callback_url)"
+    " RETURNING j.id, j.remaining, j.callback_url)")
+# The job counters of a transaction. Answers: (job id, callback URL) of each job completed.
+JOB_COUNTERS = (
+    "WITH d AS (SELECT * FROM unnest(?::text[], ?::int[], ?::int[], ?::int[])"
+    " AS d(id, done, completed, failed))," + COUNTED +
     " SELECT id, callback_url FROM counted WHERE remaining <= 0 ORDER BY id")
+# FINISH_MANY with the jobs of the URLs finished counted too. Answers: FINISH_MANY's, and
+# (2, job id, callback URL) of each job completed that has a callback.
+FINISH_AND_COUNT = (
+    FINISHED + ", d AS (SELECT job_id AS id, count(*) AS done,"
+    " count(*) FILTER (WHERE state = '" + jobs.COMPLETE + "') AS completed,"
+    " count(*) FILTER (WHERE state <> '" + jobs.COMPLETE + "') AS failed"
+    " FROM done GROUP BY job_id)," + COUNTED + FINISHED_ANSWERS +
+    " UNION ALL SELECT 2, id, callback_url FROM counted WHERE remaining <= 0"
+    " AND callback_url IS NOT NULL")
 
 # A claim's UPDATE (``TAKEN``) as a data-modifying CTE, with its URLs' pending jobs marked
 # begun (only pending rows are locked: no job whose URLs are being finished).
