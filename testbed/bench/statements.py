@@ -79,7 +79,8 @@ KINDS = [
     ("token read", r"SELECT access_token, refresh_token, version, rejected FROM credentials"),
     ("job: create", r"(INSERT INTO jobs|COPY urls|SAVEPOINT|RELEASE SAVEPOINT)"),
     ("lease: heartbeat", r"UPDATE instances SET heartbeat"),
-    ("lease: reap", r"(DELETE FROM instances WHERE heartbeat|SELECT id, job_id, url, attempts FROM urls"
+    ("lease: reap", r"(DELETE FROM instances WHERE heartbeat|WITH gone AS \(DELETE FROM instances"
+                    r"|SELECT id, job_id, url, attempts FROM urls"
                     r"|UPDATE urls SET state = 'queued', owner = NULL, lease = NULL, )"),
     ("courier", r"(WITH picked AS MATERIALIZED \(SELECT id FROM outbox|SELECT MIN\(next_at\))"),
     ("transaction: BEGIN", r"BEGIN"),

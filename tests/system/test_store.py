@@ -591,6 +591,28 @@ def test_a_dead_instances_urls_are_reaped_and_its_late_results_refused(shared_st
     assert "https://i.example/late" not in document["uploaded"]["complete"]
 
 
+def test_a_reap_with_nothing_to_take_back_is_one_statement(shared_store):
+    """Every few seconds each instance reaps; in a healthy cluster one statement finds
+    that nobody died and no URL has a dead owner. An owner gone without a trace (its row
+    deleted, its URLs still in flight) is still found."""
+    first, second = shared_store("first"), shared_store("second")
+    with first.transaction():
+        first.create_job("job-1", URLS)
+        held = first.claim(2)
+    statements = []
+    execute = second._execute
+    second._execute = lambda sql, params=(): statements.append(sql) or execute(sql, params)
+    with second.transaction():
+        assert second.reap(max_attempts=5) == (0, [])
+    assert len(statements) == 1
+    second._execute = execute
+    with psycopg.connect(second.url, autocommit=True) as conn:
+        conn.execute("DELETE FROM instances WHERE id = 'first'")
+    with second.transaction():
+        assert second.reap(max_attempts=5) == (len(held), [])
+    assert [u["state"] for u in job(second)["urls"]] == [jobs.QUEUED] * 3
+
+
 def test_the_dedup_lookup_reads_its_index_not_every_link_of_the_account(postgres):
     """It did not: in a young store (indexes without statistics yet) PostgreSQL planned it
     on the listing's index, reading every link of the account for every new image."""

@@ -539,16 +539,21 @@ class PostgresStore(SqlStore):
         """Forget dead instances with their unpublished dedup claims and upload grants,
         then take back the URLs they held. A published claim stays: its upload went
         through, and whoever takes its URL back reuses the link instead of uploading the
-        bytes again (the result that commits it deletes the claim)."""
-        gone = self._execute(
-            "DELETE FROM instances WHERE heartbeat < {now} - ? AND id <> ? RETURNING id, host, pid",
-            (self.lease_seconds, self.instance)).fetchall()
+        bytes again (the result that commits it deletes the claim). In a healthy cluster
+        there is nothing to take back, and one statement says so (``DEAD``: the dead
+        instances deleted, and whether a dead owner holds any URL); the rest is done only
+        when there is (it was three statements every reap)."""
+        found = self._execute(DEAD, (self.lease_seconds, self.instance,
+                                     self.lease_seconds)).fetchall()
+        gone = [row[1:] for row in found if row[0] == 0]
         for instance, host, pid in gone:
             log.warning("instance %s (pid %s on %s) stopped renewing its lease; taking back "
                         "what it held", instance, pid, host)
         if gone:  # (their gate grants stop counting by themselves: see postgres.coordinator)
             self._execute("DELETE FROM dedup_claims WHERE instance NOT IN (SELECT id FROM instances)"
                           " AND link IS NULL")
+        if not found:
+            return 0, []  # nobody died, and no URL in flight has a dead owner
         return super().reap(max_attempts)
 
     # -- waiting for work --------------------------------------------------------------------
@@ -641,6 +646,14 @@ FINISHED = (
 FINISHED_ANSWERS = (" SELECT 0, id::text, job_id FROM done"
                     " UNION ALL SELECT 1, link, account FROM added")
 FINISH_MANY = FINISHED + FINISHED_ANSWERS
+
+# Instances whose heartbeat is older than a lease (but ours) deleted: (0, id, host, pid)
+# each; and (1, ...) once if some URL in flight has a dead owner (none, or one of those).
+DEAD = ("WITH gone AS (DELETE FROM instances WHERE heartbeat < {now} - ? AND id <> ?"
+        " RETURNING id, host, pid) SELECT 0, id, host, pid FROM gone"
+        " UNION ALL SELECT 1, NULL, NULL, NULL WHERE EXISTS (SELECT 1 FROM urls"
+        " WHERE state = 'in_flight' AND (owner IS NULL OR owner NOT IN"
+        " (SELECT id FROM instances WHERE heartbeat >= {now} - ?)))")
 
 # The job counters of ``d`` (id, done, completed, failed), every job in one statement. The
 # rows are locked in the order of their ids first (as one statement each, in that order,
