@@ -261,8 +261,11 @@ class Dispatcher:
     def _apply(self, batch: List[object]) -> None:
         """One turn: every event and slot refill on a copy of the state, committed at once;
         then the effects outside the store, in order."""
-        state, effects = self.state.copy(), []
         now = time.monotonic()
+        if not batch and self._nothing_queued(now):
+            self.upkeep.schedule(now, looked=True)  # polled: the next poll a poll's wait away
+            return
+        state, effects = self.state.copy(), []
         told = self.upkeep.poll_due(now) or any(isinstance(event, _Wake) for event in batch)
         self.lookout.begin(told)  # what the claim finds is kept once the turn commits (settle)
         drained, ask_suspects = self.lookout.drained, self.lookout.ask_suspects
@@ -304,6 +307,12 @@ class Dispatcher:
         if state.stopping is not None and (
                 self.in_flight() == 0 or time.monotonic() >= state.stopping):
             self._finish(state)
+
+    def _nothing_queued(self, now: float) -> bool:
+        """Only a poll is due, of a queue found drained, and nothing is queued anywhere: a
+        statement instead of a turn that claims (four, for nothing)."""
+        return (self.lookout.drained and self.state.stopping is None
+                and self.upkeep.only_poll_due(now) and not self.store.work_queued())
 
     def _apply_event(self, state: _State, effects: list, event) -> None:
         if isinstance(event, Attempt):

@@ -249,6 +249,9 @@ class MemoryStore:
     def suspects_waiting(self) -> bool:
         return any(u.suspect for u in self._queued())
 
+    def work_queued(self) -> bool:
+        return bool(self._queued())
+
     def finish(self, task: Task, state: str, *, attempts: int, link: Optional[str] = None,
                reason: Optional[str] = None, sha256: Optional[str] = None,
                reused: bool = False, host: Optional[str] = None,

@@ -55,6 +55,10 @@ class Store(Protocol):
     def suspects_waiting(self) -> bool:
         """True while a suspect is queued (on any instance's queue)."""
 
+    def work_queued(self) -> bool:
+        """True while any URL is queued (on any instance's queue): a poll's one look,
+        made by the writer outside a transaction."""
+
     def finish(self, task: Task, state: str, *, attempts: int, link: Optional[str] = None,
                reason: Optional[str] = None, sha256: Optional[str] = None,
                reused: bool = False, host: Optional[str] = None,

@@ -248,6 +248,12 @@ class SqlStore(OutboxQueries, PruneQueries):
         """True while a suspect waits for its solitary run (on any instance's queue)."""
         return self._execute(QUEUED_FIRST, (1, 1)).fetchone() is not None
 
+    def work_queued(self) -> bool:
+        """True while any URL is queued (on any instance's queue): one statement, on the
+        writer's connection (its own transaction where the connection commits each)."""
+        with self._driver_errors():
+            return self._execute(ANY_QUEUED).fetchone() is not None
+
     def finish(self, task: Task, state: str, *, attempts: int, link: Optional[str] = None,
                reason: Optional[str] = None, sha256: Optional[str] = None,
                reused: bool = False, host: Optional[str] = None,
@@ -456,6 +462,8 @@ class SqlStore(OutboxQueries, PruneQueries):
 # asks for. The index urls_queued answers it, order included, however long the queue
 # (schema.py, migration 6); with its suspects a filter, each turn read the whole queue.
 QUEUED_FIRST = "SELECT id FROM urls WHERE state = 'queued' AND suspect = ? ORDER BY id LIMIT ?"
+# Whether anything is queued at all (from the same index): a poll's look (work_queued).
+ANY_QUEUED = "SELECT 1 FROM urls WHERE state = 'queued' LIMIT 1"
 # A URL in flight waits for the host until a moment, with its reason (None, None: no more).
 WAITING = ("UPDATE urls SET waiting_until = ?, waiting_reason = ?"
            " WHERE id = ? AND state = 'in_flight' AND owner = ? AND lease = ?")
