@@ -59,6 +59,7 @@ KINDS = [
     ("claim", r"WITH RECURSIVE wanted"),
     ("claim: suspect", r"WITH picked AS MATERIALIZED \(SELECT id FROM urls WHERE state = 'queued' AND suspect = 1"),
     ("suspects waiting?", r"SELECT id FROM urls WHERE state = 'queued' AND suspect ="),
+    ("poll: anything queued?", r"SELECT 1 FROM urls WHERE state = 'queued' LIMIT"),
     ("claim: jobs in progress", r"UPDATE jobs SET status = \$1 WHERE id IN"),
     ("finish: job counters", r"(UPDATE jobs SET remaining|WITH d AS \(SELECT \* FROM unnest)"),
     ("finish: results (batch)", r"WITH r AS \(SELECT \* FROM unnest"),
