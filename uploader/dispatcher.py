@@ -280,8 +280,8 @@ class Dispatcher:
                     self._waiting(state, effects, waits, event)
                 else:
                     self._apply_event(state, effects, event)
+            waits.write(self.store, state.task)  # (a store may write them with the results)
             self.slots.record(effects, finishing)
-            waits.write(self.store, state.task)
             if state.lost or state.stopping is not None:
                 sends = {}
             else:

@@ -591,6 +591,32 @@ def test_a_dead_instances_urls_are_reaped_and_its_late_results_refused(shared_st
     assert "https://i.example/late" not in document["uploaded"]["complete"]
 
 
+def test_a_turns_waits_and_results_are_one_statement_on_postgresql(shared_store):
+    """The waits noted in a transaction ride on its batch of results (a wait of a URL of
+    the batch is left out: its finish clears it); noted without results, they are
+    written at the commit."""
+    store = shared_store("me")
+    with store.transaction():
+        store.create_job("job-1", URLS)
+        first, second, third = store.claim(3)
+    statements = []
+    execute = store._execute
+    store._execute = lambda sql, params=(): statements.append(sql) or execute(sql, params)
+    with store.transaction():
+        store.set_waiting_many([(first, 1_800_000_000.0, "paced by imgur.rate_limit"),
+                                (second, 1_800_000_000.0, "paced by imgur.rate_limit")])
+        assert store.finish_many([(first, jobs.COMPLETE, dict(
+            attempts=1, link="https://i.example/a.png"))]) == [True]
+    assert len(statements) == 1
+    with store.transaction():
+        store.set_waiting_many([(third, 1_800_000_001.0, "Imgur's user budget is down")])
+    assert len(statements) == 2
+    store._execute = execute
+    assert [(u["state"], u["waiting"] and u["waiting"]["reason"]) for u in job(store)["urls"]] \
+        == [(jobs.COMPLETE, None), (jobs.IN_FLIGHT, "paced by imgur.rate_limit"),
+            (jobs.IN_FLIGHT, "Imgur's user budget is down")]
+
+
 def test_a_reap_with_nothing_to_take_back_is_one_statement(shared_store):
     """Every few seconds each instance reaps; in a healthy cluster one statement finds
     that nobody died and no URL has a dead owner. An owner gone without a trace (its row

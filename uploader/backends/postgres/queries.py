@@ -3,7 +3,7 @@ with ``?`` placeholders like every other query of the service and turned into ps
 ``%s`` once, here (``placeholders``).
 
 The store's queries live in ``backends.sql`` (both dialects) and ``postgres.store`` (its
-batches: ``FINISH_MANY``, ``TAKEN_AND_BEGUN``); the schema in ``backends.schema``.
+batches: ``FINISHED``, ``WAITS``, ``TAKEN_AND_BEGUN``); the schema in ``backends.schema``.
 """
 from ..sql import oldest_link
 

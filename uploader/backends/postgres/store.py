@@ -278,6 +278,7 @@ class PostgresStore(SqlStore):
         super().__init__(instance)
         self.url = url
         self.lease_seconds = lease_seconds
+        self._waits = []  # (URL id, lease, until, reason): see set_waiting_many
         self._writer = None
         self._listener = None
         self._closing = threading.Event()
@@ -426,10 +427,11 @@ class PostgresStore(SqlStore):
 
         Where no other statement of this transaction counts jobs (no counters pending, no
         URL handed back, which may fail those of cancelled jobs at commit, no batch
-        counted before), the same statement counts the batch's jobs (``FINISH_AND_COUNT``),
-        locking them in the order of their ids as ``JOB_COUNTERS`` does: a turn's results
-        and their counters in one statement (the dispatcher records a turn's results in
-        one call). Else they are counted at commit."""
+        counted before), the same statement counts the batch's jobs (``COUNTING``), locking
+        them in the order of their ids as ``JOB_COUNTERS`` does: a turn's results and their
+        counters in one statement (the dispatcher records a turn's results in one call).
+        Else they are counted at commit. The waits noted since the last batch are written
+        with it (``WAITED``)."""
         if not finishes:
             return []
         rows, new_links = [], []
@@ -443,11 +445,14 @@ class PostgresStore(SqlStore):
                          int(fields.get("reused", False)), fields.get("host"), task.account,
                          new[4] if new else None, fields.get("deletehash")))
         counting = not (self._job_deltas or self._requeued or self._jobs_counted)
-        sql, statuses = ((FINISH_AND_COUNT, (jobs.JOB_COMPLETE, jobs.JOB_IN_PROGRESS))
-                         if counting else (FINISH_MANY, ()))
+        waits, self._waits = self._waits, []
+        sql = FINISHED + (WAITED if waits else "") + (COUNTING if counting else "") + (
+            COUNTED_ANSWERS if counting else FINISHED_ANSWERS)
+        params = (*as_columns(rows), self.instance,
+                  *((*as_columns(waits), self.instance) if waits else ()),
+                  *((jobs.JOB_COMPLETE, jobs.JOB_IN_PROGRESS) if counting else ()))
         recorded, added, completed = {}, set(), []
-        for kind, key, value in self._execute(sql, (*as_columns(rows), self.instance,
-                                                    *statuses)):
+        for kind, key, value in self._execute(sql, params):
             if kind == 0:
                 recorded[int(key)] = value  # URL id: job id
             elif kind == 1:
@@ -473,12 +478,22 @@ class PostgresStore(SqlStore):
         return answers
 
     def set_waiting_many(self, waits):
-        """Every URL's note in one statement (``WAITS``), not one each: a paced cluster's
-        slots start waiting in waves."""
+        """Every URL's note in one statement, not one each (a paced cluster's slots start
+        waiting in waves): the transaction's next batch of results (``finish_many``, the
+        dispatcher's comes after) writes them too, else they are written at the commit
+        (``WAITS``). Nothing the writer reads in between shows them."""
+        self._waits += [(task.url_id, task.lease, until, reason)
+                        for task, until, reason in waits]
+
+    def _before_commit(self):
+        waits, self._waits = self._waits, []
         if waits:
-            self._execute(WAITS, (*as_columns([(task.url_id, task.lease, until, reason)
-                                               for task, until, reason in waits]),
-                                  self.instance))
+            self._execute(WAITS, (*as_columns(waits), self.instance))
+        super()._before_commit()
+
+    def _after_rollback(self):
+        self._waits = []
+        super()._after_rollback()
 
     def _apply_job_deltas(self, deltas):
         """Every job's counters in one statement (``JOB_COUNTERS``), not one each: a turn
@@ -621,11 +636,12 @@ def as_columns(rows) -> list:
     return [list(column) for column in zip(*rows)]
 
 
-# finish_many's statement. The batch's rows (``r``; ``once``: each URL's first): the URLs
-# this instance still holds are finished (``done``), their new links recorded once per
-# account (``added``), the dedup claims of those links' bytes deleted (their links are
-# committed with this transaction). Answers: (0, URL id, job id) for each URL finished,
-# (1, link, account) for each link added.
+# finish_many's statement: FINISHED, then WAITED and COUNTING as needed, then its answers.
+# The batch's rows (``r``; ``once``: each URL's first): the URLs this instance still
+# holds are finished (``done``), their new links recorded once per account (``added``),
+# the dedup claims of those links' bytes deleted (their links are committed with this
+# transaction). FINISHED_ANSWERS: (0, URL id, job id) for each URL finished, (1, link,
+# account) for each link added.
 FINISHED = (
     "WITH r AS (SELECT * FROM unnest(?::bigint[], ?::bigint[], ?::text[], ?::int[],"
     " ?::text[], ?::text[], ?::text[], ?::int[], ?::text[], ?::text[], ?::text[],"
@@ -645,7 +661,12 @@ FINISHED = (
     " (SELECT sha256, coalesce(host, ''), account FROM linked WHERE sha256 IS NOT NULL))")
 FINISHED_ANSWERS = (" SELECT 0, id::text, job_id FROM done"
                     " UNION ALL SELECT 1, link, account FROM added")
-FINISH_MANY = FINISHED + FINISHED_ANSWERS
+# Waits of other URLs written with a batch of results (``WAITS``, none of the batch's).
+WAITED = (
+    ", waited AS (UPDATE urls AS u SET waiting_until = w.until, waiting_reason = w.reason"
+    " FROM unnest(?::bigint[], ?::bigint[], ?::float8[], ?::text[])"
+    " AS w(id, lease, until, reason) WHERE u.id = w.id AND u.state = 'in_flight'"
+    " AND u.owner = ? AND u.lease = w.lease AND w.id NOT IN (SELECT id FROM once))")
 
 # Instances whose heartbeat is older than a lease (but ours) deleted: (0, id, host, pid)
 # each; and (1, ...) once if some URL in flight has a dead owner (none, or one of those).
@@ -672,15 +693,16 @@ JOB_COUNTERS = (
     "WITH d AS (SELECT * FROM unnest(?::text[], ?::int[], ?::int[], ?::int[])"
     " AS d(id, done, completed, failed))," + COUNTED +
     " SELECT id, callback_url FROM counted WHERE remaining <= 0 ORDER BY id")
-# FINISH_MANY with the jobs of the URLs finished counted too. Answers: FINISH_MANY's, and
-# (2, job id, callback URL) of each job completed that has a callback.
-FINISH_AND_COUNT = (
-    FINISHED + ", d AS (SELECT job_id AS id, count(*) AS done,"
+# A batch of results with the jobs of the URLs finished counted too (FINISHED, WAITED
+# maybe, COUNTING, COUNTED_ANSWERS). Answers: FINISHED_ANSWERS's, and (2, job id,
+# callback URL) of each job completed that has a callback.
+COUNTING = (
+    ", d AS (SELECT job_id AS id, count(*) AS done,"
     " count(*) FILTER (WHERE state = '" + jobs.COMPLETE + "') AS completed,"
     " count(*) FILTER (WHERE state <> '" + jobs.COMPLETE + "') AS failed"
-    " FROM done GROUP BY job_id)," + COUNTED + FINISHED_ANSWERS +
-    " UNION ALL SELECT 2, id, callback_url FROM counted WHERE remaining <= 0"
-    " AND callback_url IS NOT NULL")
+    " FROM done GROUP BY job_id)," + COUNTED)
+COUNTED_ANSWERS = (FINISHED_ANSWERS + " UNION ALL SELECT 2, id, callback_url FROM counted"
+                   " WHERE remaining <= 0 AND callback_url IS NOT NULL")
 
 # A claim's UPDATE (``TAKEN``) as a data-modifying CTE, with its URLs' pending jobs marked
 # begun (only pending rows are locked: no job whose URLs are being finished).
