@@ -661,7 +661,14 @@ FINISHED = (
     " (SELECT sha256, coalesce(host, ''), account FROM linked WHERE sha256 IS NOT NULL))")
 FINISHED_ANSWERS = (" SELECT 0, id::text, job_id FROM done"
                     " UNION ALL SELECT 1, link, account FROM added")
-# Waits of other URLs written with a batch of results (``WAITS``, none of the batch's).
+# Waits of URLs in flight here (``sql.WAITING``), a batch in one statement: one row per URL.
+WAITS = (
+    "UPDATE urls AS u SET waiting_until = w.until, waiting_reason = w.reason"
+    " FROM unnest(?::bigint[], ?::bigint[], ?::float8[], ?::text[])"
+    " AS w(id, lease, until, reason) WHERE u.id = w.id AND u.state = 'in_flight'"
+    " AND u.owner = ? AND u.lease = w.lease")
+# The same, written with a batch of results (none of the batch's own URLs: its finish
+# clears their waits).
 WAITED = (
     ", waited AS (UPDATE urls AS u SET waiting_until = w.until, waiting_reason = w.reason"
     " FROM unnest(?::bigint[], ?::bigint[], ?::float8[], ?::text[])"
