@@ -269,7 +269,7 @@ class Dispatcher:
         told = self.upkeep.poll_due(now) or any(isinstance(event, _Wake) for event in batch)
         self.lookout.begin(told)  # what the claim finds is kept once the turn commits (settle)
         drained, ask_suspects = self.lookout.drained, self.lookout.ask_suspects
-        waits = WaitNotes(state.waits_shown)  # written after the results, all at once
+        waits = WaitNotes(state.waits_shown)  # written once the events are applied, together
         with self.store.transaction():
             self.upkeep.duties(effects, now)
             finishing = []  # the turn's results: slots freed in order, recorded together

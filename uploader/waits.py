@@ -1,13 +1,14 @@
-"""A turn's notes of URLs waiting for the image host, written together at its end.
+"""A turn's notes of URLs waiting for the image host, written together once its events
+are applied.
 
 A worker says when one of its URLs begins to wait more than a second for the host (until
 when, and why) and when the wait is over; meanwhile the job document shows it. Written as
 they came, each note was a statement of the writer's turn: about one per URL of a paced
-cluster. A turn keeps each URL's last note and writes them in one statement
-(``store.set_waiting_many``) once its results are recorded, leaving out what no client
-would see: the note of a URL finished or handed back in the turn (that clears its wait,
-``sql.CLEARED``), and the end of a wait that was never written (it began and ended
-within the turn).
+cluster. A turn keeps each URL's last note and hands them to the store at once
+(``store.set_waiting_many``: PostgreSQL writes them with the turn's results, in one
+statement), leaving out what no client would see: the note of a URL finished or handed
+back in the turn (that clears its wait, ``sql.CLEARED``), and the end of a wait that was
+never written (it began and ended within the turn).
 """
 from typing import Callable, Dict, Optional, Tuple
 
@@ -26,8 +27,8 @@ class WaitNotes:
         self._last[task.url_id] = (task, until, reason)
 
     def write(self, store, held: Callable[[int], Optional[Task]]) -> None:
-        """Write what clients should see, in one statement; ``held(url id)``: the task in
-        flight here under that id now, or None."""
+        """Hand the store what clients should see, in one call; ``held(url id)``: the task
+        in flight here under that id now, or None (a result taken: finished)."""
         waits = []
         for url_id, (task, until, reason) in self._last.items():
             current = held(url_id)
