@@ -239,8 +239,8 @@ class Dispatcher:
             self._run_call(call)
         for refused in (event for event in batch if isinstance(event, Refused)):
             self._refused[refused.worker] = refused  # heard even while the store is away
-        if submits or any(isinstance(event, _Call) for event in batch):
-            self.lookout.work_added()  # work added here (or may be: a retry, a cancel)
+        if submits:  # work added here (a retry is a job too); a call queues none (a cancel,
+            self.lookout.work_added()  # a deletion, the courier's look for effects)
         batch = [event for event in batch if not isinstance(event, (_Submit, _Call, Refused))]
         if self._retry_at is not None and time.monotonic() < self._retry_at:
             self._held = batch  # the store was unreachable a moment ago: wait a little more
