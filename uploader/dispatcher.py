@@ -18,8 +18,9 @@ run again later, and nothing is visible or in flight before it is durable.
 
 The parts of a turn live beside it: ``slots`` fills the workers' slots (with quarantine)
 and records results; ``recovery`` takes back what a death left in flight, and keeps the
-lease the store asks for (its ``upkeep``); ``observers`` count and log what committed.
-A stop drains in-flight work within a grace period and hands back the rest (``_finish``).
+lease the store asks for (its ``upkeep``); ``waits`` writes the turn's notes of URLs
+waiting for the host together; ``observers`` count and log what committed. A stop
+drains in-flight work within a grace period and hands back the rest (``_finish``).
 """
 import logging
 import queue
@@ -37,6 +38,7 @@ from .pool import ManagerLost
 from .quarantine import Quarantine
 from .recovery import Respawn, WorkerDeaths, upkeep_for
 from .slots import Lookout, Slots
+from .waits import WaitNotes
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +88,12 @@ class _State:
     stopping: Optional[float] = None  # deadline of the graceful stop
     lost: Optional[str] = None  # why the manager is gone
     host_full: Dict[int, str] = field(default_factory=dict)  # url id -> why it waits for room
+    waits_shown: Dict[int, int] = field(default_factory=dict)  # url id -> lease: see WaitNotes
 
     def copy(self) -> "_State":
         return _State({w: dict(t) for w, t in self.assigned.items()}, dict(self.ready),
                       dict(self.quick_deaths), self.quarantine.copy(), self.stopping, self.lost,
-                      dict(self.host_full))
+                      dict(self.host_full), dict(self.waits_shown))
 
     def task(self, url_id: int) -> Optional[Task]:
         for tasks in self.assigned.values():
@@ -236,8 +239,8 @@ class Dispatcher:
             self._run_call(call)
         for refused in (event for event in batch if isinstance(event, Refused)):
             self._refused[refused.worker] = refused  # heard even while the store is away
-        if submits or any(isinstance(event, _Call) for event in batch):
-            self.lookout.work_added()  # work added here (or may be: a retry, a cancel)
+        if submits:  # work added here (a retry is a job too); a call queues none (a cancel,
+            self.lookout.work_added()  # a deletion, the courier's look for effects)
         batch = [event for event in batch if not isinstance(event, (_Submit, _Call, Refused))]
         if self._retry_at is not None and time.monotonic() < self._retry_at:
             self._held = batch  # the store was unreachable a moment ago: wait a little more
@@ -258,22 +261,27 @@ class Dispatcher:
     def _apply(self, batch: List[object]) -> None:
         """One turn: every event and slot refill on a copy of the state, committed at once;
         then the effects outside the store, in order."""
-        state, effects = self.state.copy(), []
         now = time.monotonic()
+        if not batch and self._nothing_queued(now):
+            self.upkeep.schedule(now, looked=True)  # polled: the next poll a poll's wait away
+            return
+        state, effects = self.state.copy(), []
         told = self.upkeep.poll_due(now) or any(isinstance(event, _Wake) for event in batch)
         self.lookout.begin(told)  # what the claim finds is kept once the turn commits (settle)
         drained, ask_suspects = self.lookout.drained, self.lookout.ask_suspects
+        waits = WaitNotes(state.waits_shown)  # written once the events are applied, together
         with self.store.transaction():
             self.upkeep.duties(effects, now)
-            results = []  # consecutive results are finished together
+            finishing = []  # the turn's results: slots freed in order, recorded together
             for event in batch:
                 if isinstance(event, Result):
-                    results.append(event)
-                    continue
-                self.slots.empty(state, effects, results)
-                results = []
-                self._apply_event(state, effects, event)
-            self.slots.empty(state, effects, results)
+                    self.slots.take(state, event, finishing)
+                elif isinstance(event, Waiting):
+                    self._waiting(state, effects, waits, event)
+                else:
+                    self._apply_event(state, effects, event)
+            waits.write(self.store, state.task)  # (a store may write them with the results)
+            self.slots.record(effects, finishing)
             if state.lost or state.stopping is not None:
                 sends = {}
             else:
@@ -300,22 +308,18 @@ class Dispatcher:
                 self.in_flight() == 0 or time.monotonic() >= state.stopping):
             self._finish(state)
 
+    def _nothing_queued(self, now: float) -> bool:
+        """Only a poll is due, of a queue found drained, and nothing is queued anywhere: a
+        statement instead of a turn that claims (four, for nothing)."""
+        return (self.lookout.drained and self.state.stopping is None
+                and self.upkeep.only_poll_due(now) and not self.store.work_queued())
+
     def _apply_event(self, state: _State, effects: list, event) -> None:
         if isinstance(event, Attempt):
             task = state.assigned.get(event.worker, {}).get(event.url_id)
             if task is not None:
                 state.assigned[event.worker][event.url_id] = replace(task, attempt=event.attempt)
                 self.store.set_attempts(task, event.attempt)
-        elif isinstance(event, Waiting):
-            task = state.task(event.url_id)
-            if task is not None:
-                self.store.set_waiting(task, event.until, event.reason)
-                if event.host_full and event.until is not None:
-                    state.host_full[event.url_id] = event.reason
-                else:
-                    state.host_full.pop(event.url_id, None)
-                    if event.until is not None:
-                        effects.append(lambda u=event.url_id: self.observe.emit("url_waiting", u))
         elif isinstance(event, Progress):
             task = state.task(event.url_id)
             if task is not None:
@@ -330,6 +334,18 @@ class Dispatcher:
             self._on_stop(state, effects, event)
         elif isinstance(event, ManagerLost):
             state.lost = event.reason
+
+    def _waiting(self, state: _State, effects: list, waits: WaitNotes, event: Waiting) -> None:
+        task = state.task(event.url_id)
+        if task is None:
+            return
+        waits.note(task, event.until, event.reason)
+        if event.host_full and event.until is not None:
+            state.host_full[event.url_id] = event.reason
+        else:
+            state.host_full.pop(event.url_id, None)
+            if event.until is not None:
+                effects.append(lambda u=event.url_id: self.observe.emit("url_waiting", u))
 
     def _store_ok(self) -> None:
         if self.store_problem is not None:

@@ -70,6 +70,10 @@ class Alone:
         """Whether to look at the queue as if told of work: always (it is ours alone)."""
         return True
 
+    def only_poll_due(self, now: float) -> bool:
+        """Whether a poll is all that is due now: never (it has no polls)."""
+        return False
+
     def reconnected(self, now: float) -> None:
         pass
 
@@ -102,6 +106,10 @@ class Leased:
 
     def poll_due(self, now: float) -> bool:
         return now >= self.next_poll
+
+    def only_poll_due(self, now: float) -> bool:
+        """A poll is due, and no duty (a heartbeat, a reap)."""
+        return self.next_poll <= now < min(self.next_heartbeat, self.next_reap)
 
     def reconnected(self, now: float) -> None:
         """The store is reachable again after an outage: a whole lease before reaping."""

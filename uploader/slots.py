@@ -51,7 +51,8 @@ class Lookout:
 
 
 class Slots:
-    """Claims queued URLs for free slots (``fill``) and records results (``empty``)."""
+    """Claims queued URLs for free slots (``fill``) and records results (``take``, then
+    ``record``)."""
 
     def __init__(self, *, store, pool, per_worker: int, host: str, lookout: Lookout,
                  observe):
@@ -97,16 +98,19 @@ class Slots:
             sends.setdefault(index, []).append(task)
         return sends, not tasks and not waiting, waiting
 
-    def empty(self, state, effects: list, results: List[Result]) -> None:
-        """Record results in one go (``store.finish_many``); each is logged and counted."""
-        finishing = []
-        for result in results:
-            task = state.assigned.get(result.worker, {}).pop(result.url_id, None)
-            if task is None:
-                log.info("ignored a result for URL #%d that is not in flight here", result.url_id)
-                continue
-            state.quarantine.finished(result.url_id)
-            finishing.append((result, task))
+    def take(self, state, result: Result, finishing: list) -> None:
+        """A result empties its slot at once (events after it in the turn see the slot
+        free); it is recorded with the turn's others (``record``)."""
+        task = state.assigned.get(result.worker, {}).pop(result.url_id, None)
+        if task is None:
+            log.info("ignored a result for URL #%d that is not in flight here", result.url_id)
+            return
+        state.quarantine.finished(result.url_id)
+        finishing.append((result, task))
+
+    def record(self, effects: list, finishing: list) -> None:
+        """Record the turn's results in one go (``store.finish_many``: on PostgreSQL one
+        statement, their jobs' counters too); each is logged and counted."""
         if not finishing:
             return
         recorded = self.store.finish_many([(task, result.state, dict(

@@ -15,7 +15,11 @@ beside it: it misses a utility statement that psycopg runs prepared (the writer'
 ``COMMIT`` and ``NOTIFY``, its savepoints: psycopg prepares what a connection runs five
 times), so it counts a little less.
 
-The image source answers at once, Imgur (fake) in 50 ms; S3 is moto on loopback.
+The image source answers at once, Imgur (fake) in 50 ms; S3 is moto on loopback. The
+cases ``2d`` and ``8d`` keep the default pace (``imgur.rate_limit``: 1 upload/s, a burst
+of 5): what a healthy run with default settings costs, 100 URLs in about as many seconds;
+their warm-up is one URL per worker process (each reads the token once), as 32 per
+instance at that pace would take minutes.
 
     python -m testbed.bench.statements                     # every case
     python -m testbed.bench.statements --case 2 --case 8p  # some
@@ -37,6 +41,8 @@ from .subjects import ServiceUnderTest
 
 ROLE = "uploader"
 PER_JOB = 200
+WARM_EACH, WARM_EACH_SLOW = 32, 4  # warm-up URLs per instance; at a slow pace, one per worker
+SLOW_PACE = 10.0  # uploads/s: below it, the warm-up is the slow one
 START_SECONDS = 180  # many instances starting at once on a busy machine take their time
 # name: (instances, URLs in all, imgur.rate_limit.uploads_per_second, image host)
 CASES = {
@@ -45,12 +51,15 @@ CASES = {
     "8": (8, 400, 0.0, "imgur"),
     "8p": (8, 400, 100.0, "imgur"),
     "2s3": (2, 2000, 0.0, "s3"),
+    "2d": (2, 100, 1.0, "imgur"),
+    "8d": (8, 100, 1.0, "imgur"),
 }
 # What each statement is, by the start of its text (whitespace collapsed): the first match.
 KINDS = [
     ("claim", r"WITH RECURSIVE wanted"),
     ("claim: suspect", r"WITH picked AS MATERIALIZED \(SELECT id FROM urls WHERE state = 'queued' AND suspect = 1"),
     ("suspects waiting?", r"SELECT id FROM urls WHERE state = 'queued' AND suspect ="),
+    ("poll: anything queued?", r"SELECT 1 FROM urls WHERE state = 'queued' LIMIT"),
     ("claim: jobs in progress", r"UPDATE jobs SET status = \$1 WHERE id IN"),
     ("finish: job counters", r"(UPDATE jobs SET remaining|WITH d AS \(SELECT \* FROM unnest)"),
     ("finish: results (batch)", r"WITH r AS \(SELECT \* FROM unnest"),
@@ -59,8 +68,8 @@ KINDS = [
     ("finish: links", r"INSERT INTO links"),
     ("finish: dedup claims done", r"DELETE FROM dedup_claims WHERE \(sha256, host, account\) IN"),
     ("finish: dedup claim done", r"DELETE FROM dedup_claims WHERE sha256 = \$1 AND host = \$2 AND account = \$3$"),
-    ("progress, waits, attempts", r"UPDATE urls SET (progress_bytes|waiting_until|attempts)"),
-    ("dedup: claim", r"INSERT INTO dedup_claims"),
+    ("progress, waits, attempts", r"UPDATE urls (AS u )?SET (progress_bytes|waiting_until|attempts)"),
+    ("dedup: claim", r"(WITH won AS \()?INSERT INTO dedup_claims"),
     ("dedup: holders", r"SELECT sha256, account, instance, worker, generation, thread, link FROM dedup_claims"),
     ("dedup: committed links", r"SELECT c\.sha256, c\.account, \(SELECT link FROM links"),
     ("dedup: publish", r"WITH mine AS MATERIALIZED"),
@@ -71,7 +80,8 @@ KINDS = [
     ("token read", r"SELECT access_token, refresh_token, version, rejected FROM credentials"),
     ("job: create", r"(INSERT INTO jobs|COPY urls|SAVEPOINT|RELEASE SAVEPOINT)"),
     ("lease: heartbeat", r"UPDATE instances SET heartbeat"),
-    ("lease: reap", r"(DELETE FROM instances WHERE heartbeat|SELECT id, job_id, url, attempts FROM urls"
+    ("lease: reap", r"(DELETE FROM instances WHERE heartbeat|WITH gone AS \(DELETE FROM instances"
+                    r"|SELECT id, job_id, url, attempts FROM urls"
                     r"|UPDATE urls SET state = 'queued', owner = NULL, lease = NULL, )"),
     ("courier", r"(WITH picked AS MATERIALIZED \(SELECT id FROM outbox|SELECT MIN\(next_at\))"),
     ("transaction: BEGIN", r"BEGIN"),
@@ -123,10 +133,11 @@ def run_case(server, source, imgur, s3, *, instances: int, urls: int, pace: floa
                 thread.join()
             if not all(s.url for s in services):
                 raise RuntimeError("an instance did not start")
+            each = WARM_EACH_SLOW if 0 < pace < SLOW_PACE else WARM_EACH
             warm = [f"{source.url}/img/{tag}-warm-{n}-{k}.png" for n in range(instances)
-                    for k in range(32)]
+                    for k in range(each)]
             for n, service in enumerate(services):
-                service.post(warm[n * 32:(n + 1) * 32])
+                service.post(warm[n * each:(n + 1) * each])
             _wait_final(watcher, len(warm))
             time.sleep(1)  # the warm-up's last answers told, its tickets given back
             watcher.execute("SELECT pg_stat_statements_reset()")

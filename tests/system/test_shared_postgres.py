@@ -1,6 +1,7 @@
 """The cluster's shared state (``backends.postgres.coordinator``). Dedup claims: a batch answers as
-claims made one after the other would, in one statement per step; publishing never waits;
-a dead instance's published links are reused. The gate: a grant given back is void;
+claims made one after the other would, its claims and their lookups in one statement; a
+claim that waited for a commit sees its link; publishing never waits; a dead instance's
+published links are reused. The gate: a grant given back is void;
 unpaced, tickets held ahead count in flight and a pause in any instance voids them (heard
 by the listening connection of each instance's store); paced, a moment is confirmed
 without a trip until a pause is heard."""
@@ -81,6 +82,37 @@ def test_publishing_never_waits_for_a_claim_a_commit_is_deleting(database):
         assert not publishing.is_alive()
         committing.commit()
     assert claims_held(database) == [("a", "", "me", 1, "https://i.example/a")]
+
+
+def waiting_for_a_lock(url) -> bool:
+    """Some connection of this database waits for a row lock on a dedup claim."""
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO dedup_claims%'"
+        ).fetchone()[0] > 0
+
+
+def test_a_claim_that_waited_for_a_commit_sees_the_link_it_committed(database):
+    """A result's commit adds its link and deletes its bytes' claim in one transaction. A
+    claim of the same bytes made meanwhile waits for that row, then wins it: the lookup
+    in the claim's statement must see the link committed while it waited (a snapshot
+    taken after the claim's row is in), or the bytes would go up twice."""
+    me, other = coordinator(database, "me"), coordinator(database, "other")
+    assert other.claim_many([("b", "", (1, 1, 7))]) == [("upload", None)]
+    answers = []
+    with psycopg.connect(database) as committing:
+        committing.execute("INSERT INTO links (link, sha256, host, created, account, image_id)"
+                           " VALUES ('https://i.example/b', 'b', 'imgur', 0, '', 'i1')")
+        committing.execute("DELETE FROM dedup_claims WHERE sha256 = 'b'")
+        claiming = threading.Thread(
+            target=lambda: answers.extend(me.claim_many([("b", "", (0, 1, 1))])))
+        claiming.start()
+        wait_until(lambda: waiting_for_a_lock(database))
+        committing.commit()
+    claiming.join(timeout=10)
+    assert answers == [("reuse", "https://i.example/b")]
+    assert claims_held(database) == []  # the claim won is released: its link is committed
 
 
 def test_a_dead_instances_published_links_outlive_it(database):

@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from uploader import jobs
 from uploader.config import config_from_dict
-from uploader.dispatcher import Dispatcher, _Submit, _Wake
+from uploader.dispatcher import Dispatcher, _Call, _Submit, _Wake
 from uploader.jobs import Result, WorkerExited
 from uploader.backends import memory, open_store
 from uploader.service import dispatcher_settings
@@ -263,3 +263,57 @@ def test_a_drained_shared_queue_is_looked_at_again_once_told_of_work(postgres):
     finally:
         store.close()
         other.close()
+
+
+def test_a_poll_of_a_drained_queue_with_nothing_queued_is_one_statement(postgres):
+    """Idle instances poll every ``storage.poll_seconds`` (a notification may be missed):
+    a turn that claimed (begun, a look for suspects, the claim, committed) for nothing.
+    With only a poll due and nothing queued anywhere, one statement says so; with work
+    queued elsewhere, the poll claims it."""
+    config = config_from_dict({"workers": {"processes": 1, "uploads_per_process": 4},
+                               "storage": {"url": postgres.create_database(),
+                                           "poll_seconds": 3600}}, environ={})
+    store, other = (open_store(config.storage, name) for name in ("me", "other"))
+    dispatcher = Dispatcher(store=store, pool=StubPool(1), **dispatcher_settings(config))
+    dispatcher.recover()
+    try:
+        dispatcher._turn([_Wake()])  # nothing queued: drained (heartbeat and reap done)
+        statements, transactions = [], []
+        execute, transaction = store._execute, store.transaction
+        store._execute = lambda sql, params=(): statements.append(sql) or execute(sql, params)
+        store.transaction = lambda: transactions.append(1) or transaction()
+        dispatcher.upkeep.next_poll = 0.0  # a poll due (no notification came)
+        dispatcher._turn([])
+        assert len(statements) == 1 and transactions == []
+        with other.transaction():
+            other.create_job("theirs", ["https://example.test/a.png"])
+        dispatcher.upkeep.next_poll = 0.0
+        dispatcher._turn([])
+        assert dispatcher.in_flight() == 1 and transactions == [1]
+    finally:
+        store.close()
+        other.close()
+
+
+def test_a_call_does_not_make_a_drained_queue_looked_at_again(postgres):
+    """A call queues no work (a cancel, a deletion, the courier's look for effects every
+    ``poll_seconds``): after one, a drained queue is not claimed from (it was, a turn of
+    four statements after each of the courier's looks, on every idle instance)."""
+    config = config_from_dict({"workers": {"processes": 1, "uploads_per_process": 4},
+                               "storage": {"url": postgres.create_database(),
+                                           "poll_seconds": 3600}}, environ={})
+    store = open_store(config.storage, "me")
+    claims = []
+    claim = store.claim
+    store.claim = lambda limit: claims.append(limit) or claim(limit)
+    dispatcher = Dispatcher(store=store, pool=StubPool(1), **dispatcher_settings(config))
+    dispatcher.recover()
+    try:
+        dispatcher._turn([_Wake()])  # nothing queued: drained
+        looked = Future()
+        dispatcher._turn([_Call(lambda store: store.claim_effects(4, 30), looked)])
+        assert looked.result() == [] and len(claims) == 1
+        dispatcher._turn([_Submit("mine", ["https://example.test/b.png"], Future())])
+        assert len(claims) == 2 and dispatcher.in_flight() == 1  # a job is work added
+    finally:
+        store.close()

@@ -75,6 +75,12 @@ def test_claims_then_results_complete_the_job_once(store):
     assert store.link_for("aa", "local") == "https://i.example/a.png"
 
 
+def counters(store) -> dict:
+    """Each job's (remaining, completed, failed), as its listing shows them."""
+    rows, _ = store.list_jobs("", 100)
+    return {row[0]: tuple(row[4:7]) for row in rows}
+
+
 def test_one_transaction_counts_the_urls_of_several_jobs_and_completes_each_once(opened):
     """The job counters of a transaction (one statement for every job on PostgreSQL):
     each job counts its own, and only a job completed with a callback gets a delivery."""
@@ -93,13 +99,7 @@ def test_one_transaction_counts_the_urls_of_several_jobs_and_completes_each_once
                                                                     link="https://i.example/a"))]
                           + [(by_job[j][k], jobs.FAILED, dict(attempts=1, reason="gone"))
                              for j, k in (("job-a", 1), ("job-b", 0), ("job-c", 0))])
-    if hasattr(store, "reading"):  # the SQL stores keep counters in the job's row
-        with store.reading() as conn:
-            assert [tuple(row) for row in conn.execute(
-                "SELECT id, remaining, completed, failed FROM jobs ORDER BY id")] == [
-                ("job-a", 1, 1, 1), ("job-b", 0, 0, 1), ("job-c", 0, 0, 1)]
-    assert [len(job(store, j)["uploaded"][k]) for j in ("job-a", "job-b", "job-c")
-            for k in ("pending", "complete", "failed")] == [1, 1, 1, 0, 0, 1, 0, 0, 1]
+    assert counters(store) == {"job-a": (1, 1, 1), "job-b": (0, 0, 1), "job-c": (0, 0, 1)}
     assert job(store, "job-a")["status"] == "in-progress"
     assert job(store, "job-a")["uploaded"]["complete"] == ["https://i.example/a"]
     assert [job(store, j)["status"] for j in ("job-b", "job-c")] == ["complete", "complete"]
@@ -110,6 +110,28 @@ def test_one_transaction_counts_the_urls_of_several_jobs_and_completes_each_once
     with store.transaction():
         assert [(e.job_id, e.target) for e in store.claim_effects(10, 30)] == [("job-a", hook)]
     assert job(store, "job-a")["status"] == "complete"
+
+
+def test_a_transactions_results_are_counted_once_however_they_come(opened):
+    """PostgreSQL counts a batch's jobs in the batch's statement where nothing else in its
+    transaction counts jobs, else at the commit: the counters come out the same."""
+    store = opened("me")
+    with store.transaction():
+        store.create_job("job-1", URLS + ["https://a.example/4.png", "https://a.example/5.png"])
+        a, b, c, d, e = store.claim(5)
+    with store.transaction():
+        store.finish_many([(a, jobs.COMPLETE, dict(attempts=1, link="https://i.example/a"))])
+        store.finish_many([(b, jobs.FAILED, dict(attempts=1, reason="gone"))])  # a second batch
+    with store.transaction():
+        store.requeue(c)  # handed back: counted at the commit if its job was cancelled
+        store.finish_many([(d, jobs.COMPLETE, dict(attempts=1, link="https://i.example/d"))])
+    assert counters(store) == {"job-1": (2, 2, 1)}
+    assert job(store)["status"] == "in-progress"
+    with store.transaction():
+        (again,) = store.claim(1)
+        store.finish_many([(again, jobs.COMPLETE, dict(attempts=2, link="https://i.example/c")),
+                           (e, jobs.COMPLETE, dict(attempts=1, link="https://i.example/e"))])
+    assert job(store)["status"] == "complete" and counters(store) == {"job-1": (0, 4, 1)}
 
 
 def test_finishing_a_batch_is_finishing_each_in_turn(postgres):
@@ -145,7 +167,7 @@ def test_finishing_a_batch_is_finishing_each_in_turn(postgres):
                        else [store.finish(task, state, **fields) for task, state, fields in finishes])
         store._execute = execute
         if batched:
-            assert len(statements) == 2  # the batch, then the job's counters at the commit
+            assert len(statements) == 1  # the batch and its job's counters
         document = job(store)
         with psycopg.connect(database) as conn:
             links = conn.execute("SELECT link, sha256, host, account, deletehash FROM links"
@@ -241,6 +263,21 @@ def test_progress_waiting_and_attempts_show_while_in_flight(store):
         store.finish(task, jobs.COMPLETE, attempts=3, link="https://i.example/a.png")
     entry = job(store)["urls"][0]
     assert entry["progress"] is None and entry["waiting"] is None
+
+
+def test_waits_of_many_urls_are_noted_and_cleared_together_while_their_lease_holds(store):
+    with store.transaction():
+        first, second, third = store.claim(3)
+        store.set_waiting_many([(first, 1_800_000_000.0, "paced by imgur.rate_limit"),
+                                (second, 1_800_000_001.0, "Imgur's user budget is down")])
+    assert [u["waiting"] and u["waiting"]["reason"] for u in job(store)["urls"]] == [
+        "paced by imgur.rate_limit", "Imgur's user budget is down", None]
+    with store.transaction():
+        store.set_waiting_many([(first, None, None),
+                                (replace(third, lease=third.lease + 1), 1_800_000_000.0,
+                                 "a lease no longer held")])
+    assert [u["waiting"] and u["waiting"]["reason"] for u in job(store)["urls"]] == [
+        None, "Imgur's user budget is down", None]
 
 
 def test_suspects_are_claimed_only_one_at_a_time_and_apart(store):
@@ -552,6 +589,54 @@ def test_a_dead_instances_urls_are_reaped_and_its_late_results_refused(shared_st
     assert document["status"] == "complete"
     assert all(u["attempts"] == 2 for u in document["urls"])
     assert "https://i.example/late" not in document["uploaded"]["complete"]
+
+
+def test_a_turns_waits_and_results_are_one_statement_on_postgresql(shared_store):
+    """The waits noted in a transaction ride on its batch of results (a wait of a URL of
+    the batch is left out: its finish clears it); noted without results, they are
+    written at the commit."""
+    store = shared_store("me")
+    with store.transaction():
+        store.create_job("job-1", URLS)
+        first, second, third = store.claim(3)
+    statements = []
+    execute = store._execute
+    store._execute = lambda sql, params=(): statements.append(sql) or execute(sql, params)
+    with store.transaction():
+        store.set_waiting_many([(first, 1_800_000_000.0, "paced by imgur.rate_limit"),
+                                (second, 1_800_000_000.0, "paced by imgur.rate_limit")])
+        assert store.finish_many([(first, jobs.COMPLETE, dict(
+            attempts=1, link="https://i.example/a.png"))]) == [True]
+    assert len(statements) == 1
+    with store.transaction():
+        store.set_waiting_many([(third, 1_800_000_001.0, "Imgur's user budget is down")])
+    assert len(statements) == 2
+    store._execute = execute
+    assert [(u["state"], u["waiting"] and u["waiting"]["reason"]) for u in job(store)["urls"]] \
+        == [(jobs.COMPLETE, None), (jobs.IN_FLIGHT, "paced by imgur.rate_limit"),
+            (jobs.IN_FLIGHT, "Imgur's user budget is down")]
+
+
+def test_a_reap_with_nothing_to_take_back_is_one_statement(shared_store):
+    """Every few seconds each instance reaps; in a healthy cluster one statement finds
+    that nobody died and no URL has a dead owner. An owner gone without a trace (its row
+    deleted, its URLs still in flight) is still found."""
+    first, second = shared_store("first"), shared_store("second")
+    with first.transaction():
+        first.create_job("job-1", URLS)
+        held = first.claim(2)
+    statements = []
+    execute = second._execute
+    second._execute = lambda sql, params=(): statements.append(sql) or execute(sql, params)
+    with second.transaction():
+        assert second.reap(max_attempts=5) == (0, [])
+    assert len(statements) == 1
+    second._execute = execute
+    with psycopg.connect(second.url, autocommit=True) as conn:
+        conn.execute("DELETE FROM instances WHERE id = 'first'")
+    with second.transaction():
+        assert second.reap(max_attempts=5) == (len(held), [])
+    assert [u["state"] for u in job(second)["urls"]] == [jobs.QUEUED] * 3
 
 
 def test_the_dedup_lookup_reads_its_index_not_every_link_of_the_account(postgres):

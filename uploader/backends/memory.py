@@ -249,6 +249,9 @@ class MemoryStore:
     def suspects_waiting(self) -> bool:
         return any(u.suspect for u in self._queued())
 
+    def work_queued(self) -> bool:
+        return bool(self._queued())
+
     def finish(self, task: Task, state: str, *, attempts: int, link: Optional[str] = None,
                reason: Optional[str] = None, sha256: Optional[str] = None,
                reused: bool = False, host: Optional[str] = None,
@@ -293,6 +296,11 @@ class MemoryStore:
         url = self._held(task)
         if url is not None:
             url.waiting_until, url.waiting_reason = until, reason
+
+    def set_waiting_many(self, waits: Sequence[Tuple[Task, Optional[float], Optional[str]]]
+                         ) -> None:
+        for task, until, reason in waits:
+            self.set_waiting(task, until, reason)
 
     def set_progress(self, task: Task, received: int, total: Optional[int]) -> None:
         url = self._held(task)

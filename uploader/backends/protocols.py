@@ -55,6 +55,10 @@ class Store(Protocol):
     def suspects_waiting(self) -> bool:
         """True while a suspect is queued (on any instance's queue)."""
 
+    def work_queued(self) -> bool:
+        """True while any URL is queued (on any instance's queue): a poll's one look,
+        made by the writer outside a transaction."""
+
     def finish(self, task: Task, state: str, *, attempts: int, link: Optional[str] = None,
                reason: Optional[str] = None, sha256: Optional[str] = None,
                reused: bool = False, host: Optional[str] = None,
@@ -74,6 +78,10 @@ class Store(Protocol):
 
     def set_waiting(self, task: Task, until: Optional[float], reason: Optional[str]) -> None:
         """A URL in flight waits for the host until ``until`` (None: no longer)."""
+
+    def set_waiting_many(self, waits: Sequence[Tuple[Task, Optional[float], Optional[str]]]
+                         ) -> None:
+        """``set_waiting(task, until, reason)`` for each, one per URL, in one go."""
 
     def set_progress(self, task: Task, received: int, total: Optional[int]) -> None:
         """Bytes of a URL in flight fetched so far (and of how many, if known)."""

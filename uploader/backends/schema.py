@@ -17,7 +17,8 @@ Tables:
 - PostgreSQL only, the state every instance shares: ``instances`` (who is alive),
   ``gate`` (the upload gate's state with the uploads granted and not yet answered, by
   worker, changed by compare-and-set on ``version``), ``dedup_claims`` (bytes being
-  uploaded right now, and by whom), ``credentials`` (the shared Imgur token).
+  uploaded right now, and by whom), ``credentials`` (the shared Imgur token); one
+  function, ``dedup_link`` (the dedup lookup with a snapshot of its own).
 """
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -193,6 +194,15 @@ MIGRATIONS = (
     Migration(9, (  # retention (backends.prune): finished jobs, oldest first, from an index
         "CREATE INDEX IF NOT EXISTS jobs_finished ON jobs(finished) WHERE finished IS NOT NULL",
     )),
+    Migration(10, (  # a batch's dedup claims and their link lookups in one statement
+        # (postgres.queries.CLAIM): the lookup (sql.OLDEST_LINK) as a VOLATILE function,
+        # which reads with a snapshot of its own, taken after the claim's row is in: it
+        # sees the link of a result that committed while the claim waited for its row.
+        """CREATE OR REPLACE FUNCTION dedup_link(of_sha256 TEXT, of_host TEXT, of_account TEXT)
+            RETURNS TEXT LANGUAGE sql VOLATILE AS
+            'SELECT link FROM links WHERE sha256 = of_sha256 AND host = of_host
+             AND account = of_account AND deleted IS NULL ORDER BY id LIMIT 1'""",
+    ), only="postgresql"),
 )
 
 LATEST = max(m.version for m in MIGRATIONS)
@@ -214,6 +224,5 @@ def migrate(run, dialect: str, words: dict) -> None:
     for migration in pending(dialect, current):
         for statement in migration.statements:
             run(statement.format(**words))
-        current = migration.version
-    run("DELETE FROM schema_version")
-    run("INSERT INTO schema_version (version) VALUES (?)", (current,))
+    run("DELETE FROM schema_version")  # at LATEST: what is left is another dialect's
+    run("INSERT INTO schema_version (version) VALUES (?)", (max(current, LATEST),))

@@ -57,6 +57,7 @@ class SqlStore(OutboxQueries, PruneQueries):
         self._job_deltas: Dict[str, List[int]] = {}  # job id -> [final, complete, failed]
         self._work_added = False  # queued URLs appeared (other instances may want to know)
         self._requeued = False  # URLs went back to the queue (those of cancelled jobs fail)
+        self._jobs_counted = False  # a statement of this transaction counted its own jobs
         self.outbox_added = False  # set when a commit added effects for the courier
 
     # -- backends provide ------------------------------------------------------------------
@@ -123,7 +124,7 @@ class SqlStore(OutboxQueries, PruneQueries):
         if self._requeued:
             self._fail_queued(FAIL_QUEUED_OF_CANCELLED, ())
             self._requeued = False
-        deltas, self._job_deltas = self._job_deltas, {}
+        deltas, self._job_deltas, self._jobs_counted = self._job_deltas, {}, False
         for job_id, callback_url in self._apply_job_deltas(deltas):
             self.add_effect("webhook", callback_url, job_id=job_id)
 
@@ -143,7 +144,7 @@ class SqlStore(OutboxQueries, PruneQueries):
 
     def _after_rollback(self) -> None:
         self._job_deltas.clear()
-        self._work_added = self._requeued = self.outbox_added = False
+        self._work_added = self._requeued = self.outbox_added = self._jobs_counted = False
 
     def _count(self, job_id: str, state: str) -> None:
         counts = self._job_deltas.setdefault(job_id, [0, 0, 0])
@@ -237,6 +238,12 @@ class SqlStore(OutboxQueries, PruneQueries):
         """True while a suspect waits for its solitary run (on any instance's queue)."""
         return self._execute(QUEUED_FIRST, (1, 1)).fetchone() is not None
 
+    def work_queued(self) -> bool:
+        """True while any URL is queued (on any instance's queue): one statement, on the
+        writer's connection (its own transaction where the connection commits each)."""
+        with self._driver_errors():
+            return self._execute(ANY_QUEUED).fetchone() is not None
+
     def finish(self, task: Task, state: str, *, attempts: int, link: Optional[str] = None,
                reason: Optional[str] = None, sha256: Optional[str] = None,
                reused: bool = False, host: Optional[str] = None,
@@ -295,10 +302,13 @@ class SqlStore(OutboxQueries, PruneQueries):
 
     def set_waiting(self, task: Task, until: Optional[float], reason: Optional[str]) -> None:
         """Note (or clear, with None) that a URL waits for the host's limits until a moment."""
-        self._execute(
-            "UPDATE urls SET waiting_until = ?, waiting_reason = ?"
-            " WHERE id = ? AND state = 'in_flight' AND owner = ? AND lease = ?",
-            (until, reason, task.url_id, self.instance, task.lease))
+        self._execute(WAITING, (until, reason, task.url_id, self.instance, task.lease))
+
+    def set_waiting_many(self, waits: Sequence[Tuple[Task, Optional[float], Optional[str]]]
+                         ) -> None:
+        """``set_waiting(task, until, reason)`` for each (one note per URL)."""
+        self._executemany(WAITING, [(until, reason, task.url_id, self.instance, task.lease)
+                                    for task, until, reason in waits])
 
     def set_progress(self, task: Task, received: int, total: Optional[int]) -> None:
         """Bytes of the image fetched so far (visible from every instance)."""
@@ -468,6 +478,11 @@ def jobs_begun(count: int) -> str:
 # asks for. The index urls_queued answers it, order included, however long the queue
 # (schema.py, migration 6); with its suspects a filter, each turn read the whole queue.
 QUEUED_FIRST = "SELECT id FROM urls WHERE state = 'queued' AND suspect = ? ORDER BY id LIMIT ?"
+# Whether anything is queued at all (from the same index): a poll's look (work_queued).
+ANY_QUEUED = "SELECT 1 FROM urls WHERE state = 'queued' LIMIT 1"
+# A URL in flight waits for the host until a moment, with its reason (None, None: no more).
+WAITING = ("UPDATE urls SET waiting_until = ?, waiting_reason = ?"
+           " WHERE id = ? AND state = 'in_flight' AND owner = ? AND lease = ?")
 # A link recorded for an account, once: the same link again (reused, or the same bytes
 # uploaded again to a host that names objects by their bytes) keeps the row it has.
 NEW_LINK = "INSERT INTO links (link, sha256, host, created, account, image_id, deletehash)"

@@ -129,14 +129,17 @@ class PgCoordinator(Rows):
     def _claim(self, conn, claims) -> List[Tuple[str, Optional[str]]]:
         """Claim first, then look for a committed link: the result that commits a link also
         deletes its claim, in one transaction, so whichever way the two race, nobody
-        uploads bytes that already have a link. Each step is one statement for the whole
-        batch (its own snapshot, so the lookup sees every link committed before it); the
+        uploads bytes that already have a link. One statement claims the whole batch and
+        looks up the links of the claims it won (``queries.CLAIM``: the lookup reads with
+        a snapshot of its own, taken after the claim's row is in); claims held already
+        take a statement more (by whom), and one of ours already a third (its link). The
         answers are those of claiming one after the other, in order. Claims are inserted
         in the order of their bytes, so two batches never wait for each other in a cycle."""
         # owner: (worker, generation, URL id); the column ``thread`` holds the URL id (it
         # once held the claiming thread's, but a thread may claim the same bytes for two URLs)
         rows = [(sha256, account, self.instance, *owner) for sha256, account, owner in claims]
-        won = set(conn.execute(queries.CLAIM, (self.dedup_host, *as_columns(rows))).fetchall())
+        won = {tuple(row[:6]): row[6] for row in conn.execute(
+            queries.CLAIM, (self.dedup_host, *as_columns(rows))).fetchall()}
         answers = [None if row in won else ("wait", None) for row in rows]
         lost = [i for i, answer in enumerate(answers) if answer is not None]
         if lost:  # held already: by whom, and is its link published?
@@ -150,12 +153,15 @@ class PgCoordinator(Rows):
                 elif holder is not None and tuple(holder[:4]) == rows[i][2:]:
                     answers[i] = None  # ours already (asked again)
                 # else released between our two statements, or another's: ask again
-        mine = [i for i, answer in enumerate(answers) if answer is None]
-        if mine:
-            links = dict(((row[0], row[1]), row[2]) for row in conn.execute(
+        links = {rows[i][:2]: link for i, row in enumerate(rows) if (link := won.get(row))}
+        again = [i for i, answer in enumerate(answers) if answer is None and rows[i] not in won]
+        if again:  # ours already: its committed link
+            links.update(((row[0], row[1]), row[2]) for row in conn.execute(
                 queries.LINKS_OF,
-                (self.dedup_host, *as_columns([rows[i][:2] for i in mine]))).fetchall())
-            for i in mine:
+                (self.dedup_host, *as_columns([rows[i][:2] for i in again]))).fetchall()
+                if row[2])
+        for i, answer in enumerate(answers):
+            if answer is None:
                 link = links.get(rows[i][:2])
                 answers[i] = ("reuse", link) if link else ("upload", None)
                 if link:

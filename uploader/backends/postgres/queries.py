@@ -3,7 +3,7 @@ with ``?`` placeholders like every other query of the service and turned into ps
 ``%s`` once, here (``placeholders``).
 
 The store's queries live in ``backends.sql`` (both dialects) and ``postgres.store`` (its
-batches: ``FINISH_MANY``, ``TAKEN_AND_BEGUN``); the schema in ``backends.schema``.
+batches: ``FINISHED``, ``WAITS``, ``TAKEN_AND_BEGUN``); the schema in ``backends.schema``.
 """
 from ..sql import oldest_link
 
@@ -35,22 +35,29 @@ GATE_WRITE_LOCKED = placeholders("UPDATE gate SET version = ?, state = ? WHERE i
 GATE_FIRST = placeholders("INSERT INTO gate (id, version, state) VALUES (1, 0, ?)"
                           " ON CONFLICT (id) DO NOTHING")
 
-# Claims of a batch, inserted in the order of their bytes: those returned were won.
+# Claims of a batch, inserted in the order of their bytes: those returned were won, each
+# with the link its bytes have committed already, if any. The lookup is the function
+# ``dedup_link`` (schema migration 10, ``sql.OLDEST_LINK``): VOLATILE, it reads with a
+# snapshot taken after the claim's row is in, so it sees the link of a result that
+# committed (deleting the claim) while the insert waited, as a statement of its own did.
 CLAIM = placeholders(
-    "INSERT INTO dedup_claims (sha256, host, account, instance, worker, generation,"
-    " thread) SELECT c.sha256, ?, c.account, c.instance, c.worker, c.generation,"
+    "WITH won AS (INSERT INTO dedup_claims (sha256, host, account, instance, worker,"
+    " generation, thread) SELECT c.sha256, ?, c.account, c.instance, c.worker, c.generation,"
     " c.thread FROM unnest(?::text[], ?::text[], ?::text[], ?::int[], ?::int[],"
     " ?::bigint[]) WITH ORDINALITY AS c(sha256, account, instance, worker, generation,"
     " thread, n) ORDER BY c.sha256, c.account, c.n"
     " ON CONFLICT (sha256, host, account) DO NOTHING"
-    " RETURNING sha256, account, instance, worker, generation, thread")
+    " RETURNING sha256, host, account, instance, worker, generation, thread)"
+    " SELECT sha256, account, instance, worker, generation, thread,"
+    " dedup_link(sha256, host, account) FROM won")
 # Who holds the claims a batch did not win, and their links if published.
 HOLDERS = placeholders(
     "SELECT sha256, account, instance, worker, generation, thread, link"
     " FROM dedup_claims WHERE host = ? AND (sha256, account) IN"
     " (SELECT * FROM unnest(?::text[], ?::text[]))")
 # The committed link of each (sha256, account) of a batch: the dedup lookup
-# (``sql.OLDEST_LINK``, the same index lookup) once per row.
+# (``sql.OLDEST_LINK``, the same index lookup) once per row, for claims held already by
+# the asker (``CLAIM`` looks up those it wins).
 LINKS_OF = placeholders(
     f"SELECT c.sha256, c.account, ({oldest_link('c.sha256', 'c.account')})"
     " FROM unnest(?::text[], ?::text[]) AS c(sha256, account)")

@@ -278,6 +278,7 @@ class PostgresStore(SqlStore):
         super().__init__(instance)
         self.url = url
         self.lease_seconds = lease_seconds
+        self._waits = []  # (URL id, lease, until, reason): see set_waiting_many
         self._writer = None
         self._listener = None
         self._closing = threading.Event()
@@ -422,7 +423,15 @@ class PostgresStore(SqlStore):
         """The same as finishing each in turn, in one statement for the whole batch (URLs,
         new links, claims done with) instead of three per URL: the front end's share of a
         cluster's statements per URL, each a round trip and the server's work. A URL listed
-        twice is finished once, by its first result, as one by one."""
+        twice is finished once, by its first result, as one by one.
+
+        Where no other statement of this transaction counts jobs (no counters pending, no
+        URL handed back, which may fail those of cancelled jobs at commit, no batch
+        counted before), the same statement counts the batch's jobs (``COUNTING``), locking
+        them in the order of their ids as ``JOB_COUNTERS`` does: a turn's results and their
+        counters in one statement (the dispatcher records a turn's results in one call).
+        Else they are counted at commit. The waits noted since the last batch are written
+        with it (``WAITED``)."""
         if not finishes:
             return []
         rows, new_links = [], []
@@ -435,24 +444,56 @@ class PostgresStore(SqlStore):
                          fields.get("reason"), fields.get("sha256"),
                          int(fields.get("reused", False)), fields.get("host"), task.account,
                          new[4] if new else None, fields.get("deletehash")))
-        recorded, added = {}, set()
-        for kind, key, value in self._execute(FINISH_MANY, (*as_columns(rows), self.instance)):
+        counting = not (self._job_deltas or self._requeued or self._jobs_counted)
+        waits, self._waits = self._waits, []
+        sql = FINISHED + (WAITED if waits else "") + (COUNTING if counting else "") + (
+            COUNTED_ANSWERS if counting else FINISHED_ANSWERS)
+        params = (*as_columns(rows), self.instance,
+                  *((*as_columns(waits), self.instance) if waits else ()),
+                  *((jobs.JOB_COMPLETE, jobs.JOB_IN_PROGRESS) if counting else ()))
+        recorded, added, completed = {}, set(), []
+        for kind, key, value in self._execute(sql, params):
             if kind == 0:
                 recorded[int(key)] = value  # URL id: job id
-            else:
+            elif kind == 1:
                 added.add((key, value))  # (link, account)
+            else:
+                completed.append((key, value))  # a job completed: (job id, callback URL)
         answers, again = [], {}
         for (task, state, fields), new in zip(finishes, new_links):
             job_id = recorded.pop(task.url_id, None)  # a URL listed twice is finished once
             answers.append(job_id is not None)
             if job_id is None:
                 continue
-            self._count(job_id, state)
+            if not counting:
+                self._count(job_id, state)
             if new and not fields.get("reused") and (new[0], new[3]) not in added:
                 again[(new[0], new[3])] = new
         if again:  # rare: the same bytes' link, back after a deletion (S3)
             self._link_again(list(again.values()))
+        if counting:
+            self._jobs_counted = True
+            for job_id, callback_url in sorted(completed):
+                self.add_effect("webhook", callback_url, job_id=job_id)
         return answers
+
+    def set_waiting_many(self, waits):
+        """Every URL's note in one statement, not one each (a paced cluster's slots start
+        waiting in waves): the transaction's next batch of results (``finish_many``, the
+        dispatcher's comes after) writes them too, else they are written at the commit
+        (``WAITS``). Nothing the writer reads in between shows them."""
+        self._waits += [(task.url_id, task.lease, until, reason)
+                        for task, until, reason in waits]
+
+    def _before_commit(self):
+        waits, self._waits = self._waits, []
+        if waits:
+            self._execute(WAITS, (*as_columns(waits), self.instance))
+        super()._before_commit()
+
+    def _after_rollback(self):
+        self._waits = []
+        super()._after_rollback()
 
     def _apply_job_deltas(self, deltas):
         """Every job's counters in one statement (``JOB_COUNTERS``), not one each: a turn
@@ -513,16 +554,21 @@ class PostgresStore(SqlStore):
         """Forget dead instances with their unpublished dedup claims and upload grants,
         then take back the URLs they held. A published claim stays: its upload went
         through, and whoever takes its URL back reuses the link instead of uploading the
-        bytes again (the result that commits it deletes the claim)."""
-        gone = self._execute(
-            "DELETE FROM instances WHERE heartbeat < {now} - ? AND id <> ? RETURNING id, host, pid",
-            (self.lease_seconds, self.instance)).fetchall()
+        bytes again (the result that commits it deletes the claim). In a healthy cluster
+        there is nothing to take back, and one statement says so (``DEAD``: the dead
+        instances deleted, and whether a dead owner holds any URL); the rest is done only
+        when there is (it was three statements every reap)."""
+        found = self._execute(DEAD, (self.lease_seconds, self.instance,
+                                     self.lease_seconds)).fetchall()
+        gone = [row[1:] for row in found if row[0] == 0]
         for instance, host, pid in gone:
             log.warning("instance %s (pid %s on %s) stopped renewing its lease; taking back "
                         "what it held", instance, pid, host)
         if gone:  # (their gate grants stop counting by themselves: see postgres.coordinator)
             self._execute("DELETE FROM dedup_claims WHERE instance NOT IN (SELECT id FROM instances)"
                           " AND link IS NULL")
+        if not found:
+            return 0, []  # nobody died, and no URL in flight has a dead owner
         return super().reap(max_attempts)
 
     # -- waiting for work --------------------------------------------------------------------
@@ -590,12 +636,13 @@ def as_columns(rows) -> list:
     return [list(column) for column in zip(*rows)]
 
 
-# finish_many's statement. The batch's rows (``r``; ``once``: each URL's first): the URLs
-# this instance still holds are finished (``done``), their new links recorded once per
-# account (``added``), the dedup claims of those links' bytes deleted (their links are
-# committed with this transaction). Answers: (0, URL id, job id) for each URL finished,
-# (1, link, account) for each link added.
-FINISH_MANY = (
+# finish_many's statement: FINISHED, then WAITED and COUNTING as needed, then its answers.
+# The batch's rows (``r``; ``once``: each URL's first): the URLs this instance still
+# holds are finished (``done``), their new links recorded once per account (``added``),
+# the dedup claims of those links' bytes deleted (their links are committed with this
+# transaction). FINISHED_ANSWERS: (0, URL id, job id) for each URL finished, (1, link,
+# account) for each link added.
+FINISHED = (
     "WITH r AS (SELECT * FROM unnest(?::bigint[], ?::bigint[], ?::text[], ?::int[],"
     " ?::text[], ?::text[], ?::text[], ?::int[], ?::text[], ?::text[], ?::text[],"
     " ?::text[]) WITH ORDINALITY AS r(id, lease, state, attempts, link, reason, sha256,"
@@ -605,30 +652,64 @@ FINISH_MANY = (
     " attempts = greatest(u.attempts, f.attempts), link = f.link, reason = f.reason,"
     " sha256 = f.sha256, reused = f.reused, owner = NULL, lease = NULL, " + CLEARED +
     " FROM once AS f WHERE u.id = f.id AND u.state = 'in_flight' AND u.owner = ?"
-    " AND u.lease = f.lease RETURNING u.id, u.job_id),"
+    " AND u.lease = f.lease RETURNING u.id, u.job_id, u.state),"
     " linked AS (SELECT f.* FROM once AS f JOIN done ON done.id = f.id"
     " WHERE f.image_id IS NOT NULL),"
     " added AS (" + NEW_LINK + " SELECT link, sha256, host, {now}, account, image_id,"
     " deletehash FROM linked ORDER BY n" + NEW_LINK_ONCE + " RETURNING link, account),"
     " claims_done AS (DELETE FROM dedup_claims WHERE (sha256, host, account) IN"
-    " (SELECT sha256, coalesce(host, ''), account FROM linked WHERE sha256 IS NOT NULL))"
-    " SELECT 0, id::text, job_id FROM done UNION ALL SELECT 1, link, account FROM added")
+    " (SELECT sha256, coalesce(host, ''), account FROM linked WHERE sha256 IS NOT NULL))")
+FINISHED_ANSWERS = (" SELECT 0, id::text, job_id FROM done"
+                    " UNION ALL SELECT 1, link, account FROM added")
+# Waits of URLs in flight here (``sql.WAITING``), a batch in one statement: one row per URL.
+WAITS = (
+    "UPDATE urls AS u SET waiting_until = w.until, waiting_reason = w.reason"
+    " FROM unnest(?::bigint[], ?::bigint[], ?::float8[], ?::text[])"
+    " AS w(id, lease, until, reason) WHERE u.id = w.id AND u.state = 'in_flight'"
+    " AND u.owner = ? AND u.lease = w.lease")
+# The same, written with a batch of results (none of the batch's own URLs: its finish
+# clears their waits).
+WAITED = (
+    ", waited AS (UPDATE urls AS u SET waiting_until = w.until, waiting_reason = w.reason"
+    " FROM unnest(?::bigint[], ?::bigint[], ?::float8[], ?::text[])"
+    " AS w(id, lease, until, reason) WHERE u.id = w.id AND u.state = 'in_flight'"
+    " AND u.owner = ? AND u.lease = w.lease AND w.id NOT IN (SELECT id FROM once))")
 
-# The job counters of a transaction, every job in one statement. The rows are locked in
-# the order of their ids first (as one statement each, in that order, did), so two
-# instances finishing URLs of the same jobs never wait for each other in a cycle. Answers:
-# (job id, callback URL) of each job completed.
-JOB_COUNTERS = (
-    "WITH d AS (SELECT * FROM unnest(?::text[], ?::int[], ?::int[], ?::int[])"
-    " AS d(id, done, completed, failed)),"
+# Instances whose heartbeat is older than a lease (but ours) deleted: (0, id, host, pid)
+# each; and (1, ...) once if some URL in flight has a dead owner (none, or one of those).
+DEAD = ("WITH gone AS (DELETE FROM instances WHERE heartbeat < {now} - ? AND id <> ?"
+        " RETURNING id, host, pid) SELECT 0, id, host, pid FROM gone"
+        " UNION ALL SELECT 1, NULL, NULL, NULL WHERE EXISTS (SELECT 1 FROM urls"
+        " WHERE state = 'in_flight' AND (owner IS NULL OR owner NOT IN"
+        " (SELECT id FROM instances WHERE heartbeat >= {now} - ?)))")
+
+# The job counters of ``d`` (id, done, completed, failed), every job in one statement. The
+# rows are locked in the order of their ids first (as one statement each, in that order,
+# did), so two instances finishing URLs of the same jobs never wait for each other in a
+# cycle. ``counted``: each job's row after.
+COUNTED = (
     " locked AS (SELECT id FROM jobs WHERE id IN (SELECT id FROM d) ORDER BY id FOR UPDATE),"
     " counted AS (UPDATE jobs AS j SET remaining = j.remaining - d.done,"
     " completed = j.completed + d.completed, failed = j.failed + d.failed,"
     " status = CASE WHEN j.remaining - d.done <= 0 THEN ? ELSE ? END,"
     " finished = CASE WHEN j.remaining - d.done <= 0 THEN {now} ELSE j.finished END"
     " FROM d WHERE j.id = d.id AND j.id IN (SELECT id FROM locked)"
-    " RETURNING j.id, j.remaining, j.callback_url)"
+    " RETURNING j.id, j.remaining, j.callback_url)")
+# The job counters of a transaction. Answers: (job id, callback URL) of each job completed.
+JOB_COUNTERS = (
+    "WITH d AS (SELECT * FROM unnest(?::text[], ?::int[], ?::int[], ?::int[])"
+    " AS d(id, done, completed, failed))," + COUNTED +
     " SELECT id, callback_url FROM counted WHERE remaining <= 0 ORDER BY id")
+# A batch of results with the jobs of the URLs finished counted too (FINISHED, WAITED
+# maybe, COUNTING, COUNTED_ANSWERS). Answers: FINISHED_ANSWERS's, and (2, job id,
+# callback URL) of each job completed that has a callback.
+COUNTING = (
+    ", d AS (SELECT job_id AS id, count(*) AS done,"
+    " count(*) FILTER (WHERE state = '" + jobs.COMPLETE + "') AS completed,"
+    " count(*) FILTER (WHERE state <> '" + jobs.COMPLETE + "') AS failed"
+    " FROM done GROUP BY job_id)," + COUNTED)
+COUNTED_ANSWERS = (FINISHED_ANSWERS + " UNION ALL SELECT 2, id, callback_url FROM counted"
+                   " WHERE remaining <= 0 AND callback_url IS NOT NULL")
 
 # A claim's UPDATE (``TAKEN``) as a data-modifying CTE, with its URLs' pending jobs marked
 # begun (only pending rows are locked: no job whose URLs are being finished).
