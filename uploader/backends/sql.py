@@ -313,8 +313,7 @@ class SqlStore(OutboxQueries, PruneQueries):
     def set_progress(self, task: Task, received: int, total: Optional[int]) -> None:
         """Bytes of the image fetched so far (visible from every instance)."""
         self._execute(
-            "UPDATE urls SET progress_bytes = ?, progress_total = ?"
-            " WHERE id = ? AND state = 'in_flight' AND owner = ? AND lease = ?",
+            SET_PROGRESS,
             (received, total, task.url_id, self.instance, task.lease))
 
     def reap(self, max_attempts: int) -> Tuple[int, List[tuple]]:
@@ -464,6 +463,7 @@ FINISH_URL = ("UPDATE urls SET state = ?, attempts = {greatest}(attempts, ?), li
 REQUEUE = ("UPDATE urls SET state = 'queued', owner = NULL, lease = NULL,"
            " attempts = attempts - ?, suspect = {greatest}(suspect, ?), " + CLEARED + HELD)
 SET_ATTEMPTS = "UPDATE urls SET attempts = {greatest}(attempts, ?)" + HELD
+SET_PROGRESS = "UPDATE urls SET progress_bytes = ?, progress_total = ?" + HELD
 # A link deleted by its account, uploaded afresh: its row goes, a new one (a new image id,
 # the newest in the listing) takes its place.
 DROP_DELETED_LINK = "DELETE FROM links WHERE link = ? AND account = ? AND deleted IS NOT NULL"
@@ -481,8 +481,7 @@ QUEUED_FIRST = "SELECT id FROM urls WHERE state = 'queued' AND suspect = ? ORDER
 # Whether anything is queued at all (from the same index): a poll's look (work_queued).
 ANY_QUEUED = "SELECT 1 FROM urls WHERE state = 'queued' LIMIT 1"
 # A URL in flight waits for the host until a moment, with its reason (None, None: no more).
-WAITING = ("UPDATE urls SET waiting_until = ?, waiting_reason = ?"
-           " WHERE id = ? AND state = 'in_flight' AND owner = ? AND lease = ?")
+WAITING = "UPDATE urls SET waiting_until = ?, waiting_reason = ?" + HELD
 # A link recorded for an account, once: the same link again (reused, or the same bytes
 # uploaded again to a host that names objects by their bytes) keeps the row it has.
 NEW_LINK = "INSERT INTO links (link, sha256, host, created, account, image_id, deletehash)"
