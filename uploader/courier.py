@@ -25,7 +25,8 @@ is carried out again (at least once: a receiver tells retries apart by
 claimed), so a receiver never gets more than ``max_attempts`` requests. An effect is
 claimed only when a thread is free to carry it out at once, so no claim waits in line.
 The courier sleeps until the next effect is due, a commit adds one or a delivery ends
-(``wake``), or ``poll_seconds`` (effects added by other instances).
+(``wake``: it claims at once), or ``poll_seconds`` (effects added by other instances: it
+reads whether one is due, and claims only then).
 """
 import json
 import logging
@@ -93,7 +94,11 @@ class Courier:
 
     # -- the loops ---------------------------------------------------------------------------
     def _run(self) -> None:
-        """Claim as many due effects as threads are free, hand them over, sleep."""
+        """Claim as many due effects as threads are free, hand them over, sleep. Woken by
+        its timer alone (no commit added an effect, no delivery ended), it first reads
+        whether one is due and claims only then: an idle instance's look every
+        ``poll_seconds`` is a read, not a transaction of the writer's as well."""
+        told = True  # the first look claims at once
         while not self._stop.is_set():
             try:
                 with self._lock:
@@ -101,14 +106,17 @@ class Courier:
                 if free <= 0:
                     wait = self.poll_seconds  # until a delivery ends (it wakes us)
                 else:
-                    effects = self._call(lambda store: store.claim_effects(free, self.hold_seconds))
-                    if effects:
-                        with self._lock:
-                            self._carrying += len(effects)
-                        for effect in effects:
-                            self._handed.put(effect)
-                        continue  # more may be due
-                    due = self.store.next_effect_in()
+                    due = None if told else self.store.next_effect_in()
+                    if told or (due is not None and due <= 0):
+                        effects = self._call(
+                            lambda store: store.claim_effects(free, self.hold_seconds))
+                        if effects:
+                            with self._lock:
+                                self._carrying += len(effects)
+                            for effect in effects:
+                                self._handed.put(effect)
+                            continue  # more may be due
+                        due = self.store.next_effect_in()
                     wait = self.poll_seconds if due is None else min(due, self.poll_seconds)
             except StoreUnavailable as exc:
                 log.debug("courier: the store is unreachable (%s)", exc)
@@ -116,7 +124,7 @@ class Courier:
             except Exception:
                 log.exception("courier: could not claim effects")
                 wait = OUTAGE_SECONDS
-            self._wake.wait(wait)
+            told = self._wake.wait(wait)
             self._wake.clear()
 
     def _deliverer(self) -> None:

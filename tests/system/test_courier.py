@@ -57,14 +57,16 @@ def courier_for(stores):
 
 
 def complete_job(writer, courier, job_id, callback_url):
-    """A one-URL job with a callback, completed: its delivery is in the outbox."""
+    """A one-URL job with a callback, completed: its delivery is in the outbox (the
+    courier told, as the dispatcher tells it)."""
     def work(store):
         store.create_job(job_id, [f"https://a.example/{job_id}.png"], callback_url=callback_url)
         (task,) = store.claim(1)
         store.finish(task, jobs.COMPLETE, attempts=1, link=f"https://i.example/{job_id}.png")
 
     writer.call(work).result()
-    courier.wake()
+    if courier is not None:  # (None: added as by another instance, which wakes nobody here)
+        courier.wake()
 
 
 def callback(writer, job_id):
@@ -106,3 +108,36 @@ def test_no_more_deliveries_at_once_than_the_bound(courier_for):
         receiver.release()
         wait_until(lambda: all(callback(writer, f"job-{n}")[0] == "done" for n in range(3)))
     assert len(receiver.requests) == 3 and receiver.most_at_once == 2
+
+
+def test_an_idle_courier_reads_before_it_claims_and_takes_what_others_added(stores):
+    """Woken by its timer alone, the courier reads whether an effect is due and claims
+    only then (an idle instance's look is a read, not also a transaction of the writer's);
+    an effect added with no wake here (as by another instance) is claimed at its next look."""
+    config = config_from_dict({
+        "fetch": {"allow_private_networks": True, "denied_hosts": EVERYWHERE_BUT_LOOPBACK},
+        "storage": stores.storage})
+    store = stores.open("me")
+    writer, claims, reads = OneWriter(store), [], []
+    looked = store.next_effect_in
+    store.next_effect_in = lambda: reads.append(1) or looked()
+
+    def call(fn):
+        claims.append(fn)
+        return writer.call(fn)
+
+    courier = Courier(call=call, store=store, metrics=Metrics(), delete_at_host=BlockedDeletions(),
+                      host="local", webhooks=config.webhooks, fetch=config.fetch,
+                      poll_seconds=0.05)
+    courier.start()
+    try:
+        wait_until(lambda: len(reads) >= 6)  # five looks by the timer at least
+        assert len(claims) == 1  # the first look's, at start; the timer's only read
+        with WebhookReceiver() as receiver:
+            complete_job(writer, courier=None, job_id="elsewhere",
+                         callback_url=receiver.url_for("/hook"))
+            wait_until(lambda: len(receiver.requests) == 1)
+            wait_until(lambda: callback(writer, "elsewhere")[0] == "done")
+        assert len(claims) >= 2
+    finally:
+        courier.stop()

@@ -452,7 +452,8 @@ class MemoryStore:
         now = time.time()
         with self.rows.lock:
             due = [e["next_at"] for e in self.rows.outbox.values() if e["state"] == PENDING
-                   and (e["held_until"] is None or e["held_until"] < now)]
+                   and (e["held_until"] is None or e["held_until"] < now
+                        or e["holder"] != self.instance)]
         return None if not due else max(0.0, min(due) - now)
 
     # -- life ---------------------------------------------------------------------------------

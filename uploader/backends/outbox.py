@@ -68,10 +68,12 @@ class OutboxQueries:
              self.instance)).rowcount == 1
 
     def next_effect_in(self) -> Optional[float]:
-        """Seconds until the next pending effect no live claim holds is due (0 if one is),
-        None if none waits. (One being carried out is not due: its outcome is.)"""
+        """Seconds until the next pending effect no live claim holds is due (0 if one is:
+        ``claim_effects`` would take it), None if none waits. (One being carried out is
+        not due: its outcome is.)"""
+        dead, params = self._dead_owners("holder")
         with self.reading() as conn:
-            row = conn.execute(self.q(NEXT_EFFECT_IN)).fetchone()
+            row = conn.execute(self.q(NEXT_EFFECT_IN.replace("{dead}", dead)), params).fetchone()
         return None if row[0] is None else max(0.0, row[0])
 
 
@@ -90,5 +92,6 @@ RECORD_EFFECT = ("UPDATE outbox SET state = ?, last_error = ?, attempts = attemp
                  " next_at = {now} + ?, holder = NULL, held_until = NULL,"
                  " done = CASE WHEN ? = 'pending' THEN NULL ELSE {now} END"
                  " WHERE id = ? AND holder = ? AND state = 'pending'")
+# When the next effect CLAIM_EFFECTS would take is due ({dead}: as there).
 NEXT_EFFECT_IN = ("SELECT MIN(next_at) - {now} FROM outbox WHERE state = 'pending'"
-                  " AND (held_until IS NULL OR held_until < {now})")
+                  " AND (held_until IS NULL OR held_until < {now} OR {dead})")
