@@ -220,14 +220,20 @@ def test_paced_no_tickets_are_taken_and_a_pause_anywhere_reaches_every_confirmat
             store.close()
 
 
-def test_a_gate_change_is_one_statement_and_processes_still_take_turns(database, monkeypatch):
+@pytest.fixture
+def statements(monkeypatch):
+    """Every statement this process sends to PostgreSQL from now on, in order."""
+    sent = []
+    execute = psycopg.Connection.execute
+    monkeypatch.setattr(psycopg.Connection, "execute", lambda conn, query, params=None, **kw:
+                        sent.append(query) or execute(conn, query, params, **kw))
+    return sent
+
+
+def test_a_gate_change_is_one_statement_and_processes_still_take_turns(database, statements):
     """A change read the row, then wrote it: two statements, 2 of a cluster's 6.8 per URL
     (eight instances). Now it writes at once from what its last statement saw, and what
     another process wrote meanwhile makes it try again from the row as it is."""
-    statements = []
-    execute = psycopg.Connection.execute
-    monkeypatch.setattr(psycopg.Connection, "execute", lambda conn, query, params=None, **kw:
-                        statements.append(query) or execute(conn, query, params, **kw))
     store = open_store(StorageConfig(url=database), "me")  # live: its grants count
     try:
         unpaced = {"rate": 0, "burst": 1}
@@ -246,13 +252,9 @@ def test_a_gate_change_is_one_statement_and_processes_still_take_turns(database,
         store.close()
 
 
-def test_a_change_that_keeps_losing_is_made_with_the_row_locked(database, monkeypatch):
+def test_a_change_that_keeps_losing_is_made_with_the_row_locked(database, statements):
     """Each try of a compare-and-set is a statement; with many processes at once (and a
     busy machine) tries lose on and on. After two losses the row is locked instead."""
-    statements = []
-    execute = psycopg.Connection.execute
-    monkeypatch.setattr(psycopg.Connection, "execute", lambda conn, query, params=None, **kw:
-                        statements.append(query) or execute(conn, query, params, **kw))
     store = open_store(StorageConfig(url=database), "me")  # live: its grants count
     try:
         unpaced = {"rate": 0, "burst": 1}
